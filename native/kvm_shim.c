@@ -1,0 +1,113 @@
+// Thin native shim for deno-kvm. It wraps only what JavaScript cannot do well
+// through Deno FFI: system calls whose failure is reported through errno
+// (every function here returns -errno instead, so JS never reads a thread-local
+// errno after the fact), mmap, and the signal that kicks a vCPU thread out of
+// KVM_RUN. There is deliberately no KVM logic in this file.
+//
+// Every export keeps to Deno's FFI fast path: integer and pointer arguments,
+// no struct passed by value.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define EXPORT __attribute__((visibility("default")))
+
+// Bumped whenever a signature changes, so a stale cached build is detected.
+EXPORT int32_t kvm_shim_version(void) { return 1; }
+
+EXPORT int32_t kvm_open(const char *path, int32_t flags) {
+  int fd = open(path, flags | O_CLOEXEC);
+  return fd < 0 ? -errno : fd;
+}
+
+EXPORT int32_t kvm_close(int32_t fd) { return close(fd) < 0 ? -errno : 0; }
+
+// ioctl whose argument is a pointer to a struct (or NULL).
+EXPORT int32_t kvm_ioctl_ptr(int32_t fd, uint32_t request, void *arg) {
+  int ret = ioctl(fd, (unsigned long)request, arg);
+  return ret < 0 ? -errno : ret;
+}
+
+// ioctl whose argument is a plain integer (a vCPU id, a capability number,
+// an address for KVM_SET_TSS_ADDR...).
+EXPORT int32_t kvm_ioctl_val(int32_t fd, uint32_t request, uint64_t arg) {
+  int ret = ioctl(fd, (unsigned long)request, (unsigned long)arg);
+  return ret < 0 ? -errno : ret;
+}
+
+// mmap; the address goes to *out because a pointer result cannot also carry
+// -errno. fd < 0 maps anonymous memory.
+EXPORT int32_t kvm_mmap(int32_t fd, uint64_t length, int32_t prot,
+                        int32_t flags, uint64_t offset, uint64_t *out) {
+  if (fd < 0) flags |= MAP_ANONYMOUS;
+  void *p = mmap(NULL, (size_t)length, prot, flags, fd, (off_t)offset);
+  if (p == MAP_FAILED) return -errno;
+  *out = (uint64_t)(uintptr_t)p;
+  return 0;
+}
+
+EXPORT int32_t kvm_munmap(void *addr, uint64_t length) {
+  return munmap(addr, (size_t)length) < 0 ? -errno : 0;
+}
+
+EXPORT int32_t kvm_madvise(void *addr, uint64_t length, int32_t advice) {
+  return madvise(addr, (size_t)length, advice) < 0 ? -errno : 0;
+}
+
+EXPORT int32_t kvm_mincore(void *addr, uint64_t length, uint8_t *vec) {
+  return mincore(addr, (size_t)length, vec) < 0 ? -errno : 0;
+}
+
+EXPORT int32_t kvm_eventfd(uint32_t initval, int32_t flags) {
+  int fd = eventfd(initval, flags | EFD_CLOEXEC);
+  return fd < 0 ? -errno : fd;
+}
+
+// read(2)/write(2) of exactly 8 bytes, the unit of an eventfd.
+EXPORT int32_t kvm_read_u64(int32_t fd, uint64_t *value) {
+  ssize_t n = read(fd, value, sizeof *value);
+  return n < 0 ? -errno : (int32_t)n;
+}
+
+EXPORT int32_t kvm_write_u64(int32_t fd, uint64_t value) {
+  ssize_t n = write(fd, &value, sizeof value);
+  return n < 0 ? -errno : (int32_t)n;
+}
+
+EXPORT int32_t kvm_thread_id(void) { return (int32_t)syscall(SYS_gettid); }
+
+// The kick signal. A real-time signal that neither Deno nor V8 use; its
+// handler does nothing: its only purpose is to make a blocking KVM_RUN return
+// -EINTR (Documentation/virt/kvm/api.rst, "immediate_exit").
+static void kick_handler(int sig) { (void)sig; }
+
+EXPORT int32_t kvm_kick_signal(void) { return SIGRTMIN + 5; }
+
+EXPORT int32_t kvm_install_kick_handler(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = kick_handler;
+  sigemptyset(&sa.sa_mask);
+  // No SA_RESTART: the point is that the interrupted ioctl returns EINTR.
+  if (sigaction(kvm_kick_signal(), &sa, NULL) < 0) return -errno;
+  return 0;
+}
+
+// Asks the vCPU running on thread `tid` to leave KVM_RUN: first set the run
+// area's immediate_exit byte (so a KVM_RUN about to start returns at once),
+// then signal the thread (so one already running returns). The release store
+// orders the two for the kernel's read of immediate_exit.
+EXPORT int32_t kvm_kick(int32_t tid, uint8_t *immediate_exit) {
+  if (immediate_exit != NULL) __atomic_store_n(immediate_exit, 1, __ATOMIC_RELEASE);
+  if (tid <= 0) return 0;
+  if (syscall(SYS_tgkill, getpid(), tid, kvm_kick_signal()) < 0) return -errno;
+  return 0;
+}

@@ -1,0 +1,21 @@
+/**
+ * Codecs of the guest-memory structs (`<linux/kvm.h>`).
+ *
+ * @module
+ */
+
+import { defineStruct } from "./struct.ts";
+
+/** `struct kvm_userspace_memory_region`: one memory slot. */
+export const KvmUserspaceMemoryRegion = defineStruct("struct kvm_userspace_memory_region", 32, {
+  slot: { offset: 0, type: "u32" },
+  flags: { offset: 4, type: "u32" },
+  guestPhysAddr: { offset: 8, type: "u64" },
+  memorySize: { offset: 16, type: "u64" },
+  userspaceAddr: { offset: 24, type: "u64" },
+});
+
+/** Slot flag: log dirty pages (`KVM_MEM_LOG_DIRTY_PAGES`). */
+export const KVM_MEM_LOG_DIRTY_PAGES = 1 << 0;
+/** Slot flag: guest writes exit as MMIO (`KVM_MEM_READONLY`). */
+export const KVM_MEM_READONLY = 1 << 1;

@@ -1,0 +1,240 @@
+/**
+ * Finds, builds when needed, and loads the native shim.
+ *
+ * Search order:
+ * 1. the path given to {@linkcode loadNative} or in `DENO_KVM_LIB`;
+ * 2. when this module is a `file:` URL, `native/build/libkvm_shim.so` beside
+ *    the sources (what `deno task build` produces);
+ * 3. otherwise a build in the per-user cache (`$DENO_KVM_CACHE`, or
+ *    `$XDG_CACHE_HOME/deno-kvm`, or `~/.cache/deno-kvm`) keyed by the hash of
+ *    the C source, compiled with `cc` on first use. The source is read from
+ *    disk for a `file:` import and fetched for an `https:` one (JSR), since
+ *    `Deno.dlopen` only loads files from the local disk.
+ *
+ * @module
+ */
+
+import { SHIM_VERSION, type NativeSymbols, symbols } from "./symbols.ts";
+
+/** Raised when the native shim cannot be found, built or loaded. */
+export class NativeLoadError extends Error {
+  /** Creates the error; `cause` keeps the underlying failure. */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "NativeLoadError";
+  }
+}
+
+/** Options of {@linkcode loadNative}. */
+export interface LoadOptions {
+  /** Path of a prebuilt `libkvm_shim.so`; overrides `DENO_KVM_LIB`. */
+  path?: string;
+}
+
+const SOURCE_URL = new URL("../../native/kvm_shim.c", import.meta.url);
+const LOCAL_BUILD = new URL("../../native/build/libkvm_shim.so", import.meta.url);
+
+/** Compiler flags; the same as `deno task build`. */
+export const CC_FLAGS = ["-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror"];
+
+let loaded: Deno.DynamicLibrary<typeof symbols> | undefined;
+
+/**
+ * The loaded shim, loading it synchronously on first use. Throws a
+ * {@linkcode NativeLoadError} when the source would have to be fetched over the
+ * network (a JSR import whose cache is cold): call {@linkcode loadNative} first.
+ */
+export function native(): NativeSymbols {
+  if (loaded) return loaded.symbols;
+  checkPlatform();
+  const explicit = envPath();
+  if (explicit) return open(explicit);
+  if (SOURCE_URL.protocol === "file:") {
+    const local = LOCAL_BUILD.pathname;
+    if (exists(local) && isFresh(local)) return open(local);
+    return open(buildCached(readSource()));
+  }
+  throw new NativeLoadError(
+    `the native shim must be fetched from ${SOURCE_URL.href} and compiled: ` +
+      "call `await loadNative()` before the first `Kvm.open()`",
+  );
+}
+
+/**
+ * Loads the shim, fetching and compiling its source when needed. Safe to call
+ * more than once; only the first call does work.
+ */
+export async function loadNative(options: LoadOptions = {}): Promise<NativeSymbols> {
+  if (loaded) return loaded.symbols;
+  checkPlatform();
+  const explicit = options.path ?? envPath();
+  if (explicit) return open(explicit);
+  if (SOURCE_URL.protocol === "file:") return native();
+  let source: string;
+  try {
+    const response = await fetch(SOURCE_URL);
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    source = await response.text();
+  } catch (cause) {
+    throw new NativeLoadError(
+      `cannot fetch the native shim's source ${SOURCE_URL.href}: ${describe(cause)}`,
+      { cause },
+    );
+  }
+  return open(buildCached(source));
+}
+
+/** Path of the shared library in use, or undefined before loading. */
+export let nativePath: string | undefined;
+
+function open(path: string): NativeSymbols {
+  try {
+    loaded = Deno.dlopen(path, symbols);
+  } catch (cause) {
+    throw new NativeLoadError(
+      `cannot load the native shim ${path}: ${describe(cause)}${permissionHint(cause, "ffi")}`,
+      { cause },
+    );
+  }
+  const version = loaded.symbols.kvm_shim_version();
+  if (version !== SHIM_VERSION) {
+    loaded.close();
+    loaded = undefined;
+    throw new NativeLoadError(
+      `${path} is shim version ${version}, this library needs ${SHIM_VERSION}: ` +
+        "rebuild it (`deno task build`)",
+    );
+  }
+  nativePath = path;
+  return loaded.symbols;
+}
+
+function checkPlatform(): void {
+  if (Deno.build.os !== "linux" || Deno.build.arch !== "x86_64") {
+    throw new NativeLoadError(
+      `KVM for Deno runs on Linux x86-64 only, not ${Deno.build.os} ${Deno.build.arch}`,
+    );
+  }
+}
+
+function envPath(): string | undefined {
+  try {
+    return Deno.env.get("DENO_KVM_LIB") || undefined;
+  } catch {
+    // Without --allow-env the variable simply does not apply.
+    return undefined;
+  }
+}
+
+function readSource(): string {
+  try {
+    return Deno.readTextFileSync(SOURCE_URL);
+  } catch (cause) {
+    throw new NativeLoadError(
+      `cannot read ${SOURCE_URL.pathname}: ${describe(cause)}${permissionHint(cause, "read")}`,
+      { cause },
+    );
+  }
+}
+
+/** A local build is fresh when it is newer than its source. */
+function isFresh(path: string): boolean {
+  try {
+    const lib = Deno.statSync(path).mtime?.getTime() ?? 0;
+    const src = Deno.statSync(SOURCE_URL).mtime?.getTime() ?? Infinity;
+    return lib >= src;
+  } catch {
+    return true;
+  }
+}
+
+function cacheDir(): string {
+  const env = (name: string) => {
+    try {
+      return Deno.env.get(name) || undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  const explicit = env("DENO_KVM_CACHE");
+  if (explicit) return explicit;
+  const xdg = env("XDG_CACHE_HOME") ?? (env("HOME") ? `${env("HOME")}/.cache` : undefined);
+  if (!xdg) {
+    throw new NativeLoadError(
+      "no cache directory for the native shim: set DENO_KVM_CACHE or HOME (needs --allow-env)",
+    );
+  }
+  return `${xdg}/deno-kvm`;
+}
+
+function buildCached(source: string): string {
+  const dir = cacheDir();
+  const path = `${dir}/libkvm_shim-${fnv1a(source)}.so`;
+  if (exists(path)) return path;
+  try {
+    Deno.mkdirSync(dir, { recursive: true });
+    const src = `${dir}/kvm_shim-${Deno.pid}.c`;
+    const tmp = `${path}.${Deno.pid}.tmp`;
+    Deno.writeTextFileSync(src, source);
+    compile(src, tmp);
+    Deno.renameSync(tmp, path);
+    Deno.removeSync(src);
+  } catch (cause) {
+    if (cause instanceof NativeLoadError) throw cause;
+    throw new NativeLoadError(
+      `cannot build the native shim in ${dir}: ${describe(cause)}${permissionHint(cause, "write")}`,
+      { cause },
+    );
+  }
+  return path;
+}
+
+/** Compiles the shim with `cc`; used by the loader and `deno task build`. */
+export function compile(source: string, output: string): void {
+  let result: Deno.CommandOutput;
+  try {
+    result = new Deno.Command("cc", { args: [...CC_FLAGS, "-o", output, source] }).outputSync();
+  } catch (cause) {
+    if (cause instanceof Deno.errors.NotFound) {
+      throw new NativeLoadError(
+        "the native shim must be compiled but `cc` is not installed: " +
+          "install a C compiler (Debian: `apt-get install gcc`) or set DENO_KVM_LIB",
+        { cause },
+      );
+    }
+    throw new NativeLoadError(
+      `cannot run cc: ${describe(cause)}${permissionHint(cause, "run=cc")}`,
+      { cause },
+    );
+  }
+  if (!result.success) {
+    throw new NativeLoadError(
+      `cc failed to compile ${source}:\n${new TextDecoder().decode(result.stderr)}`,
+    );
+  }
+}
+
+function exists(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+function permissionHint(error: unknown, flag: string): string {
+  return error instanceof Deno.errors.NotCapable ? ` (run Deno with --allow-${flag})` : "";
+}
+
+/** FNV-1a 64-bit, enough to key a cache by source text. */
+function fnv1a(text: string): string {
+  let hash = 0xcbf29ce484222325n;
+  for (const byte of new TextEncoder().encode(text)) {
+    hash = BigInt.asUintN(64, (hash ^ BigInt(byte)) * 0x100000001b3n);
+  }
+  return hash.toString(16).padStart(16, "0");
+}

@@ -1,0 +1,54 @@
+/**
+ * The native shim's symbol table, mirroring `native/kvm_shim.c`.
+ *
+ * Every call returns a non-negative result or `-errno`. Pointers are passed as
+ * `"pointer"` (computed once by the caller, never per call) and 64-bit values
+ * as bigint: both keep Deno's FFI fast path.
+ *
+ * @module
+ */
+
+/** Version the loader expects from `kvm_shim_version()`. */
+export const SHIM_VERSION = 1;
+
+/** Symbols of the shim, as given to `Deno.dlopen`. */
+export const symbols = {
+  /** `int32_t kvm_shim_version(void)` */
+  kvm_shim_version: { parameters: [], result: "i32" },
+  /** `int32_t kvm_open(const char *path, int32_t flags)` */
+  kvm_open: { parameters: ["buffer", "i32"], result: "i32" },
+  /** `int32_t kvm_close(int32_t fd)` */
+  kvm_close: { parameters: ["i32"], result: "i32" },
+  /** `int32_t kvm_ioctl_ptr(int32_t fd, uint32_t request, void *arg)` */
+  kvm_ioctl_ptr: { parameters: ["i32", "u32", "pointer"], result: "i32" },
+  /** `int32_t kvm_ioctl_val(int32_t fd, uint32_t request, uint64_t arg)` */
+  kvm_ioctl_val: { parameters: ["i32", "u32", "u64"], result: "i32" },
+  /** `int32_t kvm_mmap(int32_t fd, uint64_t length, int32_t prot, int32_t flags, uint64_t offset, uint64_t *out)` */
+  kvm_mmap: {
+    parameters: ["i32", "u64", "i32", "i32", "u64", "buffer"],
+    result: "i32",
+  },
+  /** `int32_t kvm_munmap(void *addr, uint64_t length)` */
+  kvm_munmap: { parameters: ["pointer", "u64"], result: "i32" },
+  /** `int32_t kvm_madvise(void *addr, uint64_t length, int32_t advice)` */
+  kvm_madvise: { parameters: ["pointer", "u64", "i32"], result: "i32" },
+  /** `int32_t kvm_mincore(void *addr, uint64_t length, uint8_t *vec)` */
+  kvm_mincore: { parameters: ["pointer", "u64", "buffer"], result: "i32" },
+  /** `int32_t kvm_eventfd(uint32_t initval, int32_t flags)` */
+  kvm_eventfd: { parameters: ["u32", "i32"], result: "i32" },
+  /** `int32_t kvm_read_u64(int32_t fd, uint64_t *value)` */
+  kvm_read_u64: { parameters: ["i32", "buffer"], result: "i32" },
+  /** `int32_t kvm_write_u64(int32_t fd, uint64_t value)` */
+  kvm_write_u64: { parameters: ["i32", "u64"], result: "i32" },
+  /** `int32_t kvm_thread_id(void)`: the calling thread's kernel tid. */
+  kvm_thread_id: { parameters: [], result: "i32" },
+  /** `int32_t kvm_kick_signal(void)`: the signal number used for kicks. */
+  kvm_kick_signal: { parameters: [], result: "i32" },
+  /** `int32_t kvm_install_kick_handler(void)` */
+  kvm_install_kick_handler: { parameters: [], result: "i32" },
+  /** `int32_t kvm_kick(int32_t tid, uint8_t *immediate_exit)` */
+  kvm_kick: { parameters: ["i32", "pointer"], result: "i32" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** The loaded shim. */
+export type NativeSymbols = Deno.DynamicLibrary<typeof symbols>["symbols"];

@@ -1,0 +1,224 @@
+/**
+ * Finds what the sandbox needs on the host: QEMU, a kernel with loadable `kvm-amd`, a static
+ * busybox and the libraries of the running deno; and installs the Debian packages if asked.
+ *
+ * @module
+ */
+
+import { basename, delimiter, join } from "node:path";
+import { elfInterpreter } from "./elf.ts";
+
+/** The command that installs everything the sandbox needs on Debian or Ubuntu. */
+export const INSTALL_COMMAND = "sudo apt-get install -y qemu-system-x86 linux-image-amd64 busybox-static cpio";
+const PACKAGES = ["qemu-system-x86", "linux-image-amd64", "busybox-static", "cpio"];
+
+/** The kernel the guest boots, with the modules that give it `/dev/kvm`. */
+export interface GuestKernel {
+  /** e.g. `6.1.0-56-amd64` */
+  version: string;
+  /** e.g. `/boot/vmlinuz-6.1.0-56-amd64` */
+  image: string;
+  /** absolute paths of `kvm-amd` and its dependencies, in load order (possibly compressed) */
+  modules: string[];
+}
+
+/** Everything found on the host; see {@link findHost}. */
+export interface HostTools {
+  qemu: string;
+  kernel: GuestKernel;
+  busybox: string;
+  /** the real deno ELF, `Deno.execPath()` */
+  deno: string;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Looks a program up on `$PATH` (plus the sbin directories, which non-root PATHs lack). */
+export async function which(name: string): Promise<string | null> {
+  const dirs = (Deno.env.get("PATH") ?? "").split(delimiter).filter(Boolean);
+  for (const dir of [...dirs, "/usr/sbin", "/sbin"]) {
+    const p = join(dir, name);
+    try {
+      const st = await Deno.stat(p);
+      if (st.isFile && ((st.mode ?? 0) & 0o111) !== 0) return p;
+    } catch {
+      // not here
+    }
+  }
+  return null;
+}
+
+/**
+ * Orders `target` and its dependencies for loading, from the text of `modules.dep`
+ * (`path: dep dep...`, paths relative to the modules directory): dependencies come first.
+ * Returns `null` when `target` (a basename without extension, `-`/`_` insensitive) is absent.
+ */
+export function moduleLoadOrder(modulesDep: string, target: string): string[] | null {
+  const deps = new Map<string, string[]>();
+  for (const line of modulesDep.split("\n")) {
+    const colon = line.indexOf(":");
+    if (colon < 0) continue;
+    deps.set(line.slice(0, colon).trim(), line.slice(colon + 1).trim().split(/\s+/).filter(Boolean));
+  }
+  const key = (p: string) => basename(p).replace(/\.ko(\.\w+)?$/, "").replaceAll("-", "_");
+  const wanted = target.replaceAll("-", "_");
+  const root = [...deps.keys()].find((p) => key(p) === wanted);
+  if (root === undefined) return null;
+  const order: string[] = [];
+  const visit = (p: string, stack: Set<string>) => {
+    if (order.includes(p) || stack.has(p)) return;
+    stack.add(p);
+    for (const d of deps.get(p) ?? []) visit(d, stack);
+    order.push(p);
+  };
+  visit(root, new Set());
+  return order;
+}
+
+/** Sorts kernel versions newest first (`6.10` after `6.9`). */
+function newestFirst(a: string, b: string): number {
+  return b.localeCompare(a, "en", { numeric: true });
+}
+
+/** Picks the newest `/boot/vmlinuz-*` that has `kvm-amd` under `/lib/modules/<version>`. */
+export async function findKernel(): Promise<GuestKernel | string> {
+  const versions: string[] = [];
+  try {
+    for await (const e of Deno.readDir("/boot")) {
+      if (e.name.startsWith("vmlinuz-")) versions.push(e.name.slice("vmlinuz-".length));
+    }
+  } catch {
+    // no /boot: reported below
+  }
+  if (versions.length === 0) return "no kernel image /boot/vmlinuz-* found";
+  versions.sort(newestFirst);
+  const problems: string[] = [];
+  for (const version of versions) {
+    const image = `/boot/vmlinuz-${version}`;
+    const dir = `/lib/modules/${version}`;
+    let dep: string;
+    try {
+      dep = await Deno.readTextFile(join(dir, "modules.dep"));
+    } catch {
+      problems.push(`${dir}/modules.dep is missing`);
+      continue;
+    }
+    const order = moduleLoadOrder(dep, "kvm-amd");
+    if (!order) {
+      problems.push(`${dir} has no kvm-amd module`);
+      continue;
+    }
+    try {
+      // Ubuntu keeps kernel images readable by root only.
+      (await Deno.open(image)).close();
+    } catch (e) {
+      problems.push(`cannot read ${image} (${(e as Error).message}); try: sudo chmod 0644 ${image}`);
+      continue;
+    }
+    return { version, image, modules: order.map((p) => join(dir, p)) };
+  }
+  return problems.join("; ");
+}
+
+/** Finds a statically linked busybox (the guest, and guests nested in it, have no libc). */
+export async function findBusybox(): Promise<string> {
+  const candidates = ["/bin/busybox", "/usr/bin/busybox", "/sbin/busybox"];
+  const onPath = await which("busybox");
+  if (onPath) candidates.push(onPath);
+  let dynamic = "";
+  for (const p of candidates) {
+    try {
+      const bytes = await Deno.readFile(p);
+      if (elfInterpreter(bytes) === null) return p;
+      dynamic = p;
+    } catch {
+      // missing or not an ELF
+    }
+  }
+  throw new Error(dynamic ? `${dynamic} is dynamically linked; a static busybox is needed` : "no busybox found");
+}
+
+/**
+ * Lists the shared libraries of an executable as `ldd` resolves them, including the dynamic
+ * loader, as absolute paths on the host. Both sides of `name => path` are kept when absolute:
+ * the loader is looked up by its `PT_INTERP` path, which may differ from where it resolves.
+ */
+export async function sharedLibraries(executable: string): Promise<string[]> {
+  const out = await new Deno.Command("ldd", { args: [executable], stdout: "piped", stderr: "piped" }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  if (!out.success) {
+    // A static executable makes ldd fail with "not a dynamic executable": nothing to copy.
+    if (/not a dynamic executable|statically linked/.test(text + new TextDecoder().decode(out.stderr))) return [];
+    throw new Error(`ldd ${executable} failed: ${new TextDecoder().decode(out.stderr).trim()}`);
+  }
+  return parseLdd(text);
+}
+
+/** Parses `ldd` output; see {@link sharedLibraries}. */
+export function parseLdd(text: string): string[] {
+  const paths = new Set<string>();
+  for (const line of text.split("\n")) {
+    if (/not found/.test(line)) throw new Error(`ldd: ${line.trim()}`);
+    const m = line.trim().match(/^(\S+)(?:\s+=>\s+(\S+))?/);
+    if (!m) continue;
+    for (const p of [m[1], m[2]]) if (p?.startsWith("/")) paths.add(p);
+  }
+  return [...paths];
+}
+
+/** Finds every host ingredient or throws an Error saying what is missing. */
+export async function findHost(): Promise<HostTools> {
+  const qemu = await which("qemu-system-x86_64");
+  if (!qemu) throw new Error("qemu-system-x86_64 not found");
+  const kernel = await findKernel();
+  if (typeof kernel === "string") throw new Error(kernel);
+  const busybox = await findBusybox();
+  const deno = Deno.execPath();
+  if (!(await exists(deno))) throw new Error(`deno executable ${deno} not found`);
+  if (!(await which("ldd"))) throw new Error("ldd not found");
+  return { qemu, kernel, busybox, deno };
+}
+
+/** Whether the sandbox can run here; when not, why and how to fix it. */
+export async function sandboxAvailable(): Promise<{ ok: true } | { ok: false; reason: string; install: string }> {
+  try {
+    await findHost();
+    return { ok: true };
+  } catch (e) {
+    return { ok: false, reason: (e as Error).message, install: INSTALL_COMMAND };
+  }
+}
+
+async function aptGet(args: string[]): Promise<void> {
+  const status = await new Deno.Command("apt-get", {
+    args,
+    env: { DEBIAN_FRONTEND: "noninteractive" },
+    stdout: "inherit",
+    stderr: "inherit",
+  }).spawn().status;
+  if (!status.success) throw new Error(`apt-get ${args.join(" ")} failed with code ${status.code}`);
+}
+
+/**
+ * Makes sure the sandbox's packages are installed: as root with apt-get available, installs
+ * them; otherwise throws an Error whose message holds the command to run.
+ */
+export async function ensureSandboxPackages(): Promise<void> {
+  const first = await sandboxAvailable();
+  if (first.ok) return;
+  if (Deno.uid() !== 0 || !(await which("apt-get"))) {
+    throw new Error(`sandbox: ${first.reason}. Install the packages with: ${first.install}`);
+  }
+  console.error(`sandbox: installing ${PACKAGES.join(" ")} with apt-get`);
+  await aptGet(["update"]);
+  await aptGet(["install", "-y", ...PACKAGES]);
+  const again = await sandboxAvailable();
+  if (!again.ok) throw new Error(`sandbox: still not usable after installing: ${again.reason}`);
+}
