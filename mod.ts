@@ -65,5 +65,9 @@ export { Cap, type CapName } from "./src/abi/capabilities.ts";
 export { Ioctl, type IoctlName } from "./src/abi/ioctls.ts";
 export { ExitReason, KvmRun } from "./src/abi/kvm_run.ts";
 export { KvmDtable, KvmRegs, KvmSegment, KvmSregs } from "./src/abi/x86.ts";
-export { KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KvmUserspaceMemoryRegion } from "./src/abi/memory.ts";
+export {
+  KVM_MEM_LOG_DIRTY_PAGES,
+  KVM_MEM_READONLY,
+  KvmUserspaceMemoryRegion,
+} from "./src/abi/memory.ts";
 export type { Assignable, Plain, Struct, StructBase, StructDef } from "./src/abi/struct.ts";

@@ -20,14 +20,20 @@ const mode = Deno.env.get("KVM_TESTS") ?? "auto";
 
 function count(output: string): { passed: number; failed: number } {
   // Deno's summary line: "ok | 3 passed | 0 failed (1s)" (or "FAILED | ...").
-  const matches = [...output.replaceAll(/\x1b\[[0-9;]*m/g, "").matchAll(
-    /\| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/g,
-  )];
+  const matches = [
+    ...output.replaceAll(/\x1b\[[0-9;]*m/g, "").matchAll(
+      /\| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/g,
+    ),
+  ];
   const last = matches.at(-1);
   return last ? { passed: Number(last[1]), failed: Number(last[2]) } : { passed: 0, failed: 0 };
 }
 
-async function run(label: string, cmd: string[], env: Record<string, string> = {}): Promise<boolean> {
+async function run(
+  label: string,
+  cmd: string[],
+  env: Record<string, string> = {},
+): Promise<boolean> {
   console.log(`\n== ${label}: ${cmd.join(" ")}`);
   const child = new Deno.Command(cmd[0], {
     args: cmd.slice(1),
@@ -82,7 +88,8 @@ if (mode === "skip") {
   const available = await sandboxAvailable();
   if (available.ok) {
     // Type-check on the host, where it is 20-50x faster than in the guest.
-    ok = await run("type-check of the integration tests", [Deno.execPath(), "check", ...filters]) && ok;
+    ok = await run("type-check of the integration tests", [Deno.execPath(), "check", ...filters]) &&
+      ok;
     console.log("\n== KVM integration tests inside the sandbox (no /dev/kvm here)");
     const result = await runInSandbox({
       command: ["deno", "test", "-A", "--no-check", ...SANITIZE, ...filters],
@@ -92,7 +99,9 @@ if (mode === "skip") {
     totals.passed += passed;
     totals.failed += failed || (result.code === 0 ? 0 : 1);
     ok = result.code === 0 && ok;
-    console.log(`sandbox: boot ${result.bootMs} ms, total ${result.totalMs} ms, exit ${result.code}`);
+    console.log(
+      `sandbox: boot ${result.bootMs} ms, total ${result.totalMs} ms, exit ${result.code}`,
+    );
   } else {
     reason ||= `${available.reason}; install with: ${available.install}`;
     const message = `KVM integration tests SKIPPED: no usable /dev/kvm and no sandbox (${reason})`;

@@ -240,26 +240,76 @@ type Accessor = {
 function accessor(type: Scalar, off: number): Accessor {
   switch (type) {
     case "u8":
-      return { get() { return this.view.getUint8(off); }, set(v) { this.view.setUint8(off, Number(v)); } };
+      return {
+        get() {
+          return this.view.getUint8(off);
+        },
+        set(v) {
+          this.view.setUint8(off, Number(v));
+        },
+      };
     case "i8":
-      return { get() { return this.view.getInt8(off); }, set(v) { this.view.setInt8(off, Number(v)); } };
+      return {
+        get() {
+          return this.view.getInt8(off);
+        },
+        set(v) {
+          this.view.setInt8(off, Number(v));
+        },
+      };
     case "u16":
-      return { get() { return this.view.getUint16(off, true); }, set(v) { this.view.setUint16(off, Number(v), true); } };
+      return {
+        get() {
+          return this.view.getUint16(off, true);
+        },
+        set(v) {
+          this.view.setUint16(off, Number(v), true);
+        },
+      };
     case "i16":
-      return { get() { return this.view.getInt16(off, true); }, set(v) { this.view.setInt16(off, Number(v), true); } };
+      return {
+        get() {
+          return this.view.getInt16(off, true);
+        },
+        set(v) {
+          this.view.setInt16(off, Number(v), true);
+        },
+      };
     case "u32":
-      return { get() { return this.view.getUint32(off, true); }, set(v) { this.view.setUint32(off, Number(v), true); } };
+      return {
+        get() {
+          return this.view.getUint32(off, true);
+        },
+        set(v) {
+          this.view.setUint32(off, Number(v), true);
+        },
+      };
     case "i32":
-      return { get() { return this.view.getInt32(off, true); }, set(v) { this.view.setInt32(off, Number(v), true); } };
+      return {
+        get() {
+          return this.view.getInt32(off, true);
+        },
+        set(v) {
+          this.view.setInt32(off, Number(v), true);
+        },
+      };
     case "u64":
       return {
-        get() { return this.view.getBigUint64(off, true); },
-        set(v) { this.view.setBigUint64(off, BigInt.asUintN(64, BigInt(v)), true); },
+        get() {
+          return this.view.getBigUint64(off, true);
+        },
+        set(v) {
+          this.view.setBigUint64(off, BigInt.asUintN(64, BigInt(v)), true);
+        },
       };
     case "i64":
       return {
-        get() { return this.view.getBigInt64(off, true); },
-        set(v) { this.view.setBigInt64(off, BigInt.asIntN(64, BigInt(v)), true); },
+        get() {
+          return this.view.getBigInt64(off, true);
+        },
+        set(v) {
+          this.view.setBigInt64(off, BigInt.asIntN(64, BigInt(v)), true);
+        },
       };
   }
 }
@@ -267,13 +317,21 @@ function accessor(type: Scalar, off: number): Accessor {
 function typedArray(type: Scalar, bytes: Uint8Array, offset: number, count: number) {
   const at = bytes.byteOffset + offset;
   switch (type) {
-    case "u8": return new Uint8Array(bytes.buffer, at, count);
-    case "i8": return new Int8Array(bytes.buffer, at, count);
-    case "u16": return new Uint16Array(bytes.buffer, at, count);
-    case "i16": return new Int16Array(bytes.buffer, at, count);
-    case "u32": return new Uint32Array(bytes.buffer, at, count);
-    case "i32": return new Int32Array(bytes.buffer, at, count);
-    case "u64": return new BigUint64Array(bytes.buffer, at, count);
-    case "i64": return new BigInt64Array(bytes.buffer, at, count);
+    case "u8":
+      return new Uint8Array(bytes.buffer, at, count);
+    case "i8":
+      return new Int8Array(bytes.buffer, at, count);
+    case "u16":
+      return new Uint16Array(bytes.buffer, at, count);
+    case "i16":
+      return new Int16Array(bytes.buffer, at, count);
+    case "u32":
+      return new Uint32Array(bytes.buffer, at, count);
+    case "i32":
+      return new Int32Array(bytes.buffer, at, count);
+    case "u64":
+      return new BigUint64Array(bytes.buffer, at, count);
+    case "i64":
+      return new BigInt64Array(bytes.buffer, at, count);
   }
 }

@@ -14,7 +14,7 @@
  * @module
  */
 
-import { SHIM_VERSION, type NativeSymbols, symbols } from "./symbols.ts";
+import { type NativeSymbols, SHIM_VERSION, symbols } from "./symbols.ts";
 
 /** Raised when the native shim cannot be found, built or loaded. */
 export class NativeLoadError extends Error {

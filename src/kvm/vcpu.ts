@@ -88,13 +88,23 @@ export class Vcpu extends OwnedFd {
     this.#onClose = onClose;
     this.#mmapSize = mmapSize;
     const out = new BigUint64Array(1);
-    const mapped = this.native.kvm_mmap(fd, BigInt(mmapSize), PROT_READ | PROT_WRITE, MAP_SHARED, 0n, out);
+    const mapped = this.native.kvm_mmap(
+      fd,
+      BigInt(mmapSize),
+      PROT_READ | PROT_WRITE,
+      MAP_SHARED,
+      0n,
+      out,
+    );
     if (mapped < 0) {
       this.native.kvm_close(fd);
       throw new KvmError("mmap vCPU run area", -mapped, this.label);
     }
     this.#runAddress = out[0];
-    this.#runBuffer = Deno.UnsafePointerView.getArrayBuffer(Deno.UnsafePointer.create(out[0])!, mmapSize);
+    this.#runBuffer = Deno.UnsafePointerView.getArrayBuffer(
+      Deno.UnsafePointer.create(out[0])!,
+      mmapSize,
+    );
     this.#runBytes = new Uint8Array(this.#runBuffer);
     this.runArea = new KvmRun(this.#runBytes);
     this.#exitReason = new Uint32Array(this.#runBuffer, 8, 1);

@@ -5,7 +5,11 @@
  */
 
 import { Ioctl } from "../abi/ioctls.ts";
-import { KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KvmUserspaceMemoryRegion } from "../abi/memory.ts";
+import {
+  KVM_MEM_LOG_DIRTY_PAGES,
+  KVM_MEM_READONLY,
+  KvmUserspaceMemoryRegion,
+} from "../abi/memory.ts";
 import { Errno, KvmError } from "../errors.ts";
 import { hex, PAGE_SIZE } from "./constants.ts";
 import { GuestMemory, type GuestMemoryOptions } from "./guest_memory.ts";
@@ -135,7 +139,9 @@ export class Vm extends OwnedFd {
         if (offset + size > region.memory.size) {
           fail(
             Errno.EINVAL,
-            `${hex(size)} bytes at offset ${hex(offset)} exceed the ${hex(region.memory.size)}-byte memory`,
+            `${hex(size)} bytes at offset ${hex(offset)} exceed the ${
+              hex(region.memory.size)
+            }-byte memory`,
           );
         }
         address = region.memory.address + BigInt(offset);
@@ -150,7 +156,9 @@ export class Vm extends OwnedFd {
         if (gpa < other.guestPhysAddr + other.memorySize && other.guestPhysAddr < gpa + size) {
           fail(
             Errno.EEXIST,
-            `${hex(gpa)}..${hex(gpa + size)} overlaps slot ${other.slot} at ${hex(other.guestPhysAddr)}`,
+            `${hex(gpa)}..${hex(gpa + size)} overlaps slot ${other.slot} at ${
+              hex(other.guestPhysAddr)
+            }`,
           );
         }
       }
@@ -164,7 +172,12 @@ export class Vm extends OwnedFd {
       memorySize: size,
       userspaceAddr: address,
     });
-    this.ioctlPtr(op, Ioctl.KVM_SET_USER_MEMORY_REGION, this.#regionPtr, () => `slot ${slot} at ${hex(gpa)}`);
+    this.ioctlPtr(
+      op,
+      Ioctl.KVM_SET_USER_MEMORY_REGION,
+      this.#regionPtr,
+      () => `slot ${slot} at ${hex(gpa)}`,
+    );
     if (size === 0) this.#slots.delete(slot);
     else this.#slots.set(slot, { slot, guestPhysAddr: gpa, memorySize: size, bytes, flags });
   }

@@ -40,10 +40,16 @@ Deno.test("real mode: port I/O of every size, MMIO read and write, HLT", () => {
       strictEqual(exit.count, 1);
       strictEqual(exit.data.length, exit.size);
       if (exit.direction === "in") exit.value = inputs[exit.port];
-      seen.push(`${exit.direction} ${exit.port.toString(16)} ${exit.size} ${exit.value.toString(16)}`);
+      seen.push(
+        `${exit.direction} ${exit.port.toString(16)} ${exit.size} ${exit.value.toString(16)}`,
+      );
     } else if (exit.reason === "mmio") {
       if (!exit.isWrite) exit.value = 0xbeef;
-      seen.push(`mmio ${exit.isWrite ? "write" : "read"} ${exit.address.toString(16)} ${exit.length} ${[...exit.data].map((b) => b.toString(16)).join(",")}`);
+      seen.push(
+        `mmio ${exit.isWrite ? "write" : "read"} ${exit.address.toString(16)} ${exit.length} ${
+          [...exit.data].map((b) => b.toString(16)).join(",")
+        }`,
+      );
     } else {
       seen.push(exit.reason);
       if (exit.reason === "hlt") break;

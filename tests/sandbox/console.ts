@@ -42,6 +42,8 @@ export class ConsoleParser {
   /** the command's output */
   output = "";
   #pending = "";
+  /** a marker just ended; the line end after it (maybe in a later chunk) is the marker's own */
+  #afterMarker = false;
   #start: string;
   #exit: RegExp;
   #opts: ConsoleParserOptions;
@@ -50,7 +52,7 @@ export class ConsoleParser {
   constructor(opts: ConsoleParserOptions) {
     this.#opts = opts;
     this.#start = startMarker(opts.nonce);
-    this.#exit = new RegExp(`${escapeRegExp(exitMarkerPrefix(opts.nonce))}(\\d+)@@\\n?`);
+    this.#exit = new RegExp(`${escapeRegExp(exitMarkerPrefix(opts.nonce))}(\\d+)@@`);
   }
 
   #emit(text: string): void {
@@ -64,13 +66,16 @@ export class ConsoleParser {
   push(text: string): void {
     this.#pending += text.replaceAll("\r", "");
     for (;;) {
+      if (this.#afterMarker && this.#pending !== "") {
+        if (this.#pending.startsWith("\n")) this.#pending = this.#pending.slice(1);
+        this.#afterMarker = false;
+      }
       if (this.phase === "boot") {
         const i = this.#pending.indexOf(this.#start);
         if (i < 0) break;
         this.#emit(this.#pending.slice(0, i));
-        let rest = this.#pending.slice(i + this.#start.length);
-        if (rest.startsWith("\n")) rest = rest.slice(1);
-        this.#pending = rest;
+        this.#pending = this.#pending.slice(i + this.#start.length);
+        this.#afterMarker = true;
         this.phase = "command";
         this.#opts.onStart?.();
       } else if (this.phase === "command") {
@@ -78,6 +83,7 @@ export class ConsoleParser {
         if (!m) break;
         this.#emit(this.#pending.slice(0, m.index));
         this.#pending = this.#pending.slice(m.index + m[0].length);
+        this.#afterMarker = true;
         this.exitCode = Number(m[1]);
         this.phase = "done";
       } else {

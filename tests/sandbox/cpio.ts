@@ -127,7 +127,14 @@ export class CpioWriter {
     if (n === "" || this.#dirs.has(n)) return;
     await this.#parents(n);
     this.#dirs.add(n);
-    await this.#entry({ name: n, mode: S_IFDIR | (perm & 0o7777), mtime, size: 0, rdevMajor: 0, rdevMinor: 0 });
+    await this.#entry({
+      name: n,
+      mode: S_IFDIR | (perm & 0o7777),
+      mtime,
+      size: 0,
+      rdevMajor: 0,
+      rdevMinor: 0,
+    });
   }
 
   /** Adds a regular file with the given contents. */
@@ -135,7 +142,14 @@ export class CpioWriter {
     const n = normalizeName(name);
     await this.#parents(n);
     await this.#entry(
-      { name: n, mode: S_IFREG | (perm & 0o7777), mtime, size: data.length, rdevMajor: 0, rdevMinor: 0 },
+      {
+        name: n,
+        mode: S_IFREG | (perm & 0o7777),
+        mtime,
+        size: data.length,
+        rdevMajor: 0,
+        rdevMinor: 0,
+      },
       data,
     );
   }
@@ -145,14 +159,28 @@ export class CpioWriter {
     const n = normalizeName(name);
     const data = encoder.encode(target);
     await this.#parents(n);
-    await this.#entry({ name: n, mode: S_IFLNK | 0o777, mtime, size: data.length, rdevMajor: 0, rdevMinor: 0 }, data);
+    await this.#entry({
+      name: n,
+      mode: S_IFLNK | 0o777,
+      mtime,
+      size: data.length,
+      rdevMajor: 0,
+      rdevMinor: 0,
+    }, data);
   }
 
   /** Adds a character device node, e.g. `/dev/console` (5, 1). */
   async charDevice(name: string, major: number, minor: number, perm = 0o600): Promise<void> {
     const n = normalizeName(name);
     await this.#parents(n);
-    await this.#entry({ name: n, mode: S_IFCHR | (perm & 0o7777), mtime: 0, size: 0, rdevMajor: major, rdevMinor: minor });
+    await this.#entry({
+      name: n,
+      mode: S_IFCHR | (perm & 0o7777),
+      mtime: 0,
+      size: 0,
+      rdevMajor: major,
+      rdevMinor: minor,
+    });
   }
 
   /**
@@ -160,7 +188,14 @@ export class CpioWriter {
    * further archive appended to it starts aligned (the kernel requires 4-byte alignment).
    */
   async finish(): Promise<void> {
-    await this.#entry({ name: "TRAILER!!!", mode: 0, mtime: 0, size: 0, rdevMajor: 0, rdevMinor: 0 });
+    await this.#entry({
+      name: "TRAILER!!!",
+      mode: 0,
+      mtime: 0,
+      size: 0,
+      rdevMajor: 0,
+      rdevMinor: 0,
+    });
     this.#finished = true;
     await this.#write(ZERO.subarray(0, (512 - (this.#size % 512)) % 512));
   }

@@ -9,7 +9,8 @@ import { basename, delimiter, join } from "node:path";
 import { elfInterpreter } from "./elf.ts";
 
 /** The command that installs everything the sandbox needs on Debian or Ubuntu. */
-export const INSTALL_COMMAND = "sudo apt-get install -y qemu-system-x86 linux-image-amd64 busybox-static cpio";
+export const INSTALL_COMMAND =
+  "sudo apt-get install -y qemu-system-x86 linux-image-amd64 busybox-static cpio";
 const PACKAGES = ["qemu-system-x86", "linux-image-amd64", "busybox-static", "cpio"];
 
 /** The kernel the guest boots, with the modules that give it `/dev/kvm`. */
@@ -65,7 +66,10 @@ export function moduleLoadOrder(modulesDep: string, target: string): string[] | 
   for (const line of modulesDep.split("\n")) {
     const colon = line.indexOf(":");
     if (colon < 0) continue;
-    deps.set(line.slice(0, colon).trim(), line.slice(colon + 1).trim().split(/\s+/).filter(Boolean));
+    deps.set(
+      line.slice(0, colon).trim(),
+      line.slice(colon + 1).trim().split(/\s+/).filter(Boolean),
+    );
   }
   const key = (p: string) => basename(p).replace(/\.ko(\.\w+)?$/, "").replaceAll("-", "_");
   const wanted = target.replaceAll("-", "_");
@@ -119,7 +123,9 @@ export async function findKernel(): Promise<GuestKernel | string> {
       // Ubuntu keeps kernel images readable by root only.
       (await Deno.open(image)).close();
     } catch (e) {
-      problems.push(`cannot read ${image} (${(e as Error).message}); try: sudo chmod 0644 ${image}`);
+      problems.push(
+        `cannot read ${image} (${(e as Error).message}); try: sudo chmod 0644 ${image}`,
+      );
       continue;
     }
     return { version, image, modules: order.map((p) => join(dir, p)) };
@@ -142,7 +148,9 @@ export async function findBusybox(): Promise<string> {
       // missing or not an ELF
     }
   }
-  throw new Error(dynamic ? `${dynamic} is dynamically linked; a static busybox is needed` : "no busybox found");
+  throw new Error(
+    dynamic ? `${dynamic} is dynamically linked; a static busybox is needed` : "no busybox found",
+  );
 }
 
 /**
@@ -151,11 +159,17 @@ export async function findBusybox(): Promise<string> {
  * the loader is looked up by its `PT_INTERP` path, which may differ from where it resolves.
  */
 export async function sharedLibraries(executable: string): Promise<string[]> {
-  const out = await new Deno.Command("ldd", { args: [executable], stdout: "piped", stderr: "piped" }).output();
+  const out = await new Deno.Command("ldd", {
+    args: [executable],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
   const text = new TextDecoder().decode(out.stdout);
   if (!out.success) {
     // A static executable makes ldd fail with "not a dynamic executable": nothing to copy.
-    if (/not a dynamic executable|statically linked/.test(text + new TextDecoder().decode(out.stderr))) return [];
+    if (
+      /not a dynamic executable|statically linked/.test(text + new TextDecoder().decode(out.stderr))
+    ) return [];
     throw new Error(`ldd ${executable} failed: ${new TextDecoder().decode(out.stderr).trim()}`);
   }
   return parseLdd(text);
@@ -187,7 +201,9 @@ export async function findHost(): Promise<HostTools> {
 }
 
 /** Whether the sandbox can run here; when not, why and how to fix it. */
-export async function sandboxAvailable(): Promise<{ ok: true } | { ok: false; reason: string; install: string }> {
+export async function sandboxAvailable(): Promise<
+  { ok: true } | { ok: false; reason: string; install: string }
+> {
   try {
     await findHost();
     return { ok: true };

@@ -9,6 +9,7 @@
 
 import { basename, dirname, join } from "node:path";
 import { CpioWriter } from "./cpio.ts";
+import { cacheDir, fingerprint, hashKey, pruneCache } from "./cache.ts";
 import { type HostTools, sharedLibraries } from "./host.ts";
 
 /** Bump when the layout of the base archive changes, to invalidate caches. */
@@ -22,35 +23,22 @@ export const GUEST = {
   modules: "/sandbox/modules",
 } as const;
 
-/** The cache directory: `$DENO_KVM_SANDBOX_CACHE`, else `${XDG_CACHE_HOME:-$HOME/.cache}/deno-kvm/sandbox`. */
-export function cacheDir(): string {
-  const explicit = Deno.env.get("DENO_KVM_SANDBOX_CACHE");
-  if (explicit) return explicit;
-  const xdg = Deno.env.get("XDG_CACHE_HOME") || join(Deno.env.get("HOME") ?? "/tmp", ".cache");
-  return join(xdg, "deno-kvm", "sandbox");
-}
-
-async function fingerprint(path: string, withMtime: boolean): Promise<string> {
-  const st = await Deno.stat(path);
-  return `${path}:${st.size}` + (withMtime ? `:${st.mtime?.getTime() ?? 0}` : "");
-}
-
 /** The cache key: a hash over the kernel, deno and busybox binaries and {@link FORMAT_VERSION}. */
 export async function baseKey(host: HostTools): Promise<string> {
-  const parts = [
-    `format:${FORMAT_VERSION}`,
-    await fingerprint(host.kernel.image, true),
-    await fingerprint(host.deno, true),
+  return await hashKey([
+    `base-format:${FORMAT_VERSION}`,
+    await fingerprint(host.kernel.image),
+    await fingerprint(host.deno),
     await fingerprint(host.busybox, false),
-    ...await Promise.all(host.kernel.modules.map((m) => fingerprint(m, true))),
-  ];
-  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(parts.join("\n")));
-  return Array.from(new Uint8Array(digest).subarray(0, 8), (b) => b.toString(16).padStart(2, "0")).join("");
+    ...await Promise.all(host.kernel.modules.map((m) => fingerprint(m))),
+  ]);
 }
 
 async function pipeOutput(cmd: string, args: string[]): Promise<Uint8Array> {
   const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
-  if (!out.success) throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(out.stderr).trim()}`);
+  if (!out.success) {
+    throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(out.stderr).trim()}`);
+  }
   return out.stdout;
 }
 
@@ -68,7 +56,9 @@ export async function readModule(path: string): Promise<Uint8Array> {
 
 /** Writes the base archive's entries (not its trailer) into `w`. */
 async function writeBase(w: CpioWriter, host: HostTools): Promise<void> {
-  for (const d of ["proc", "sys", "dev", "tmp", "usr/bin", "sbin", "usr/sbin", "project"]) await w.dir(d);
+  for (const d of ["proc", "sys", "dev", "tmp", "usr/bin", "sbin", "usr/sbin", "project"]) {
+    await w.dir(d);
+  }
   // The kernel opens /dev/console for init before anything is mounted.
   await w.charDevice("dev/console", 5, 1);
   await w.file(GUEST.busybox, await Deno.readFile(host.busybox), 0o755);
@@ -121,5 +111,6 @@ export async function ensureBaseArchive(
     throw e;
   }
   log(`sandbox: base initramfs built in ${Math.round(performance.now() - t0)} ms`);
+  await pruneCache(dir, "base-", path);
   return path;
 }

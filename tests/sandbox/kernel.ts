@@ -8,6 +8,7 @@
  */
 
 import { join } from "node:path";
+import { cacheDir, fingerprint, hashKey, pruneCache } from "./cache.ts";
 import { elfIsBootablePvh } from "./elf.ts";
 
 /** Decompressors (host commands reading stdin) by the payload's leading magic bytes. */
@@ -37,7 +38,12 @@ async function decompress(payload: Uint8Array): Promise<Uint8Array | null> {
   const d = DECOMPRESSORS.find((d) => d.magic.every((b, i) => payload[i] === b));
   if (!d) return null;
   try {
-    const child = new Deno.Command(d.cmd, { args: d.args, stdin: "piped", stdout: "piped", stderr: "null" }).spawn();
+    const child = new Deno.Command(d.cmd, {
+      args: d.args,
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
     const writing = (async () => {
       const w = child.stdin.getWriter();
       await w.write(payload).catch(() => {});
@@ -53,14 +59,21 @@ async function decompress(payload: Uint8Array): Promise<Uint8Array | null> {
   }
 }
 
+/** Bump when the extraction changes, to invalidate caches. */
+const FORMAT_VERSION = 1;
+
 /**
- * Returns what to pass to QEMU's `-kernel`: a cached, PVH-bootable vmlinux extracted from
- * `image` when possible, else `image` itself. `cacheDir`/`key` name the cached file.
+ * Returns what to pass to QEMU's `-kernel`: a PVH-bootable vmlinux extracted from the bzImage
+ * `image` and cached, when possible; else `image` itself.
  */
-export async function bootableKernel(image: string, cacheDir: string, key: string): Promise<string> {
-  const path = join(cacheDir, `vmlinux-${key}`);
-  const failed = `${path}.unusable`;
-  for (const p of [path, failed]) {
+export async function bootableKernel(image: string): Promise<string> {
+  const dir = cacheDir();
+  const path = join(
+    dir,
+    `vmlinux-${await hashKey([`vmlinux-format:${FORMAT_VERSION}`, await fingerprint(image)])}`,
+  );
+  const unusable = `${path}.unusable`;
+  for (const p of [path, unusable]) {
     try {
       await Deno.stat(p);
       return p === path ? path : image;
@@ -68,16 +81,18 @@ export async function bootableKernel(image: string, cacheDir: string, key: strin
       // not cached
     }
   }
-  await Deno.mkdir(cacheDir, { recursive: true });
   const payload = bzImagePayload(await Deno.readFile(image));
   const vmlinux = payload ? await decompress(payload) : null;
-  if (!vmlinux || !elfIsBootablePvh(vmlinux)) {
-    // Remember the failure so later runs do not repeat the work.
-    await Deno.writeFile(failed, new Uint8Array());
+  if (!vmlinux) return image; // unknown format or missing tool: cheap to find out again
+  await Deno.mkdir(dir, { recursive: true });
+  if (!elfIsBootablePvh(vmlinux)) {
+    // Remember the verdict, so later runs skip the costly decompression.
+    await Deno.writeFile(unusable, new Uint8Array());
     return image;
   }
   const tmp = `${path}.${Deno.pid}.tmp`;
   await Deno.writeFile(tmp, vmlinux);
   await Deno.rename(tmp, path);
+  await pruneCache(dir, "vmlinux-", path);
   return path;
 }

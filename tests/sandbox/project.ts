@@ -66,7 +66,12 @@ export async function listProjectFiles(root: string, extraPaths: string[]): Prom
 }
 
 /** Copies the listed files into `w` under `guestDir`, keeping permissions, mtimes and symlinks. */
-export async function writeProject(w: CpioWriter, root: string, files: string[], guestDir: string): Promise<void> {
+export async function writeProject(
+  w: CpioWriter,
+  root: string,
+  files: string[],
+  guestDir: string,
+): Promise<void> {
   await w.dir(guestDir);
   for (const rel of files) {
     const abs = join(root, rel);
@@ -79,6 +84,8 @@ export async function writeProject(w: CpioWriter, root: string, files: string[],
     const mtime = Math.floor((st.mtime?.getTime() ?? 0) / 1000);
     const name = `${guestDir}/${rel}`;
     if (st.isSymlink) await w.symlink(name, await Deno.readLink(abs), mtime);
-    else if (st.isFile) await w.file(name, await Deno.readFile(abs), (st.mode ?? 0o644) & 0o777, mtime);
+    else if (st.isFile) {
+      await w.file(name, await Deno.readFile(abs), (st.mode ?? 0o644) & 0o777, mtime);
+    }
   }
 }
