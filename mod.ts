@@ -34,6 +34,7 @@
 export { Kvm } from "./src/kvm/kvm.ts";
 export { type MemoryRegion, type MemorySlot, Vm } from "./src/kvm/vm.ts";
 export { type KickTarget, type Regs, type RunArea, type Sregs, Vcpu } from "./src/kvm/vcpu.ts";
+export { OwnedFd } from "./src/kvm/owned_fd.ts";
 export { GuestMemory, type GuestMemoryOptions } from "./src/kvm/guest_memory.ts";
 export {
   DebugExit,
@@ -62,12 +63,21 @@ export {
 export { Errno, type ErrnoCode, errnoName, KvmError } from "./src/errors.ts";
 export { loadNative, type LoadOptions, NativeLoadError } from "./src/ffi/library.ts";
 export { Cap, type CapName } from "./src/abi/capabilities.ts";
-export { Ioctl, type IoctlName } from "./src/abi/ioctls.ts";
-export { ExitReason, KvmRun } from "./src/abi/kvm_run.ts";
-export { KvmDtable, KvmRegs, KvmSegment, KvmSregs } from "./src/abi/x86.ts";
-export {
-  KVM_MEM_LOG_DIRTY_PAGES,
-  KVM_MEM_READONLY,
-  KvmUserspaceMemoryRegion,
-} from "./src/abi/memory.ts";
-export type { Assignable, Plain, Struct, StructBase, StructDef } from "./src/abi/struct.ts";
+export * as Ioctl from "./src/abi/ioctls.ts";
+export * from "./src/abi/kvm_run.ts";
+export * from "./src/abi/x86.ts";
+export * from "./src/abi/memory.ts";
+export type {
+  AnyStructDef,
+  ArrayFor,
+  Assignable,
+  FieldDef,
+  Fields,
+  FieldValue,
+  Plain,
+  ReadonlyKeys,
+  Scalar,
+  Struct,
+  StructBase,
+  StructDef,
+} from "./src/abi/struct.ts";

@@ -105,6 +105,8 @@ export class KvmError extends Error {
   readonly operation: string;
 
   /**
+   * Creates the error; the message is derived from the arguments.
+   *
    * @param operation what failed, usually the ioctl's C name
    * @param errno the positive errno value
    * @param detail what the library knows that makes the failure clear

@@ -21,6 +21,7 @@ const mode = Deno.env.get("KVM_TESTS") ?? "auto";
 function count(output: string): { passed: number; failed: number } {
   // Deno's summary line: "ok | 3 passed | 0 failed (1s)" (or "FAILED | ...").
   const matches = [
+    // deno-lint-ignore no-control-regex
     ...output.replaceAll(/\x1b\[[0-9;]*m/g, "").matchAll(
       /\| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/g,
     ),

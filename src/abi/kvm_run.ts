@@ -7,13 +7,13 @@
  * @module
  */
 
-import { defineStruct } from "./struct.ts";
+import { defineStruct, type Struct, type StructDef } from "./struct.ts";
 
 /** Offset of the exit-data union inside `struct kvm_run`. */
 const U = 32;
 
-/** `struct kvm_run` (x86-64), flattened. */
-export const KvmRun = defineStruct("struct kvm_run", 2352, {
+/** Field layout (offsets and types) of the struct codec below. */
+export const kvmRunFields = {
   requestInterruptWindow: { offset: 0, type: "u8" },
   immediateExit: { offset: 1, type: "u8" },
   exitReason: { offset: 8, type: "u32" },
@@ -62,7 +62,16 @@ export const KvmRun = defineStruct("struct kvm_run", 2352, {
 
   kvmValidRegs: { offset: 288, type: "u64" },
   kvmDirtyRegs: { offset: 296, type: "u64" },
-});
+} as const;
+/** `struct kvm_run` (x86-64), flattened. */
+export const KvmRun: StructDef<typeof kvmRunFields> = defineStruct(
+  "struct kvm_run",
+  2352,
+  kvmRunFields,
+);
+
+/** A `struct kvm_run` codec instance, such as a vCPU's shared run area. */
+export type RunArea = Struct<typeof kvmRunFields>;
 
 /** `KVM_EXIT_*` exit reasons. */
 export const ExitReason = {

@@ -50,7 +50,8 @@ export interface AnyStructDef {
   readonly fields: Fields;
 }
 
-type ArrayFor<T extends Scalar> = T extends "u64" ? BigUint64Array
+/** The typed array that views an array field of scalar type `T`. */
+export type ArrayFor<T extends Scalar> = T extends "u64" ? BigUint64Array
   : T extends "i64" ? BigInt64Array
   : T extends "u32" ? Uint32Array
   : T extends "i32" ? Int32Array
@@ -65,7 +66,8 @@ export type FieldValue<F extends FieldDef> = F["type"] extends StructDef<infer N
   : F["type"] extends "u64" | "i64" ? bigint
   : number;
 
-type ReadonlyKeys<F extends Fields> = {
+/** Fields that are views (arrays, nested structs): readable, not assignable. */
+export type ReadonlyKeys<F extends Fields> = {
   [K in keyof F]: F[K]["count"] extends number ? K : F[K]["type"] extends Scalar ? never : K;
 }[keyof F];
 

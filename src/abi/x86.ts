@@ -4,10 +4,10 @@
  * @module
  */
 
-import { defineStruct } from "./struct.ts";
+import { defineStruct, type StructDef } from "./struct.ts";
 
-/** `struct kvm_regs`: the general-purpose registers, RIP and RFLAGS. */
-export const KvmRegs = defineStruct("struct kvm_regs", 144, {
+/** Field layout (offsets and types) of the struct codec below. */
+export const kvmRegsFields = {
   rax: { offset: 0, type: "u64" },
   rbx: { offset: 8, type: "u64" },
   rcx: { offset: 16, type: "u64" },
@@ -26,10 +26,16 @@ export const KvmRegs = defineStruct("struct kvm_regs", 144, {
   r15: { offset: 120, type: "u64" },
   rip: { offset: 128, type: "u64" },
   rflags: { offset: 136, type: "u64" },
-});
+} as const;
+/** `struct kvm_regs`: the general-purpose registers, RIP and RFLAGS. */
+export const KvmRegs: StructDef<typeof kvmRegsFields> = defineStruct(
+  "struct kvm_regs",
+  144,
+  kvmRegsFields,
+);
 
-/** `struct kvm_segment`: a segment register with its hidden descriptor part. */
-export const KvmSegment = defineStruct("struct kvm_segment", 24, {
+/** Field layout (offsets and types) of the struct codec below. */
+export const kvmSegmentFields = {
   base: { offset: 0, type: "u64" },
   limit: { offset: 8, type: "u32" },
   selector: { offset: 12, type: "u16" },
@@ -42,16 +48,28 @@ export const KvmSegment = defineStruct("struct kvm_segment", 24, {
   g: { offset: 20, type: "u8" },
   avl: { offset: 21, type: "u8" },
   unusable: { offset: 22, type: "u8" },
-});
+} as const;
+/** `struct kvm_segment`: a segment register with its hidden descriptor part. */
+export const KvmSegment: StructDef<typeof kvmSegmentFields> = defineStruct(
+  "struct kvm_segment",
+  24,
+  kvmSegmentFields,
+);
 
-/** `struct kvm_dtable`: the GDTR or IDTR. */
-export const KvmDtable = defineStruct("struct kvm_dtable", 16, {
+/** Field layout (offsets and types) of the struct codec below. */
+export const kvmDtableFields = {
   base: { offset: 0, type: "u64" },
   limit: { offset: 8, type: "u16" },
-});
+} as const;
+/** `struct kvm_dtable`: the GDTR or IDTR. */
+export const KvmDtable: StructDef<typeof kvmDtableFields> = defineStruct(
+  "struct kvm_dtable",
+  16,
+  kvmDtableFields,
+);
 
-/** `struct kvm_sregs`: segments, descriptor tables, control registers, EFER. */
-export const KvmSregs = defineStruct("struct kvm_sregs", 312, {
+/** Field layout (offsets and types) of the struct codec below. */
+export const kvmSregsFields = {
   cs: { offset: 0, type: KvmSegment },
   ds: { offset: 24, type: KvmSegment },
   es: { offset: 48, type: KvmSegment },
@@ -70,4 +88,10 @@ export const KvmSregs = defineStruct("struct kvm_sregs", 312, {
   efer: { offset: 264, type: "u64" },
   apicBase: { offset: 272, type: "u64" },
   interruptBitmap: { offset: 280, type: "u64", count: 4 },
-});
+} as const;
+/** `struct kvm_sregs`: segments, descriptor tables, control registers, EFER. */
+export const KvmSregs: StructDef<typeof kvmSregsFields> = defineStruct(
+  "struct kvm_sregs",
+  312,
+  kvmSregsFields,
+);

@@ -64,12 +64,12 @@ export function native(): NativeSymbols {
  * Loads the shim, fetching and compiling its source when needed. Safe to call
  * more than once; only the first call does work.
  */
-export async function loadNative(options: LoadOptions = {}): Promise<NativeSymbols> {
-  if (loaded) return loaded.symbols;
+export async function loadNative(options: LoadOptions = {}): Promise<void> {
+  if (loaded) return;
   checkPlatform();
   const explicit = options.path ?? envPath();
-  if (explicit) return open(explicit);
-  if (SOURCE_URL.protocol === "file:") return native();
+  if (explicit) return void open(explicit);
+  if (SOURCE_URL.protocol === "file:") return void native();
   let source: string;
   try {
     const response = await fetch(SOURCE_URL);
@@ -81,7 +81,7 @@ export async function loadNative(options: LoadOptions = {}): Promise<NativeSymbo
       { cause },
     );
   }
-  return open(buildCached(source));
+  open(buildCached(source));
 }
 
 /** Path of the shared library in use, or undefined before loading. */

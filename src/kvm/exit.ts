@@ -9,9 +9,9 @@
  * @module
  */
 
-import { ExitReason, KvmRun } from "../abi/kvm_run.ts";
+import { ExitReason, type RunArea } from "../abi/kvm_run.ts";
 
-type Run = InstanceType<typeof KvmRun>;
+type Run = RunArea;
 
 /** Direction of a port I/O exit. */
 export type IoDirection = "in" | "out";
@@ -365,7 +365,7 @@ export class OtherExit {
   /** The raw `KVM_EXIT_*` number. */
   exitReason = 0;
   /** The whole run area, to decode by hand. */
-  readonly run: Run;
+  readonly run: RunArea;
   /** @internal */
   constructor(run: Run) {
     this.run = run;

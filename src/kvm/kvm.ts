@@ -5,7 +5,7 @@
  */
 
 import { Cap, type CapName } from "../abi/capabilities.ts";
-import { Ioctl } from "../abi/ioctls.ts";
+import * as Ioctl from "../abi/ioctls.ts";
 import { Errno, KvmError } from "../errors.ts";
 import { native } from "../ffi/library.ts";
 import { KVM_API_VERSION } from "./constants.ts";
@@ -26,7 +26,7 @@ const O_RDWR = 2;
  * ```
  */
 export class Kvm extends OwnedFd {
-  /** @inheritdoc */
+  /** Names this object in error messages. */
   protected readonly label = "Kvm";
   #vms = new Set<Vm>();
 
@@ -98,7 +98,7 @@ export class Kvm extends OwnedFd {
     return vm;
   }
 
-  /** @inheritdoc */
+  /** Closes what this object owns before its fd. */
   protected override releaseResources(): void {
     for (const vm of [...this.#vms]) vm.close();
   }

@@ -7,19 +7,15 @@
 
 import { Errno, KvmError, unwrap } from "../errors.ts";
 import { native } from "../ffi/library.ts";
-import type { NativeSymbols } from "../ffi/symbols.ts";
 
 /** An owned kernel file descriptor. */
 export abstract class OwnedFd {
   #fd: number;
-  /** The shim, captured once so calls stay on the FFI fast path. */
-  protected readonly native: NativeSymbols;
   /** What this object is, for error messages ("vCPU 2"). */
   protected abstract readonly label: string;
 
   /** Takes ownership of `fd`. */
   protected constructor(fd: number) {
-    this.native = native();
     this.#fd = fd;
   }
 
@@ -48,7 +44,7 @@ export abstract class OwnedFd {
     arg: Deno.PointerValue,
     detail?: () => string,
   ): number {
-    return unwrap(this.native.kvm_ioctl_ptr(this.fd(operation), request, arg), operation, detail);
+    return unwrap(native().kvm_ioctl_ptr(this.fd(operation), request, arg), operation, detail);
   }
 
   /** An ioctl with an integer argument, throwing a KvmError on failure. */
@@ -59,7 +55,7 @@ export abstract class OwnedFd {
     detail?: () => string,
   ): number {
     return unwrap(
-      this.native.kvm_ioctl_val(this.fd(operation), request, BigInt(arg)),
+      native().kvm_ioctl_val(this.fd(operation), request, BigInt(arg)),
       operation,
       detail,
     );
@@ -76,7 +72,7 @@ export abstract class OwnedFd {
       this.releaseResources();
     } finally {
       this.#fd = -1;
-      this.native.kvm_close(fd);
+      native().kvm_close(fd);
     }
   }
 

@@ -4,12 +4,14 @@
  * @module
  */
 
-import { Ioctl } from "../abi/ioctls.ts";
-import { KvmRun } from "../abi/kvm_run.ts";
+import * as Ioctl from "../abi/ioctls.ts";
+import { KvmRun, type RunArea } from "../abi/kvm_run.ts";
 import { KvmRegs, KvmSregs } from "../abi/x86.ts";
 import { Errno, KvmError, unwrap } from "../errors.ts";
 import { native } from "../ffi/library.ts";
 import { ExitDecoder, type VcpuExit } from "./exit.ts";
+
+export type { RunArea };
 import { OwnedFd, pointerOf } from "./owned_fd.ts";
 
 const PROT_READ = 1;
@@ -20,8 +22,6 @@ const MAP_SHARED = 1;
 export type Regs = InstanceType<typeof KvmRegs>;
 /** `struct kvm_sregs` codec instance. */
 export type Sregs = InstanceType<typeof KvmSregs>;
-/** `struct kvm_run` codec instance (over the vCPU's shared run area). */
-export type RunArea = InstanceType<typeof KvmRun>;
 
 /**
  * What another thread needs to kick this vCPU out of `KVM_RUN`: plain
@@ -61,7 +61,7 @@ let kickHandlerInstalled = false;
  * ```
  */
 export class Vcpu extends OwnedFd {
-  /** @inheritdoc */
+  /** Names this object in error messages. */
   protected readonly label: string;
   /** The vCPU id (its initial APIC id). */
   readonly id: number;
@@ -88,7 +88,7 @@ export class Vcpu extends OwnedFd {
     this.#onClose = onClose;
     this.#mmapSize = mmapSize;
     const out = new BigUint64Array(1);
-    const mapped = this.native.kvm_mmap(
+    const mapped = native().kvm_mmap(
       fd,
       BigInt(mmapSize),
       PROT_READ | PROT_WRITE,
@@ -97,7 +97,7 @@ export class Vcpu extends OwnedFd {
       out,
     );
     if (mapped < 0) {
-      this.native.kvm_close(fd);
+      native().kvm_close(fd);
       throw new KvmError("mmap vCPU run area", -mapped, this.label);
     }
     this.#runAddress = out[0];
@@ -110,10 +110,10 @@ export class Vcpu extends OwnedFd {
     this.#exitReason = new Uint32Array(this.#runBuffer, 8, 1);
     this.#decoder = new ExitDecoder(this.runArea);
     if (!kickHandlerInstalled) {
-      unwrap(this.native.kvm_install_kick_handler(), "sigaction (vCPU kick signal)");
+      unwrap(native().kvm_install_kick_handler(), "sigaction (vCPU kick signal)");
       kickHandlerInstalled = true;
     }
-    this.#threadId = this.native.kvm_thread_id();
+    this.#threadId = native().kvm_thread_id();
   }
 
   /** @internal Used by `Vm.createVcpu`; also adopts a vCPU fd passed to a Worker. */
@@ -192,16 +192,16 @@ export class Vcpu extends OwnedFd {
 
   /** Records the calling thread as the one that runs this vCPU (for kicks). */
   adoptThread(): void {
-    this.#threadId = this.native.kvm_thread_id();
+    this.#threadId = native().kvm_thread_id();
   }
 
-  /** @inheritdoc */
+  /** Closes what this object owns before its fd. */
   protected override releaseResources(): void {
     const address = this.#runAddress;
     this.#runAddress = 0n;
     // Detach first so stale views (runArea, exits) read nothing instead of faulting.
     this.#runBuffer.transfer(0);
-    this.native.kvm_munmap(Deno.UnsafePointer.create(address), BigInt(this.#mmapSize));
+    native().kvm_munmap(Deno.UnsafePointer.create(address), BigInt(this.#mmapSize));
     this.#onClose();
   }
 }

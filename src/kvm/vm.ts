@@ -4,7 +4,7 @@
  * @module
  */
 
-import { Ioctl } from "../abi/ioctls.ts";
+import * as Ioctl from "../abi/ioctls.ts";
 import {
   KVM_MEM_LOG_DIRTY_PAGES,
   KVM_MEM_READONLY,
@@ -68,7 +68,7 @@ export interface MemorySlot {
  * ```
  */
 export class Vm extends OwnedFd {
-  /** @inheritdoc */
+  /** Names this object in error messages. */
   protected readonly label = "Vm";
   /** The system object this VM was created from. */
   readonly kvm: Kvm;
@@ -262,7 +262,7 @@ export class Vm extends OwnedFd {
     this.ioctlVal("KVM_CREATE_IRQCHIP", Ioctl.KVM_CREATE_IRQCHIP, 0);
   }
 
-  /** @inheritdoc */
+  /** Closes what this object owns before its fd. */
   protected override releaseResources(): void {
     for (const vcpu of [...this.#vcpus.values()]) vcpu.close();
     this.#slots.clear();

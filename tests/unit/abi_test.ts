@@ -13,7 +13,6 @@ const abiDir = new URL("../../src/abi/", import.meta.url);
 const CONSTANT_TABLES: Record<string, string> = {
   Cap: "KVM_CAP_",
   ExitReason: "KVM_EXIT_",
-  Ioctl: "",
 };
 
 /**
