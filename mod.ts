@@ -81,3 +81,79 @@ export type {
   StructBase,
   StructDef,
 } from "./src/abi/struct.ts";
+export {
+  CODE_SELECTOR,
+  CR0_CD,
+  CR0_ET,
+  CR0_NW,
+  CR0_PE,
+  CR0_PG,
+  CR4_PAE,
+  DATA_SELECTOR,
+  DEFAULT_GDT_ADDRESS,
+  DEFAULT_PAGE_TABLE_ADDRESS,
+  EFER_LMA,
+  EFER_LME,
+  type FlatModeOptions,
+  gdtEntry,
+  type LongModeLayout,
+  type LongModeOptions,
+  type ProtectedModeLayout,
+  type RealModeLayout,
+  type RealModeOptions,
+  setupLongMode,
+  setupProtectedMode,
+  setupRealMode,
+  TSS_SELECTOR,
+} from "./src/boot/modes.ts";
+export {
+  bitmapPages,
+  type ClockData,
+  type GsiRoute,
+  type IoeventOptions,
+  type Irqchip,
+  type IrqfdOptions,
+  type MemoryRegion2,
+  type Msi,
+  type PitState2,
+} from "./src/kvm/vm.ts";
+export { EventFd, type EventFdOptions } from "./src/kvm/event_fd.ts";
+export { Device, type DeviceAttr } from "./src/kvm/device.ts";
+export { CoalescedRing, type CoalescedWrite } from "./src/kvm/coalesced_ring.ts";
+export * from "./src/abi/irqchip.ts";
+export * from "./src/abi/pit.ts";
+export * from "./src/abi/irq_routing.ts";
+export * from "./src/abi/eventfd.ts";
+export * from "./src/abi/coalesced.ts";
+export * from "./src/abi/dirty_log.ts";
+export * from "./src/abi/clock.ts";
+export * from "./src/abi/device.ts";
+export * from "./src/abi/enable_cap.ts";
+export { KVM_CAP_USER_MEMORY2 } from "./src/abi/memory2.ts";
+export {
+  DEFAULT_TSS_ADDRESS,
+  KvmContext,
+  type KvmContextOptions,
+  LOW_RAM_END,
+  VGA_HOLE_END,
+  VGA_HOLE_START,
+} from "./src/context/context.ts";
+export { GuestRam } from "./src/context/guest_ram.ts";
+export {
+  type CallbackResult,
+  type DebugInfo,
+  type DeviceContext,
+  type DeviceFactory,
+  type DeviceModule,
+  type HandlerResult,
+  type KvmCallbacks,
+  type MaybePromise,
+  type RunResult,
+  stopVcpu,
+  type VcpuDevice,
+  VcpuError,
+  type VcpuErrorKind,
+  type VcpuResult,
+  VcpuStop,
+  type VcpuStopReason,
+} from "./src/context/types.ts";

@@ -14,7 +14,7 @@
 import { ensureSandboxPackages, runInSandbox, sandboxAvailable } from "./sandbox/sandbox.ts";
 
 const root = new URL("..", import.meta.url).pathname;
-const SANITIZE = ["--sanitize-ops", "--sanitize-resources"];
+const SANITIZE = ["--sanitize-ops", "--sanitize-resources", "--preload", "tests/preload.ts"];
 const totals = { passed: 0, failed: 0, skipped: 0 };
 const mode = Deno.env.get("KVM_TESTS") ?? "auto";
 

@@ -9,7 +9,11 @@ import * as Ioctl from "../abi/ioctls.ts";
 import { Errno, KvmError } from "../errors.ts";
 import { native } from "../ffi/library.ts";
 import { KVM_API_VERSION } from "./constants.ts";
-import { OwnedFd } from "./owned_fd.ts";
+import type { CpuidEntry } from "../abi/cpuid.ts"; // (vcpu-api helper)
+import { msrBuffer, type MsrEntry, readMsrBuffer } from "../abi/msr.ts"; // (vcpu-api helper)
+import { hex } from "./constants.ts"; // (vcpu-api helper)
+import { getCpuidList } from "./cpuid_list.ts"; // (vcpu-api helper)
+import { OwnedFd, pointerOf } from "./owned_fd.ts";
 import { Vm } from "./vm.ts";
 
 const O_RDWR = 2;
@@ -88,6 +92,36 @@ export class Kvm extends OwnedFd {
   }
 
   /**
+   * Recommended maximum of vCPUs per VM (`KVM_CAP_NR_VCPUS`); 4 when the
+   * capability is absent, as Documentation/virt/kvm/api.rst ("KVM_CREATE_VCPU") says.
+   */
+  getNrVcpus(): number {
+    return this.checkExtension("NR_VCPUS") || 4;
+  }
+
+  /**
+   * Hard maximum of vCPUs per VM (`KVM_CAP_MAX_VCPUS`); the recommended count
+   * ({@linkcode getNrVcpus}) when the capability is absent (api.rst).
+   */
+  getMaxVcpus(): number {
+    return this.checkExtension("MAX_VCPUS") || this.getNrVcpus();
+  }
+
+  /**
+   * Maximum vCPU id plus one (`KVM_CAP_MAX_VCPU_ID`): ids passed to
+   * `createVcpu` must be below it. Falls back to {@linkcode getMaxVcpus}
+   * when the capability is absent (api.rst).
+   */
+  getMaxVcpuId(): number {
+    return this.checkExtension("MAX_VCPU_ID") || this.getMaxVcpus();
+  }
+
+  /** Memory slots per address space (`KVM_CAP_NR_MEMSLOTS`); 32 when absent (kvm-ioctls' fallback). */
+  getNrMemslots(): number {
+    return this.checkExtension("NR_MEMSLOTS") || 32;
+  }
+
+  /**
    * `KVM_CREATE_VM`. The VM is owned by this object: closing the Kvm closes
    * its VMs, their vCPUs and the guest memory they allocated.
    */
@@ -96,6 +130,97 @@ export class Kvm extends OwnedFd {
     const vm = Vm.fromFd(fd, this, () => this.#vms.delete(vm));
     this.#vms.add(vm);
     return vm;
+  }
+
+  // ---- (vcpu-api helper) CPUID and MSR discovery ----
+
+  /**
+   * `KVM_GET_SUPPORTED_CPUID`: the CPUID leaves KVM can offer a guest (feed
+   * them, adjusted, to `Vcpu.setCpuid2`). The buffer grows on E2BIG.
+   */
+  getSupportedCpuid(): CpuidEntry[] {
+    const op = "KVM_GET_SUPPORTED_CPUID";
+    return getCpuidList(
+      op,
+      (ptr) => native().kvm_ioctl_ptr(this.fd(op), Ioctl.KVM_GET_SUPPORTED_CPUID, ptr),
+      () => "supported CPUID",
+    );
+  }
+
+  /**
+   * `KVM_GET_EMULATED_CPUID`: CPUID features KVM emulates in software (e.g.
+   * MOVBE, RDPID). Needs `KVM_CAP_EXT_EMUL_CPUID`.
+   */
+  getEmulatedCpuid(): CpuidEntry[] {
+    const op = "KVM_GET_EMULATED_CPUID";
+    if (this.checkExtension("EXT_EMUL_CPUID") === 0) {
+      throw new KvmError(op, Errno.EOPNOTSUPP, "the kernel lacks KVM_CAP_EXT_EMUL_CPUID");
+    }
+    return getCpuidList(
+      op,
+      (ptr) => native().kvm_ioctl_ptr(this.fd(op), Ioctl.KVM_GET_EMULATED_CPUID, ptr),
+      () => "emulated CPUID",
+    );
+  }
+
+  /** `KVM_GET_MSR_INDEX_LIST`: the MSRs `Vcpu.getMsrs`/`setMsrs` support. */
+  getMsrIndexList(): number[] {
+    return this.#msrList("KVM_GET_MSR_INDEX_LIST", Ioctl.KVM_GET_MSR_INDEX_LIST);
+  }
+
+  /**
+   * `KVM_GET_MSR_FEATURE_INDEX_LIST`: the feature MSRs (read-only CPU
+   * capabilities such as IA32_ARCH_CAPABILITIES) {@linkcode getFeatureMsrs}
+   * reads. Needs `KVM_CAP_GET_MSR_FEATURES`.
+   */
+  getMsrFeatureIndexList(): number[] {
+    this.#requireMsrFeatures("KVM_GET_MSR_FEATURE_INDEX_LIST");
+    return this.#msrList("KVM_GET_MSR_FEATURE_INDEX_LIST", Ioctl.KVM_GET_MSR_FEATURE_INDEX_LIST);
+  }
+
+  /**
+   * `KVM_GET_MSRS` on the system fd: the values of feature MSRs (from
+   * {@linkcode getMsrFeatureIndexList}). An MSR the kernel does not know is a
+   * KvmError(`EINVAL`) naming it.
+   */
+  getFeatureMsrs(indices: ArrayLike<number>): MsrEntry[] {
+    const op = "KVM_GET_MSRS";
+    this.#requireMsrFeatures(op);
+    if (indices.length === 0) throw new KvmError(op, Errno.EINVAL, "no MSR indices given");
+    const bytes = msrBuffer(Array.from(indices));
+    const n = this.ioctlPtr(op, Ioctl.KVM_GET_MSRS, pointerOf(bytes), () => "feature MSRs");
+    if (n < indices.length) {
+      throw new KvmError(
+        op,
+        Errno.EINVAL,
+        `feature MSR ${hex(indices[n])} cannot be read (read ${n} of ${indices.length})`,
+      );
+    }
+    return readMsrBuffer(bytes, n);
+  }
+
+  #requireMsrFeatures(op: string): void {
+    if (this.checkExtension("GET_MSR_FEATURES") === 0) {
+      throw new KvmError(op, Errno.EOPNOTSUPP, "the kernel lacks KVM_CAP_GET_MSR_FEATURES");
+    }
+  }
+
+  /** A `struct kvm_msr_list` ioctl: ask with room for none, the kernel says how many. */
+  #msrList(op: string, request: number): number[] {
+    let count = 0;
+    for (let attempt = 0; attempt < 4; attempt++) {
+      const words = new Uint32Array(1 + count);
+      words[0] = count;
+      const r = native().kvm_ioctl_ptr(
+        this.fd(op),
+        request,
+        pointerOf(new Uint8Array(words.buffer)),
+      );
+      if (r >= 0) return Array.from(words.subarray(1, 1 + words[0]));
+      if (r !== -Errno.E2BIG) throw new KvmError(op, -r);
+      count = words[0]; // E2BIG: the kernel wrote the count it needs
+    }
+    throw new KvmError(op, Errno.E2BIG, "the list kept growing");
   }
 
   /** Closes what this object owns before its fd. */

@@ -111,7 +111,9 @@ function qemuArgs(kernel: string, initrd: string, cpus: number, memoryMiB: numbe
     "-nodefaults",
     "-no-user-config",
     "-accel",
-    "tcg,thread=multi",
+    // Single-threaded TCG: with thread=multi (QEMU 7.2, Debian 6.1 guest kernel) the guest
+    // locks up (soft lockups on both CPUs) after a few dozen KVM VM create/destroy cycles.
+    Deno.env.get("DENO_KVM_SANDBOX_ACCEL") ?? "tcg,thread=single",
     "-smp",
     String(cpus),
     "-cpu",
@@ -131,7 +133,9 @@ function qemuArgs(kernel: string, initrd: string, cpus: number, memoryMiB: numbe
     initrd,
     "-append",
     // mitigations=off: speculation barriers only slow a throwaway guest (and its KVM) down.
-    "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off",
+    `console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off ${
+      Deno.env.get("DENO_KVM_SANDBOX_APPEND") ?? ""
+    }`.trim(),
   ];
 }
 

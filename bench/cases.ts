@@ -1,0 +1,289 @@
+/**
+ * The benchmark cases of the run-loop hot path, shared by the `deno bench`
+ * files and by `deno task bench` (bench/run.ts), which runs each one against
+ * the C baseline (bench/baseline.c) with the same guest.
+ *
+ * A case is a {@linkcode BenchCase}; other files can add cases by exporting
+ * `cases: BenchCase[]` (bench/context_bench.ts does, for the Worker and
+ * KvmContext cases): bench/run.ts picks them up.
+ *
+ * @module
+ */
+
+import type { IoExit, MmioExit, Vcpu, Vm } from "../mod.ts";
+import {
+  DIRTY_GUEST,
+  DIRTY_OFFSET,
+  DIRTY_PAGES,
+  DIRTY_RAM,
+  DIRTY_STRIDE,
+  type Guest,
+  type GuestSpec,
+  MMIO_GUEST,
+  MMIO_READ_ADDR,
+  MMIO_WRITE_ADDR,
+  openGuest,
+  PIO_GUEST,
+  PIO_PORT,
+} from "./guests.ts";
+
+/** An opened case: a VM with its guest loaded, ready to measure. */
+export interface BenchFixture {
+  /**
+   * Performs `n` operations (exits, ioctls, scans) and returns the
+   * milliseconds spent in the measured part. Throws when the guest did not do
+   * what the case expects.
+   */
+  measure(n: number): number | Promise<number>;
+  /** Releases the VM (and anything else the case opened). */
+  close(): void | Promise<void>;
+}
+
+/** One benchmark case. */
+export interface BenchCase {
+  /** Short id, e.g. `"pio"`. */
+  id: string;
+  /** What the table shows, e.g. `"1. PIO exit round trip"`. */
+  title: string;
+  /** What one operation is, for "per second" figures: `"exits"`, `"ioctls"`, `"scans"`. */
+  unit: string;
+  /** Operations per measured run in `deno task bench` (sized for the slow sandbox). */
+  ops: number;
+  /** Untimed operations before measuring (JIT warm-up, faulting memory in). */
+  warmup: number;
+  /**
+   * The C baseline case (`bench/baseline.c` argument) with the same guest
+   * and handler, or null when there is none. The C program prints one JSON line.
+   */
+  baseline: { case: string; guest: GuestSpec } | null;
+  /** Opens the case. */
+  open(): BenchFixture | Promise<BenchFixture>;
+}
+
+/**
+ * One PIO exit round trip on the calling thread: KVM_RUN, exit decode, the
+ * handler (checks the port, reads the value), KVM_RUN again. The handler
+ * checks the guest's counter so a lost or repeated exit is an error.
+ */
+export function pioStep(vcpu: Vcpu, expected: number): number {
+  const exit = vcpu.run();
+  if (exit.reason !== "io" || exit.port !== PIO_PORT) unexpected(exit.reason, "io");
+  const value = (exit as IoExit).value;
+  if (value !== (expected & 0xff)) throw new Error(`PIO guest sent ${value}, not ${expected}`);
+  return expected + 1;
+}
+
+/**
+ * One MMIO exit round trip: a write (remember the byte) or a read (answer the
+ * remembered byte + 1), alternating. Returns the state for the next step.
+ */
+export function mmioStep(vcpu: Vcpu, last: number): number {
+  const exit = vcpu.run() as MmioExit;
+  if (exit.reason !== "mmio") unexpected(exit.reason, "mmio");
+  if (exit.isWrite) {
+    if (exit.address !== MMIO_WRITE_ADDR) throw new Error(`MMIO write at ${exit.address}`);
+    return exit.value;
+  }
+  if (exit.address !== MMIO_READ_ADDR) throw new Error(`MMIO read at ${exit.address}`);
+  exit.value = (last + 1) & 0xff;
+  return last;
+}
+
+function unexpected(reason: string, wanted: string): never {
+  throw new Error(`guest exit ${reason}, expected ${wanted}`);
+}
+
+function time(body: () => void): number {
+  const t0 = performance.now();
+  body();
+  return performance.now() - t0;
+}
+
+/** Case 1. */
+export const pioCase: BenchCase = {
+  id: "pio",
+  title: "1. PIO exit round trip",
+  unit: "exits",
+  ops: 30_000,
+  warmup: 3_000,
+  baseline: { case: "pio", guest: PIO_GUEST },
+  open() {
+    const guest = openGuest(PIO_GUEST);
+    let next = 0;
+    return {
+      measure: (n) =>
+        time(() => {
+          const vcpu = guest.vcpu;
+          let k = next;
+          for (let i = 0; i < n; i++) k = pioStep(vcpu, k);
+          next = k;
+        }),
+      close: () => guest.close(),
+    };
+  },
+};
+
+/** Case 2. */
+export const mmioCase: BenchCase = {
+  id: "mmio",
+  title: "2. MMIO exit round trip",
+  unit: "exits",
+  ops: 20_000,
+  warmup: 2_000,
+  baseline: { case: "mmio", guest: MMIO_GUEST },
+  open() {
+    const guest = openGuest(MMIO_GUEST);
+    let state = 0;
+    let exits = 0;
+    return {
+      measure: (n) =>
+        time(() => {
+          const vcpu = guest.vcpu;
+          let s = state;
+          for (let i = 0; i < n; i++) s = mmioStep(vcpu, s);
+          state = s;
+          exits += n;
+          // Written bytes go 0, 2, 4...: after 2k exits the last write was 2(k-1).
+          const writes = Math.ceil(exits / 2);
+          if (s !== ((writes - 1) * 2 & 0xff)) throw new Error(`MMIO guest wrote ${s}`);
+        }),
+      close: () => guest.close(),
+    };
+  },
+};
+
+/** Case 5a. */
+export const getRegsCase: BenchCase = {
+  id: "get-regs",
+  title: "5a. KVM_GET_REGS",
+  unit: "ioctls",
+  ops: 50_000,
+  warmup: 5_000,
+  baseline: { case: "get-regs", guest: PIO_GUEST },
+  open() {
+    const guest = openGuest(PIO_GUEST);
+    return {
+      measure: (n) =>
+        time(() => {
+          const vcpu = guest.vcpu;
+          let rip = 0n;
+          for (let i = 0; i < n; i++) rip = vcpu.getRegs().rip;
+          if (rip !== BigInt(PIO_GUEST.entry)) throw new Error(`RIP ${rip}`);
+        }),
+      close: () => guest.close(),
+    };
+  },
+};
+
+/** Case 5b. */
+export const setRegsCase: BenchCase = {
+  id: "set-regs",
+  title: "5b. KVM_SET_REGS",
+  unit: "ioctls",
+  ops: 50_000,
+  warmup: 5_000,
+  baseline: { case: "set-regs", guest: PIO_GUEST },
+  open() {
+    const guest = openGuest(PIO_GUEST);
+    const regs = guest.vcpu.getRegs();
+    return {
+      measure: (n) =>
+        time(() => {
+          const vcpu = guest.vcpu;
+          for (let i = 0; i < n; i++) vcpu.setRegs(regs);
+        }),
+      close: () => guest.close(),
+    };
+  },
+};
+
+/**
+ * A dirty-log fixture: runs one guest pass (untimed), then times the
+ * retrieval of the 1 GiB slot's dirty bitmap and its scan.
+ */
+export class DirtyLogFixture implements BenchFixture {
+  /** The VM and vCPU. */
+  readonly guest: Guest;
+  /** Dirty pages found by the last scan. */
+  dirty = 0;
+
+  constructor() {
+    this.guest = openGuest(DIRTY_GUEST);
+  }
+
+  /** Lets the guest dirty its 1024 pages once. */
+  pass(): void {
+    const exit = this.guest.vcpu.run();
+    if (exit.reason !== "io" || exit.port !== PIO_PORT) unexpected(exit.reason, "io");
+  }
+
+  /** Fetches the dirty log and scans it; returns the milliseconds this took. */
+  scanOnce(): number {
+    const t0 = performance.now();
+    this.dirty = scanDirtyLog(this.guest.vm);
+    return performance.now() - t0;
+  }
+
+  /** `n` passes and scans; the scans' time. */
+  measure(n: number): number {
+    let ms = 0;
+    for (let i = 0; i < n; i++) {
+      this.pass();
+      ms += this.scanOnce();
+      if (this.dirty !== DIRTY_PAGES) {
+        throw new Error(`${this.dirty} dirty pages, expected ${DIRTY_PAGES}`);
+      }
+    }
+    return ms;
+  }
+
+  /** Closes the VM. */
+  close(): void {
+    this.guest.close();
+  }
+}
+
+/** Bit `p` of the dirty bitmap is page `p` of the slot. */
+const EXPECTED_FIRST = DIRTY_OFFSET / 4096;
+const EXPECTED_STRIDE = DIRTY_STRIDE / 4096;
+const PAGES = DIRTY_RAM / 4096;
+
+/**
+ * `KVM_GET_DIRTY_LOG` of slot 0 and a scan of every set bit: counts the pages
+ * the guest wrote and checks each one is in the guest's known set. The pages
+ * below the first expected one hold the code; a nested MMU may report those
+ * dirty too, so they are skipped (see shared/NESTED_KVM.md).
+ */
+export function scanDirtyLog(vm: Vm): number {
+  const bitmap = vm.getDirtyLog(0);
+  const words = new Uint32Array(bitmap.buffer, bitmap.byteOffset, PAGES / 32);
+  let dirty = 0;
+  for (let w = 0; w < words.length; w++) {
+    let bits = words[w];
+    while (bits !== 0) {
+      const low = bits & -bits;
+      const page = (w << 5) + 31 - Math.clz32(low);
+      bits ^= low;
+      if (page < EXPECTED_FIRST) continue;
+      if ((page - EXPECTED_FIRST) % EXPECTED_STRIDE !== 0) {
+        throw new Error(`page ${page} is dirty but the guest never wrote it`);
+      }
+      dirty++;
+    }
+  }
+  return dirty;
+}
+
+/** Case 6. */
+export const dirtyLogCase: BenchCase = {
+  id: "dirty-log",
+  title: "6. dirty log of 1 GiB (1024 dirty pages)",
+  unit: "scans",
+  ops: 10,
+  warmup: 2,
+  baseline: { case: "dirty-log", guest: DIRTY_GUEST },
+  open: () => new DirtyLogFixture(),
+};
+
+/** This file's cases, in table order. */
+export const cases: BenchCase[] = [pioCase, mmioCase, getRegsCase, setRegsCase, dirtyLogCase];

@@ -1,0 +1,78 @@
+/**
+ * Builds a tiny initramfs (a newc cpio archive) from a static busybox and an
+ * `/init` shell script: enough for `boot_linux.ts` to reach a shell.
+ *
+ * CLI: `deno run -A examples/initramfs.ts [--busybox /bin/busybox] [--init FILE] -o OUT`
+ * (without `--init`, the init mounts /proc, /sys and /dev and starts a shell
+ * on the console; exiting the shell reboots).
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { buildCpio } from "../tests/sandbox/cpio.ts";
+
+/** An `/init` that mounts the pseudo file systems and runs a shell; `exit` reboots. */
+export const SHELL_INIT = `#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+echo "Welcome: busybox on $(uname -r), $(nproc) CPU(s). 'exit' reboots."
+setsid cttyhack sh
+reboot -f
+`;
+
+/** Options of {@linkcode buildInitramfs}. */
+export interface InitramfsOptions {
+  /** A statically linked busybox binary, installed as /bin/busybox. */
+  busybox: Uint8Array;
+  /** The `/init` script (default {@linkcode SHELL_INIT}). */
+  init?: string;
+}
+
+/**
+ * Builds the archive: /bin/busybox, /init (mode 0755), /dev/console (5, 1),
+ * and empty /proc, /sys, /tmp.
+ *
+ * @example
+ * ```ts
+ * import { buildInitramfs } from "./initramfs.ts";
+ * const initrd = await buildInitramfs({
+ *   busybox: await Deno.readFile("/bin/busybox"),
+ *   init: "#!/bin/busybox sh\n/bin/busybox echo hello\n/bin/busybox reboot -f\n",
+ * });
+ * console.log(initrd.length);
+ * ```
+ */
+export async function buildInitramfs(options: InitramfsOptions): Promise<Uint8Array> {
+  const init = new TextEncoder().encode(options.init ?? SHELL_INIT);
+  return await buildCpio(async (w) => {
+    for (const dir of ["bin", "dev", "proc", "sys", "tmp"]) await w.dir(dir);
+    await w.charDevice("dev/console", 5, 1);
+    await w.file("bin/busybox", options.busybox, 0o755);
+    await w.file("init", init, 0o755);
+  });
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      busybox: { type: "string", default: "/bin/busybox" },
+      init: { type: "string" },
+      output: { type: "string", short: "o" },
+    },
+  });
+  if (!values.output) {
+    console.error("usage: initramfs.ts [--busybox PATH] [--init FILE] -o OUT");
+    Deno.exit(2);
+  }
+  const initrd = await buildInitramfs({
+    busybox: await Deno.readFile(values.busybox),
+    init: values.init ? await Deno.readTextFile(values.init) : undefined,
+  });
+  await Deno.writeFile(values.output, initrd);
+  console.error(`${values.output}: ${initrd.length} bytes`);
+}

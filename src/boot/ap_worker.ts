@@ -1,0 +1,137 @@
+/**
+ * The Worker that runs one application processor (AP) of a
+ * {@linkcode LinuxMachine}, and the watchdog that bounds a run. Not part of
+ * the public API: `linux.ts` starts it.
+ *
+ * An AP's port I/O and MMIO exits are handled by the device models on the
+ * main thread: the worker copies the exit into a shared mailbox, kicks the
+ * bootstrap vCPU's thread out of `KVM_RUN` so the main loop looks, and waits
+ * for the reply (see {@linkcode Mailbox}).
+ *
+ * @module
+ */
+
+import { type KickTarget, Vcpu } from "../kvm/vcpu.ts";
+import { describeVcpu, Mailbox, MailboxKind, MailboxState } from "./mailbox.ts";
+
+/** Starts an AP loop. */
+export interface ApStartMessage {
+  /** Discriminant. */
+  kind: "ap";
+  /** The vCPU fd, owned by the main thread's Vcpu. */
+  fd: number;
+  /** The vCPU id. */
+  id: number;
+  /** `KVM_GET_VCPU_MMAP_SIZE`. */
+  mmapSize: number;
+  /** The owner's run-area address, borrowed. */
+  runAddress: bigint;
+  /** The mailbox shared with the main thread. */
+  mailbox: SharedArrayBuffer;
+  /** The bootstrap vCPU's thread, to kick when a request is waiting. */
+  bsp: KickTarget;
+}
+
+/** Starts a watchdog: after `ms`, sets `flag[0]` and kicks `bsp`. */
+export interface WatchdogStartMessage {
+  /** Discriminant. */
+  kind: "watchdog";
+  /** Delay in milliseconds. */
+  ms: number;
+  /** An Int32Array's buffer; element 0 becomes 1 when the time is up. */
+  flag: SharedArrayBuffer;
+  /** The thread to kick. */
+  bsp: KickTarget;
+}
+
+/** What the worker posts when its AP is ready to run. */
+export interface ApReadyMessage {
+  /** Discriminant. */
+  kind: "ready";
+  /** This worker's thread, for kicks. */
+  kick: KickTarget;
+}
+
+interface WorkerScope {
+  postMessage(message: ApReadyMessage): void;
+  onmessage: ((event: MessageEvent<ApStartMessage | WatchdogStartMessage>) => void) | null;
+}
+const scope = globalThis as unknown as WorkerScope;
+
+function runAp(msg: ApStartMessage): void {
+  const box = new Mailbox(msg.mailbox);
+  const vcpu = Vcpu.adopt(msg.fd, msg.id, msg.mmapSize, msg.runAddress);
+  const ready: ApReadyMessage = { kind: "ready", kick: vcpu.kickTarget };
+  scope.postMessage(ready);
+  const request = (kind: number): void => {
+    box.set(MailboxKind.INDEX, kind);
+    Atomics.store(box.words, MailboxState.INDEX, MailboxState.REQUEST);
+    Vcpu.kick(msg.bsp);
+    while (
+      Atomics.load(box.words, MailboxState.INDEX) === MailboxState.REQUEST && !box.stopping
+    ) {
+      Atomics.wait(box.words, MailboxState.INDEX, MailboxState.REQUEST, 1000);
+    }
+    Atomics.store(box.words, MailboxState.INDEX, MailboxState.IDLE);
+  };
+  const fatal = (code: number, detail: string): void => {
+    box.setText(`${detail}\n${describeVcpu(vcpu)}`);
+    box.set(Mailbox.CODE, code);
+    request(MailboxKind.FATAL);
+  };
+  try {
+    while (!box.stopping) {
+      const exit = vcpu.run();
+      switch (exit.reason) {
+        case "io":
+          box.setIo(exit.direction, exit.port, exit.size, exit.count, exit.data);
+          request(MailboxKind.IO);
+          if (exit.direction === "in") exit.data.set(box.data.subarray(0, exit.data.length));
+          break;
+        case "mmio":
+          box.setMmio(exit.address, exit.isWrite, exit.data);
+          request(MailboxKind.MMIO);
+          if (!exit.isWrite) exit.data.set(box.data.subarray(0, exit.length));
+          break;
+        case "interrupted":
+        case "hlt":
+          break;
+        case "shutdown":
+          fatal(Mailbox.FATAL_SHUTDOWN, `vCPU ${msg.id}: triple fault (KVM_EXIT_SHUTDOWN)`);
+          break;
+        case "internalError":
+          fatal(
+            Mailbox.FATAL_INTERNAL,
+            `vCPU ${msg.id}: KVM internal error, suberror ${exit.suberror}`,
+          );
+          break;
+        case "systemEvent":
+          box.set(Mailbox.EXTRA, exit.type);
+          fatal(Mailbox.FATAL_SYSTEM_EVENT, `vCPU ${msg.id}: system event ${exit.type}`);
+          break;
+        default:
+          fatal(Mailbox.FATAL_OTHER, `vCPU ${msg.id}: unexpected exit ${exit.reason}`);
+      }
+    }
+  } catch (e) {
+    if (!box.stopping) fatal(Mailbox.FATAL_OTHER, `vCPU ${msg.id}: ${(e as Error).message}`);
+  } finally {
+    vcpu.close();
+    Atomics.store(box.words, Mailbox.DONE, 1);
+    Atomics.notify(box.words, Mailbox.DONE);
+  }
+}
+
+function runWatchdog(msg: WatchdogStartMessage): void {
+  const flag = new Int32Array(msg.flag);
+  setTimeout(() => {
+    Atomics.store(flag, 0, 1);
+    Vcpu.kick(msg.bsp);
+  }, msg.ms);
+}
+
+scope.onmessage = (event) => {
+  const msg = event.data;
+  if (msg.kind === "ap") runAp(msg);
+  else runWatchdog(msg);
+};

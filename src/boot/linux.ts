@@ -1,0 +1,460 @@
+/**
+ * A small PC that boots a Linux bzImage: guest RAM, the in-kernel interrupt
+ * controllers and PIT, a 16550A console on COM1, the i8042 reset line, an MP
+ * table for SMP, and one thread per vCPU (the bootstrap vCPU on the calling
+ * thread, each application processor on a Worker).
+ *
+ * Every device model lives on the calling thread. An AP's I/O exit is handed
+ * over through a shared mailbox: the AP's worker kicks the bootstrap vCPU out
+ * of `KVM_RUN`, the loop here serves the request, and the AP resumes. Linux
+ * does nearly all of its port I/O on the boot CPU, so this costs little.
+ *
+ * @module
+ */
+
+import { Errno, KvmError } from "../errors.ts";
+import { IoBus, type UnhandledAccess } from "../devices/io_bus.ts";
+import { registerLegacyDevices } from "../devices/legacy.ts";
+import { COM1_IRQ, COM1_PORT, Uart16550 } from "../devices/uart_16550.ts";
+import { hex } from "../kvm/constants.ts";
+import { Kvm } from "../kvm/kvm.ts";
+import { type KickTarget, Vcpu } from "../kvm/vcpu.ts";
+import type { Vm } from "../kvm/vm.ts";
+import type { ApReadyMessage, ApStartMessage, WatchdogStartMessage } from "./ap_worker.ts";
+import {
+  HIGH_RAM_START,
+  type LinuxBootPlan,
+  planLinuxBoot,
+  writeLinuxBoot,
+  ZERO_PAGE_ADDRESS,
+} from "./bzimage.ts";
+import { describeVcpu, Mailbox, MailboxKind, MailboxState } from "./mailbox.ts";
+import { setupLongMode, setupProtectedMode } from "./modes.ts";
+import { buildMpTable, MPTABLE_ADDRESS } from "./mptable.ts";
+import { setupPlatform, setupVcpu } from "./platform.ts";
+
+/** Options of {@linkcode LinuxMachine.create}. */
+export interface LinuxMachineOptions {
+  /** The bzImage. */
+  kernel: Uint8Array;
+  /** An initrd / initramfs. */
+  initrd?: Uint8Array;
+  /** The kernel command line (add `console=ttyS0` to see the kernel on the serial port). */
+  cmdline?: string;
+  /** Guest RAM in bytes (a multiple of 2 MiB). */
+  memorySize: number;
+  /** vCPUs, 1 to 64 (default 1). */
+  cpus?: number;
+  /** Receives each byte the guest sends on COM1. */
+  serialOutput?: (byte: number) => void;
+  /** Called once per unclaimed port or MMIO address the guest touches. */
+  onUnhandled?: (what: string) => void;
+  /** The KVM system object to use (default: opens `/dev/kvm`, closed with the machine). */
+  kvm?: Kvm;
+}
+
+/** Why {@linkcode LinuxMachine.run} returned. */
+export type MachineExitReason =
+  /** The guest reset the machine (keyboard controller, a reboot). */
+  | "reset"
+  /** The guest asked to power off (a system event). */
+  | "poweroff"
+  /** A triple fault (`KVM_EXIT_SHUTDOWN`). */
+  | "tripleFault"
+  /** KVM could not go on (internal error, failed entry, unexpected exit). */
+  | "error"
+  /** {@linkcode LinuxMachine.stop} was called. */
+  | "stopped"
+  /** The run's `timeoutMs` passed. */
+  | "timeout";
+
+/** How a run ended. */
+export interface MachineExit {
+  /** Why. */
+  reason: MachineExitReason;
+  /** The vCPU that ended it (-1 when none did). */
+  vcpu: number;
+  /** What happened, for the error reasons, with a register dump. */
+  detail?: string;
+}
+
+/** Options of {@linkcode LinuxMachine.run}. */
+export interface RunOptions {
+  /**
+   * Called on the run loop's thread after every exit of the bootstrap vCPU
+   * (including kicks): feed input to {@linkcode LinuxMachine.serial}, call
+   * {@linkcode LinuxMachine.stop}. Another thread makes it run soon by kicking
+   * {@linkcode LinuxMachine.kickTarget}.
+   */
+  poll?: () => void;
+  /** Ends the run with reason `"timeout"` after this many milliseconds. */
+  timeoutMs?: number;
+}
+
+const MiB = 1024 * 1024;
+
+interface Ap {
+  vcpu: Vcpu;
+  box: Mailbox;
+  worker?: Worker;
+  kick?: KickTarget;
+}
+
+/**
+ * A virtual PC booting Linux.
+ *
+ * @example
+ * ```ts
+ * import { LinuxMachine } from "./linux.ts";
+ * const kernel = Deno.readFileSync("/boot/vmlinuz");
+ * using machine = LinuxMachine.create({
+ *   kernel,
+ *   cmdline: "console=ttyS0 panic=-1",
+ *   memorySize: 256 * 1024 * 1024,
+ *   cpus: 2,
+ *   serialOutput: (b) => Deno.stdout.writeSync(new Uint8Array([b])),
+ * });
+ * const exit = await machine.run();
+ * console.log(exit.reason);
+ * ```
+ */
+export class LinuxMachine {
+  /** The KVM system object. */
+  readonly kvm: Kvm;
+  /** The VM. */
+  readonly vm: Vm;
+  /** The port I/O bus with the platform's devices. */
+  readonly bus: IoBus;
+  /** COM1. */
+  readonly serial: Uart16550;
+  /** The boot layout decided before the VM was created. */
+  readonly plan: LinuxBootPlan;
+  /** vCPUs by id; 0 is the bootstrap processor. */
+  readonly vcpus: readonly Vcpu[];
+  #ownsKvm: boolean;
+  #aps: Ap[] = [];
+  #exit: MachineExit | null = null;
+  #onUnhandled?: (what: string) => void;
+  #seenMmio = new Set<number>();
+  #running = false;
+
+  private constructor(
+    kvm: Kvm,
+    ownsKvm: boolean,
+    plan: LinuxBootPlan,
+    options: LinuxMachineOptions,
+  ) {
+    this.kvm = kvm;
+    this.#ownsKvm = ownsKvm;
+    this.plan = plan;
+    this.#onUnhandled = options.onUnhandled;
+    const cpus = options.cpus ?? 1;
+    const vm = this.vm = kvm.createVm();
+    try {
+      setupPlatform(vm);
+      const ram = vm.allocateMemory(options.memorySize);
+      vm.setUserMemoryRegion({
+        slot: 0,
+        guestPhysAddr: 0,
+        memorySize: plan.lowMemorySize,
+        memory: ram,
+      });
+      if (plan.highMemorySize > 0) {
+        vm.setUserMemoryRegion({
+          slot: 1,
+          guestPhysAddr: HIGH_RAM_START,
+          memorySize: plan.highMemorySize,
+          memory: ram,
+          offset: plan.lowMemorySize,
+        });
+      }
+      writeLinuxBoot(vm, plan);
+      vm.writeGuest(MPTABLE_ADDRESS, buildMpTable(cpus));
+
+      this.bus = new IoBus({
+        onUnhandled: (a: UnhandledAccess) =>
+          this.#onUnhandled?.(
+            `port ${hex(a.port)} ${a.direction} (${a.size} byte${a.size > 1 ? "s" : ""})`,
+          ),
+      });
+      this.serial = new Uart16550({
+        output: options.serialOutput,
+        irq: (level) => vm.setIrqLine(COM1_IRQ, level),
+      });
+      this.bus.register(COM1_PORT, 8, this.serial);
+      registerLegacyDevices(this.bus, {
+        onReset: () => this.#finish({ reason: "reset", vcpu: -1 }),
+      });
+
+      const supported = kvm.getSupportedCpuid();
+      const vcpus: Vcpu[] = [];
+      for (let id = 0; id < cpus; id++) {
+        const vcpu = vm.createVcpu(id);
+        setupVcpu(vcpu, cpus, supported);
+        vcpus.push(vcpu);
+      }
+      this.vcpus = vcpus;
+      const bsp = vcpus[0];
+      if (plan.entryMode === "64") {
+        // Map 4 GiB: the kernel, zero page and command line must be identity mapped.
+        setupLongMode(vm, bsp, { entry: plan.entry, identityMapGiB: 4 });
+      } else {
+        setupProtectedMode(vm, bsp, { entry: plan.entry });
+      }
+      // Boot protocol: RSI (ESI) points to the zero page; interrupts off.
+      bsp.setRegs(bsp.getRegs().assign({ rsi: BigInt(ZERO_PAGE_ADDRESS), rflags: 2n }));
+      this.#aps = vcpus.slice(1).map((vcpu) => ({ vcpu, box: new Mailbox() }));
+    } catch (e) {
+      vm.close();
+      throw e;
+    }
+  }
+
+  /**
+   * Checks the kernel, initrd, command line and memory size (a
+   * `BootImageError` before any VM exists when something cannot boot), then
+   * builds the machine: RAM, platform, devices, vCPUs, the boot image in RAM,
+   * and the bootstrap vCPU at the kernel's 64-bit entry (32-bit for kernels
+   * without one).
+   */
+  static create(options: LinuxMachineOptions): LinuxMachine {
+    const cpus = options.cpus ?? 1;
+    if (!Number.isInteger(cpus) || cpus < 1 || cpus > 64) {
+      throw new KvmError("create Linux machine", Errno.EINVAL, `cpus ${cpus}: 1 to 64`);
+    }
+    if (options.memorySize % (2 * MiB) !== 0) {
+      throw new KvmError(
+        "create Linux machine",
+        Errno.EINVAL,
+        `memory size ${options.memorySize} is not a multiple of 2 MiB`,
+      );
+    }
+    const plan = planLinuxBoot(options.kernel, {
+      memorySize: options.memorySize,
+      cmdline: options.cmdline,
+      initrd: options.initrd,
+    });
+    const ownsKvm = options.kvm === undefined;
+    const kvm = options.kvm ?? Kvm.open();
+    try {
+      return new LinuxMachine(kvm, ownsKvm, plan, options);
+    } catch (e) {
+      if (ownsKvm) kvm.close();
+      throw e;
+    }
+  }
+
+  /** The thread running the bootstrap vCPU (valid during {@linkcode run}), to kick. */
+  get kickTarget(): KickTarget {
+    return this.vcpus[0].kickTarget;
+  }
+
+  /** Ends {@linkcode run} after the current exit, with reason `"stopped"`. */
+  stop(): void {
+    this.#finish({ reason: "stopped", vcpu: -1 });
+  }
+
+  #finish(exit: MachineExit): void {
+    if (!this.#exit) this.#exit = exit;
+  }
+
+  async #startAps(): Promise<void> {
+    const bspTarget = this.vcpus[0].kickTarget;
+    const mmapSize = this.kvm.vcpuMmapSize();
+    await Promise.all(this.#aps.map((ap) =>
+      new Promise<void>((resolve, reject) => {
+        const worker = new Worker(new URL("./ap_worker.ts", import.meta.url).href, {
+          type: "module",
+        });
+        ap.worker = worker;
+        worker.onmessage = (event: MessageEvent<ApReadyMessage>) => {
+          ap.kick = event.data.kick;
+          resolve();
+        };
+        worker.onerror = (event) => {
+          event.preventDefault();
+          reject(new Error(`AP worker for vCPU ${ap.vcpu.id}: ${event.message}`));
+        };
+        const start: ApStartMessage = {
+          kind: "ap",
+          fd: ap.vcpu.unsafeFd,
+          id: ap.vcpu.id,
+          mmapSize,
+          runAddress: ap.vcpu.kickTarget.runAddress,
+          mailbox: ap.box.buffer,
+          bsp: bspTarget,
+        };
+        worker.postMessage(start);
+      })
+    ));
+  }
+
+  #stopAps(): void {
+    for (const ap of this.#aps) {
+      Atomics.store(ap.box.words, Mailbox.STOP, 1);
+      Atomics.notify(ap.box.words, MailboxState.INDEX);
+    }
+    for (const ap of this.#aps) {
+      if (!ap.worker) continue;
+      // Kick until the loop reports it ended (a kick can land just before KVM_RUN).
+      for (let i = 0; i < 50 && Atomics.load(ap.box.words, Mailbox.DONE) === 0; i++) {
+        if (ap.kick) Vcpu.kick(ap.kick);
+        Atomics.wait(ap.box.words, Mailbox.DONE, 0, 100);
+      }
+      ap.worker.terminate();
+      ap.worker = undefined;
+    }
+  }
+
+  #serveAps(): void {
+    for (const ap of this.#aps) {
+      const words = ap.box.words;
+      if (Atomics.load(words, MailboxState.INDEX) !== MailboxState.REQUEST) continue;
+      const kind = words[MailboxKind.INDEX];
+      if (kind === MailboxKind.IO) {
+        const size = words[Mailbox.SIZE];
+        const count = words[Mailbox.COUNT];
+        this.bus.handle(
+          words[Mailbox.DIRECTION] === 1 ? "out" : "in",
+          words[Mailbox.PORT],
+          size,
+          count,
+          ap.box.data.subarray(0, size * count),
+        );
+      } else if (kind === MailboxKind.MMIO) {
+        const address = (words[Mailbox.PORT] >>> 0) + words[Mailbox.ADDRESS_HIGH] * 0x1_0000_0000;
+        const data = ap.box.data.subarray(0, words[Mailbox.SIZE]);
+        this.#mmio(address, words[Mailbox.DIRECTION] === 1, data);
+      } else if (kind === MailboxKind.FATAL) {
+        const code = words[Mailbox.CODE];
+        const detail = ap.box.text();
+        if (code === Mailbox.FATAL_SHUTDOWN) {
+          this.#finish({ reason: "tripleFault", vcpu: ap.vcpu.id, detail });
+        } else if (code === Mailbox.FATAL_SYSTEM_EVENT) {
+          this.#systemEvent(words[Mailbox.EXTRA], ap.vcpu.id, detail);
+        } else {
+          this.#finish({ reason: "error", vcpu: ap.vcpu.id, detail });
+        }
+      }
+      Atomics.store(words, MailboxState.INDEX, MailboxState.REPLY);
+      Atomics.notify(words, MailboxState.INDEX);
+    }
+  }
+
+  /** No MMIO devices: reads return all-ones, writes are dropped, each address reported once. */
+  #mmio(address: number, isWrite: boolean, data: Uint8Array): void {
+    if (!isWrite) data.fill(0xff);
+    if (!this.#seenMmio.has(address)) {
+      this.#seenMmio.add(address);
+      this.#onUnhandled?.(`MMIO ${isWrite ? "write" : "read"} at ${hex(address)}`);
+    }
+  }
+
+  #systemEvent(type: number, vcpu: number, detail?: string): void {
+    // KVM_SYSTEM_EVENT_SHUTDOWN = 1, _RESET = 2; anything else (crash...) is an error.
+    if (type === 1) this.#finish({ reason: "poweroff", vcpu });
+    else if (type === 2) this.#finish({ reason: "reset", vcpu });
+    else this.#finish({ reason: "error", vcpu, detail: detail ?? `system event ${type}` });
+  }
+
+  /**
+   * Runs the machine until the guest resets or powers off, a vCPU fails, the
+   * timeout passes or {@linkcode stop} is called. The bootstrap vCPU runs on
+   * this thread, synchronously: the event loop is blocked meanwhile (use
+   * `poll` and kicks to interact). Can be called once.
+   */
+  async run(options: RunOptions = {}): Promise<MachineExit> {
+    if (this.#running) {
+      throw new KvmError("run Linux machine", Errno.EBUSY, "the machine already ran");
+    }
+    this.#running = true;
+    const bsp = this.vcpus[0];
+    bsp.adoptThread();
+    let watchdog: Worker | undefined;
+    const timeUp = new Int32Array(new SharedArrayBuffer(4));
+    try {
+      await this.#startAps();
+      if (options.timeoutMs !== undefined) {
+        watchdog = new Worker(new URL("./ap_worker.ts", import.meta.url).href, {
+          type: "module",
+        });
+        const start: WatchdogStartMessage = {
+          kind: "watchdog",
+          ms: options.timeoutMs,
+          flag: timeUp.buffer as SharedArrayBuffer,
+          bsp: bsp.kickTarget,
+        };
+        watchdog.postMessage(start);
+      }
+      const poll = options.poll;
+      const hasAps = this.#aps.length > 0;
+      while (this.#exit === null) {
+        const exit = bsp.run();
+        switch (exit.reason) {
+          case "io":
+            this.bus.handle(exit.direction, exit.port, exit.size, exit.count, exit.data);
+            break;
+          case "mmio":
+            this.#mmio(exit.address, exit.isWrite, exit.data);
+            break;
+          case "interrupted":
+          case "hlt":
+            break;
+          case "shutdown":
+            this.#finish({
+              reason: "tripleFault",
+              vcpu: 0,
+              detail: `vCPU 0: triple fault (KVM_EXIT_SHUTDOWN)\n${describeVcpu(bsp)}`,
+            });
+            break;
+          case "systemEvent":
+            this.#systemEvent(exit.type, 0, `vCPU 0: system event ${exit.type}`);
+            break;
+          case "internalError":
+            this.#finish({
+              reason: "error",
+              vcpu: 0,
+              detail: `vCPU 0: KVM internal error, suberror ${exit.suberror} data ${
+                exit.data.map((d) => hex(d)).join(" ")
+              }\n${describeVcpu(bsp)}`,
+            });
+            break;
+          case "failEntry":
+            this.#finish({
+              reason: "error",
+              vcpu: 0,
+              detail: `vCPU 0: entry failed, hardware reason ${
+                hex(exit.hardwareEntryFailureReason)
+              }\n${describeVcpu(bsp)}`,
+            });
+            break;
+          default:
+            this.#finish({
+              reason: "error",
+              vcpu: 0,
+              detail: `vCPU 0: unexpected exit ${exit.reason}\n${describeVcpu(bsp)}`,
+            });
+        }
+        if (hasAps) this.#serveAps();
+        if (poll) poll();
+        if (timeUp[0] !== 0) this.#finish({ reason: "timeout", vcpu: -1 });
+      }
+      return this.#exit;
+    } finally {
+      watchdog?.terminate();
+      this.#stopAps();
+    }
+  }
+
+  /** Closes the VM (and the Kvm object when the machine opened it). Idempotent. */
+  close(): void {
+    this.#stopAps();
+    this.vm.close();
+    if (this.#ownsKvm) this.kvm.close();
+  }
+
+  /** Same as {@linkcode close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

@@ -1,0 +1,171 @@
+/**
+ * The minimal PC platform a Linux guest needs around its vCPUs: the in-kernel
+ * interrupt controllers and PIT, the VMX helper pages, CPUID with per-vCPU
+ * APIC ids and KVM's paravirtual leaves, the MSRs a boot loader sets, and the
+ * local APIC's LINT pins wired as on a PC.
+ *
+ * @module
+ */
+
+import type { CpuidEntry } from "../abi/cpuid.ts";
+import { ApicReg } from "../abi/lapic.ts";
+import type { MsrEntry } from "../abi/msr.ts";
+import { KVM_PIT_SPEAKER_DUMMY } from "../abi/pit.ts";
+import type { Kvm } from "../kvm/kvm.ts";
+import type { Vcpu } from "../kvm/vcpu.ts";
+import type { Vm } from "../kvm/vm.ts";
+
+/** Where `KVM_SET_TSS_ADDR` puts the three pages Intel VMX needs (as QEMU does). */
+export const TSS_ADDRESS = 0xfffbd000;
+/** Where `KVM_SET_IDENTITY_MAP_ADDR` puts VMX's real-mode identity page table. */
+export const IDENTITY_MAP_ADDRESS = 0xfffbc000;
+
+/** `KVM_CPUID_SIGNATURE`: the hypervisor leaf, "KVMKVMKVM\0\0\0". */
+export const KVM_CPUID_SIGNATURE = 0x40000000;
+/** `KVM_CPUID_FEATURES`: KVM's paravirtual feature bits in EAX. */
+export const KVM_CPUID_FEATURES = 0x40000001;
+
+/** `KVM_FEATURE_*` bits of leaf 0x40000001 EAX used when the kernel's list lacks the leaf. */
+export const KvmFeature = {
+  /** kvmclock at the old MSRs. */
+  CLOCKSOURCE: 1 << 0,
+  /** No delay needed for port I/O (Linux then skips its port 0x80 writes). */
+  NOP_IO_DELAY: 1 << 1,
+  /** kvmclock at the new MSRs. */
+  CLOCKSOURCE2: 1 << 3,
+  /** Steal time accounting. */
+  STEAL_TIME: 1 << 5,
+  /** Paravirtual end of interrupt. */
+  PV_EOI: 1 << 6,
+  /** The kvmclock's stable bit is reliable. */
+  CLOCKSOURCE_STABLE_BIT: 1 << 24,
+} as const;
+
+/** MSR numbers set at boot. */
+export const Msr = {
+  IA32_TSC: 0x10,
+  IA32_SYSENTER_CS: 0x174,
+  IA32_SYSENTER_ESP: 0x175,
+  IA32_SYSENTER_EIP: 0x176,
+  IA32_MISC_ENABLE: 0x1a0,
+  MTRR_DEF_TYPE: 0x2ff,
+  STAR: 0xc0000081,
+  LSTAR: 0xc0000082,
+  CSTAR: 0xc0000083,
+  SYSCALL_MASK: 0xc0000084,
+  KERNEL_GS_BASE: 0xc0000102,
+} as const;
+
+const MISC_ENABLE_FAST_STRING = 1n;
+const MTRR_ENABLE = 1n << 11n;
+const MTRR_TYPE_WRITEBACK = 6n;
+const CPUID_1_ECX_HYPERVISOR = 1 << 31;
+const CPUID_1_EDX_HTT = 1 << 28;
+
+const LVT_DELIVERY_MASK = 0x700;
+const LVT_MASKED = 1 << 16;
+const DELIVERY_EXTINT = 0x700;
+const DELIVERY_NMI = 0x400;
+
+/**
+ * Creates the in-kernel irqchip (PIC pair, IOAPIC, LAPICs) and PIT (with the
+ * dummy speaker port 0x61), and places the VMX helper pages at the top of the
+ * 32-bit space. Call before creating vCPUs.
+ */
+export function setupPlatform(vm: Vm): void {
+  vm.setTssAddr(TSS_ADDRESS);
+  vm.setIdentityMapAddr(IDENTITY_MAP_ADDRESS);
+  vm.createIrqchip();
+  vm.createPit2({ flags: KVM_PIT_SPEAKER_DUMMY });
+}
+
+/**
+ * CPUID for vCPU `id` of `cpus`, from the kernel's supported list: the APIC id
+ * in leaf 1 EBX[31:24] and in the x2APIC leaves 0xb/0x1f EDX, the logical
+ * processor count in leaf 1, the hypervisor bit, and KVM's paravirtual leaves
+ * (added when the supported list lacks them: kvmclock, no I/O delay, PV EOI).
+ */
+export function vcpuCpuid(supported: readonly CpuidEntry[], id: number, cpus: number): CpuidEntry[] {
+  const entries = supported.map((e) => ({ ...e }));
+  for (const e of entries) {
+    switch (e.function) {
+      case 1:
+        e.ebx = ((e.ebx & 0x0000ffff) | ((cpus & 0xff) << 16) | ((id & 0xff) << 24)) >>> 0;
+        e.ecx = (e.ecx | CPUID_1_ECX_HYPERVISOR) >>> 0;
+        if (cpus > 1) e.edx = (e.edx | CPUID_1_EDX_HTT) >>> 0;
+        break;
+      case 0xb:
+      case 0x1f:
+        e.edx = id >>> 0;
+        break;
+    }
+  }
+  if (!entries.some((e) => e.function === KVM_CPUID_SIGNATURE)) {
+    const sig = new Uint32Array(new TextEncoder().encode("KVMKVMKVM\0\0\0").buffer);
+    entries.push({
+      function: KVM_CPUID_SIGNATURE,
+      index: 0,
+      flags: 0,
+      eax: KVM_CPUID_FEATURES,
+      ebx: sig[0],
+      ecx: sig[1],
+      edx: sig[2],
+    });
+  }
+  if (!entries.some((e) => e.function === KVM_CPUID_FEATURES)) {
+    entries.push({
+      function: KVM_CPUID_FEATURES,
+      index: 0,
+      flags: 0,
+      eax: KvmFeature.CLOCKSOURCE | KvmFeature.NOP_IO_DELAY | KvmFeature.CLOCKSOURCE2 |
+        KvmFeature.STEAL_TIME | KvmFeature.PV_EOI | KvmFeature.CLOCKSOURCE_STABLE_BIT,
+      ebx: 0,
+      ecx: 0,
+      edx: 0,
+    });
+  }
+  return entries;
+}
+
+/** The MSRs a boot loader leaves set (SYSCALL/SYSENTER zeroed, fast strings, MTRRs write-back). */
+export function bootMsrs(): MsrEntry[] {
+  return [
+    { index: Msr.IA32_SYSENTER_CS, data: 0n },
+    { index: Msr.IA32_SYSENTER_ESP, data: 0n },
+    { index: Msr.IA32_SYSENTER_EIP, data: 0n },
+    { index: Msr.STAR, data: 0n },
+    { index: Msr.CSTAR, data: 0n },
+    { index: Msr.KERNEL_GS_BASE, data: 0n },
+    { index: Msr.SYSCALL_MASK, data: 0n },
+    { index: Msr.LSTAR, data: 0n },
+    { index: Msr.IA32_TSC, data: 0n },
+    { index: Msr.IA32_MISC_ENABLE, data: MISC_ENABLE_FAST_STRING },
+    { index: Msr.MTRR_DEF_TYPE, data: MTRR_ENABLE | MTRR_TYPE_WRITEBACK },
+  ];
+}
+
+/**
+ * Sets up one vCPU of a `cpus`-vCPU PC: CPUID (see {@linkcode vcpuCpuid}),
+ * the boot MSRs, and the local APIC's LINT0 as ExtINT (so the PIC's
+ * interrupts reach the CPU before Linux programs its APIC) and LINT1 as NMI.
+ * `supported` is `kvm.getSupportedCpuid()`, fetched once for all vCPUs.
+ */
+export function setupVcpu(
+  vcpu: Vcpu,
+  cpus: number,
+  supported: readonly CpuidEntry[],
+): void {
+  vcpu.setCpuid2(vcpuCpuid(supported, vcpu.id, cpus));
+  vcpu.setMsrs(bootMsrs());
+  const lapic = vcpu.getLapic();
+  const lint0 = lapic.read(ApicReg.LVT_LINT0);
+  lapic.write(ApicReg.LVT_LINT0, (lint0 & ~(LVT_DELIVERY_MASK | LVT_MASKED)) | DELIVERY_EXTINT);
+  const lint1 = lapic.read(ApicReg.LVT_LINT1);
+  lapic.write(ApicReg.LVT_LINT1, (lint1 & ~(LVT_DELIVERY_MASK | LVT_MASKED)) | DELIVERY_NMI);
+  vcpu.setLapic(lapic);
+}
+
+/** Fetches the supported CPUID once (a convenience for {@linkcode setupVcpu}). */
+export function supportedCpuid(kvm: Kvm): CpuidEntry[] {
+  return [...kvm.getSupportedCpuid()];
+}

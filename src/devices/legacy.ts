@@ -1,0 +1,251 @@
+/**
+ * The little PC devices a booting Linux kernel touches besides the UART: the
+ * i8042 keyboard controller (for its reset line), the CMOS RTC, the PCI
+ * configuration ports (answered as "no PCI"), and ports that only need a
+ * quiet answer.
+ *
+ * @module
+ */
+
+import type { IoBus, PortDevice } from "./io_bus.ts";
+
+/** All-ones for a read of `size` bytes: what an empty bus returns. */
+function ones(size: number): number {
+  return size === 4 ? 0xffffffff : size === 2 ? 0xffff : 0xff;
+}
+
+/** A port range that drops writes and reads as `value` (all-ones by default). */
+export class QuietPorts implements PortDevice {
+  #value: number | undefined;
+  /** @param value what reads return; omitted: all-ones of the access size */
+  constructor(value?: number) {
+    this.#value = value;
+  }
+  /** Returns the fixed value. */
+  portRead(_port: number, size: number): number {
+    return this.#value ?? ones(size);
+  }
+  /** Drops the write. */
+  portWrite(): void {}
+}
+
+/** i8042 status bits. */
+const STATUS_OBF = 0x01; // output buffer full: data for the CPU at 0x60
+const STATUS_SYS = 0x04; // system flag: self test passed
+const STATUS_CMD = 0x08; // last write was to the command port
+
+/** i8042 controller commands understood. */
+const CMD_READ_CTR = 0x20;
+const CMD_WRITE_CTR = 0x60;
+const CMD_AUX_DISABLE = 0xa7;
+const CMD_AUX_ENABLE = 0xa8;
+const CMD_AUX_TEST = 0xa9;
+const CMD_SELF_TEST = 0xaa;
+const CMD_KBD_TEST = 0xab;
+const CMD_KBD_DISABLE = 0xad;
+const CMD_KBD_ENABLE = 0xae;
+const CMD_AUX_LOOP = 0xd3;
+const CMD_PULSE_RESET = 0xfe;
+
+/**
+ * The i8042 keyboard controller, reduced to what a guest kernel needs: its
+ * self test, the command byte, and the CPU reset line (command `0xfe` on port
+ * 0x64, Linux's `reboot=k`, its default on a machine without ACPI). No
+ * keyboard or mouse is attached: the AUX port reports a stuck clock, so
+ * Linux gives up on it without waiting for timeouts, and keyboard commands
+ * get no answer.
+ *
+ * @example
+ * ```ts
+ * import { I8042 } from "./legacy.ts";
+ * let reset = false;
+ * const kbc = new I8042(() => reset = true);
+ * kbc.portWrite(0x64, 1, 0xfe);
+ * console.log(reset); // true
+ * ```
+ */
+export class I8042 implements PortDevice {
+  #onReset: () => void;
+  #ctr = 0x61; // keyboard interrupt on, translation on, AUX disabled (as firmware leaves it)
+  #status = STATUS_SYS;
+  #output = 0;
+  #pendingCommand = 0; // a command waiting for its data byte at 0x60
+
+  /** @param onReset called when the guest pulses the reset line */
+  constructor(onReset: () => void) {
+    this.#onReset = onReset;
+  }
+
+  #reply(byte: number): void {
+    this.#output = byte;
+    this.#status |= STATUS_OBF;
+  }
+
+  /** Port 0x60 reads the output buffer, 0x64 the status. */
+  portRead(port: number, _size: number): number {
+    if (port === 0x64) return this.#status;
+    this.#status &= ~STATUS_OBF;
+    return this.#output;
+  }
+
+  /** Port 0x64 takes commands, 0x60 their data (or bytes for the keyboard). */
+  portWrite(port: number, _size: number, value: number): void {
+    value &= 0xff;
+    if (port === 0x64) {
+      this.#status |= STATUS_CMD;
+      this.#pendingCommand = 0;
+      switch (value) {
+        case CMD_READ_CTR:
+          this.#reply(this.#ctr);
+          break;
+        case CMD_WRITE_CTR:
+        case CMD_AUX_LOOP:
+          this.#pendingCommand = value;
+          break;
+        case CMD_SELF_TEST:
+          this.#reply(0x55);
+          break;
+        case CMD_KBD_TEST:
+          this.#reply(0x00);
+          break;
+        case CMD_AUX_TEST:
+          this.#reply(0x01); // clock line stuck low: no AUX port
+          break;
+        case CMD_AUX_DISABLE:
+          this.#ctr |= 0x20;
+          break;
+        case CMD_AUX_ENABLE:
+          this.#ctr &= ~0x20;
+          break;
+        case CMD_KBD_DISABLE:
+          this.#ctr |= 0x10;
+          break;
+        case CMD_KBD_ENABLE:
+          this.#ctr &= ~0x10;
+          break;
+        case CMD_PULSE_RESET:
+          this.#onReset();
+          break;
+        default:
+          // Output port pulses 0xf0-0xff: bit 0 clear pulses the reset line.
+          if (value >= 0xf0 && (value & 1) === 0) this.#onReset();
+      }
+      return;
+    }
+    this.#status &= ~STATUS_CMD;
+    const command = this.#pendingCommand;
+    this.#pendingCommand = 0;
+    if (command === CMD_WRITE_CTR) this.#ctr = value;
+    // AUX loopback without an AUX port: the byte does not come back (AUX data flag clear).
+    else if (command === CMD_AUX_LOOP) this.#reply(0x00);
+    // Bytes for the keyboard itself: no keyboard, no answer.
+  }
+}
+
+/** Binary-coded decimal of 0..99. */
+function bcd(n: number): number {
+  return ((n / 10) | 0) * 16 + (n % 10);
+}
+
+/**
+ * The CMOS RTC and NVRAM at ports 0x70 (index) and 0x71 (data): the clock
+ * reads the host's UTC time in BCD, 24-hour mode; status D reports a valid
+ * battery; other NVRAM bytes are plain storage.
+ */
+export class CmosRtc implements PortDevice {
+  #index = 0;
+  #ram = new Uint8Array(128);
+  #now: () => Date;
+
+  /** @param now the clock source (default: the host's clock) */
+  constructor(now: () => Date = () => new Date()) {
+    this.#now = now;
+    this.#ram[0x0a] = 0x26; // status A: 32.768 kHz time base, 1024 Hz rate, no update in progress
+    this.#ram[0x0b] = 0x02; // status B: 24-hour, BCD, no interrupts
+    this.#ram[0x0d] = 0x80; // status D: valid RAM and time
+  }
+
+  /** 0x70 reads the index, 0x71 the selected register. */
+  portRead(port: number, _size: number): number {
+    if (port === 0x70) return this.#index;
+    const t = this.#now();
+    switch (this.#index) {
+      case 0x00:
+        return bcd(t.getUTCSeconds());
+      case 0x02:
+        return bcd(t.getUTCMinutes());
+      case 0x04:
+        return bcd(t.getUTCHours());
+      case 0x06:
+        return t.getUTCDay() + 1;
+      case 0x07:
+        return bcd(t.getUTCDate());
+      case 0x08:
+        return bcd(t.getUTCMonth() + 1);
+      case 0x09:
+        return bcd(t.getUTCFullYear() % 100);
+      case 0x32:
+        return bcd(Math.floor(t.getUTCFullYear() / 100));
+      case 0x0c:
+        return 0; // status C: no interrupt flags
+      default:
+        return this.#ram[this.#index];
+    }
+  }
+
+  /** 0x70 selects a register (bit 7 is the NMI mask), 0x71 writes it. */
+  portWrite(port: number, _size: number, value: number): void {
+    if (port === 0x70) {
+      this.#index = value & 0x7f;
+      return;
+    }
+    // The clock registers and status C/D are not writable storage here.
+    if (this.#index >= 0x0e || this.#index === 0x0a || this.#index === 0x0b) {
+      this.#ram[this.#index] = value & 0xff;
+    }
+  }
+}
+
+/** Options of {@linkcode registerLegacyDevices}. */
+export interface LegacyDevicesOptions {
+  /** Called when the guest resets the machine through the keyboard controller. */
+  onReset: () => void;
+  /** Whether the in-kernel PIT handles 0x40-0x43 and 0x61 (default true: not registered here). */
+  inKernelPit?: boolean;
+}
+
+/** The devices {@linkcode registerLegacyDevices} put on the bus. */
+export interface LegacyDevices {
+  /** The keyboard controller on 0x60 and 0x64. */
+  i8042: I8042;
+  /** The CMOS RTC on 0x70-0x71. */
+  cmos: CmosRtc;
+}
+
+/**
+ * Puts the devices a booting Linux expects on a PC onto `bus`: the i8042
+ * (0x60, 0x64), the CMOS RTC (0x70-0x71), and quiet answers on the POST code
+ * port 0x80, the 0xed delay port, port 0x92 (A20 gate), the PCI
+ * configuration mechanism (0xcf8-0xcff, all-ones: no PCI bus), the second
+ * PIC's and the DMA controllers' leftovers, and, without an in-kernel PIT,
+ * 0x40-0x43 and 0x61.
+ */
+export function registerLegacyDevices(bus: IoBus, options: LegacyDevicesOptions): LegacyDevices {
+  const i8042 = new I8042(options.onReset);
+  const cmos = new CmosRtc();
+  bus.register(0x60, 1, i8042);
+  bus.register(0x64, 1, i8042);
+  bus.register(0x70, 2, cmos);
+  bus.register(0x80, 1, new QuietPorts(0)); // POST codes / I/O delay
+  bus.register(0xed, 1, new QuietPorts(0)); // alternative I/O delay port
+  bus.register(0x92, 1, new QuietPorts(0x02)); // system control port A: A20 on
+  bus.register(0xcf8, 8, new QuietPorts()); // PCI config mechanism #1: no host bridge
+  bus.register(0x00, 0x10, new QuietPorts()); // DMA controller 1
+  bus.register(0xc0, 0x20, new QuietPorts()); // DMA controller 2
+  bus.register(0x81, 0xf, new QuietPorts()); // DMA page registers
+  if (options.inKernelPit === false) {
+    bus.register(0x40, 4, new QuietPorts(0));
+    bus.register(0x61, 1, new QuietPorts(0x20));
+  }
+  return { i8042, cmos };
+}

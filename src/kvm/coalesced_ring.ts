@@ -1,0 +1,104 @@
+/**
+ * The coalesced MMIO/PIO ring: guest writes to registered zones queue here
+ * instead of exiting, and userspace replays them later (for instance before
+ * handling the next exit of any kind).
+ *
+ * @module
+ */
+
+import { COALESCED_RING_ENTRIES, KvmCoalescedMmio } from "../abi/coalesced.ts";
+import { Errno, KvmError } from "../errors.ts";
+
+const HEADER = 8;
+const ENTRY = KvmCoalescedMmio.size;
+
+/** One queued write. Reused across entries by {@linkcode CoalescedRing.drain}. */
+export interface CoalescedWrite {
+  /** Guest physical address, or the port for a PIO zone. */
+  address: number;
+  /** Bytes written: 1, 2, 4 or 8. */
+  length: number;
+  /** Whether it was port I/O (a zone registered with `registerCoalescedPio`). */
+  pio: boolean;
+  /** The bytes written, a view into the ring valid only during the callback of `drain`. */
+  data: Uint8Array;
+}
+
+/**
+ * Reader of the ring shared with the kernel (`struct kvm_coalesced_mmio_ring`,
+ * the page `KVM_COALESCED_MMIO_PAGE_OFFSET` of a vCPU's mapping). Obtained from
+ * `Vm.coalescedRing()`. The kernel appends at `last`; reading advances `first`.
+ *
+ * @example
+ * ```ts ignore
+ * const ring = vm.coalescedRing();
+ * ring.drain((w) => console.log(w.address.toString(16), w.data));
+ * ```
+ */
+export class CoalescedRing {
+  #bytes: Uint8Array;
+  #view: DataView;
+  #entry: CoalescedWrite = { address: 0, length: 0, pio: false, data: new Uint8Array(0) };
+
+  /** @internal Wraps the ring page (no copy). */
+  constructor(page: Uint8Array) {
+    this.#bytes = page;
+    this.#view = new DataView(page.buffer, page.byteOffset, page.byteLength);
+  }
+
+  /** Capacity in entries (`KVM_COALESCED_MMIO_MAX`; one slot always stays free). */
+  static readonly capacity: number = COALESCED_RING_ENTRIES;
+
+  #check(): void {
+    // The page is detached (length 0) once the vCPU whose mapping holds it is closed.
+    if (this.#bytes.byteLength === 0) {
+      throw new KvmError(
+        "read coalesced ring",
+        Errno.EBADF,
+        "the vCPU that maps the ring is closed",
+      );
+    }
+  }
+
+  /** Writes queued and not yet read. */
+  get pending(): number {
+    this.#check();
+    const first = this.#view.getUint32(0, true);
+    const last = this.#view.getUint32(4, true);
+    return (last - first + COALESCED_RING_ENTRIES) % COALESCED_RING_ENTRIES;
+  }
+
+  /**
+   * Calls `visit` for each queued write, oldest first, and consumes them.
+   * Allocates nothing: the entry object and its `data` view are reused.
+   * Returns the number of writes visited.
+   */
+  drain(visit: (write: CoalescedWrite) => void): number {
+    this.#check();
+    const view = this.#view;
+    let first = view.getUint32(0, true);
+    let n = 0;
+    // x86 is TSO: the kernel's stores of the entry precede its store of
+    // `last`, so an index read here already covers a complete entry.
+    while (first !== view.getUint32(4, true)) {
+      const at = HEADER + first * ENTRY;
+      const entry = this.#entry;
+      entry.address = Number(view.getBigUint64(at, true));
+      entry.length = view.getUint32(at + 8, true);
+      entry.pio = view.getUint32(at + 12, true) !== 0;
+      entry.data = this.#bytes.subarray(at + 16, at + 16 + Math.min(entry.length, 8));
+      visit(entry);
+      first = (first + 1) % COALESCED_RING_ENTRIES;
+      view.setUint32(0, first, true);
+      n++;
+    }
+    return n;
+  }
+
+  /** Consumes and returns the queued writes as copies (allocates; for tests and debugging). */
+  read(): CoalescedWrite[] {
+    const out: CoalescedWrite[] = [];
+    this.drain((w) => out.push({ ...w, data: w.data.slice() }));
+    return out;
+  }
+}

@@ -1,0 +1,233 @@
+// KvmContext on real KVM: vCPUs on workers with in-worker devices, stop /
+// pause / resume of guests that never exit, main-thread callbacks through the
+// mailbox, and the failure paths (throwing handler, triple fault, dead or
+// terminated worker), each followed by a check that nothing leaked.
+
+import { deepStrictEqual, ok, rejects, strictEqual } from "node:assert/strict";
+import { KvmContext, VcpuError } from "../../mod.ts";
+
+const DEVICE = new URL("./context/test_device.ts", import.meta.url);
+const CODE = 0x1000;
+
+/** Points vCPU `id` at `CODE` in real mode, CS = 0, DS base `ds`, BX = id. */
+function realMode(ctx: KvmContext, id: number, ds = 0): void {
+  const vcpu = ctx.vcpu(id);
+  const sregs = vcpu.getSregs();
+  sregs.cs.base = 0n;
+  sregs.cs.selector = 0;
+  sregs.ds.base = BigInt(ds);
+  sregs.ds.selector = ds >> 4;
+  vcpu.setSregs(sregs);
+  vcpu.setRegs(vcpu.getRegs().clear().assign({ rip: CODE, rflags: 2n, rbx: id, rsp: 0x8000 }));
+}
+
+/** What the process holds, to compare before and after a context. */
+function processResources(): { fds: number; threads: number; maps: string } {
+  return {
+    fds: [...Deno.readDirSync("/proc/self/fd")].length,
+    threads: [...Deno.readDirSync("/proc/self/task")].length,
+    maps: Deno.readTextFileSync("/proc/self/maps"),
+  };
+}
+
+/** Asserts that `ctx` (closed) left no fd, worker thread or mapping behind. */
+async function assertReleased(
+  before: ReturnType<typeof processResources>,
+  ramAddress: bigint,
+): Promise<void> {
+  // Worker threads end asynchronously after terminate(): give them a moment.
+  let after = processResources();
+  for (let i = 0; i < 100 && after.threads > before.threads; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    after = processResources();
+  }
+  strictEqual(after.fds, before.fds, "every fd closed (kvm, vm, vCPUs)");
+  ok(after.threads <= before.threads, `worker threads gone (${after.threads} > ${before.threads})`);
+  const ram = ramAddress.toString(16);
+  ok(!after.maps.split("\n").some((l) => l.startsWith(ram)), "guest RAM unmapped");
+  ok(!after.maps.includes("anon_inode:kvm-vcpu"), "no vCPU run area mapped");
+}
+
+// deno-fmt-ignore
+const COUNT_TO = (n: number) => [
+  0xba, 0x40, 0x00,             // mov dx, 0x40
+  0xff, 0x06, 0x00, 0x00,       // loop: inc word [0]     ; DS is this vCPU's own
+  0xa1, 0x00, 0x00,             // mov ax, [0]
+  0xef,                         // out dx, ax             ; report the count
+  0x89, 0xd8,                   // mov ax, bx
+  0xe7, 0x41,                   // out 0x41, ax           ; name ourselves (BX = id)
+  0x81, 0x3e, 0x00, 0x00, n & 0xff, n >> 8, // cmp word [0], n
+  0x75, 0xec,                   // jne loop
+  0xe6, 0x42,                   // out 0x42, al           ; done: the device stops us
+  0xf4,                         // hlt
+];
+
+Deno.test("context: four vCPUs on four workers count, each exit routed to its own vCPU", async () => {
+  const before = processResources();
+  const shared = new SharedArrayBuffer(4 * 8 * 4);
+  const words = new Int32Array(shared);
+  const N = 300;
+  const ctx = await KvmContext.create({
+    memory: 1 << 20,
+    vcpus: 4,
+    irqchip: false, // every vCPU runnable at once (no INIT/SIPI)
+    devices: [{ url: DEVICE, options: { shared } }],
+  });
+  const ram = ctx.memory.address;
+  try {
+    ctx.vm.writeGuest(CODE, COUNT_TO(N));
+    for (let id = 0; id < 4; id++) realMode(ctx, id, 0x3000 + id * 0x10);
+    const result = await ctx.run();
+    deepStrictEqual(
+      result.vcpus.map((v) => [v.vcpuId, v.stop]),
+      [0, 1, 2, 3].map((id) => [id, { kind: "handler", reason: "done" }]),
+    );
+    for (let id = 0; id < 4; id++) {
+      strictEqual(words[id * 8], N, `vCPU ${id} reported every count up to ${N}`);
+      strictEqual(words[id * 8 + 3], 0, `vCPU ${id}'s counts arrived in order`);
+      strictEqual(words[id * 8 + 1], 0, `vCPU ${id}'s exits all went to its own worker`);
+      strictEqual(words[id * 8 + 2], 2 * N + 1, `vCPU ${id}: OUTs seen`);
+      strictEqual(result.vcpus[id].exits, 2 * N + 1);
+      // The guest's own counter, in its own memory.
+      strictEqual(ctx.vm.readGuest(0x3000 + id * 0x10, 2)[0] | 0, N & 0xff);
+    }
+  } finally {
+    await ctx.close();
+  }
+  await assertReleased(before, ram);
+});
+
+Deno.test("context: stop() ends a vCPU spinning in `jmp $`", async () => {
+  const before = processResources();
+  await using ctx = await KvmContext.create({ memory: 1 << 20 });
+  ctx.vm.writeGuest(CODE, [0xeb, 0xfe]); // jmp $
+  realMode(ctx, 0);
+  const run = ctx.run();
+  await new Promise((r) => setTimeout(r, 100));
+  ok(ctx.running);
+  const t0 = performance.now();
+  await ctx.stop();
+  const latency = performance.now() - t0;
+  console.log(`stop latency: ${latency.toFixed(2)} ms`);
+  const result = await run;
+  deepStrictEqual(result.vcpus[0].stop, { kind: "requested" });
+  ok(latency < 50, `stopped within 50 ms (took ${latency.toFixed(1)} ms)`);
+  strictEqual(ctx.vcpu(0).getRegs().rip, BigInt(CODE), "still at the jmp $");
+  const ram = ctx.memory.address;
+  await ctx.close();
+  await assertReleased(before, ram);
+});
+
+Deno.test("context: pause() and resume() keep the guest's state", async () => {
+  await using ctx = await KvmContext.create({ memory: 1 << 20 });
+  // deno-fmt-ignore
+  ctx.vm.writeGuest(CODE, [
+    0x66, 0xff, 0x06, 0x00, 0x05, // loop: inc dword [0x500]
+    0xeb, 0xf9,                   // jmp loop
+  ]);
+  realMode(ctx, 0);
+  const counter = () => new DataView(ctx.vm.readGuest(0x500, 4).buffer).getUint32(0, true);
+  const run = ctx.run();
+  await new Promise((r) => setTimeout(r, 100));
+  await ctx.pause();
+  const paused = counter();
+  ok(paused > 0, "the guest counted before the pause");
+  const rip = ctx.vcpu(0).getRegs().rip;
+  ok(rip === BigInt(CODE) || rip === BigInt(CODE + 5), `paused inside the loop (rip ${rip})`);
+  await new Promise((r) => setTimeout(r, 100));
+  strictEqual(counter(), paused, "nothing ran while paused");
+  ctx.resume();
+  await new Promise((r) => setTimeout(r, 100));
+  await ctx.pause();
+  const resumed = counter();
+  ok(resumed > paused, `the count went on from ${paused} to ${resumed}`);
+  ctx.resume();
+  await ctx.stop();
+  deepStrictEqual((await run).vcpus[0].stop, { kind: "requested" });
+  ok(counter() >= resumed, "no reset");
+});
+
+Deno.test("context: a throwing device handler rejects run() with the error and the registers", async () => {
+  const before = processResources();
+  const shared = new SharedArrayBuffer(4 * 8 * 4);
+  const ctx = await KvmContext.create({
+    memory: 1 << 20,
+    vcpus: 2,
+    irqchip: false,
+    devices: [{ url: DEVICE, options: { shared } }],
+  });
+  const ram = ctx.memory.address;
+  try {
+    // vCPU 0 throws in its handler; vCPU 1 spins and must be stopped.
+    ctx.vm.writeGuest(CODE, [0xb0, 0x07, 0xe6, 0x50, 0xf4]); // mov al, 7; out 0x50, al; hlt
+    ctx.vm.writeGuest(0x2000, [0xeb, 0xfe]); // jmp $
+    realMode(ctx, 0);
+    realMode(ctx, 1);
+    ctx.vcpu(1).setRegs(ctx.vcpu(1).getRegs().assign({ rip: 0x2000 }));
+    const error = await ctx.run().then(() => undefined, (e) => e);
+    ok(error instanceof VcpuError, `a VcpuError, not ${error}`);
+    strictEqual(error.kind, "handler");
+    strictEqual(error.vcpuId, 0);
+    strictEqual((error.cause as Error).message, "device exploded");
+    strictEqual(error.regs?.rip, BigInt(CODE + 4), "RIP past the OUT");
+    strictEqual(error.regs?.rax, 7n);
+    deepStrictEqual(error.others, [{ vcpuId: 1, stop: { kind: "requested" }, exits: 0 }]);
+    ok(!ctx.running);
+  } finally {
+    await ctx.close();
+  }
+  await assertReleased(before, ram);
+});
+
+Deno.test("context: a guest triple fault ends the run with a shutdown", async () => {
+  await using ctx = await KvmContext.create({ memory: 1 << 20 });
+  // deno-fmt-ignore
+  ctx.vm.writeGuest(CODE, [
+    0x0f, 0x01, 0x1e, 0x00, 0x06, // lidt [0x600]   ; limit 0: no vector is valid
+    0xcc,                         // int3           ; #BP → #GP → double fault → triple fault
+  ]);
+  ctx.vm.writeGuest(0x600, [0, 0, 0, 0, 0, 0]);
+  realMode(ctx, 0);
+  const result = await ctx.run();
+  deepStrictEqual(result.vcpus[0].stop, { kind: "shutdown" });
+});
+
+Deno.test("context: a terminated worker rejects run() instead of hanging", async () => {
+  const before = processResources();
+  const ctx = await KvmContext.create({ memory: 1 << 20 });
+  const ram = ctx.memory.address;
+  try {
+    ctx.vm.writeGuest(CODE, [0xeb, 0xfe]); // jmp $
+    realMode(ctx, 0);
+    const run = ctx.run();
+    await new Promise((r) => setTimeout(r, 50));
+    ctx.terminate(0);
+    const error = await run.then(() => undefined, (e) => e);
+    ok(error instanceof VcpuError, `a VcpuError, not ${error}`);
+    strictEqual(error.kind, "terminated");
+    await rejects(ctx.run(), VcpuError, "a dead vCPU cannot run again");
+  } finally {
+    await ctx.close();
+  }
+  await assertReleased(before, ram);
+});
+
+Deno.test("context: a worker that dies of an uncaught error rejects run()", async () => {
+  const before = processResources();
+  const shared = new SharedArrayBuffer(8 * 4);
+  const ctx = await KvmContext.create({
+    memory: 1 << 20,
+    devices: [{ url: DEVICE, options: { shared, crashWorker: true } }],
+  });
+  const ram = ctx.memory.address;
+  try {
+    await new Promise((r) => setTimeout(r, 200)); // the worker's timer throws meanwhile
+    const error = await ctx.run().then(() => undefined, (e) => e);
+    ok(error instanceof VcpuError, `a VcpuError, not ${error}`);
+    strictEqual(error.kind, "worker");
+    ok(error.message.includes("uncaught error in the worker"), error.message);
+  } finally {
+    await ctx.close();
+  }
+  await assertReleased(before, ram);
+});
