@@ -118,8 +118,9 @@ Deno.test("every object refuses use after close, and close is idempotent", () =>
 function openFds(): number {
   return [...Deno.readDirSync("/proc/self/fd")].length;
 }
-function mappings(): number {
-  return Deno.readTextFileSync("/proc/self/maps").split("\n").length;
+function mappings(): { all: number; vcpu: number } {
+  const lines = Deno.readTextFileSync("/proc/self/maps").trim().split("\n");
+  return { all: lines.length, vcpu: lines.filter((l) => l.includes("kvm-vcpu")).length };
 }
 
 // Inside the sandbox (nested KVM under QEMU's emulator) one cycle takes about
@@ -142,5 +143,9 @@ Deno.test(`${CYCLES} create/close cycles leak no fd and no mapping`, () => {
     vm.createVcpu(1);
   }
   strictEqual(openFds(), fds, "fd count is unchanged");
-  ok(Math.abs(mappings() - maps) <= 2, `mappings ${maps} -> ${mappings()}`);
+  const after = mappings();
+  strictEqual(after.vcpu, maps.vcpu, "no vCPU run area stays mapped");
+  // V8 maps and unmaps heap pages on its own, so allow a little drift; a leak
+  // of one mapping per cycle would add hundreds.
+  ok(after.all <= maps.all + 20, `mappings ${maps.all} -> ${after.all}`);
 });
