@@ -176,9 +176,12 @@ function buildCached(source: string): string {
     const src = `${dir}/kvm_shim-${Deno.pid}.c`;
     const tmp = `${path}.${Deno.pid}.tmp`;
     Deno.writeTextFileSync(src, source);
-    compile(src, tmp);
-    Deno.renameSync(tmp, path);
-    Deno.removeSync(src);
+    try {
+      compile(src, tmp);
+      Deno.renameSync(tmp, path);
+    } finally {
+      Deno.removeSync(src);
+    }
   } catch (cause) {
     if (cause instanceof NativeLoadError) throw cause;
     throw new NativeLoadError(
