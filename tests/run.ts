@@ -94,7 +94,7 @@ if (mode === "skip") {
     console.log("\n== KVM integration tests inside the sandbox (no /dev/kvm here)");
     const result = await runInSandbox({
       command: ["deno", "test", "-A", "--no-check", ...SANITIZE, ...filters],
-      timeoutMs: 20 * 60_000,
+      timeoutMs: 60 * 60_000,
     });
     const { passed, failed } = count(result.output);
     totals.passed += passed;
