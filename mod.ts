@@ -157,3 +157,24 @@ export {
   VcpuStop,
   type VcpuStopReason,
 } from "./src/context/types.ts";
+export {
+  type DebugRegs,
+  type Fpu,
+  type NestedState,
+  type Translation,
+  type VcpuEvents,
+  type XcrEntry,
+  type Xsave,
+} from "./src/kvm/vcpu.ts";
+export { Lapic, LVT_MASKED } from "./src/kvm/lapic.ts";
+export {
+  type GuestDebugOptions,
+  type HardwareBreakpoint,
+  MAX_HARDWARE_BREAKPOINTS,
+} from "./src/kvm/guest_debug.ts";
+export * from "./src/abi/fpu.ts";
+export * from "./src/abi/debug.ts";
+export * from "./src/abi/msr.ts";
+export * from "./src/abi/cpuid.ts";
+export * from "./src/abi/lapic.ts";
+export * from "./src/abi/vcpu_state.ts";

@@ -3,14 +3,16 @@
 // ioctl(2) and the mmap'ed run area. bench/run.ts compiles it with `cc -O2`
 // into bench/build/ and compares exits (or ioctls, scans) per second.
 //
-// usage: baseline CASE OPS WARMUP MODE RAM_SIZE ENTRY DIRTY_LOG HEX_CODE
+// usage: baseline CASE MODE RAM_SIZE ENTRY DIRTY_LOG HEX_CODE
 //   CASE       pio | mmio | get-regs | set-regs | dirty-log
-//   OPS        measured operations; WARMUP untimed ones first
 //   MODE       real | protected     (as GuestSpec.mode in bench/guests.ts)
 //   RAM_SIZE   bytes of slot 0 at guest physical 0; ENTRY where the code goes
 //   DIRTY_LOG  1 to set KVM_MEM_LOG_DIRTY_PAGES on slot 0
 //   HEX_CODE   the guest program, as bench/guests.ts has it
-// Prints one JSON line: {"case":"pio","ops":30000,"ns":123456789}.
+// Sets the guest up once, then reads block sizes from stdin, one per line,
+// and for each runs that many operations and prints one JSON line:
+// {"case":"pio","ops":100,"ns":4567890}. bench/run.ts alternates these blocks
+// with the Deno side's. By hand: `echo 30000 | bench/build/baseline pio ...`.
 // Any surprise (a wrong exit, a wrong value) exits with status 1.
 #define _GNU_SOURCE
 #include <errno.h>
@@ -206,20 +208,22 @@ static uint64_t measure(const char *name, long n) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 9) {
-    fprintf(stderr, "usage: baseline CASE OPS WARMUP MODE RAM_SIZE ENTRY DIRTY_LOG HEX_CODE\n");
+  if (argc != 7) {
+    fprintf(stderr, "usage: baseline CASE MODE RAM_SIZE ENTRY DIRTY_LOG HEX_CODE\n");
     return 2;
   }
   const char *name = argv[1];
-  long ops = atol(argv[2]), warmup = atol(argv[3]);
-  setup_guest(argv[4], strtoull(argv[5], NULL, 0), strtoull(argv[6], NULL, 0),
-              atoi(argv[7]), argv[8]);
+  uint64_t entry = strtoull(argv[4], NULL, 0);
+  setup_guest(argv[2], strtoull(argv[3], NULL, 0), entry, atoi(argv[5]), argv[6]);
   if (strcmp(name, "get-regs") == 0 || strcmp(name, "set-regs") == 0) {
     if (ioctl(vcpu_fd, KVM_GET_REGS, &regs) < 0) die("KVM_GET_REGS");
   }
-  measure(name, warmup);
-  uint64_t ns = measure(name, ops);
-  if (strcmp(name, "get-regs") == 0 && regs.rip != strtoull(argv[6], NULL, 0)) fail("wrong RIP");
-  printf("{\"case\":\"%s\",\"ops\":%ld,\"ns\":%llu}\n", name, ops, (unsigned long long)ns);
+  long ops;
+  while (scanf("%ld", &ops) == 1) {
+    uint64_t ns = measure(name, ops);
+    if (strcmp(name, "get-regs") == 0 && regs.rip != entry) fail("wrong RIP");
+    printf("{\"case\":\"%s\",\"ops\":%ld,\"ns\":%llu}\n", name, ops, (unsigned long long)ns);
+    fflush(stdout);
+  }
   return 0;
 }

@@ -6,11 +6,13 @@
  * Compiles the baseline with `cc -O2` into bench/build/, then runs both sides
  * natively when `/dev/kvm` is usable, otherwise inside the sandbox (a QEMU TCG
  * guest with kvm-amd; tests/sandbox/sandbox.ts), both sides in the same
- * sandbox run. Each round runs every case once on each side (alternating
- * which goes first); the table keeps each side's best round.
+ * sandbox run. Each case runs in short blocks that alternate between the two
+ * sides (the C program is a child process that runs a block per request), so
+ * both see the same machine; each side's figure is its 10th-percentile block,
+ * which filters out time stolen by other processes on a shared machine.
  *
- * Options: `--rounds N` (default 3), `--case ID` (repeatable: only these
- * cases), `--json FILE` (also write the results as JSON), `--inside` (used
+ * Options: `--blocks N` (blocks per side, overriding each case's), `--case ID`
+ * (repeatable: only these cases), `--json FILE` (also write the results as JSON), `--inside` (used
  * by the sandbox run: measure here, the baseline is already built).
  *
  * Cases come from bench/cases.ts and, when it exists, from the `cases` export
@@ -29,12 +31,14 @@ const BUILD = `${here}build`;
 const BASELINE = `${BUILD}/baseline`;
 const RESULT_MARK = "@@BENCH-RESULTS ";
 
-/** One side's figure for one case. */
+/** One side's figure for one case, from its blocks. */
 interface Figure {
-  /** Operations per second, best round. */
+  /** Operations per second in the 10th-percentile block (the headline figure). */
   perSecond: number;
-  /** Every round's operations per second. */
-  rounds: number[];
+  /** Operations per second in the fastest block. */
+  best: number;
+  /** Operations per second in the median block. */
+  median: number;
 }
 
 /** A row of the table. */
@@ -42,7 +46,8 @@ interface Row {
   id: string;
   title: string;
   unit: string;
-  ops: number;
+  block: number;
+  blocks: number;
   deno: Figure;
   c: Figure | null;
 }
@@ -50,21 +55,22 @@ interface Row {
 /** What a run measured, and where. */
 interface Results {
   machine: string;
-  rounds: number;
   rows: Row[];
 }
 
 const { values } = parseArgs({
   args: Deno.args,
   options: {
-    rounds: { type: "string", default: "3" },
+    blocks: { type: "string" },
     case: { type: "string", multiple: true },
     json: { type: "string" },
     inside: { type: "boolean", default: false },
   },
 });
-const rounds = Number(values.rounds);
-if (!Number.isInteger(rounds) || rounds < 1) throw new Error("--rounds takes a positive integer");
+const blocksOverride = values.blocks === undefined ? undefined : Number(values.blocks);
+if (blocksOverride !== undefined && !(Number.isInteger(blocksOverride) && blocksOverride > 0)) {
+  throw new Error("--blocks takes a positive integer");
+}
 
 async function loadCases(): Promise<BenchCase[]> {
   const all = [...hotPathCases];
@@ -101,33 +107,73 @@ function buildBaseline(): void {
   }
 }
 
-function runBaseline(c: BenchCase): number {
-  const spec = c.baseline!;
-  const args = [spec.case, String(c.ops), String(c.warmup), ...baselineArgs(spec.guest)];
-  const out = new Deno.Command(BASELINE, { args, stderr: "piped" }).outputSync();
-  const text = new TextDecoder().decode(out.stdout).trim();
-  if (!out.success) {
-    throw new Error(
-      `baseline ${spec.case} failed (${out.code}): ${new TextDecoder().decode(out.stderr)}`,
-    );
+/** The C baseline as a child process that runs one block per line it is sent. */
+class Baseline {
+  #child: Deno.ChildProcess;
+  #writer: WritableStreamDefaultWriter<Uint8Array>;
+  #lines: AsyncIterator<string>;
+  #stderr: Promise<string>;
+
+  constructor(c: BenchCase) {
+    const spec = c.baseline!;
+    this.#child = new Deno.Command(BASELINE, {
+      args: [spec.case, ...baselineArgs(spec.guest)],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    this.#writer = this.#child.stdin.getWriter();
+    this.#lines = this.#child.stdout.pipeThrough(new TextDecoderStream()).pipeThrough(
+      new LineStream(),
+    )[Symbol.asyncIterator]();
+    this.#stderr = new Response(this.#child.stderr).text();
   }
-  const { ops, ns } = JSON.parse(text) as { ops: number; ns: number };
-  return ops / (ns / 1e9);
+
+  /** Runs `n` operations; returns their milliseconds. */
+  async measure(n: number): Promise<number> {
+    await this.#writer.write(new TextEncoder().encode(`${n}\n`));
+    const line = await this.#lines.next();
+    if (line.done) {
+      const status = await this.#child.status;
+      throw new Error(
+        `the C baseline failed (exit ${status.code}): ${(await this.#stderr).trim()}`,
+      );
+    }
+    const { ns } = JSON.parse(line.value) as { ns: number };
+    return ns / 1e6;
+  }
+
+  async close(): Promise<void> {
+    await this.#writer.close();
+    const status = await this.#child.status;
+    await this.#stderr;
+    if (!status.success) throw new Error(`the C baseline exited with ${status.code}`);
+  }
 }
 
-async function runDeno(c: BenchCase): Promise<number> {
-  const fixture = await c.open();
-  try {
-    await fixture.measure(c.warmup);
-    const ms = await fixture.measure(c.ops);
-    return c.ops / (ms / 1000);
-  } finally {
-    await fixture.close();
+/** Splits a text stream into lines. */
+class LineStream extends TransformStream<string, string> {
+  constructor() {
+    let rest = "";
+    super({
+      transform(chunk, controller) {
+        const parts = (rest + chunk).split("\n");
+        rest = parts.pop()!;
+        for (const part of parts) controller.enqueue(part);
+      },
+      flush(controller) {
+        if (rest) controller.enqueue(rest);
+      },
+    });
   }
 }
 
-function figure(list: number[]): Figure {
-  return { perSecond: Math.max(...list), rounds: list };
+/** Per-op milliseconds of each block → the figure. */
+function figure(msPerOp: number[]): Figure {
+  const sorted = [...msPerOp].sort((a, b) => a - b);
+  const at = (q: number) =>
+    1000 / sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+  return { perSecond: at(0.1), best: at(0), median: at(0.5) };
 }
 
 function machine(): string {
@@ -138,54 +184,58 @@ function machine(): string {
       return "";
     }
   };
-  const cpu = /model name\s*:\s*(.*)/.exec(read("/proc/cpuinfo"))?.[1] ?? "unknown CPU";
-  const cores = read("/proc/cpuinfo").match(/^processor\s*:/gm)?.length ?? 0;
+  const cpuinfo = read("/proc/cpuinfo");
+  const cpu = /model name\s*:\s*(.*)/.exec(cpuinfo)?.[1] ?? "unknown CPU";
+  const cores = cpuinfo.match(/^processor\s*:/gm)?.length ?? 0;
   const kernel = read("/proc/sys/kernel/osrelease").trim();
-  const where = Deno.env.get("KVM_SANDBOX") ? "sandbox (QEMU TCG guest, nested kvm-amd)" : "native";
+  const where = Deno.env.get("KVM_SANDBOX")
+    ? "sandbox (QEMU TCG guest with nested kvm-amd)"
+    : "native /dev/kvm";
   return `${where}: ${cores} x ${cpu}, Linux ${kernel}, Deno ${Deno.version.deno}`;
+}
+
+/** Measures one case: warm-up, then alternating blocks of Deno and C. */
+async function measureCase(bench: BenchCase): Promise<Row> {
+  const blocks = blocksOverride ?? bench.blocks;
+  const fixture = await bench.open();
+  const baseline = bench.baseline ? new Baseline(bench) : null;
+  const deno: number[] = [];
+  const c: number[] = [];
+  try {
+    await fixture.measure(bench.warmup);
+    await baseline?.measure(bench.warmup);
+    for (let i = 0; i < blocks; i++) {
+      // Alternate which side goes first, so neither always follows the other.
+      if (i % 2 === 1) deno.push(await fixture.measure(bench.block) / bench.block);
+      if (baseline) c.push(await baseline.measure(bench.block) / bench.block);
+      if (i % 2 === 0) deno.push(await fixture.measure(bench.block) / bench.block);
+    }
+  } finally {
+    await fixture.close();
+    await baseline?.close();
+  }
+  const row: Row = {
+    id: bench.id,
+    title: bench.title,
+    unit: bench.unit,
+    block: bench.block,
+    blocks,
+    deno: figure(deno),
+    c: baseline ? figure(c) : null,
+  };
+  const ratio = row.c ? (row.deno.perSecond / row.c.perSecond).toFixed(3) : "-";
+  console.log(
+    `${bench.id}: Deno ${fmt(row.deno.perSecond)} ${bench.unit}/s, ` +
+      `C ${row.c ? fmt(row.c.perSecond) : "-"} ${bench.unit}/s, ratio ${ratio}`,
+  );
+  return row;
 }
 
 /** Measures every case here, on this machine's /dev/kvm. */
 async function measureHere(): Promise<Results> {
-  const list = await loadCases();
-  const deno = new Map<string, number[]>();
-  const c = new Map<string, number[]>();
-  for (let round = 0; round < rounds; round++) {
-    for (const bench of list) {
-      const doDeno = async () => {
-        const v = await runDeno(bench);
-        deno.set(bench.id, [...deno.get(bench.id) ?? [], v]);
-        return v;
-      };
-      const doC = () => {
-        if (!bench.baseline) return NaN;
-        const v = runBaseline(bench);
-        c.set(bench.id, [...c.get(bench.id) ?? [], v]);
-        return v;
-      };
-      let dv: number, cv: number;
-      if (round % 2 === 0) {
-        cv = doC();
-        dv = await doDeno();
-      } else {
-        dv = await doDeno();
-        cv = doC();
-      }
-      console.log(
-        `round ${round + 1}/${rounds} ${bench.id}: Deno ${fmt(dv)} ${bench.unit}/s, ` +
-          `C ${fmt(cv)} ${bench.unit}/s, ratio ${(dv / cv).toFixed(3)}`,
-      );
-    }
-  }
-  const rows = list.map((bench): Row => ({
-    id: bench.id,
-    title: bench.title,
-    unit: bench.unit,
-    ops: bench.ops,
-    deno: figure(deno.get(bench.id)!),
-    c: c.has(bench.id) ? figure(c.get(bench.id)!) : null,
-  }));
-  return { machine: machine(), rounds, rows };
+  const rows: Row[] = [];
+  for (const bench of await loadCases()) rows.push(await measureCase(bench));
+  return { machine: machine(), rows };
 }
 
 function fmt(perSecond: number): string {
@@ -196,9 +246,11 @@ function fmt(perSecond: number): string {
 /** The table, as Markdown. */
 export function table(results: Results): string {
   const lines = [
-    `Machine: ${results.machine}; best of ${results.rounds} rounds.`,
+    `Machine: ${results.machine}.`,
+    "Figures: operations per second in each side's 10th-percentile block " +
+    "(blocks of the two sides alternate).",
     "",
-    "| case | ops | Deno / s | C / s | ratio Deno/C | Deno us/op | C us/op |",
+    "| case | blocks | Deno / s | C / s | ratio Deno/C | Deno us/op | C us/op |",
     "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
   ];
   for (const row of results.rows) {
@@ -206,7 +258,7 @@ export function table(results: Results): string {
     const c = row.c?.perSecond ?? NaN;
     const us = (v: number) => Number.isFinite(v) ? (1e6 / v).toFixed(2) : "-";
     lines.push(
-      `| ${row.title} | ${row.ops.toLocaleString("en-US")} ${row.unit} | ${fmt(d)} | ${fmt(c)} | ${
+      `| ${row.title} | ${row.blocks} x ${row.block} ${row.unit} | ${fmt(d)} | ${fmt(c)} | ${
         Number.isFinite(c) ? (d / c).toFixed(3) : "-"
       } | ${us(d)} | ${us(c)} |`,
     );
@@ -247,8 +299,7 @@ if (values.inside) {
     }
     console.log("no usable /dev/kvm here: measuring inside the sandbox (both sides, one run)");
     const forwarded = [
-      "--rounds",
-      String(rounds),
+      ...(values.blocks ? ["--blocks", values.blocks] : []),
       ...(values.case ?? []).flatMap((c) => ["--case", c]),
     ];
     const result = await runInSandbox({

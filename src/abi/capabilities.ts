@@ -7,6 +7,8 @@
 
 /** Capability numbers by name (without the `KVM_CAP_` prefix). */
 export const Cap = {
+  IRQCHIP: 0,
+  HLT: 1,
   MMU_SHADOW_CACHE_CONTROL: 2,
   USER_MEMORY: 3,
   SET_TSS_ADDR: 4,
@@ -64,6 +66,7 @@ export const Cap = {
   PPC_BOOKE_SREGS: 62,
   SPAPR_TCE: 63,
   PPC_SMT: 64,
+  PPC_RMA: 65,
   MAX_VCPUS: 66,
   PPC_HIOR: 67,
   PPC_PAPR: 68,

@@ -90,13 +90,34 @@ export function cpuidBuffer(entries: readonly CpuidEntry[], capacity = entries.l
   return bytes;
 }
 
-/** The entries of a `struct kvm_cpuid2` buffer (as many as its `nent` says). */
+/**
+ * Fills every entry slot of a {@linkcode cpuidBuffer} with all-ones bytes: a
+ * marker for the slots the kernel did not write. (`KVM_GET_CPUID2` of Linux
+ * before 6.2 leaves `nent` unchanged on success, so the marker is how the
+ * reader finds the end.)
+ */
+export function markCpuidSlots(bytes: Uint8Array): Uint8Array {
+  bytes.fill(0xff, KvmCpuid2.size);
+  return bytes;
+}
+
+function isMarker(entry: Uint8Array): boolean {
+  return entry.every((b) => b === 0xff);
+}
+
+/**
+ * The entries of a `struct kvm_cpuid2` buffer: as many as its `nent` says,
+ * stopping early at a slot still holding the {@linkcode markCpuidSlots} marker.
+ */
 export function readCpuidBuffer(bytes: Uint8Array): CpuidEntry[] {
   const n = new KvmCpuid2(bytes).nent;
   const out: CpuidEntry[] = [];
   for (let i = 0; i < n; i++) {
     const at = KvmCpuid2.size + i * KvmCpuidEntry2.size;
-    const e = new KvmCpuidEntry2(bytes.subarray(at, at + KvmCpuidEntry2.size));
+    if (at + KvmCpuidEntry2.size > bytes.length) break;
+    const raw = bytes.subarray(at, at + KvmCpuidEntry2.size);
+    if (isMarker(raw)) break;
+    const e = new KvmCpuidEntry2(raw);
     out.push({
       function: e.function,
       index: e.index,

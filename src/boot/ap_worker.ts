@@ -11,6 +11,7 @@
  * @module
  */
 
+import { Errno, KvmError } from "../errors.ts";
 import { type KickTarget, Vcpu } from "../kvm/vcpu.ts";
 import { describeVcpu, Mailbox, MailboxKind, MailboxState } from "./mailbox.ts";
 
@@ -81,7 +82,14 @@ function runAp(msg: ApStartMessage): void {
   };
   try {
     while (!box.stopping) {
-      const exit = vcpu.run();
+      let exit;
+      try {
+        exit = vcpu.run();
+      } catch (e) {
+        // An AP waiting for INIT/SIPI returns EAGAIN when woken: run it again (as QEMU does).
+        if (e instanceof KvmError && e.errno === Errno.EAGAIN) continue;
+        throw e;
+      }
       switch (exit.reason) {
         case "io":
           box.setIo(exit.direction, exit.port, exit.size, exit.count, exit.data);

@@ -137,6 +137,11 @@ export class LinuxMachine {
   #onUnhandled?: (what: string) => void;
   #seenMmio = new Set<number>();
   #running = false;
+  /**
+   * Exits of the bootstrap vCPU (and forwarded AP exits) by port: a profile of
+   * where the guest spends its port I/O. Index 0x10000 counts MMIO exits.
+   */
+  readonly exitsByPort: Uint32Array = new Uint32Array(0x10001);
 
   private constructor(
     kvm: Kvm,
@@ -187,10 +192,11 @@ export class LinuxMachine {
       });
 
       const supported = kvm.getSupportedCpuid();
+      const tscDeadline = kvm.checkExtension("TSC_DEADLINE_TIMER") > 0;
       const vcpus: Vcpu[] = [];
       for (let id = 0; id < cpus; id++) {
         const vcpu = vm.createVcpu(id);
-        setupVcpu(vcpu, cpus, supported);
+        setupVcpu(vcpu, cpus, supported, { tscDeadline });
         vcpus.push(vcpu);
       }
       this.vcpus = vcpus;
@@ -312,6 +318,7 @@ export class LinuxMachine {
       if (Atomics.load(words, MailboxState.INDEX) !== MailboxState.REQUEST) continue;
       const kind = words[MailboxKind.INDEX];
       if (kind === MailboxKind.IO) {
+        this.exitsByPort[words[Mailbox.PORT]]++;
         const size = words[Mailbox.SIZE];
         const count = words[Mailbox.COUNT];
         this.bus.handle(
@@ -392,9 +399,11 @@ export class LinuxMachine {
         const exit = bsp.run();
         switch (exit.reason) {
           case "io":
+            this.exitsByPort[exit.port]++;
             this.bus.handle(exit.direction, exit.port, exit.size, exit.count, exit.data);
             break;
           case "mmio":
+            this.exitsByPort[0x10000]++;
             this.#mmio(exit.address, exit.isWrite, exit.data);
             break;
           case "interrupted":
@@ -437,7 +446,9 @@ export class LinuxMachine {
         }
         if (hasAps) this.#serveAps();
         if (poll) poll();
-        if (timeUp[0] !== 0) this.#finish({ reason: "timeout", vcpu: -1 });
+        if (timeUp[0] !== 0) {
+          this.#finish({ reason: "timeout", vcpu: -1, detail: describeVcpu(bsp) });
+        }
       }
       return this.#exit;
     } finally {

@@ -61,6 +61,7 @@ const MTRR_ENABLE = 1n << 11n;
 const MTRR_TYPE_WRITEBACK = 6n;
 const CPUID_1_ECX_HYPERVISOR = 1 << 31;
 const CPUID_1_EDX_HTT = 1 << 28;
+const CPUID_1_ECX_TSC_DEADLINE = 1 << 24;
 
 const LVT_DELIVERY_MASK = 0x700;
 const LVT_MASKED = 1 << 16;
@@ -83,15 +84,25 @@ export function setupPlatform(vm: Vm): void {
  * CPUID for vCPU `id` of `cpus`, from the kernel's supported list: the APIC id
  * in leaf 1 EBX[31:24] and in the x2APIC leaves 0xb/0x1f EDX, the logical
  * processor count in leaf 1, the hypervisor bit, and KVM's paravirtual leaves
- * (added when the supported list lacks them: kvmclock, no I/O delay, PV EOI).
+ * (added when the supported list lacks them: kvmclock, no I/O delay, PV EOI),
+ * and with `tscDeadline` the TSC-deadline timer bit (leaf 1 ECX[24]).
  */
-export function vcpuCpuid(supported: readonly CpuidEntry[], id: number, cpus: number): CpuidEntry[] {
+export function vcpuCpuid(
+  supported: readonly CpuidEntry[],
+  id: number,
+  cpus: number,
+  options: { tscDeadline?: boolean } = {},
+): CpuidEntry[] {
   const entries = supported.map((e) => ({ ...e }));
   for (const e of entries) {
     switch (e.function) {
       case 1:
         e.ebx = ((e.ebx & 0x0000ffff) | ((cpus & 0xff) << 16) | ((id & 0xff) << 24)) >>> 0;
         e.ecx = (e.ecx | CPUID_1_ECX_HYPERVISOR) >>> 0;
+        // KVM emulates the TSC-deadline timer in its LAPIC but leaves the bit out of the
+        // supported list (QEMU adds it the same way). Without it Linux calibrates the LAPIC
+        // timer against the PIT, which a nested or loaded host can fail.
+        if (options.tscDeadline) e.ecx = (e.ecx | CPUID_1_ECX_TSC_DEADLINE) >>> 0;
         if (cpus > 1) e.edx = (e.edx | CPUID_1_EDX_HTT) >>> 0;
         break;
       case 0xb:
@@ -148,14 +159,16 @@ export function bootMsrs(): MsrEntry[] {
  * Sets up one vCPU of a `cpus`-vCPU PC: CPUID (see {@linkcode vcpuCpuid}),
  * the boot MSRs, and the local APIC's LINT0 as ExtINT (so the PIC's
  * interrupts reach the CPU before Linux programs its APIC) and LINT1 as NMI.
- * `supported` is `kvm.getSupportedCpuid()`, fetched once for all vCPUs.
+ * `supported` is `kvm.getSupportedCpuid()`, fetched once for all vCPUs;
+ * `tscDeadline`: whether `KVM_CAP_TSC_DEADLINE_TIMER` is there (see {@linkcode vcpuCpuid}).
  */
 export function setupVcpu(
   vcpu: Vcpu,
   cpus: number,
   supported: readonly CpuidEntry[],
+  options: { tscDeadline?: boolean } = {},
 ): void {
-  vcpu.setCpuid2(vcpuCpuid(supported, vcpu.id, cpus));
+  vcpu.setCpuid2(vcpuCpuid(supported, vcpu.id, cpus, options));
   vcpu.setMsrs(bootMsrs());
   const lapic = vcpu.getLapic();
   const lint0 = lapic.read(ApicReg.LVT_LINT0);

@@ -87,8 +87,8 @@ export function encodeGuestDebug(
       );
     }
     out.debugreg[i] = address;
-    // Lx enable bit, then the R/W and LEN fields of this register.
-    dr7 |= 1n << BigInt(2 * i);
+    // Gx (global) enable bit, as QEMU's gdbstub sets it, then this register's R/W and LEN.
+    dr7 |= 2n << BigInt(2 * i);
     dr7 |= BigInt(rw | (LEN_BITS[length] << 2)) << BigInt(16 + 4 * i);
   });
   if (hw.length) {

@@ -543,6 +543,7 @@ export class Vcpu extends OwnedFd {
       "KVM_GET_CPUID2",
       (ptr) => native().kvm_ioctl_ptr(this.fd("KVM_GET_CPUID2"), Ioctl.KVM_GET_CPUID2, ptr),
       () => this.label,
+      true,
     );
   }
 

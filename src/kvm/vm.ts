@@ -637,17 +637,28 @@ export class Vm extends OwnedFd {
    * `KVM_IRQFD`: a write to `eventFd` raises GSI `gsi` (an edge; with
    * `resampleFd`, a level held until the guest's EOI, which then signals
    * `resampleFd`). Works without a vCPU exit or an ioctl per interrupt.
+   *
+   * @example
+   * ```ts
+   * import { EventFd, Kvm } from "../../mod.ts";
+   * using kvm = Kvm.open();
+   * using vm = kvm.createVm();
+   * vm.createIrqchip();
+   * using irq = EventFd.create();
+   * vm.registerIrqfd(irq, 17); // IOAPIC pin 17 in the default routing
+   * irq.write(); // from any thread: the guest gets the interrupt its IOAPIC entry names
+   * ```
    */
   registerIrqfd(eventFd: EventFd, gsi: number, options: IrqfdOptions = {}): void {
     const op = "KVM_IRQFD";
     const resample = options.resampleFd;
+    this.#checkOpen(op, eventFd, resample);
     this.#irqfd.clear().assign({
       fd: eventFd.unsafeFd,
       gsi,
       flags: resample ? KVM_IRQFD_FLAG_RESAMPLE : 0,
       resamplefd: resample ? resample.unsafeFd : 0,
     });
-    this.#checkOpen(op, eventFd, resample);
     this.ioctlPtr(op, Ioctl.KVM_IRQFD, this.#irqfdPtr, () => `GSI ${gsi}`);
   }
 
@@ -664,6 +675,17 @@ export class Vm extends OwnedFd {
    * a port with `pio`) signals `eventFd` in the kernel instead of exiting to
    * userspace; with `datamatch`, only writes of that value do, others exit as
    * usual.
+   *
+   * @example
+   * ```ts
+   * import { EventFd, Kvm } from "../../mod.ts";
+   * using kvm = Kvm.open();
+   * using vm = kvm.createVm();
+   * using doorbell = EventFd.create();
+   * vm.registerIoevent(doorbell, 0xd0000000, { datamatch: 1, length: 4 });
+   * // ... run the guest; later, without any exit having happened:
+   * if (doorbell.read() > 0n) console.log("the guest rang");
+   * ```
    */
   registerIoevent(eventFd: EventFd, address: number | bigint, options: IoeventOptions = {}): void {
     this.#ioeventfd("register", eventFd, address, options, 0);
@@ -815,6 +837,19 @@ export class Vm extends OwnedFd {
    * the call also resets the log; with `MANUAL_DIRTY_LOG_PROTECT2` enabled it
    * does not, and {@linkcode clearDirtyLog} does. The slot must have been set
    * with `logDirtyPages` (else ENOENT, as from the kernel).
+   *
+   * @example
+   * ```ts
+   * import { bitmapPages, Kvm } from "../../mod.ts";
+   * using kvm = Kvm.open();
+   * using vm = kvm.createVm();
+   * const ram = vm.allocateMemory(0x100000);
+   * vm.setUserMemoryRegion({
+   *   slot: 0, guestPhysAddr: 0, memorySize: ram.size, memory: ram, logDirtyPages: true,
+   * });
+   * // ... run the guest ...
+   * for (const page of bitmapPages(vm.getDirtyLog(0))) console.log(`page ${page} changed`);
+   * ```
    */
   getDirtyLog(slot: number, into?: Uint8Array): Uint8Array {
     const op = "KVM_GET_DIRTY_LOG";
@@ -908,7 +943,7 @@ export class Vm extends OwnedFd {
   /**
    * `KVM_SET_IDENTITY_MAP_ADDR`: one page of guest physical space for the
    * identity page table Intel VMX needs in real mode (default 0xfffbc000).
-   * Call before creating vCPUs (EBUSY after).
+   * Call before creating vCPUs (the kernel refuses with EINVAL after).
    */
   setIdentityMapAddr(address: number | bigint): void {
     this.#u64[0] = BigInt(address);

@@ -4,7 +4,7 @@
 // the CPU pushed, which proves the interrupt arrived where the guest was.
 
 import { deepStrictEqual, ok, strictEqual, throws } from "node:assert/strict";
-import { KvmError } from "../../mod.ts";
+import { Kvm, KvmError } from "../../mod.ts";
 import { realModeGuest } from "./real_mode_guest.ts";
 
 const ENTRY = 0x1000;
@@ -90,9 +90,10 @@ Deno.test("KVM_NMI: the NMI handler (IVT vector 2) runs even with IF = 0", () =>
 Deno.test("KVM_INTERRUPT is refused with an in-kernel irqchip, and bad vectors by the library", () => {
   using guest = realModeGuest([0xf4], ENTRY);
   throws(() => guest.vcpu.interrupt(256), (e) => e instanceof KvmError && e.code === "EINVAL");
-  using other = realModeGuest([0xf4], ENTRY);
-  other.vm.createIrqchip();
-  const vcpu = other.vm.createVcpu(1);
+  using kvm = Kvm.open();
+  using vm = kvm.createVm();
+  vm.createIrqchip();
+  const vcpu = vm.createVcpu(0);
   throws(
     () => vcpu.interrupt(0x20),
     (e) => e instanceof KvmError && e.operation === "KVM_INTERRUPT" && e.code === "ENXIO",

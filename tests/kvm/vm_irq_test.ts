@@ -19,6 +19,7 @@ import {
   EventFd,
   KVM_IRQCHIP_IOAPIC,
   KVM_IRQCHIP_PIC_MASTER,
+  KVM_PIT_SPEAKER_DUMMY,
   type Vm,
 } from "../../mod.ts";
 import { expectOut, guest, type Item, jmp, jne } from "./vm_guest.ts";
@@ -26,7 +27,7 @@ import { expectOut, guest, type Item, jmp, jne } from "./vm_guest.ts";
 /** The wait loop's budget: 0x02000000 iterations (well under a second in the sandbox). */
 const WAIT = [0x66, 0xb9, 0x00, 0x00, 0x00, 0x02]; // mov ecx, 0x02000000
 
-const VECTORS = [0x23, 0x31, 0x32, 0x33, 0x34, 0x35];
+const VECTORS = [0x20, 0x23, 0x31, 0x32, 0x33, 0x34, 0x35];
 
 // deno-fmt-ignore
 const PROGRAM: Item[] = [
@@ -72,7 +73,11 @@ function interruptGuest() {
 }
 
 /** Runs the guest through one interrupt: the handler's OUT of `vector`, then its EOI's OUT. */
-function expectInterrupt(g: { vcpu: Parameters<typeof expectOut>[0] }, vector: number, what: string) {
+function expectInterrupt(
+  g: { vcpu: Parameters<typeof expectOut>[0] },
+  vector: number,
+  what: string,
+) {
   expectOut(g.vcpu, `out 11 ${vector.toString(16)}`, what);
   expectOut(g.vcpu, "out 14 20", `${what} (EOI)`);
 }
@@ -163,4 +168,23 @@ Deno.test("GSI routes and irqfds (edge, MSI, level with resample) raise guest in
   expectOut(g.vcpu, "out 14 20", "the guest EOIed vector 0x35");
   strictEqual(resampleFd.read(), 1n, "the EOI signalled the resample fd");
   ok(!decodeRedirection(vm.getIrqchip(KVM_IRQCHIP_IOAPIC).ioapic.redirtbl[19]).remoteIrr);
+});
+
+Deno.test("the in-kernel PIT, started with setPit2, interrupts the guest through the PIC", () => {
+  using g = interruptGuest();
+  const { vm } = g;
+  vm.createPit2({ flags: KVM_PIT_SPEAKER_DUMMY });
+  // Unmask IRQ0 in the PIC state the guest programmed (it unmasked only IRQ3).
+  const chip = vm.getIrqchip(KVM_IRQCHIP_PIC_MASTER);
+  chip.pic.imr = 0xf6;
+  vm.setIrqchip(chip);
+  // Channel 0 as a rate generator (mode 2) with a 0x2000 count: about every 7 ms.
+  const pit = vm.getPit2();
+  pit.channel0.mode = 2;
+  pit.channel0.rwMode = 3;
+  pit.channel0.count = 0x2000;
+  vm.setPit2(pit);
+  expectInterrupt(g, 0x20, "PIT channel 0 → IRQ0 → vector 0x20");
+  expectInterrupt(g, 0x20, "and again: the timer is periodic");
+  strictEqual(vm.getPit2().channel0.count, 0x2000);
 });

@@ -7,7 +7,8 @@
 //   2 OUTs seen                            3 counts out of sequence
 //   4 APIC id reported on port 0x30 (+1)   5 IN answered on port 0x51
 
-import { type DeviceContext, stopVcpu, type VcpuDevice } from "../../../mod.ts";
+// Imports only the context's types module: every worker loads its imports.
+import { type DeviceContext, stopVcpu, type VcpuDevice } from "../../../src/context/types.ts";
 
 /** Options posted to every worker. */
 export interface TestDeviceOptions {
