@@ -173,10 +173,17 @@ export function baselineArgs(spec: GuestSpec): string[] {
 
 /** Whether `/dev/kvm` can be opened for reading and writing here. */
 export function kvmUsable(): boolean {
+  return whyNoKvm() === null;
+}
+
+/** Null when `/dev/kvm` is usable here, else why not (in words). */
+export function whyNoKvm(): string | null {
   try {
     Deno.openSync("/dev/kvm", { read: true, write: true }).close();
-    return true;
-  } catch {
-    return false;
+    return null;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotCapable) return "no permission (run with -A)";
+    if (error instanceof Deno.errors.NotFound) return "no /dev/kvm on this machine";
+    return `/dev/kvm cannot be opened: ${error instanceof Error ? error.message : error}`;
   }
 }

@@ -320,6 +320,7 @@ export class Vcpu extends OwnedFd {
   #buffers = new Map<AnyStructDef, { value: StructBase<Fields>; ptr: Deno.PointerValue }>();
   #vmFd = -1;
   #xsaveSize = 0;
+  #hasXsave2 = false;
 
   /** This vCPU's own buffer for `def`, made once with its pointer. */
   #buffer<F extends Fields>(def: StructDef<F>): { value: Struct<F>; ptr: Deno.PointerValue } {
@@ -385,6 +386,7 @@ export class Vcpu extends OwnedFd {
   get xsaveSize(): number {
     if (!this.#xsaveSize) {
       const size = this.#vmExtension(Cap.XSAVE2);
+      this.#hasXsave2 = size > 0;
       this.#xsaveSize = Math.max(size, KvmXsave.size);
     }
     return this.#xsaveSize;
@@ -403,7 +405,7 @@ export class Vcpu extends OwnedFd {
       own = { value, ptr: pointerOf(value.bytes) };
       this.#buffers.set(KvmXsave, own);
     }
-    if (this.#vmExtension(Cap.XSAVE2) > 0) {
+    if (this.#hasXsave2) {
       this.ioctlPtr("KVM_GET_XSAVE2", Ioctl.KVM_GET_XSAVE2, own.ptr, () => this.label);
     } else {
       this.ioctlPtr("KVM_GET_XSAVE", Ioctl.KVM_GET_XSAVE, own.ptr, () => this.label);
@@ -552,10 +554,11 @@ export class Vcpu extends OwnedFd {
    * `Vm.createIrqchip`). Reuses an internal buffer unless `into` is given.
    */
   getLapic(into?: Lapic): Lapic {
-    const target = into ?? (this.#lapic ??= new Lapic());
-    const ptr = target === this.#lapic ? (this.#lapicPtr ??= pointerOf(target.bytes)) : pointerOf(
-      target.bytes,
-    );
+    const own = this.#lapic ??= new Lapic();
+    const target = into ?? own;
+    const ptr = target === own
+      ? (this.#lapicPtr ??= pointerOf(own.bytes))
+      : pointerOf(target.bytes);
     this.ioctlPtr("KVM_GET_LAPIC", Ioctl.KVM_GET_LAPIC, ptr, () => this.label);
     return target;
   }
@@ -780,7 +783,9 @@ export class Vcpu extends OwnedFd {
     this.#requireNested(op);
     let size = KvmNestedState.size;
     for (let attempt = 0; attempt < 4; attempt++) {
-      const state = new KvmNestedState(new Uint8Array(new BigUint64Array(size / 8 + 1).buffer));
+      const state = new KvmNestedState(
+        new Uint8Array(new BigUint64Array(Math.ceil(size / 8)).buffer),
+      );
       state.size = size;
       const r = native().kvm_ioctl_ptr(
         this.fd(op),

@@ -94,7 +94,7 @@ const LONG_PROGRAM = [
   0xf4,                                           // hlt
 ];
 
-function longModeGuest(hugePages: "2M" | "1G") {
+function longModeGuest() {
   const kvm = Kvm.open();
   const vm = kvm.createVm();
   const low = vm.allocateMemory(4 * MiB);
@@ -127,7 +127,7 @@ function checkLongModeRun(guest: ReturnType<typeof longModeGuest>): void {
 }
 
 Deno.test("long mode (2 MiB pages): a 64-bit guest uses RAX..R8 and RAM above 1 MiB and 1 GiB", () => {
-  using guest = longModeGuest("2M");
+  using guest = longModeGuest();
   const layout = setupLongMode(guest.vm, guest.vcpu, {
     entry: ENTRY,
     stack: STACK,
@@ -137,6 +137,26 @@ Deno.test("long mode (2 MiB pages): a 64-bit guest uses RAX..R8 and RAM above 1 
   strictEqual(layout.pdAddress, 0xb000);
   strictEqual(layout.pageTableEnd, 0xd000, "PML4, PDPT and two page directories");
   strictEqual(layout.identityMapBytes, 2 * GiB);
+  checkLongModeRun(guest);
+});
+
+Deno.test("long mode (1 GiB pages): the same guest through a PDPT of 1 GiB pages", () => {
+  using guest = longModeGuest();
+  // 1 GiB pages need the guest's CPUID to say so (pdpe1gb, leaf 0x80000001 EDX bit 26).
+  const cpuid = guest.kvm.getSupportedCpuid();
+  const ext = cpuid.find((e) => e.function === 0x80000001);
+  ok(ext && ext.edx & (1 << 26), "KVM offers 1 GiB pages");
+  guest.vcpu.setCpuid2(cpuid);
+  const layout = setupLongMode(guest.vm, guest.vcpu, {
+    entry: ENTRY,
+    stack: STACK,
+    identityMapGiB: 2,
+    hugePages: "1G",
+  });
+  strictEqual(layout.pdAddress, undefined, "no page directories");
+  strictEqual(layout.pageTableEnd, 0xb000, "PML4 and PDPT only");
+  const pdpt = new DataView(guest.vm.readGuest(layout.pdptAddress, 16).buffer);
+  strictEqual(pdpt.getBigUint64(8, true), 0x40000083n, "PDPT[1] maps 1 GiB at 1 GiB (PS|RW|P)");
   checkLongModeRun(guest);
 });
 

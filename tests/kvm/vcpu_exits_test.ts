@@ -4,7 +4,7 @@
 // reporting on, a protected-mode guest's reads and writes of the LAPIC TPR
 // (MMIO at 0xfee00080) exit as "tprAccess" with the right RIP.
 
-import { deepStrictEqual, ok, strictEqual } from "node:assert/strict";
+import { deepStrictEqual, strictEqual } from "node:assert/strict";
 import { Kvm } from "../../mod.ts";
 import { setupProtectedMode } from "../../src/boot/modes.ts";
 import { realModeGuest } from "./real_mode_guest.ts";

@@ -99,3 +99,13 @@ Deno.test("KVM_INTERRUPT is refused with an in-kernel irqchip, and bad vectors b
     (e) => e instanceof KvmError && e.operation === "KVM_INTERRUPT" && e.code === "ENXIO",
   );
 });
+
+Deno.test("run-area CR8: written before run() it becomes the vCPU's CR8 (userspace irqchip)", () => {
+  using guest = realModeGuest([0xf4], ENTRY);
+  const { vcpu } = guest;
+  vcpu.cr8 = 7n;
+  strictEqual(vcpu.run().reason, "hlt");
+  strictEqual(vcpu.getSregs().cr8, 7n, "KVM_RUN loaded kvm_run.cr8");
+  strictEqual(vcpu.cr8, 7n, "and reported it back at the exit");
+  strictEqual(vcpu.apicBase, vcpu.getApicBase(), "run-area APIC base matches KVM_GET_SREGS");
+});
