@@ -454,6 +454,11 @@ export class LinuxMachine {
     } finally {
       watchdog?.terminate();
       this.#stopAps();
+      const exit = this.#exit as MachineExit | null;
+      if (exit?.reason === "timeout") {
+        // The APs are out of KVM_RUN now, so their registers can be read here.
+        for (const ap of this.#aps) exit.detail += `\n${describeVcpu(ap.vcpu)}`;
+      }
     }
   }
 

@@ -60,6 +60,7 @@ const MISC_ENABLE_FAST_STRING = 1n;
 const MTRR_ENABLE = 1n << 11n;
 const MTRR_TYPE_WRITEBACK = 6n;
 const CPUID_1_ECX_HYPERVISOR = 1 << 31;
+const KVM_FEATURE_PV_UNHALT = 1 << 7;
 const CPUID_1_EDX_HTT = 1 << 28;
 const CPUID_1_ECX_TSC_DEADLINE = 1 << 24;
 
@@ -110,6 +111,9 @@ export function vcpuCpuid(
         e.edx = id >>> 0;
         break;
     }
+  }
+  for (const e of entries) {
+    if (e.function === KVM_CPUID_FEATURES) e.eax = (e.eax & ~KVM_FEATURE_PV_UNHALT) >>> 0;
   }
   if (!entries.some((e) => e.function === KVM_CPUID_SIGNATURE)) {
     const sig = new Uint32Array(new TextEncoder().encode("KVMKVMKVM\0\0\0").buffer);

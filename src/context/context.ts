@@ -12,6 +12,15 @@
  * thread, which makes a blocking `KVM_RUN` return `EINTR`); main-thread
  * callbacks go through a SharedArrayBuffer mailbox per vCPU.
  *
+ * From libkvm: `kvm_init(callbacks)` + `kvm_create(mem)` + `kvm_create_vcpu`
+ * → `KvmContext.create({ memory, vcpus, callbacks, devices })`;
+ * `kvm_disable_irqchip_creation` / `kvm_disable_pit_creation` → `irqchip:
+ * false` / `pit: false`; `kvm_run` per vCPU thread → `run()` (all vCPUs, a
+ * promise); a signal to interrupt `kvm_run` → `pause()` / `stop()`;
+ * `kvm_get_regs(kvm, vcpu)` and friends → `context.vcpu(id).getRegs()` while
+ * the vCPU is not running; `kvm_irqchip_in_kernel` / `kvm_pit_in_kernel` →
+ * `irqchipInKernel` / `pitInKernel`; `kvm_finalize` → `close()`.
+ *
  * @module
  */
 
@@ -446,7 +455,13 @@ export class KvmContext implements AsyncDisposable {
   }
 
   #kick(slot: VcpuSlot): void {
-    if (slot.alive && slot.kick.threadId > 0) Vcpu.kick(slot.kick);
+    if (!slot.alive || slot.kick.threadId <= 0) return;
+    try {
+      Vcpu.kick(slot.kick);
+    } catch (error) {
+      // ESRCH: the thread is already gone, so it is not in KVM_RUN either.
+      if (!(error instanceof KvmError && error.errno === Errno.ESRCH)) throw error;
+    }
   }
 
   /** Sets every vCPU's control word, wakes paused ones, kicks running ones. */

@@ -5,6 +5,7 @@
 
 import { deepStrictEqual, ok, rejects, strictEqual } from "node:assert/strict";
 import { KvmContext, loadNative, VcpuError } from "../../mod.ts";
+import { CHUNK } from "./context/alloc_device.ts";
 
 // Loaded once for the file, not inside a test (the resource sanitizer would count it).
 await loadNative();
@@ -284,4 +285,73 @@ Deno.test("context: a device module that cannot load fails create() and leaks no
   strictEqual(error.kind, "handler");
   ok(error.message.includes("no_such_device.ts"), error.message);
   await assertReleased(before, 0n);
+});
+
+Deno.test("context: the in-worker hot path allocates nothing per exit", async () => {
+  // deno-fmt-ignore
+  const PIO_LOOP = [
+    0xe6, 0x10, // out 0x10, al
+    0x40,       // inc ax
+    0xeb, 0xfb, // jmp back to the out
+  ];
+  const CHUNKS = 15;
+  const perExit = async (allocate: boolean): Promise<number> => {
+    const shared = new SharedArrayBuffer((CHUNKS + 1) * 4);
+    await using ctx = await KvmContext.create({
+      memory: 1 << 20,
+      irqchip: false,
+      devices: [{
+        url: new URL("./context/alloc_device.ts", import.meta.url),
+        options: { shared, chunks: CHUNKS, allocate },
+      }],
+    });
+    ctx.vm.writeGuest(CODE, PIO_LOOP);
+    realMode(ctx, 0);
+    deepStrictEqual((await ctx.run()).vcpus[0].stop, { kind: "handler", reason: "measured" });
+    // The median chunk: chunks with a garbage collection in them shrink.
+    const growth = [...new Int32Array(shared, 4, CHUNKS)].sort((a, b) => a - b);
+    return growth[CHUNKS >> 1] / CHUNK;
+  };
+  const clean = await perExit(false);
+  const control = await perExit(true);
+  console.log(
+    `worker heap growth per exit: ${clean.toFixed(2)} bytes (control, one object per exit: ${
+      control.toFixed(2)
+    } bytes)`,
+  );
+  ok(control >= 8, `the control's allocation is visible (${control} bytes per exit)`);
+  ok(clean < 1, `no allocation per exit in the worker (${clean} bytes per exit)`);
+});
+
+Deno.test("context: unhandled exits, a device stopping the whole VM, and a second run()", async () => {
+  const shared = new SharedArrayBuffer(2 * 8 * 4);
+  await using ctx = await KvmContext.create({
+    memory: 1 << 20,
+    vcpus: 2,
+    irqchip: false,
+    devices: [{ url: DEVICE, options: { shared } }],
+  });
+  ctx.vm.writeGuest(0x1000, [0xe6, 0x99]); // out 0x99, al   ; no device there
+  ctx.vm.writeGuest(0x2000, [0xe6, 0x42]); // out 0x42, al   ; "done"
+  ctx.vm.writeGuest(0x3000, [0xeb, 0xfe]); // jmp $
+  ctx.vm.writeGuest(0x4000, [0xe6, 0x43]); // out 0x43, al   ; the device stops the VM
+  const at = (id: number, rip: number) => {
+    realMode(ctx, id);
+    ctx.vcpu(id).setRegs(ctx.vcpu(id).getRegs().assign({ rip }));
+  };
+  at(0, 0x1000);
+  at(1, 0x2000);
+  const first = await ctx.run();
+  deepStrictEqual(first.vcpus.map((v) => v.stop), [
+    { kind: "unhandled", exit: "io", detail: "out port 0x99 size 1 count 1" },
+    { kind: "handler", reason: "done" },
+  ]);
+  // Same context, new registers: vCPU 0 spins until vCPU 1's device ends the VM.
+  at(0, 0x3000);
+  at(1, 0x4000);
+  const second = await ctx.run();
+  deepStrictEqual(second.vcpus.map((v) => v.stop), [
+    { kind: "vmStopped", by: 1 },
+    { kind: "handler", reason: "the guest asked" },
+  ]);
 });

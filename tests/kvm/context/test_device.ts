@@ -6,6 +6,7 @@
 //   0 last count written to port 0x40     1 reports on port 0x41 naming another vCPU
 //   2 OUTs seen                            3 counts out of sequence
 //   4 APIC id reported on port 0x30 (+1)   5 IN answered on port 0x51
+// Port 0x42 stops the vCPU ("done"), 0x43 stops the whole VM, 0x50 throws.
 
 // Imports only the context's types module: every worker loads its imports.
 import { type DeviceContext, stopVcpu, type VcpuDevice } from "../../../src/context/types.ts";
@@ -27,7 +28,7 @@ export default function create(context: DeviceContext): VcpuDevice {
     }, 0);
   }
   return {
-    ioPorts: [[0x30, 0x30], [0x40, 0x42], [0x50, 0x51]],
+    ioPorts: [[0x30, 0x30], [0x40, 0x43], [0x50, 0x51]],
     ioOut(port, size, data, vcpuId) {
       words[base + 2]++;
       const value = size === 1 ? data[0] : data[0] | (data[1] << 8);
@@ -44,6 +45,9 @@ export default function create(context: DeviceContext): VcpuDevice {
           return;
         case 0x42:
           return stopVcpu("done");
+        case 0x43: // end the whole VM
+          context.stopVm("the guest asked");
+          return;
         case 0x50:
           throw new Error("device exploded");
       }
