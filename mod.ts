@@ -178,3 +178,56 @@ export * from "./src/abi/msr.ts";
 export * from "./src/abi/cpuid.ts";
 export * from "./src/abi/lapic.ts";
 export * from "./src/abi/vcpu_state.ts";
+export {
+  LinuxMachine,
+  type LinuxMachineOptions,
+  type LinuxRunOptions,
+  type MachineExit,
+  type MachineExitReason,
+} from "./src/boot/linux.ts";
+export {
+  BootImageError,
+  type BootImageProblem,
+  type BzImage,
+  CMDLINE_ADDRESS,
+  KERNEL_LOAD_ADDRESS,
+  type LinuxBootOptions,
+  type LinuxBootPlan,
+  parseBzImage,
+  planLinuxBoot,
+  writeLinuxBoot,
+  ZERO_PAGE_ADDRESS,
+} from "./src/boot/bzimage.ts";
+export {
+  BootParams,
+  bootParamsFields,
+  E820_RAM,
+  E820_RESERVED,
+  type E820Entry,
+  SetupHeader,
+  setupHeaderFields,
+  writeE820,
+} from "./src/boot/boot_params.ts";
+export { buildMpTable, MPTABLE_ADDRESS } from "./src/boot/mptable.ts";
+export {
+  bootMsrs,
+  DEFAULT_HIDDEN_KVM_FEATURES,
+  setupPlatform,
+  setupVcpu,
+  vcpuCpuid,
+} from "./src/boot/platform.ts";
+export {
+  IoBus,
+  type IoBusOptions,
+  type PortDevice,
+  type UnhandledAccess,
+} from "./src/devices/io_bus.ts";
+export { COM1_IRQ, COM1_PORT, Uart16550, type Uart16550Options } from "./src/devices/uart_16550.ts";
+export {
+  CmosRtc,
+  I8042,
+  type LegacyDevices,
+  type LegacyDevicesOptions,
+  QuietPorts,
+  registerLegacyDevices,
+} from "./src/devices/legacy.ts";

@@ -12,8 +12,9 @@
  * which filters out time stolen by other processes on a shared machine.
  *
  * Options: `--blocks N` (blocks per side, overriding each case's), `--case ID`
- * (repeatable: only these cases), `--json FILE` (also write the results as JSON), `--inside` (used
- * by the sandbox run: measure here, the baseline is already built).
+ * (repeatable: only these cases), `--json FILE` (also write the results as
+ * JSON), `--inside` (used by the sandbox run: measure here, the baseline is
+ * already built).
  *
  * Cases come from bench/cases.ts and, when it exists, from the `cases` export
  * of bench/context_bench.ts.
@@ -244,7 +245,7 @@ function fmt(perSecond: number): string {
 }
 
 /** The table, as Markdown. */
-export function table(results: Results): string {
+function table(results: Results): string {
   const lines = [
     `Machine: ${results.machine}.`,
     "Figures: operations per second in each side's 10th-percentile block " +
@@ -302,12 +303,23 @@ if (values.inside) {
       ...(values.blocks ? ["--blocks", values.blocks] : []),
       ...(values.case ?? []).flatMap((c) => ["--case", c]),
     ];
+    // Stream the guest's progress lines, but not the one-line JSON for this side.
+    let pending = "";
+    const decoder = new TextDecoder();
+    const encoder = new TextEncoder();
     const result = await runInSandbox({
       command: ["deno", "run", "-A", "--no-check", "bench/run.ts", "--inside", ...forwarded],
       extraPaths: ["bench/build"],
       timeoutMs: 20 * 60_000,
       quiet: true,
+      stdout: (chunk) => {
+        const lines = (pending + decoder.decode(chunk, { stream: true })).split("\n");
+        pending = lines.pop()!;
+        const shown = lines.filter((l) => !l.startsWith(RESULT_MARK));
+        if (shown.length) Deno.stdout.writeSync(encoder.encode(shown.join("\n") + "\n"));
+      },
     });
+    if (pending && !pending.startsWith(RESULT_MARK)) console.log(pending);
     const line = result.output.split("\n").find((l) => l.startsWith(RESULT_MARK));
     if (result.code !== 0 || !line) {
       console.error(`the sandbox run failed (exit ${result.code})`);

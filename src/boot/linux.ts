@@ -12,6 +12,7 @@
  * @module
  */
 
+import type { CpuidEntry } from "../abi/cpuid.ts";
 import { Errno, KvmError } from "../errors.ts";
 import { IoBus, type UnhandledAccess } from "../devices/io_bus.ts";
 import { registerLegacyDevices } from "../devices/legacy.ts";
@@ -49,6 +50,11 @@ export interface LinuxMachineOptions {
   serialOutput?: (byte: number) => void;
   /** Called once per unclaimed port or MMIO address the guest touches. */
   onUnhandled?: (what: string) => void;
+  /**
+   * Adjusts each vCPU's CPUID after the platform's own changes (for example to
+   * hide a paravirtual feature): gets the list and the vCPU id, returns the list to set.
+   */
+  cpuid?: (entries: CpuidEntry[], vcpuId: number) => CpuidEntry[];
   /** The KVM system object to use (default: opens `/dev/kvm`, closed with the machine). */
   kvm?: Kvm;
 }
@@ -79,7 +85,7 @@ export interface MachineExit {
 }
 
 /** Options of {@linkcode LinuxMachine.run}. */
-export interface RunOptions {
+export interface LinuxRunOptions {
   /**
    * Called on the run loop's thread after every exit of the bootstrap vCPU
    * (including kicks): feed input to {@linkcode LinuxMachine.serial}, call
@@ -196,7 +202,7 @@ export class LinuxMachine {
       const vcpus: Vcpu[] = [];
       for (let id = 0; id < cpus; id++) {
         const vcpu = vm.createVcpu(id);
-        setupVcpu(vcpu, cpus, supported, { tscDeadline });
+        setupVcpu(vcpu, cpus, supported, { tscDeadline, adjust: options.cpuid });
         vcpus.push(vcpu);
       }
       this.vcpus = vcpus;
@@ -370,7 +376,7 @@ export class LinuxMachine {
    * this thread, synchronously: the event loop is blocked meanwhile (use
    * `poll` and kicks to interact). Can be called once.
    */
-  async run(options: RunOptions = {}): Promise<MachineExit> {
+  async run(options: LinuxRunOptions = {}): Promise<MachineExit> {
     if (this.#running) {
       throw new KvmError("run Linux machine", Errno.EBUSY, "the machine already ran");
     }

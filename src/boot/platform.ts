@@ -41,8 +41,24 @@ export const KvmFeature = {
   CLOCKSOURCE_STABLE_BIT: 1 << 24,
 } as const;
 
+/** `KVM_FEATURE_PV_EOI` as a bit of leaf 0x40000001 EAX. */
+export const KVM_FEATURE_PV_EOI = 1 << 6;
+/** `KVM_FEATURE_PV_UNHALT` (paravirtual spinlocks) as a bit of leaf 0x40000001 EAX. */
+export const KVM_FEATURE_PV_UNHALT = 1 << 7;
+
+/**
+ * KVM features hidden from the guest by default: paravirtual EOI and
+ * paravirtual spinlocks. With either, a 2-vCPU Debian 6.1 guest on nested KVM
+ * (kvm-amd inside a QEMU TCG guest, this project's test machine) hung in
+ * early boot: one CPU halted for good in the PV spinlock wait, or spun on a
+ * scheduler lock taken again from a timer interrupt. With both hidden (or
+ * with the guest's `nopv`) it booted every time. Both only save exits that
+ * the in-kernel APIC makes cheap; pass `hiddenKvmFeatures: 0` to offer them.
+ */
+export const DEFAULT_HIDDEN_KVM_FEATURES = KVM_FEATURE_PV_EOI | KVM_FEATURE_PV_UNHALT;
+
 /** MSR numbers set at boot. */
-export const Msr = {
+export const BootMsr = {
   IA32_TSC: 0x10,
   IA32_SYSENTER_CS: 0x174,
   IA32_SYSENTER_ESP: 0x175,
@@ -60,7 +76,6 @@ const MISC_ENABLE_FAST_STRING = 1n;
 const MTRR_ENABLE = 1n << 11n;
 const MTRR_TYPE_WRITEBACK = 6n;
 const CPUID_1_ECX_HYPERVISOR = 1 << 31;
-const KVM_FEATURE_PV_UNHALT = 1 << 7;
 const CPUID_1_EDX_HTT = 1 << 28;
 const CPUID_1_ECX_TSC_DEADLINE = 1 << 24;
 
@@ -86,13 +101,15 @@ export function setupPlatform(vm: Vm): void {
  * in leaf 1 EBX[31:24] and in the x2APIC leaves 0xb/0x1f EDX, the logical
  * processor count in leaf 1, the hypervisor bit, and KVM's paravirtual leaves
  * (added when the supported list lacks them: kvmclock, no I/O delay, PV EOI),
- * and with `tscDeadline` the TSC-deadline timer bit (leaf 1 ECX[24]).
+ * and with `tscDeadline` the TSC-deadline timer bit (leaf 1 ECX[24]). KVM
+ * features in `hiddenKvmFeatures` (default {@linkcode DEFAULT_HIDDEN_KVM_FEATURES})
+ * are removed from leaf 0x40000001.
  */
 export function vcpuCpuid(
   supported: readonly CpuidEntry[],
   id: number,
   cpus: number,
-  options: { tscDeadline?: boolean } = {},
+  options: { tscDeadline?: boolean; hiddenKvmFeatures?: number } = {},
 ): CpuidEntry[] {
   const entries = supported.map((e) => ({ ...e }));
   for (const e of entries) {
@@ -112,8 +129,9 @@ export function vcpuCpuid(
         break;
     }
   }
+  const hidden = options.hiddenKvmFeatures ?? DEFAULT_HIDDEN_KVM_FEATURES;
   for (const e of entries) {
-    if (e.function === KVM_CPUID_FEATURES) e.eax = (e.eax & ~KVM_FEATURE_PV_UNHALT) >>> 0;
+    if (e.function === KVM_CPUID_FEATURES) e.eax = (e.eax & ~hidden) >>> 0;
   }
   if (!entries.some((e) => e.function === KVM_CPUID_SIGNATURE)) {
     const sig = new Uint32Array(new TextEncoder().encode("KVMKVMKVM\0\0\0").buffer);
@@ -145,17 +163,17 @@ export function vcpuCpuid(
 /** The MSRs a boot loader leaves set (SYSCALL/SYSENTER zeroed, fast strings, MTRRs write-back). */
 export function bootMsrs(): MsrEntry[] {
   return [
-    { index: Msr.IA32_SYSENTER_CS, data: 0n },
-    { index: Msr.IA32_SYSENTER_ESP, data: 0n },
-    { index: Msr.IA32_SYSENTER_EIP, data: 0n },
-    { index: Msr.STAR, data: 0n },
-    { index: Msr.CSTAR, data: 0n },
-    { index: Msr.KERNEL_GS_BASE, data: 0n },
-    { index: Msr.SYSCALL_MASK, data: 0n },
-    { index: Msr.LSTAR, data: 0n },
-    { index: Msr.IA32_TSC, data: 0n },
-    { index: Msr.IA32_MISC_ENABLE, data: MISC_ENABLE_FAST_STRING },
-    { index: Msr.MTRR_DEF_TYPE, data: MTRR_ENABLE | MTRR_TYPE_WRITEBACK },
+    { index: BootMsr.IA32_SYSENTER_CS, data: 0n },
+    { index: BootMsr.IA32_SYSENTER_ESP, data: 0n },
+    { index: BootMsr.IA32_SYSENTER_EIP, data: 0n },
+    { index: BootMsr.STAR, data: 0n },
+    { index: BootMsr.CSTAR, data: 0n },
+    { index: BootMsr.KERNEL_GS_BASE, data: 0n },
+    { index: BootMsr.SYSCALL_MASK, data: 0n },
+    { index: BootMsr.LSTAR, data: 0n },
+    { index: BootMsr.IA32_TSC, data: 0n },
+    { index: BootMsr.IA32_MISC_ENABLE, data: MISC_ENABLE_FAST_STRING },
+    { index: BootMsr.MTRR_DEF_TYPE, data: MTRR_ENABLE | MTRR_TYPE_WRITEBACK },
   ];
 }
 
@@ -164,15 +182,21 @@ export function bootMsrs(): MsrEntry[] {
  * the boot MSRs, and the local APIC's LINT0 as ExtINT (so the PIC's
  * interrupts reach the CPU before Linux programs its APIC) and LINT1 as NMI.
  * `supported` is `kvm.getSupportedCpuid()`, fetched once for all vCPUs;
- * `tscDeadline`: whether `KVM_CAP_TSC_DEADLINE_TIMER` is there (see {@linkcode vcpuCpuid}).
+ * `tscDeadline`: whether `KVM_CAP_TSC_DEADLINE_TIMER` is there (see {@linkcode vcpuCpuid});
+ * `adjust` may change the CPUID list last.
  */
 export function setupVcpu(
   vcpu: Vcpu,
   cpus: number,
   supported: readonly CpuidEntry[],
-  options: { tscDeadline?: boolean } = {},
+  options: {
+    tscDeadline?: boolean;
+    hiddenKvmFeatures?: number;
+    adjust?: (entries: CpuidEntry[], vcpuId: number) => CpuidEntry[];
+  } = {},
 ): void {
-  vcpu.setCpuid2(vcpuCpuid(supported, vcpu.id, cpus, options));
+  const entries = vcpuCpuid(supported, vcpu.id, cpus, options);
+  vcpu.setCpuid2(options.adjust ? options.adjust(entries, vcpu.id) : entries);
   vcpu.setMsrs(bootMsrs());
   const lapic = vcpu.getLapic();
   const lint0 = lapic.read(ApicReg.LVT_LINT0);

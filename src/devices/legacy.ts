@@ -17,7 +17,10 @@ function ones(size: number): number {
 /** A port range that drops writes and reads as `value` (all-ones by default). */
 export class QuietPorts implements PortDevice {
   #value: number | undefined;
-  /** @param value what reads return; omitted: all-ones of the access size */
+  /**
+   * Creates the device.
+   * @param value what reads return; omitted: all-ones of the access size
+   */
   constructor(value?: number) {
     this.#value = value;
   }
@@ -71,7 +74,10 @@ export class I8042 implements PortDevice {
   #output = 0;
   #pendingCommand = 0; // a command waiting for its data byte at 0x60
 
-  /** @param onReset called when the guest pulses the reset line */
+  /**
+   * Creates the controller, self test passed, nothing in its buffers.
+   * @param onReset called when the guest pulses the reset line
+   */
   constructor(onReset: () => void) {
     this.#onReset = onReset;
   }
@@ -157,7 +163,10 @@ export class CmosRtc implements PortDevice {
   #ram = new Uint8Array(128);
   #now: () => Date;
 
-  /** @param now the clock source (default: the host's clock) */
+  /**
+   * Creates the RTC with valid status registers.
+   * @param now the clock source (default: the host's clock)
+   */
   constructor(now: () => Date = () => new Date()) {
     this.#now = now;
     this.#ram[0x0a] = 0x26; // status A: 32.768 kHz time base, 1024 Hz rate, no update in progress

@@ -132,6 +132,8 @@ export class Vcpu extends OwnedFd {
   #released = false; // (added by context helper)
   #regs = new KvmRegs();
   #regsPtr = pointerOf(this.#regs.bytes);
+  /** Error detail, made once: a closure per call would allocate on every ioctl. */
+  readonly #describe = (): string => this.label;
   #sregs = new KvmSregs();
   #sregsPtr = pointerOf(this.#sregs.bytes);
   readonly #ioctl = native().kvm_ioctl_ptr;
@@ -247,31 +249,31 @@ export class Vcpu extends OwnedFd {
    */
   getRegs(into?: Regs): Regs {
     if (!into) {
-      this.ioctlPtr("KVM_GET_REGS", Ioctl.KVM_GET_REGS, this.#regsPtr, () => this.label);
+      this.ioctlPtr("KVM_GET_REGS", Ioctl.KVM_GET_REGS, this.#regsPtr, this.#describe);
       return this.#regs;
     }
-    this.ioctlPtr("KVM_GET_REGS", Ioctl.KVM_GET_REGS, pointerOf(into.bytes), () => this.label);
+    this.ioctlPtr("KVM_GET_REGS", Ioctl.KVM_GET_REGS, pointerOf(into.bytes), this.#describe);
     return into;
   }
 
   /** `KVM_SET_REGS`. */
   setRegs(regs: Regs): void {
     const ptr = regs === this.#regs ? this.#regsPtr : pointerOf(regs.bytes);
-    this.ioctlPtr("KVM_SET_REGS", Ioctl.KVM_SET_REGS, ptr, () => this.label);
+    this.ioctlPtr("KVM_SET_REGS", Ioctl.KVM_SET_REGS, ptr, this.#describe);
   }
 
   /** `KVM_GET_SREGS`; reuses an internal buffer unless `into` is given. */
   getSregs(into?: Sregs): Sregs {
     const target = into ?? this.#sregs;
     const ptr = into ? pointerOf(into.bytes) : this.#sregsPtr;
-    this.ioctlPtr("KVM_GET_SREGS", Ioctl.KVM_GET_SREGS, ptr, () => this.label);
+    this.ioctlPtr("KVM_GET_SREGS", Ioctl.KVM_GET_SREGS, ptr, this.#describe);
     return target;
   }
 
   /** `KVM_SET_SREGS`. */
   setSregs(sregs: Sregs): void {
     const ptr = sregs === this.#sregs ? this.#sregsPtr : pointerOf(sregs.bytes);
-    this.ioctlPtr("KVM_SET_SREGS", Ioctl.KVM_SET_SREGS, ptr, () => this.label);
+    this.ioctlPtr("KVM_SET_SREGS", Ioctl.KVM_SET_SREGS, ptr, this.#describe);
   }
 
   /** What another thread needs to {@linkcode Vcpu.kick} this vCPU. */
@@ -342,14 +344,14 @@ export class Vcpu extends OwnedFd {
     const own = this.#buffer(def);
     const target = into ?? own.value;
     const ptr = target === own.value ? own.ptr : pointerOf(target.bytes);
-    this.ioctlPtr(op, request, ptr, () => this.label);
+    this.ioctlPtr(op, request, ptr, this.#describe);
     return target;
   }
 
   #setStruct<F extends Fields>(op: string, request: number, def: StructDef<F>, value: Struct<F>) {
     const own = this.#buffer(def);
     const ptr = value === own.value ? own.ptr : pointerOf(value.bytes);
-    this.ioctlPtr(op, request, ptr, () => this.label);
+    this.ioctlPtr(op, request, ptr, this.#describe);
   }
 
   /**
@@ -406,9 +408,9 @@ export class Vcpu extends OwnedFd {
       this.#buffers.set(KvmXsave, own);
     }
     if (this.#hasXsave2) {
-      this.ioctlPtr("KVM_GET_XSAVE2", Ioctl.KVM_GET_XSAVE2, own.ptr, () => this.label);
+      this.ioctlPtr("KVM_GET_XSAVE2", Ioctl.KVM_GET_XSAVE2, own.ptr, this.#describe);
     } else {
-      this.ioctlPtr("KVM_GET_XSAVE", Ioctl.KVM_GET_XSAVE, own.ptr, () => this.label);
+      this.ioctlPtr("KVM_GET_XSAVE", Ioctl.KVM_GET_XSAVE, own.ptr, this.#describe);
     }
     return own.value as unknown as Xsave;
   }
@@ -424,7 +426,7 @@ export class Vcpu extends OwnedFd {
     }
     const own = this.#buffers.get(KvmXsave);
     const ptr = own && own.value === (xsave as unknown) ? own.ptr : pointerOf(xsave.bytes);
-    this.ioctlPtr("KVM_SET_XSAVE", Ioctl.KVM_SET_XSAVE, ptr, () => this.label);
+    this.ioctlPtr("KVM_SET_XSAVE", Ioctl.KVM_SET_XSAVE, ptr, this.#describe);
   }
 
   /** `KVM_GET_XCRS`: the extended control registers (XCR0). */
@@ -544,7 +546,7 @@ export class Vcpu extends OwnedFd {
     return getCpuidList(
       "KVM_GET_CPUID2",
       (ptr) => native().kvm_ioctl_ptr(this.fd("KVM_GET_CPUID2"), Ioctl.KVM_GET_CPUID2, ptr),
-      () => this.label,
+      this.#describe,
       true,
     );
   }
@@ -559,7 +561,7 @@ export class Vcpu extends OwnedFd {
     const ptr = target === own
       ? (this.#lapicPtr ??= pointerOf(own.bytes))
       : pointerOf(target.bytes);
-    this.ioctlPtr("KVM_GET_LAPIC", Ioctl.KVM_GET_LAPIC, ptr, () => this.label);
+    this.ioctlPtr("KVM_GET_LAPIC", Ioctl.KVM_GET_LAPIC, ptr, this.#describe);
     return target;
   }
   #lapic?: Lapic;
@@ -568,7 +570,7 @@ export class Vcpu extends OwnedFd {
   /** `KVM_SET_LAPIC`. */
   setLapic(lapic: Lapic): void {
     const ptr = lapic === this.#lapic && this.#lapicPtr ? this.#lapicPtr : pointerOf(lapic.bytes);
-    this.ioctlPtr("KVM_SET_LAPIC", Ioctl.KVM_SET_LAPIC, ptr, () => this.label);
+    this.ioctlPtr("KVM_SET_LAPIC", Ioctl.KVM_SET_LAPIC, ptr, this.#describe);
   }
 
   /** The IA32_APIC_BASE MSR (APIC address, BSP bit 8, enable bit 11), from `KVM_GET_SREGS`. */
@@ -636,12 +638,12 @@ export class Vcpu extends OwnedFd {
 
   /** `KVM_NMI`: queues a non-maskable interrupt (vector 2). */
   nmi(): void {
-    this.ioctlVal("KVM_NMI", Ioctl.KVM_NMI, 0, () => this.label);
+    this.ioctlVal("KVM_NMI", Ioctl.KVM_NMI, 0, this.#describe);
   }
 
   /** `KVM_SMI`: queues a system management interrupt (needs `KVM_CAP_X86_SMM`). */
   smi(): void {
-    this.ioctlVal("KVM_SMI", Ioctl.KVM_SMI, 0, () => this.label);
+    this.ioctlVal("KVM_SMI", Ioctl.KVM_SMI, 0, this.#describe);
   }
 
   /**
@@ -663,7 +665,7 @@ export class Vcpu extends OwnedFd {
   setSignalMask(signals: readonly number[] | null): void {
     const op = "KVM_SET_SIGNAL_MASK";
     if (signals === null) {
-      this.ioctlPtr(op, Ioctl.KVM_SET_SIGNAL_MASK, null, () => this.label);
+      this.ioctlPtr(op, Ioctl.KVM_SET_SIGNAL_MASK, null, this.#describe);
       return;
     }
     const bytes = new Uint8Array(new BigUint64Array(2).buffer);
@@ -676,7 +678,7 @@ export class Vcpu extends OwnedFd {
       set |= 1n << BigInt(sig - 1);
     }
     new DataView(bytes.buffer).setBigUint64(4, set, true);
-    this.ioctlPtr(op, Ioctl.KVM_SET_SIGNAL_MASK, pointerOf(bytes), () => this.label);
+    this.ioctlPtr(op, Ioctl.KVM_SET_SIGNAL_MASK, pointerOf(bytes), this.#describe);
   }
 
   /**
@@ -703,7 +705,7 @@ export class Vcpu extends OwnedFd {
 
   /** `KVM_GET_TSC_KHZ`: the guest's TSC frequency in kHz. */
   getTscKhz(): number {
-    return this.ioctlVal("KVM_GET_TSC_KHZ", Ioctl.KVM_GET_TSC_KHZ, 0, () => this.label);
+    return this.ioctlVal("KVM_GET_TSC_KHZ", Ioctl.KVM_GET_TSC_KHZ, 0, this.#describe);
   }
 
   /**
@@ -720,7 +722,7 @@ export class Vcpu extends OwnedFd {
    * enabled kvmclock.
    */
   kvmclockCtrl(): void {
-    this.ioctlVal("KVM_KVMCLOCK_CTRL", Ioctl.KVM_KVMCLOCK_CTRL, 0, () => this.label);
+    this.ioctlVal("KVM_KVMCLOCK_CTRL", Ioctl.KVM_KVMCLOCK_CTRL, 0, this.#describe);
   }
 
   /** `KVM_TRANSLATE`: the guest physical address of guest virtual address `gva`. */
@@ -813,7 +815,7 @@ export class Vcpu extends OwnedFd {
         `the state says ${state.size} bytes but has ${state.bytes.length}`,
       );
     }
-    this.ioctlPtr(op, Ioctl.KVM_SET_NESTED_STATE, pointerOf(state.bytes), () => this.label);
+    this.ioctlPtr(op, Ioctl.KVM_SET_NESTED_STATE, pointerOf(state.bytes), this.#describe);
   }
 
   #requireNested(op: string): void {

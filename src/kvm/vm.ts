@@ -207,6 +207,8 @@ export class Vm extends OwnedFd {
   #ioeventPtr = pointerOf(this.#ioevent.bytes);
   #dirtyLog = new KvmDirtyLog();
   #dirtyLogPtr = pointerOf(this.#dirtyLog.bytes);
+  #lastBitmap?: Uint8Array;
+  #lastBitmapAddress = 0n;
   #clearLog = new KvmClearDirtyLog();
   #clearLogPtr = pointerOf(this.#clearLog.bytes);
   #u64 = new BigUint64Array(1);
@@ -860,10 +862,14 @@ export class Vm extends OwnedFd {
     if (bitmap.byteLength < size) {
       throw new KvmError(op, Errno.EINVAL, `slot ${slot} needs a ${size}-byte bitmap`);
     }
-    this.#dirtyLog.assign({
-      slot,
-      dirtyBitmap: BigInt(Deno.UnsafePointer.value(pointerOf(bitmap))),
-    });
+    // The bitmap's address is computed once per bitmap: a caller that passes
+    // the same `into` on every call (a live-migration loop) allocates nothing.
+    if (bitmap !== this.#lastBitmap) {
+      this.#lastBitmap = bitmap;
+      this.#lastBitmapAddress = BigInt(Deno.UnsafePointer.value(pointerOf(bitmap)));
+    }
+    this.#dirtyLog.slot = slot;
+    this.#dirtyLog.dirtyBitmap = this.#lastBitmapAddress;
     this.ioctlPtr(op, Ioctl.KVM_GET_DIRTY_LOG, this.#dirtyLogPtr, () => `slot ${slot}`);
     return bitmap;
   }

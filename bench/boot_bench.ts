@@ -1,0 +1,144 @@
+/**
+ * Boot-time comparison: this library's VMM (`examples/boot_linux.ts`) against
+ * QEMU with `-accel kvm` and direct `-kernel` boot, same kernel, initramfs,
+ * command line, memory and vCPUs. Each is a fresh process; the figures are
+ * from spawning it to the init marker on the serial console, and to the
+ * process's exit after the guest's reboot.
+ *
+ * Needs /dev/kvm, so it runs in the sandbox with QEMU carried in (a copy
+ * made by `--prepare-qemu` into the git-ignored `.cache/qemu-sandbox`):
+ *
+ * ```
+ * deno run -A bench/boot_bench.ts --prepare-qemu
+ * deno run -A tests/sandbox/sandbox.ts --include .cache/qemu-sandbox -- deno run -A --no-check bench/boot_bench.ts
+ * ```
+ *
+ * @module
+ */
+
+import { buildInitramfs } from "../examples/initramfs.ts";
+
+const MARKER = "BOOT-BENCH-INIT";
+const INIT = `#!/bin/busybox sh\n/bin/busybox echo ${MARKER}\n/bin/busybox reboot -f\n`;
+const CMDLINE = "console=ttyS0 panic=-1 pci=off quiet";
+const QEMU_DIR = new URL("../.cache/qemu-sandbox/", import.meta.url).pathname;
+
+async function prepareQemu(): Promise<void> {
+  const run = (cmd: string, args: string[]) =>
+    new Deno.Command(cmd, { args, stdout: "piped" }).outputSync();
+  const qemu = "/usr/bin/qemu-system-x86_64";
+  await Deno.remove(QEMU_DIR, { recursive: true }).catch(() => {});
+  for (const d of ["bin", "lib", "share"]) await Deno.mkdir(`${QEMU_DIR}${d}`, { recursive: true });
+  await Deno.copyFile(qemu, `${QEMU_DIR}bin/qemu-system-x86_64`);
+  const ldd = new TextDecoder().decode(run("ldd", [qemu]).stdout);
+  for (const m of ldd.matchAll(/(?:=> )?(\/\S+\.so[.\d]*) \(/g)) {
+    await Deno.copyFile(await Deno.realPath(m[1]), `${QEMU_DIR}lib/${m[1].split("/").pop()}`);
+  }
+  for (
+    const f of [
+      "/usr/share/seabios/bios-256k.bin",
+      "/usr/share/qemu/linuxboot_dma.bin",
+      "/usr/share/qemu/kvmvapic.bin",
+    ]
+  ) await Deno.copyFile(await Deno.realPath(f), `${QEMU_DIR}share/${f.split("/").pop()}`);
+  console.log(`QEMU copied to ${QEMU_DIR}`);
+}
+
+interface Timing {
+  marker: number;
+  exit: number;
+  code: number;
+}
+
+async function time(cmd: string, args: string[]): Promise<Timing> {
+  const t0 = performance.now();
+  const child = new Deno.Command(cmd, { args, stdin: "null", stdout: "piped", stderr: "piped" })
+    .spawn();
+  let marker = -1;
+  let text = "";
+  const decoder = new TextDecoder();
+  const stderr = new Response(child.stderr).text();
+  for await (const chunk of child.stdout) {
+    text += decoder.decode(chunk, { stream: true });
+    if (marker < 0 && text.includes(MARKER)) marker = performance.now() - t0;
+  }
+  const status = await child.status;
+  const exit = performance.now() - t0;
+  if (marker < 0) console.error(`${cmd}: no marker\n${text.slice(-2000)}\n${await stderr}`);
+  return { marker, exit, code: status.code };
+}
+
+async function main(): Promise<void> {
+  if (Deno.args.includes("--prepare-qemu")) return await prepareQemu();
+  const runs = Number(Deno.env.get("KVM_BOOT_BENCH_RUNS") ?? 3);
+  const cpus = 2;
+  const kernel = Deno.env.get("KVM_LINUX_KERNEL") ?? "/boot/vmlinuz";
+  const initrd = await Deno.makeTempFile({ suffix: ".cpio" });
+  await Deno.writeFile(
+    initrd,
+    await buildInitramfs({ busybox: await Deno.readFile("/bin/busybox"), init: INIT }),
+  );
+  const ours = [
+    "run",
+    "-A",
+    "--no-check",
+    new URL("../examples/boot_linux.ts", import.meta.url).pathname,
+    "--kernel",
+    kernel,
+    "--initrd",
+    initrd,
+    "--cmdline",
+    CMDLINE,
+    "--memory",
+    "256M",
+    "--cpus",
+    String(cpus),
+    "--timeout",
+    "300",
+  ];
+  const qemu = [
+    "--library-path",
+    `${QEMU_DIR}lib`,
+    `${QEMU_DIR}bin/qemu-system-x86_64`,
+    "-L",
+    `${QEMU_DIR}share`,
+    "-accel",
+    "kvm",
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    "-serial",
+    "stdio",
+    "-no-reboot",
+    "-m",
+    "256",
+    "-smp",
+    String(cpus),
+    "-kernel",
+    kernel,
+    "-initrd",
+    initrd,
+    "-append",
+    CMDLINE,
+  ];
+  const results: Record<string, Timing[]> = { "deno-kvm": [], "qemu -accel kvm": [] };
+  for (let i = 0; i < runs; i++) {
+    results["deno-kvm"].push(await time(Deno.execPath(), ours));
+    results["qemu -accel kvm"].push(await time(`${QEMU_DIR}lib/ld-linux-x86-64.so.2`, qemu));
+  }
+  const median = (xs: number[]) => xs.sort((a, b) => a - b)[xs.length >> 1];
+  for (const [name, ts] of Object.entries(results)) {
+    console.log(
+      `${name.padEnd(16)} to init marker: median ${
+        Math.round(median(ts.map((t) => t.marker)))
+      } ms` +
+        ` (${ts.map((t) => Math.round(t.marker)).join(", ")}); to exit after reboot: median ${
+          Math.round(median(ts.map((t) => t.exit)))
+        } ms; exit codes ${ts.map((t) => t.code).join(",")}`,
+    );
+  }
+  await Deno.remove(initrd);
+}
+
+if (import.meta.main) await main();

@@ -1,0 +1,182 @@
+/**
+ * Boots a Linux kernel with a serial console on this terminal.
+ *
+ * `deno task boot:linux -- --kernel PATH [--initrd PATH] [--cmdline "..."] [--memory 512M]
+ * [--cpus N] [--timeout SEC]`
+ *
+ * Without `--initrd`, a busybox initramfs is built on the fly when
+ * `/bin/busybox` is a static binary (see `initramfs.ts`). Keyboard input goes
+ * to the guest (raw mode on a terminal); Ctrl-A x quits, Ctrl-A Ctrl-A sends
+ * Ctrl-A. Exits 0 when the guest reboots or powers off (Linux on this
+ * machine reboots through the keyboard controller: use `reboot`), 1 with a
+ * register dump on a triple fault or a KVM error, 2 for bad arguments or a
+ * kernel that cannot boot, 124 on `--timeout`.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { LinuxMachine } from "../src/boot/linux.ts";
+import { KvmError } from "../src/errors.ts";
+import { buildInitramfs } from "./initramfs.ts";
+
+const USAGE = "usage: boot_linux.ts --kernel PATH [--initrd PATH] [--cmdline TEXT] " +
+  "[--memory SIZE] [--cpus N] [--timeout SEC]";
+const DEFAULT_CMDLINE = "console=ttyS0 panic=-1 pci=off acpi=off";
+
+/** Parses `512M`, `1G`, `262144K` or a plain number of MiB into bytes. */
+export function parseSize(text: string): number {
+  const m = /^(\d+)\s*([KMG]?)i?B?$/i.exec(text.trim());
+  if (!m) throw new Error(`bad memory size ${JSON.stringify(text)} (try 512M or 2G)`);
+  const unit = { "": 2 ** 20, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30 }[m[2].toUpperCase()]!;
+  return Number(m[1]) * unit;
+}
+
+/** The stdin pump: a Worker reads stdin into a shared ring and kicks the vCPU thread. */
+const STDIN_WORKER = `
+import { Vcpu } from ${JSON.stringify(new URL("../src/kvm/vcpu.ts", import.meta.url).href)};
+self.onmessage = async (e) => {
+  const { ring, kick } = e.data;
+  const head = new Int32Array(ring, 0, 2); // [0] write index, [1] read index
+  const bytes = new Uint8Array(ring, 8);
+  for await (const chunk of Deno.stdin.readable) {
+    for (const b of chunk) {
+      while (Atomics.load(head, 0) - Atomics.load(head, 1) >= bytes.length) {
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      const w = Atomics.load(head, 0);
+      bytes[w % bytes.length] = b;
+      Atomics.store(head, 0, w + 1);
+    }
+    Vcpu.kick(kick);
+  }
+};
+`;
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      kernel: { type: "string" },
+      initrd: { type: "string" },
+      cmdline: { type: "string", default: DEFAULT_CMDLINE },
+      memory: { type: "string", default: "512M" },
+      cpus: { type: "string", default: "1" },
+      timeout: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help || !values.kernel) {
+    console.error(USAGE);
+    return values.help ? 0 : 2;
+  }
+  const cpus = Number(values.cpus);
+  const memorySize = parseSize(values.memory!);
+  const kernel = await Deno.readFile(values.kernel);
+  let initrd: Uint8Array | undefined;
+  if (values.initrd) {
+    initrd = await Deno.readFile(values.initrd);
+  } else {
+    try {
+      initrd = await buildInitramfs({ busybox: await Deno.readFile("/bin/busybox") });
+    } catch {
+      console.error("boot_linux: no --initrd and no /bin/busybox: booting without an initrd");
+    }
+  }
+
+  const out = new Uint8Array(1);
+  let machine: LinuxMachine;
+  try {
+    machine = LinuxMachine.create({
+      kernel,
+      initrd,
+      cmdline: values.cmdline,
+      memorySize,
+      cpus,
+      serialOutput: (byte) => {
+        out[0] = byte;
+        Deno.stdout.writeSync(out);
+      },
+    });
+  } catch (e) {
+    console.error(`boot_linux: ${(e as Error).message}`);
+    return e instanceof KvmError && e.operation === "load bzImage" ? 2 : 1;
+  }
+
+  // Input: a Worker pumps stdin into a ring; the run loop's poll drains it into the UART.
+  const ring = new SharedArrayBuffer(8 + 4096);
+  const head = new Int32Array(ring, 0, 2);
+  const ringBytes = new Uint8Array(ring, 8);
+  const raw = Deno.stdin.isTerminal();
+  if (raw) Deno.stdin.setRaw(true);
+  const pump = new Worker(
+    URL.createObjectURL(new Blob([STDIN_WORKER], { type: "text/javascript" })),
+    { type: "module" },
+  );
+  pump.postMessage({ ring, kick: machine.kickTarget });
+  let escape = false;
+  const poll = () => {
+    const w = Atomics.load(head, 0);
+    let r = Atomics.load(head, 1);
+    if (r === w) return;
+    const input: number[] = [];
+    for (; r !== w; r++) {
+      const b = ringBytes[r % ringBytes.length];
+      if (escape) {
+        escape = false;
+        if (b === 0x78 /* x */) {
+          machine.stop();
+          break;
+        }
+        if (b === 0x01) input.push(0x01);
+        continue;
+      }
+      if (b === 0x01 /* Ctrl-A */) escape = true;
+      else input.push(b);
+    }
+    Atomics.store(head, 1, r);
+    if (input.length > 0) machine.serial.receive(new Uint8Array(input));
+  };
+
+  let code: number;
+  try {
+    const timeoutMs = values.timeout ? Number(values.timeout) * 1000 : undefined;
+    const exit = await machine.run({ poll, timeoutMs });
+    if (raw) Deno.stdin.setRaw(false);
+    switch (exit.reason) {
+      case "reset":
+      case "poweroff":
+        console.error(
+          `\r\nboot_linux: the guest ${exit.reason === "reset" ? "rebooted" : "powered off"}`,
+        );
+        code = 0;
+        break;
+      case "stopped":
+        console.error("\r\nboot_linux: quit (Ctrl-A x)");
+        code = 0;
+        break;
+      case "timeout":
+        console.error(`\r\nboot_linux: timed out after ${values.timeout} s`);
+        code = 124;
+        break;
+      default:
+        console.error(`\r\nboot_linux: ${exit.reason}\n${exit.detail ?? ""}`);
+        code = 1;
+    }
+  } finally {
+    if (raw) Deno.stdin.setRaw(false);
+    pump.terminate();
+    machine.close();
+  }
+  return code;
+}
+
+if (import.meta.main) {
+  try {
+    // Deno.exit: the stdin pump may still sit in a read.
+    Deno.exit(await main());
+  } catch (e) {
+    console.error(`boot_linux: ${(e as Error).message}`);
+    Deno.exit(2);
+  }
+}
