@@ -127,9 +127,9 @@ export class Vcpu extends OwnedFd {
   #decoder: ExitDecoder;
   #onClose: () => void;
   #threadId: number;
-  #adopted = false; // (added by context helper)
-  #ownsMapping = true; // (added by context helper)
-  #released = false; // (added by context helper)
+  #adopted = false;
+  #ownsMapping = true;
+  #released = false;
   #regs = new KvmRegs();
   #regsPtr = pointerOf(this.#regs.bytes);
   /** Error detail, made once: a closure per call would allocate on every ioctl. */
@@ -143,7 +143,7 @@ export class Vcpu extends OwnedFd {
     id: number,
     mmapSize: number,
     onClose: () => void,
-    adopted?: { runAddress?: bigint }, // (added by context helper)
+    adopted?: { runAddress?: bigint },
   ) {
     super(fd);
     this.id = id;
@@ -151,7 +151,7 @@ export class Vcpu extends OwnedFd {
     this.#onClose = onClose;
     this.#mmapSize = mmapSize;
     const out = new BigUint64Array(1);
-    // (added by context helper) An adopted vCPU may borrow a run area mapped elsewhere.
+    An adopted vCPU may borrow a run area mapped elsewhere.
     this.#adopted = adopted !== undefined;
     this.#ownsMapping = adopted?.runAddress === undefined;
     if (adopted?.runAddress !== undefined) out[0] = adopted.runAddress;
@@ -178,7 +178,7 @@ export class Vcpu extends OwnedFd {
     this.#threadId = native().kvm_thread_id();
   }
 
-  /** @internal Used by `Vm.createVcpu`; also adopts a vCPU fd passed to a Worker. */
+  /** @internal Used by `Vm.createVcpu`: takes ownership of a new vCPU fd. */
   static fromFd(fd: number, id: number, mmapSize: number, onClose: () => void = () => {}): Vcpu {
     return new Vcpu(fd, id, mmapSize, onClose);
   }
@@ -190,18 +190,18 @@ export class Vcpu extends OwnedFd {
    * owner's run-area mapping instead of mapping its own, so nothing is left
    * to release if its thread dies. Its kick target is the calling thread.
    * `close()` only drops the views (and its own mapping, if it made one);
-   * afterwards every method throws EBADF. (added by context helper)
+   * afterwards every method throws EBADF.
    */
   static adopt(fd: number, id: number, mmapSize: number, runAddress?: bigint): Vcpu {
     return new Vcpu(fd, id, mmapSize, () => {}, { runAddress });
   }
 
-  /** Whether this object was made by {@linkcode Vcpu.adopt}. (added by context helper) */
+  /** Whether this object was made by {@linkcode Vcpu.adopt}. */
   get adopted(): boolean {
     return this.#adopted;
   }
 
-  // (added by context helper) An adopted vCPU releases its views, never the fd.
+  An adopted vCPU releases its views, never the fd.
   /** Closes the vCPU; for an adopted one, only drops its views (see {@linkcode Vcpu.adopt}). */
   override close(): void {
     if (!this.#adopted) return super.close();
@@ -210,12 +210,12 @@ export class Vcpu extends OwnedFd {
     this.releaseResources();
   }
 
-  /** Whether {@linkcode close} has been called. (added by context helper) */
+  /** Whether {@linkcode close} has been called. */
   override get closed(): boolean {
     return this.#released || super.closed;
   }
 
-  /** The fd, or EBADF after close (also for an adopted vCPU). (added by context helper) */
+  /** The fd, or EBADF after close (also for an adopted vCPU). */
   protected override fd(operation: string): number {
     if (this.#released) {
       throw new KvmError(operation, Errno.EBADF, `the ${this.label} is closed`);
@@ -297,7 +297,7 @@ export class Vcpu extends OwnedFd {
     this.#threadId = native().kvm_thread_id();
   }
 
-  // (added by vm-api helper)
+ 
   /**
    * The bytes of page `page` of this vCPU's mapping, without a copy (page 2
    * on x86 is the coalesced MMIO ring, `KVM_COALESCED_MMIO_PAGE_OFFSET`).
@@ -853,7 +853,7 @@ export class Vcpu extends OwnedFd {
     this.#runAddress = 0n;
     // Detach first so stale views (runArea, exits) read nothing instead of faulting.
     this.#runBuffer.transfer(0);
-    // (added by context helper) A borrowed run area belongs to its owner.
+    A borrowed run area belongs to its owner.
     if (this.#ownsMapping) {
       native().kvm_munmap(Deno.UnsafePointer.create(address), BigInt(this.#mmapSize));
     }

@@ -437,7 +437,7 @@ export class Vm extends OwnedFd {
     }
     const fd = this.ioctlVal(op, Ioctl.KVM_CREATE_VCPU, id, () => `vCPU id ${id}`);
     const vcpu = Vcpu.fromFd(fd, id, this.#vcpuMmapSize, () => this.#vcpus.delete(id));
-    vcpu.attachVm(this.fd(op)); // (added by vcpu-api helper) for XSAVE2 size, nested state
+    vcpu.attachVm(this.fd(op)); // for the XSAVE2 size and nested state
     this.#vcpus.set(id, vcpu);
     return vcpu;
   }
