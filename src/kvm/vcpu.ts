@@ -151,7 +151,7 @@ export class Vcpu extends OwnedFd {
     this.#onClose = onClose;
     this.#mmapSize = mmapSize;
     const out = new BigUint64Array(1);
-    An adopted vCPU may borrow a run area mapped elsewhere.
+    // An adopted vCPU may borrow a run area mapped elsewhere.
     this.#adopted = adopted !== undefined;
     this.#ownsMapping = adopted?.runAddress === undefined;
     if (adopted?.runAddress !== undefined) out[0] = adopted.runAddress;
@@ -201,7 +201,6 @@ export class Vcpu extends OwnedFd {
     return this.#adopted;
   }
 
-  An adopted vCPU releases its views, never the fd.
   /** Closes the vCPU; for an adopted one, only drops its views (see {@linkcode Vcpu.adopt}). */
   override close(): void {
     if (!this.#adopted) return super.close();
@@ -297,7 +296,6 @@ export class Vcpu extends OwnedFd {
     this.#threadId = native().kvm_thread_id();
   }
 
- 
   /**
    * The bytes of page `page` of this vCPU's mapping, without a copy (page 2
    * on x86 is the coalesced MMIO ring, `KVM_COALESCED_MMIO_PAGE_OFFSET`).
@@ -853,7 +851,7 @@ export class Vcpu extends OwnedFd {
     this.#runAddress = 0n;
     // Detach first so stale views (runArea, exits) read nothing instead of faulting.
     this.#runBuffer.transfer(0);
-    A borrowed run area belongs to its owner.
+    // A borrowed run area belongs to its owner.
     if (this.#ownsMapping) {
       native().kvm_munmap(Deno.UnsafePointer.create(address), BigInt(this.#mmapSize));
     }
