@@ -8,7 +8,7 @@
  * @module
  */
 
-import { Kvm } from "../mod.ts";
+import { Kvm, setupRealMode } from "../mod.ts";
 
 const GREETING = "Hello from a KVM guest, run by Deno!\n";
 const CODE_AT = 0x1000;
@@ -31,13 +31,7 @@ ram.bytes.set(code, CODE_AT);
 ram.bytes.set(new TextEncoder().encode(GREETING), TEXT_AT);
 
 const vcpu = vm.createVcpu(0);
-const sregs = vcpu.getSregs();
-for (const segment of [sregs.cs, sregs.ds, sregs.es, sregs.ss]) {
-  segment.base = 0n;
-  segment.selector = 0;
-}
-vcpu.setSregs(sregs);
-vcpu.setRegs(vcpu.getRegs().clear().assign({ rip: BigInt(CODE_AT), rflags: 2n }));
+setupRealMode(vcpu, { entry: CODE_AT });
 
 const out: number[] = [];
 let exits = 0;

@@ -9,21 +9,12 @@
  * @module
  */
 
-import { ensureSandboxPackages, runInSandbox } from "../tests/sandbox/sandbox.ts";
+import { ensureSandboxPackages, kvmUsable, runInSandbox } from "../tests/sandbox/sandbox.ts";
 
 const [script, ...args] = Deno.args;
 if (!script) {
   console.error("usage: run_example.ts <example.ts> [args...]");
   Deno.exit(2);
-}
-
-function kvmUsable(): boolean {
-  try {
-    Deno.openSync("/dev/kvm", { read: true, write: true }).close();
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 const root = new URL("..", import.meta.url).pathname;

@@ -11,7 +11,12 @@
  * @module
  */
 
-import { ensureSandboxPackages, runInSandbox, sandboxAvailable } from "./sandbox/sandbox.ts";
+import {
+  ensureSandboxPackages,
+  kvmUsable,
+  runInSandbox,
+  sandboxAvailable,
+} from "./sandbox/sandbox.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 const SANITIZE = ["--sanitize-ops", "--sanitize-resources", "--preload", "tests/preload.ts"];
@@ -54,15 +59,6 @@ async function run(
   totals.passed += passed;
   totals.failed += failed || (status.success ? 0 : 1);
   return status.success;
-}
-
-function kvmUsable(): boolean {
-  try {
-    Deno.openSync("/dev/kvm", { read: true, write: true }).close();
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 const filters = Deno.args.length ? Deno.args : ["tests/kvm/"];

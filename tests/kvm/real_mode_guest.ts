@@ -1,7 +1,7 @@
 // Shared set-up for integration tests: a VM with flat real-mode state and a
 // guest program copied into its RAM.
 
-import { Kvm, type Vcpu, type Vm } from "../../mod.ts";
+import { Kvm, setupRealMode, type Vcpu, type Vm } from "../../mod.ts";
 
 /** A VM with `ramSize` bytes at guest physical 0 and one vCPU in real mode. */
 export interface RealModeGuest extends Disposable {
@@ -21,12 +21,6 @@ export function realModeGuest(code: number[], entry = 0x1000, ramSize = 0x10000)
   vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0, memorySize: ramSize, memory: ram });
   ram.bytes.set(code, entry);
   const vcpu = vm.createVcpu(0);
-  const sregs = vcpu.getSregs();
-  for (const seg of [sregs.cs, sregs.ds, sregs.es, sregs.ss]) {
-    seg.base = 0n;
-    seg.selector = 0;
-  }
-  vcpu.setSregs(sregs);
-  vcpu.setRegs(vcpu.getRegs().clear().assign({ rip: BigInt(entry), rflags: 2n, rsp: 0x8000n }));
+  setupRealMode(vcpu, { entry, stack: 0x8000 });
   return { kvm, vm, vcpu, [Symbol.dispose]: () => kvm.close() };
 }

@@ -238,3 +238,13 @@ export async function ensureSandboxPackages(): Promise<void> {
   const again = await sandboxAvailable();
   if (!again.ok) throw new Error(`sandbox: still not usable after installing: ${again.reason}`);
 }
+
+/** Whether this process can open `/dev/kvm` for reading and writing (then no sandbox is needed). */
+export function kvmUsable(): boolean {
+  try {
+    Deno.openSync("/dev/kvm", { read: true, write: true }).close();
+    return true;
+  } catch {
+    return false;
+  }
+}

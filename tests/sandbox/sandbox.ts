@@ -20,7 +20,7 @@ import { bootableKernel } from "./kernel.ts";
 import { listProjectFiles, writeProject } from "./project.ts";
 import { initScript, passedEnv, runScript } from "./script.ts";
 
-export { ensureSandboxPackages, sandboxAvailable } from "./host.ts";
+export { ensureSandboxPackages, kvmUsable, sandboxAvailable } from "./host.ts";
 
 /** What to run in the sandbox, and how. */
 export interface SandboxOptions {
