@@ -171,11 +171,6 @@ export function baselineArgs(spec: GuestSpec): string[] {
   ];
 }
 
-/** Whether `/dev/kvm` can be opened for reading and writing here. */
-export function kvmUsable(): boolean {
-  return whyNoKvm() === null;
-}
-
 /** Null when `/dev/kvm` is usable here, else why not (in words). */
 export function whyNoKvm(): string | null {
   try {

@@ -24,7 +24,8 @@
 
 import { parseArgs } from "node:util";
 import { type BenchCase, cases as hotPathCases } from "./cases.ts";
-import { baselineArgs, kvmUsable } from "./guests.ts";
+import { kvmUsable } from "../tests/sandbox/host.ts";
+import { baselineArgs } from "./guests.ts";
 
 const here = new URL(".", import.meta.url).pathname;
 const root = new URL("..", import.meta.url).pathname;

@@ -25,6 +25,37 @@ reboot -f
 `;
 
 /** Options of {@linkcode buildInitramfs}. */
+/**
+ * The host's Linux kernel image: `$KVM_LINUX_KERNEL`, else `/boot/vmlinuz`
+ * (as inside the sandbox), else the newest `/boot/vmlinuz-*`; undefined when
+ * there is none (install `linux-image-amd64`).
+ */
+export function hostKernelPath(): string | undefined {
+  let fromEnv: string | undefined;
+  try {
+    fromEnv = Deno.env.get("KVM_LINUX_KERNEL") || undefined;
+  } catch {
+    // no --allow-env: look in /boot only
+  }
+  const candidates = [fromEnv, "/boot/vmlinuz"];
+  try {
+    const versioned = [...Deno.readDirSync("/boot")].map((e) => e.name)
+      .filter((name) => name.startsWith("vmlinuz-")).sort().reverse();
+    candidates.push(...versioned.map((name) => `/boot/${name}`));
+  } catch {
+    // no /boot
+  }
+  for (const path of candidates) {
+    if (!path) continue;
+    try {
+      if (Deno.statSync(path).isFile) return path;
+    } catch {
+      // try the next
+    }
+  }
+  return undefined;
+}
+
 export interface InitramfsOptions {
   /** A statically linked busybox binary, installed as /bin/busybox. */
   busybox: Uint8Array;

@@ -11,7 +11,7 @@
  */
 
 import { LinuxMachine } from "../mod.ts";
-import { buildInitramfs } from "./initramfs.ts";
+import { buildInitramfs, hostKernelPath } from "./initramfs.ts";
 
 // deno-fmt-ignore
 const INIT = [
@@ -24,26 +24,8 @@ const INIT = [
   "/bin/busybox reboot -f",
 ].join("\n") + "\n";
 
-function findKernel(): string {
-  const candidates = ["/boot/vmlinuz"];
-  try {
-    for (const entry of Deno.readDirSync("/boot")) {
-      if (entry.name.startsWith("vmlinuz-")) candidates.push(`/boot/${entry.name}`);
-    }
-  } catch {
-    // no /boot: the error below says so
-  }
-  for (const path of candidates) {
-    try {
-      if (Deno.statSync(path).isFile) return path;
-    } catch {
-      // next
-    }
-  }
-  throw new Error("no kernel found at /boot/vmlinuz*: install linux-image-amd64");
-}
-
-const kernelPath = findKernel();
+const kernelPath = hostKernelPath();
+if (!kernelPath) throw new Error("no kernel found at /boot/vmlinuz*: install linux-image-amd64");
 console.log(`booting ${kernelPath} with 2 vCPUs and 256 MiB...`);
 const started = performance.now();
 using machine = LinuxMachine.create({

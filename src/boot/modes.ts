@@ -324,13 +324,28 @@ export function setupProtectedMode(
   sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET) & ~(CR0_PG | CR0_CD | CR0_NW);
   sregs.cr4 &= ~CR4_PAE;
   sregs.efer &= ~(EFER_LME | EFER_LMA);
+  return enterFlatMode(vcpu, sregs, entry, stack, gdtAddress, gdt.size);
+}
+
+/**
+ * The last step both flat modes share: load the prepared special registers,
+ * zero the general ones except RIP/RSP, and describe the layout.
+ */
+function enterFlatMode(
+  vcpu: Vcpu,
+  sregs: Sregs,
+  entry: number,
+  stack: number,
+  gdtAddress: number,
+  gdtSize: number,
+): ProtectedModeLayout {
   vcpu.setSregs(sregs);
   vcpu.setRegs(vcpu.getRegs().clear().assign({ rip: entry, rsp: stack, rflags: 2n }));
   return {
     entry,
     stack,
     gdtAddress,
-    gdtSize: gdt.size,
+    gdtSize,
     codeSelector: CODE_SELECTOR,
     dataSelector: DATA_SELECTOR,
     tssSelector: TSS_SELECTOR,
@@ -418,16 +433,8 @@ export function setupLongMode(vm: Vm, vcpu: Vcpu, options: LongModeOptions): Lon
   sregs.cr4 |= CR4_PAE;
   sregs.efer |= EFER_LME | EFER_LMA;
   sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET | CR0_PG) & ~(CR0_CD | CR0_NW);
-  vcpu.setSregs(sregs);
-  vcpu.setRegs(vcpu.getRegs().clear().assign({ rip: entry, rsp: stack, rflags: 2n }));
   return {
-    entry,
-    stack,
-    gdtAddress,
-    gdtSize: gdt.size,
-    codeSelector: CODE_SELECTOR,
-    dataSelector: DATA_SELECTOR,
-    tssSelector: TSS_SELECTOR,
+    ...enterFlatMode(vcpu, sregs, entry, stack, gdtAddress, gdt.size),
     pml4Address,
     pdptAddress,
     ...(pdCount ? { pdAddress } : {}),

@@ -14,3 +14,14 @@ export const KVM_API_VERSION = 12;
 export function hex(value: number | bigint): string {
   return `0x${value.toString(16)}`;
 }
+
+/** mmap(2) protection and flag bits used for guest RAM and vCPU run areas. */
+export const PROT_READ = 1;
+/** See {@linkcode PROT_READ}. */
+export const PROT_WRITE = 2;
+/** See {@linkcode PROT_READ}. */
+export const MAP_SHARED = 0x01;
+/** See {@linkcode PROT_READ}. */
+export const MAP_PRIVATE = 0x02;
+/** See {@linkcode PROT_READ}. */
+export const MAP_NORESERVE = 0x4000;

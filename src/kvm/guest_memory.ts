@@ -7,13 +7,14 @@
 
 import { Errno, KvmError, unwrap } from "../errors.ts";
 import { native } from "../ffi/library.ts";
-import { PAGE_SIZE } from "./constants.ts";
-
-const PROT_READ = 1;
-const PROT_WRITE = 2;
-const MAP_PRIVATE = 0x02;
-const MAP_SHARED = 0x01;
-const MAP_NORESERVE = 0x4000;
+import {
+  MAP_NORESERVE,
+  MAP_PRIVATE,
+  MAP_SHARED,
+  PAGE_SIZE,
+  PROT_READ,
+  PROT_WRITE,
+} from "./constants.ts";
 
 /** Options of {@linkcode GuestMemory.allocate}. */
 export interface GuestMemoryOptions {

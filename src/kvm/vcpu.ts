@@ -24,7 +24,7 @@ import {
   KvmVapicAddr,
   KvmVcpuEvents,
 } from "../abi/vcpu_state.ts";
-import { hex } from "./constants.ts";
+import { hex, MAP_SHARED, PROT_READ, PROT_WRITE } from "./constants.ts";
 import { getCpuidList } from "./cpuid_list.ts";
 import { DUMP_MSRS, formatDump } from "./dump.ts";
 import { encodeGuestDebug, type GuestDebugOptions } from "./guest_debug.ts";
@@ -35,10 +35,6 @@ import { ExitDecoder, type VcpuExit } from "./exit.ts";
 
 export type { RunArea };
 import { OwnedFd, pointerOf } from "./owned_fd.ts";
-
-const PROT_READ = 1;
-const PROT_WRITE = 2;
-const MAP_SHARED = 1;
 
 /** `struct kvm_regs` codec instance. */
 export type Regs = InstanceType<typeof KvmRegs>;

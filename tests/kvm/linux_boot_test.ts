@@ -5,7 +5,7 @@
 // a real guest on real KVM.
 
 import { match, ok, strictEqual } from "node:assert/strict";
-import { buildInitramfs } from "../../examples/initramfs.ts";
+import { buildInitramfs, hostKernelPath } from "../../examples/initramfs.ts";
 import { LinuxMachine } from "../../src/boot/linux.ts";
 
 const MARKER = "DENO-KVM-INIT-REACHED";
@@ -33,20 +33,11 @@ function firstExisting(paths: (string | undefined)[]): string {
   throw new Error(`none of ${paths.filter(Boolean).join(", ")} exists`);
 }
 
-function kernelPath(): string {
-  let versioned: string[] = [];
-  try {
-    versioned = [...Deno.readDirSync("/boot")].map((e) => `/boot/${e.name}`)
-      .filter((p) => /\/vmlinuz-/.test(p)).sort();
-  } catch {
-    // no /boot
-  }
-  return firstExisting([Deno.env.get("KVM_LINUX_KERNEL"), "/boot/vmlinuz", ...versioned]);
-}
-
 Deno.test("linux: Debian's kernel boots to /init with 2 vCPUs and 256 MiB, then reboots", async () => {
   const t0 = performance.now();
-  const kernel = await Deno.readFile(kernelPath());
+  const kernelPath = hostKernelPath();
+  ok(kernelPath, "a kernel image is installed (/boot/vmlinuz*)");
+  const kernel = await Deno.readFile(kernelPath);
   const busybox = await Deno.readFile(
     firstExisting([Deno.env.get("KVM_BUSYBOX"), "/bin/busybox"]),
   );

@@ -12,21 +12,11 @@ import {
   planLinuxBoot,
 } from "../../src/boot/bzimage.ts";
 import { buildMpTable } from "../../src/boot/mptable.ts";
+import { hostKernelPath } from "../../examples/initramfs.ts";
 
 const MiB = 1024 * 1024;
 
-function findKernel(): string | undefined {
-  const env = Deno.env.get("KVM_LINUX_KERNEL");
-  if (env) return env;
-  try {
-    return [...Deno.readDirSync("/boot")].map((e) => `/boot/${e.name}`)
-      .filter((p) => /\/vmlinuz(-|$)/.test(p)).sort().at(-1);
-  } catch {
-    return undefined;
-  }
-}
-
-const kernelPath = findKernel();
+const kernelPath = hostKernelPath();
 const image = kernelPath ? Deno.readFileSync(kernelPath) : undefined;
 const ignore = image === undefined;
 
