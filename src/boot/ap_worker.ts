@@ -1,7 +1,6 @@
 /**
  * The Worker that runs one application processor (AP) of a
- * {@linkcode LinuxMachine}, and the watchdog that bounds a run. Not part of
- * the public API: `linux.ts` starts it.
+ * {@linkcode LinuxMachine}. Not part of the public API: `linux.ts` starts it.
  *
  * An AP's port I/O and MMIO exits are handled by the device models on the
  * main thread: the worker copies the exit into a shared mailbox, kicks the
@@ -33,37 +32,28 @@ export interface ApStartMessage {
   bsp: KickTarget;
 }
 
-/** Starts a watchdog: after `ms`, sets `flag[0]` and kicks `bsp`. */
-export interface WatchdogStartMessage {
-  /** Discriminant. */
-  kind: "watchdog";
-  /** Delay in milliseconds. */
-  ms: number;
-  /** An Int32Array's buffer; element 0 becomes 1 when the time is up. */
-  flag: SharedArrayBuffer;
-  /** The thread to kick. */
-  bsp: KickTarget;
-}
-
-/** What the worker posts when its AP is ready to run. */
-export interface ApReadyMessage {
-  /** Discriminant. */
-  kind: "ready";
-  /** This worker's thread, for kicks. */
-  kick: KickTarget;
-}
-
 interface WorkerScope {
-  postMessage(message: ApReadyMessage): void;
-  onmessage: ((event: MessageEvent<ApStartMessage | WatchdogStartMessage>) => void) | null;
+  onmessage: ((event: MessageEvent<ApStartMessage>) => void) | null;
 }
 const scope = globalThis as unknown as WorkerScope;
 
 function runAp(msg: ApStartMessage): void {
   const box = new Mailbox(msg.mailbox);
   const vcpu = Vcpu.adopt(msg.fd, msg.id, msg.mmapSize, msg.runAddress);
-  const ready: ApReadyMessage = { kind: "ready", kick: vcpu.kickTarget };
-  scope.postMessage(ready);
+  // The main thread learns this thread's id (to kick it) through the mailbox: its event loop
+  // is busy running the bootstrap vCPU. Losing the race to a stop means never running.
+  const claimed = Atomics.compareExchange(
+    box.words,
+    Mailbox.THREAD_ID,
+    0,
+    vcpu.kickTarget.threadId,
+  );
+  if (claimed !== 0) {
+    vcpu.close();
+    Atomics.store(box.words, Mailbox.DONE, 1);
+    Atomics.notify(box.words, Mailbox.DONE);
+    return;
+  }
   const request = (kind: number): void => {
     box.set(MailboxKind.INDEX, kind);
     Atomics.store(box.words, MailboxState.INDEX, MailboxState.REQUEST);
@@ -130,16 +120,4 @@ function runAp(msg: ApStartMessage): void {
   }
 }
 
-function runWatchdog(msg: WatchdogStartMessage): void {
-  const flag = new Int32Array(msg.flag);
-  setTimeout(() => {
-    Atomics.store(flag, 0, 1);
-    Vcpu.kick(msg.bsp);
-  }, msg.ms);
-}
-
-scope.onmessage = (event) => {
-  const msg = event.data;
-  if (msg.kind === "ap") runAp(msg);
-  else runWatchdog(msg);
-};
+scope.onmessage = (event) => runAp(event.data);

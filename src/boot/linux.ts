@@ -21,7 +21,8 @@ import { hex } from "../kvm/constants.ts";
 import { Kvm } from "../kvm/kvm.ts";
 import { type KickTarget, Vcpu } from "../kvm/vcpu.ts";
 import type { Vm } from "../kvm/vm.ts";
-import type { ApReadyMessage, ApStartMessage, WatchdogStartMessage } from "./ap_worker.ts";
+import type { ApStartMessage } from "./ap_worker.ts";
+import type { WatchdogStartMessage } from "./watchdog_worker.ts";
 import {
   HIGH_RAM_START,
   type LinuxBootPlan,
@@ -103,7 +104,8 @@ interface Ap {
   vcpu: Vcpu;
   box: Mailbox;
   worker?: Worker;
-  kick?: KickTarget;
+  /** Why the worker failed to start, if it did. */
+  error?: string;
 }
 
 /**
@@ -270,35 +272,34 @@ export class LinuxMachine {
     if (!this.#exit) this.#exit = exit;
   }
 
-  async #startAps(): Promise<void> {
+  /**
+   * Starts one Worker per AP without waiting for them: a worker takes about a
+   * second to load, and the APs only matter once Linux sends them INIT and
+   * SIPI (KVM holds those until the AP's thread enters KVM_RUN).
+   */
+  #startAps(): void {
     const bspTarget = this.vcpus[0].kickTarget;
     const mmapSize = this.kvm.vcpuMmapSize();
-    await Promise.all(this.#aps.map((ap) =>
-      new Promise<void>((resolve, reject) => {
-        const worker = new Worker(new URL("./ap_worker.ts", import.meta.url).href, {
-          type: "module",
-        });
-        ap.worker = worker;
-        worker.onmessage = (event: MessageEvent<ApReadyMessage>) => {
-          ap.kick = event.data.kick;
-          resolve();
-        };
-        worker.onerror = (event) => {
-          event.preventDefault();
-          reject(new Error(`AP worker for vCPU ${ap.vcpu.id}: ${event.message}`));
-        };
-        const start: ApStartMessage = {
-          kind: "ap",
-          fd: ap.vcpu.unsafeFd,
-          id: ap.vcpu.id,
-          mmapSize,
-          runAddress: ap.vcpu.kickTarget.runAddress,
-          mailbox: ap.box.buffer,
-          bsp: bspTarget,
-        };
-        worker.postMessage(start);
-      })
-    ));
+    for (const ap of this.#aps) {
+      const worker = new Worker(new URL("./ap_worker.ts", import.meta.url).href, {
+        type: "module",
+      });
+      ap.worker = worker;
+      worker.onerror = (event) => {
+        event.preventDefault();
+        ap.error = `AP worker for vCPU ${ap.vcpu.id}: ${event.message}`;
+      };
+      const start: ApStartMessage = {
+        kind: "ap",
+        fd: ap.vcpu.unsafeFd,
+        id: ap.vcpu.id,
+        mmapSize,
+        runAddress: ap.vcpu.kickTarget.runAddress,
+        mailbox: ap.box.buffer,
+        bsp: bspTarget,
+      };
+      worker.postMessage(start);
+    }
   }
 
   #stopAps(): void {
@@ -308,10 +309,15 @@ export class LinuxMachine {
     }
     for (const ap of this.#aps) {
       if (!ap.worker) continue;
-      // Kick until the loop reports it ended (a kick can land just before KVM_RUN).
-      for (let i = 0; i < 50 && Atomics.load(ap.box.words, Mailbox.DONE) === 0; i++) {
-        if (ap.kick) Vcpu.kick(ap.kick);
-        Atomics.wait(ap.box.words, Mailbox.DONE, 0, 100);
+      // -1 keeps a worker that has not claimed its vCPU yet from running it at all.
+      const threadId = Atomics.compareExchange(ap.box.words, Mailbox.THREAD_ID, 0, -1);
+      if (threadId > 0) {
+        // Kick until the loop reports it ended (a kick can land just before KVM_RUN).
+        const target = { threadId, runAddress: ap.vcpu.kickTarget.runAddress };
+        for (let i = 0; i < 50 && Atomics.load(ap.box.words, Mailbox.DONE) === 0; i++) {
+          Vcpu.kick(target);
+          Atomics.wait(ap.box.words, Mailbox.DONE, 0, 100);
+        }
       }
       ap.worker.terminate();
       ap.worker = undefined;
@@ -374,9 +380,19 @@ export class LinuxMachine {
    * Runs the machine until the guest resets or powers off, a vCPU fails, the
    * timeout passes or {@linkcode stop} is called. The bootstrap vCPU runs on
    * this thread, synchronously: the event loop is blocked meanwhile (use
-   * `poll` and kicks to interact). Can be called once.
+   * `poll` and kicks to interact). Can be called once. The promise is
+   * settled when the run ends (it is a promise so that a later version can
+   * run the bootstrap vCPU on a Worker without changing callers).
    */
-  async run(options: LinuxRunOptions = {}): Promise<MachineExit> {
+  run(options: LinuxRunOptions = {}): Promise<MachineExit> {
+    try {
+      return Promise.resolve(this.#run(options));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  #run(options: LinuxRunOptions): MachineExit {
     if (this.#running) {
       throw new KvmError("run Linux machine", Errno.EBUSY, "the machine already ran");
     }
@@ -386,13 +402,12 @@ export class LinuxMachine {
     let watchdog: Worker | undefined;
     const timeUp = new Int32Array(new SharedArrayBuffer(4));
     try {
-      await this.#startAps();
+      this.#startAps();
       if (options.timeoutMs !== undefined) {
-        watchdog = new Worker(new URL("./ap_worker.ts", import.meta.url).href, {
+        watchdog = new Worker(new URL("./watchdog_worker.ts", import.meta.url).href, {
           type: "module",
         });
         const start: WatchdogStartMessage = {
-          kind: "watchdog",
           ms: options.timeoutMs,
           flag: timeUp.buffer as SharedArrayBuffer,
           bsp: bsp.kickTarget,
@@ -464,6 +479,9 @@ export class LinuxMachine {
       if (exit?.reason === "timeout") {
         // The APs are out of KVM_RUN now, so their registers can be read here.
         for (const ap of this.#aps) exit.detail += `\n${describeVcpu(ap.vcpu)}`;
+      }
+      if (exit && exit.reason !== "reset" && exit.reason !== "poweroff") {
+        for (const ap of this.#aps) if (ap.error) exit.detail = `${exit.detail ?? ""}\n${ap.error}`;
       }
     }
   }

@@ -53,6 +53,12 @@ export class Mailbox {
   static readonly DONE = 8;
   /** Word: extra data of a FATAL report (the system event type). */
   static readonly EXTRA = 9;
+  /**
+   * Word: the AP thread's kernel thread id, claimed by the worker before its
+   * first `KVM_RUN`; the main thread stores -1 to keep a worker that has not
+   * claimed it yet from ever running.
+   */
+  static readonly THREAD_ID = 10;
   /** Word alias for the FATAL code. */
   static readonly CODE = 5;
   /** FATAL code: triple fault. */

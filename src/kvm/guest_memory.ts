@@ -8,6 +8,8 @@
 import { Errno, KvmError, unwrap } from "../errors.ts";
 import { native } from "../ffi/library.ts";
 import {
+  HUGE_PAGE_SIZE,
+  MADV_HUGEPAGE,
   MAP_NORESERVE,
   MAP_PRIVATE,
   MAP_SHARED,
@@ -23,6 +25,14 @@ export interface GuestMemoryOptions {
    * for KVM; shared pages survive a fork of the process.
    */
   shared?: boolean;
+  /**
+   * Back the memory with transparent huge pages where the kernel can (default
+   * true for sizes of 2 MiB and more): the mapping starts on a 2 MiB boundary
+   * and is advised `MADV_HUGEPAGE`, so KVM can map guest RAM in 2 MiB pages
+   * (one fault per 2 MiB instead of 512, and fewer TLB misses). The advice is
+   * best effort: a kernel without transparent huge pages uses small pages.
+   */
+  hugePages?: boolean;
 }
 
 /**
@@ -64,11 +74,28 @@ export class GuestMemory {
     }
     const out = new BigUint64Array(1);
     const flags = (options.shared ? MAP_SHARED : MAP_PRIVATE) | MAP_NORESERVE;
+    const huge = (options.hugePages ?? true) && size >= HUGE_PAGE_SIZE;
+    // For huge pages the host address must be 2 MiB aligned (KVM maps a huge
+    // page only where guest and host addresses agree modulo 2 MiB): reserve a
+    // little more, then give back the unaligned head and the tail.
+    const length = huge ? size + HUGE_PAGE_SIZE : size;
     unwrap(
-      native().kvm_mmap(-1, BigInt(size), PROT_READ | PROT_WRITE, flags, 0n, out),
+      native().kvm_mmap(-1, BigInt(length), PROT_READ | PROT_WRITE, flags, 0n, out),
       operation,
       () => `${size} bytes`,
     );
+    if (huge) {
+      const start = out[0];
+      const aligned = (start + BigInt(HUGE_PAGE_SIZE - 1)) & ~BigInt(HUGE_PAGE_SIZE - 1);
+      const head = aligned - start;
+      const tail = BigInt(length) - head - BigInt(size);
+      if (head > 0n) native().kvm_munmap(Deno.UnsafePointer.create(start), head);
+      if (tail > 0n) {
+        native().kvm_munmap(Deno.UnsafePointer.create(aligned + BigInt(size)), tail);
+      }
+      native().kvm_madvise(Deno.UnsafePointer.create(aligned), BigInt(size), MADV_HUGEPAGE);
+      out[0] = aligned;
+    }
     return new GuestMemory(out[0], size);
   }
 

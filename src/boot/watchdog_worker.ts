@@ -1,0 +1,31 @@
+/**
+ * The Worker that bounds a {@linkcode LinuxMachine} run: after the delay it
+ * raises a shared flag and kicks the bootstrap vCPU out of `KVM_RUN`, since
+ * the main thread's event loop is busy running that vCPU. Not part of the
+ * public API; it imports only the FFI layer so it starts quickly.
+ *
+ * @module
+ */
+
+import { native } from "../ffi/library.ts";
+import type { KickTarget } from "../kvm/vcpu.ts";
+
+/** Starts the watchdog. */
+export interface WatchdogStartMessage {
+  /** Delay in milliseconds. */
+  ms: number;
+  /** An Int32Array's buffer; element 0 becomes 1 when the time is up. */
+  flag: SharedArrayBuffer;
+  /** The thread to kick. */
+  bsp: KickTarget;
+}
+
+(globalThis as unknown as { onmessage: (e: MessageEvent<WatchdogStartMessage>) => void })
+  .onmessage = (event) => {
+    const { ms, flag, bsp } = event.data;
+    setTimeout(() => {
+      Atomics.store(new Int32Array(flag), 0, 1);
+      // A failed kick (the thread already gone) leaves nothing to stop.
+      native().kvm_kick(bsp.threadId, Deno.UnsafePointer.create(bsp.runAddress + 1n));
+    }, ms);
+  };
