@@ -190,6 +190,8 @@ export {
   type BootImageProblem,
   type BzImage,
   CMDLINE_ADDRESS,
+  DEFAULT_CMDLINE_SIZE,
+  DEFAULT_INITRD_ADDR_MAX,
   KERNEL_LOAD_ADDRESS,
   type LinuxBootOptions,
   type LinuxBootPlan,
@@ -209,6 +211,23 @@ export {
   writeE820,
 } from "./src/boot/boot_params.ts";
 export { buildMpTable, MPTABLE_ADDRESS } from "./src/boot/mptable.ts";
+export {
+  type ElfKernel,
+  type ElfSegment,
+  isElf,
+  parseElfKernel,
+  START_KERNEL_MAP,
+} from "./src/boot/elf.ts";
+export {
+  bzImagePayload,
+  type CachedVmlinux,
+  cachedVmlinux,
+  extractVmlinux,
+  fingerprint,
+  PROTOCOL_PAYLOAD,
+  type VmlinuxCacheOptions,
+} from "./src/boot/vmlinux.ts";
+export { crc32, decompressXz, XzError } from "./src/boot/xz.ts";
 export {
   bootMsrs,
   DEFAULT_HIDDEN_KVM_FEATURES,

@@ -2,7 +2,13 @@
  * Boots a Linux kernel with a serial console on this terminal.
  *
  * `deno task boot:linux -- --kernel PATH [--initrd PATH] [--cmdline "..."] [--memory 512M]
- * [--cpus N] [--timeout SEC]`
+ * [--cpus N] [--timeout SEC] [--guest-decompress]`
+ *
+ * The kernel is a bzImage or an uncompressed ELF `vmlinux`. An xz-compressed
+ * bzImage (most distributions' kernels) is decompressed on the host once and
+ * kept in the per-user cache, and the guest enters the uncompressed kernel
+ * directly: its decompressor takes seconds on a nested or emulated host.
+ * `--guest-decompress` boots the bzImage the classic way instead.
  *
  * Without `--initrd`, a busybox initramfs is built on the fly when
  * `/bin/busybox` is a static binary (see `initramfs.ts`). Keyboard input goes
@@ -19,9 +25,11 @@ import { parseArgs } from "node:util";
 import { LinuxMachine } from "../src/boot/linux.ts";
 import { KvmError } from "../src/errors.ts";
 import { buildInitramfs } from "./initramfs.ts";
+import { bzImagePayload, cachedVmlinux } from "../src/boot/vmlinux.ts";
+import { isElf } from "../src/boot/elf.ts";
 
 const USAGE = "usage: boot_linux.ts --kernel PATH [--initrd PATH] [--cmdline TEXT] " +
-  "[--memory SIZE] [--cpus N] [--timeout SEC]";
+  "[--memory SIZE] [--cpus N] [--timeout SEC] [--guest-decompress]";
 const DEFAULT_CMDLINE = "console=ttyS0 panic=-1 pci=off acpi=off";
 
 /** Parses `512M`, `1G`, `262144K` or a plain number of MiB into bytes. */
@@ -34,7 +42,7 @@ export function parseSize(text: string): number {
 
 /** The stdin pump: a Worker reads stdin into a shared ring and kicks the vCPU thread. */
 const STDIN_WORKER = `
-import { Vcpu } from ${JSON.stringify(new URL("../src/kvm/vcpu.ts", import.meta.url).href)};
+import { native } from ${JSON.stringify(new URL("../src/ffi/library.ts", import.meta.url).href)};
 self.onmessage = async (e) => {
   const { ring, kick } = e.data;
   const head = new Int32Array(ring, 0, 2); // [0] write index, [1] read index
@@ -48,7 +56,7 @@ self.onmessage = async (e) => {
       bytes[w % bytes.length] = b;
       Atomics.store(head, 0, w + 1);
     }
-    Vcpu.kick(kick);
+    native().kvm_kick(kick.threadId, Deno.UnsafePointer.create(kick.runAddress + 1n));
   }
 };
 `;
@@ -63,6 +71,7 @@ async function main(): Promise<number> {
       memory: { type: "string", default: "512M" },
       cpus: { type: "string", default: "1" },
       timeout: { type: "string" },
+      "guest-decompress": { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -87,8 +96,21 @@ async function main(): Promise<number> {
   const out = new Uint8Array(1);
   let machine: LinuxMachine;
   try {
+    let vmlinux: Uint8Array | undefined;
+    if (!values["guest-decompress"] && !isElf(kernel) && bzImagePayload(kernel).format === "xz") {
+      const found = cachedVmlinux(kernel);
+      vmlinux = found.vmlinux;
+      if (found.source === "extracted") {
+        console.error(
+          `boot_linux: decompressed the kernel on the host${
+            found.path ? ` (cached in ${found.path})` : ""
+          }`,
+        );
+      }
+    }
     machine = LinuxMachine.create({
       kernel,
+      vmlinux,
       initrd,
       cmdline: values.cmdline,
       memorySize,
@@ -100,7 +122,7 @@ async function main(): Promise<number> {
     });
   } catch (e) {
     console.error(`boot_linux: ${(e as Error).message}`);
-    return e instanceof KvmError && e.operation === "load bzImage" ? 2 : 1;
+    return e instanceof KvmError && e.operation === "load kernel" ? 2 : 1;
   }
 
   // Input: a Worker pumps stdin into a ring; the run loop's poll drains it into the UART.

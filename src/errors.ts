@@ -41,6 +41,7 @@ export const Errno = {
   EDEADLK: 35,
   ENOSYS: 38,
   ENODATA: 61,
+  EBADMSG: 74,
   EOVERFLOW: 75,
   EOPNOTSUPP: 95,
   EHWPOISON: 133,
@@ -72,6 +73,7 @@ const DESCRIPTIONS: Partial<Record<ErrnoCode, string>> = {
   ENXIO: "no such device or address",
   ERANGE: "out of range",
   EOPNOTSUPP: "not supported",
+  EBADMSG: "bad message",
 };
 
 /** The name of an errno value, e.g. `errnoName(22) === "EINVAL"`. */

@@ -11,9 +11,13 @@
  * @module
  */
 
-import { Errno, KvmError } from "../errors.ts";
+import { Errno } from "../errors.ts";
 import { hex } from "../kvm/constants.ts";
 import type { Vm } from "../kvm/vm.ts";
+import { BootImageError } from "./boot_image_error.ts";
+import { type ElfKernel, type ElfSegment, isElf, parseElfKernel } from "./elf.ts";
+
+export { BootImageError, type BootImageProblem } from "./boot_image_error.ts";
 import {
   BOOT_FLAG,
   BootParams,
@@ -47,32 +51,6 @@ export const MIN_PROTOCOL = 0x0206;
 export const PROTOCOL_64BIT_ENTRY = 0x020c;
 
 const MiB = 1024 * 1024;
-
-/** Why a bzImage or its companions were refused. */
-export type BootImageProblem =
-  | "not-bzimage"
-  | "truncated"
-  | "unsupported-protocol"
-  | "cmdline-too-long"
-  | "initrd-too-large"
-  | "memory-too-small";
-
-/**
- * A kernel image, initrd, command line or memory size refused by the loader,
- * before any VM is created. A {@linkcode KvmError} (operation `"load bzImage"`)
- * whose `problem` says which check failed.
- */
-export class BootImageError extends KvmError {
-  /** Which check failed. */
-  readonly problem: BootImageProblem;
-
-  /** Creates the error; `detail` is the human-readable reason. */
-  constructor(problem: BootImageProblem, errno: number, detail: string) {
-    super("load bzImage", errno, detail);
-    this.name = "BootImageError";
-    this.problem = problem;
-  }
-}
 
 /** What {@linkcode parseBzImage} found in a bzImage. */
 export interface BzImage {
@@ -207,10 +185,22 @@ export function parseBzImage(image: Uint8Array): BzImage {
   };
 }
 
+/** `cmdline_size` assumed for a bare ELF kernel (x86's `COMMAND_LINE_SIZE`). */
+export const DEFAULT_CMDLINE_SIZE = 2048;
+/** `initrd_addr_max` assumed for a bare ELF kernel (what every 2.6.31+ kernel declares). */
+export const DEFAULT_INITRD_ADDR_MAX = 0x7fffffff;
+
 /** Options of {@linkcode planLinuxBoot}. */
 export interface LinuxBootOptions {
   /** Guest RAM in bytes, a multiple of 4 KiB. */
   memorySize: number;
+  /**
+   * The bzImage's kernel, uncompressed (an ELF `vmlinux`, see `extractVmlinux`):
+   * loaded at its physical addresses and entered at its 64-bit entry, so the
+   * guest skips the kernel's decompressor. The bzImage still supplies the
+   * setup header. Such a kernel runs where it was linked (no KASLR).
+   */
+  vmlinux?: Uint8Array;
   /** The kernel command line. */
   cmdline?: string;
   /** An initrd / initramfs image. */
@@ -219,8 +209,12 @@ export interface LinuxBootOptions {
 
 /** Where everything goes, as decided by {@linkcode planLinuxBoot}. */
 export interface LinuxBootPlan {
-  /** The parsed kernel. */
-  readonly kernel: BzImage;
+  /** The parsed bzImage (absent when booting a bare ELF kernel). */
+  readonly kernel?: BzImage;
+  /** The ELF kernel loaded directly, when there is one. */
+  readonly elf?: ElfKernel;
+  /** What to copy into guest RAM for the kernel, and where. */
+  readonly segments: readonly ElfSegment[];
   /** The zero page, ready to copy to {@linkcode ZERO_PAGE_ADDRESS}. */
   readonly zeroPage: Uint8Array;
   /** The command line with its NUL. */
@@ -239,7 +233,7 @@ export interface LinuxBootPlan {
   readonly lowMemorySize: number;
   /** RAM above 4 GiB, in bytes (0 for guests up to 3 GiB). */
   readonly highMemorySize: number;
-  /** The first address past what the kernel needs while it decompresses. */
+  /** The first address past what the kernel needs (while it decompresses, for a bzImage). */
   readonly kernelEnd: number;
 }
 
@@ -252,16 +246,24 @@ function mib(n: number): string {
 }
 
 /**
- * Checks a bzImage with its command line, initrd and memory size, and decides
- * the guest layout: the kernel at 1 MiB, the zero page at 0x7000, the command
+ * Checks a bzImage (or an ELF `vmlinux`) with its command line, initrd and
+ * memory size, and decides the guest layout: the compressed kernel at 1 MiB
+ * (or the ELF's segments at their physical addresses), the zero page at 0x7000, the command
  * line at 0x20000, the initrd as high as `initrd_addr_max` and the RAM allow,
  * and an E820 map (conventional RAM, the EBDA reserved for the MP table, the
  * BIOS area reserved, RAM from 1 MiB; RAM past 3 GiB continues at 4 GiB).
  * Throws a {@linkcode BootImageError} for anything that cannot boot.
  */
 export function planLinuxBoot(image: Uint8Array, options: LinuxBootOptions): LinuxBootPlan {
-  const kernel = parseBzImage(image);
+  const bare = isElf(image);
+  const kernel = bare ? undefined : parseBzImage(image);
+  const elf = bare
+    ? parseElfKernel(image)
+    : options.vmlinux
+    ? parseElfKernel(options.vmlinux)
+    : undefined;
   const { memorySize, cmdline = "", initrd } = options;
+  const cmdlineSize = kernel?.cmdlineSize ?? DEFAULT_CMDLINE_SIZE;
   if (!Number.isSafeInteger(memorySize) || memorySize <= 0 || memorySize % 4096 !== 0) {
     throw new BootImageError(
       "memory-too-small",
@@ -270,37 +272,56 @@ export function planLinuxBoot(image: Uint8Array, options: LinuxBootOptions): Lin
     );
   }
   const cmdlineBytes = new TextEncoder().encode(`${cmdline}\0`);
-  if (cmdlineBytes.length - 1 > kernel.cmdlineSize) {
+  if (cmdlineBytes.length - 1 > cmdlineSize) {
     throw new BootImageError(
       "cmdline-too-long",
       Errno.E2BIG,
       `the command line is ${cmdlineBytes.length - 1} bytes; this kernel accepts at most ` +
-        `${kernel.cmdlineSize} (cmdline_size)`,
+        `${cmdlineSize} (cmdline_size)`,
     );
   }
   const lowMemorySize = Math.min(memorySize, MMIO_HOLE_START);
   const highMemorySize = memorySize - lowMemorySize;
-  // A relocatable kernel decompresses at its load address rounded up to kernel_alignment, but
-  // never below pref_address (LOAD_PHYSICAL_ADDR); it needs init_size bytes from there.
-  const runAddress = kernel.relocatable
-    ? Math.max(alignUp(KERNEL_LOAD_ADDRESS, kernel.kernelAlignment || 1), kernel.prefAddress)
-    : kernel.prefAddress;
-  const kernelEnd = Math.max(
-    runAddress + kernel.initSize,
-    KERNEL_LOAD_ADDRESS + kernel.kernel.length,
-  );
-  if (kernelEnd > lowMemorySize) {
-    throw new BootImageError(
-      "memory-too-small",
-      Errno.ENOMEM,
-      `${mib(memorySize)} of RAM is too small for this kernel: it needs ${
-        hex(kernel.initSize)
-      } bytes (init_size) from ${hex(runAddress)}, so at least ${mib(alignUp(kernelEnd, MiB))}`,
-    );
+  let kernelEnd: number;
+  let segments: ElfSegment[];
+  if (elf) {
+    kernelEnd = elf.end;
+    segments = [...elf.segments];
+    if (kernelEnd > lowMemorySize) {
+      throw new BootImageError(
+        "memory-too-small",
+        Errno.ENOMEM,
+        `${mib(memorySize)} of RAM is too small for this kernel: its segments end at ${
+          hex(kernelEnd)
+        }, so at least ${mib(alignUp(kernelEnd, MiB))}`,
+      );
+    }
+  } else {
+    const k = kernel!;
+    // A relocatable kernel decompresses at its load address rounded up to kernel_alignment,
+    // but never below pref_address (LOAD_PHYSICAL_ADDR); it needs init_size bytes from there.
+    const runAddress = k.relocatable
+      ? Math.max(alignUp(KERNEL_LOAD_ADDRESS, k.kernelAlignment || 1), k.prefAddress)
+      : k.prefAddress;
+    kernelEnd = Math.max(runAddress + k.initSize, KERNEL_LOAD_ADDRESS + k.kernel.length);
+    segments = [{
+      physicalAddress: KERNEL_LOAD_ADDRESS,
+      bytes: k.kernel,
+      memorySize: k.kernel.length,
+    }];
+    if (kernelEnd > lowMemorySize) {
+      throw new BootImageError(
+        "memory-too-small",
+        Errno.ENOMEM,
+        `${mib(memorySize)} of RAM is too small for this kernel: it needs ${
+          hex(k.initSize)
+        } bytes (init_size) from ${hex(runAddress)}, so at least ${mib(alignUp(kernelEnd, MiB))}`,
+      );
+    }
   }
   let initrdAddress = 0;
   if (initrd && initrd.length > 0) {
-    const top = Math.min(kernel.initrdAddrMax + 1, lowMemorySize);
+    const top = Math.min((kernel?.initrdAddrMax ?? DEFAULT_INITRD_ADDR_MAX) + 1, lowMemorySize);
     initrdAddress = Math.floor((top - initrd.length) / 4096) * 4096;
     if (initrdAddress < kernelEnd) {
       const room = Math.max(0, Math.floor((top - kernelEnd) / 4096) * 4096);
@@ -325,9 +346,20 @@ export function planLinuxBoot(image: Uint8Array, options: LinuxBootOptions): Lin
   if (highMemorySize > 0) e820.push({ addr: HIGH_RAM_START, size: highMemorySize, type: E820_RAM });
 
   const zeroPage = new Uint8Array(4096);
-  zeroPage.set(kernel.headerBytes, SETUP_HEADER_OFFSET);
   const params = new BootParams(zeroPage);
   const hdr = params.hdr;
+  if (kernel) {
+    zeroPage.set(kernel.headerBytes, SETUP_HEADER_OFFSET);
+  } else {
+    // A bare ELF kernel has no setup header: write the fields the kernel reads.
+    hdr.bootFlag = BOOT_FLAG;
+    hdr.header = HDRS_MAGIC;
+    hdr.version = 0x020f;
+    hdr.loadflags = LOADED_HIGH;
+    hdr.kernelAlignment = 0x200000;
+    hdr.cmdlineSize = DEFAULT_CMDLINE_SIZE;
+    hdr.initrdAddrMax = DEFAULT_INITRD_ADDR_MAX;
+  }
   hdr.typeOfLoader = 0xff; // "undefined" boot loader
   hdr.vidMode = 0xffff; // "normal" video mode
   hdr.loadflags = (hdr.loadflags | CAN_USE_HEAP) & 0xff;
@@ -337,18 +369,22 @@ export function planLinuxBoot(image: Uint8Array, options: LinuxBootOptions): Lin
     hdr.ramdiskImage = initrdAddress;
     hdr.ramdiskSize = initrd.length;
   }
-  if (kernel.protocol < 0x020a || !kernel.relocatable) hdr.code32Start = KERNEL_LOAD_ADDRESS;
+  if (kernel && !elf && (kernel.protocol < 0x020a || !kernel.relocatable)) {
+    hdr.code32Start = KERNEL_LOAD_ADDRESS;
+  }
   writeE820(zeroPage, e820);
 
-  const entryMode = kernel.has64BitEntry ? "64" : "32";
+  const entryMode = elf || kernel!.has64BitEntry ? "64" : "32";
   return {
     kernel,
+    elf,
+    segments,
     zeroPage,
     cmdline: cmdlineBytes,
     initrd: initrd && initrd.length > 0 ? initrd : undefined,
     initrdAddress,
     entryMode,
-    entry: entryMode === "64" ? KERNEL_LOAD_ADDRESS + 0x200 : KERNEL_LOAD_ADDRESS,
+    entry: elf ? elf.entry : entryMode === "64" ? KERNEL_LOAD_ADDRESS + 0x200 : KERNEL_LOAD_ADDRESS,
     e820,
     lowMemorySize,
     highMemorySize,
@@ -357,12 +393,17 @@ export function planLinuxBoot(image: Uint8Array, options: LinuxBootOptions): Lin
 }
 
 /**
- * Writes a planned boot into guest RAM: the protected-mode kernel at 1 MiB,
- * the zero page, the command line and the initrd. (The vCPU's mode and
- * registers are set by the caller: RSI/ESI = {@linkcode ZERO_PAGE_ADDRESS}.)
+ * Writes a planned boot into guest RAM: the kernel's segments (the
+ * protected-mode kernel at 1 MiB for a bzImage), the zero page, the command
+ * line and the initrd. (The vCPU's mode and registers are set by the caller:
+ * RSI/ESI = {@linkcode ZERO_PAGE_ADDRESS}.)
  */
 export function writeLinuxBoot(vm: Vm, plan: LinuxBootPlan): void {
-  vm.writeGuest(KERNEL_LOAD_ADDRESS, plan.kernel.kernel);
+  for (const segment of plan.segments) {
+    vm.writeGuest(segment.physicalAddress, segment.bytes);
+    const tail = segment.memorySize - segment.bytes.length;
+    if (tail > 0) vm.guestMemory(segment.physicalAddress + segment.bytes.length, tail).fill(0);
+  }
   vm.writeGuest(ZERO_PAGE_ADDRESS, plan.zeroPage);
   vm.writeGuest(CMDLINE_ADDRESS, plan.cmdline);
   if (plan.initrd) vm.writeGuest(plan.initrdAddress, plan.initrd);

@@ -37,8 +37,13 @@ import { setupPlatform, setupVcpu } from "./platform.ts";
 
 /** Options of {@linkcode LinuxMachine.create}. */
 export interface LinuxMachineOptions {
-  /** The bzImage. */
+  /** The kernel: a bzImage, or an uncompressed ELF `vmlinux` (entered at its 64-bit entry). */
   kernel: Uint8Array;
+  /**
+   * The bzImage's own kernel, uncompressed (from `extractVmlinux` or
+   * `cachedVmlinux`): loaded directly so the guest skips the decompressor.
+   */
+  vmlinux?: Uint8Array;
   /** An initrd / initramfs. */
   initrd?: Uint8Array;
   /** The kernel command line (add `console=ttyS0` to see the kernel on the serial port). */
@@ -247,6 +252,7 @@ export class LinuxMachine {
       memorySize: options.memorySize,
       cmdline: options.cmdline,
       initrd: options.initrd,
+      vmlinux: options.vmlinux,
     });
     const ownsKvm = options.kvm === undefined;
     const kvm = options.kvm ?? Kvm.open();

@@ -475,7 +475,7 @@ function unfilterX86(buf: Uint8Array, startOffset: number): void {
  * @example
  * ```ts
  * import { decompressXz } from "./xz.ts";
- * // `xz` of "hi\n" with the x86 filter would decode the same way.
+ * // Anything but an .xz stream is refused with a message that says why.
  * try {
  *   decompressXz(new Uint8Array([1, 2, 3]));
  * } catch (e) {

@@ -14,6 +14,7 @@
  * @module
  */
 
+import { userCacheDir } from "../cache_dir.ts";
 import { type NativeSymbols, SHIM_VERSION, symbols } from "./symbols.ts";
 
 /** Raised when the native shim cannot be found, built or loaded. */
@@ -149,22 +150,13 @@ function isFresh(path: string): boolean {
 }
 
 function cacheDir(): string {
-  const env = (name: string) => {
-    try {
-      return Deno.env.get(name) || undefined;
-    } catch {
-      return undefined;
-    }
-  };
-  const explicit = env("DENO_KVM_CACHE");
-  if (explicit) return explicit;
-  const xdg = env("XDG_CACHE_HOME") ?? (env("HOME") ? `${env("HOME")}/.cache` : undefined);
-  if (!xdg) {
+  const dir = userCacheDir();
+  if (!dir) {
     throw new NativeLoadError(
       "no cache directory for the native shim: set DENO_KVM_CACHE or HOME (needs --allow-env)",
     );
   }
-  return `${xdg}/deno-kvm`;
+  return dir;
 }
 
 function buildCached(source: string): string {

@@ -25,7 +25,7 @@ function refused(problem: BootImageProblem, code: string, message: RegExp) {
     ok(error instanceof BootImageError, `a BootImageError, got ${error}`);
     strictEqual(error.problem, problem);
     strictEqual(error.code, code);
-    strictEqual(error.operation, "load bzImage");
+    strictEqual(error.operation, "load kernel");
     ok(message.test(error.message), `${JSON.stringify(error.message)} matches ${message}`);
     return true;
   };

@@ -1,0 +1,147 @@
+// Booting without the guest's decompressor: the bzImage's kernel extracted on
+// the host, the ELF reader, the plan for an ELF kernel, the per-user cache,
+// and every bad input refused with a BootImageError.
+
+import { deepStrictEqual, ok, strictEqual, throws } from "node:assert/strict";
+import { BootParams, HDRS_MAGIC } from "../../src/boot/boot_params.ts";
+import { BootImageError, type BootImageProblem, planLinuxBoot } from "../../src/boot/bzimage.ts";
+import { isElf, parseElfKernel } from "../../src/boot/elf.ts";
+import { bzImagePayload, cachedVmlinux, extractVmlinux } from "../../src/boot/vmlinux.ts";
+import { hostKernelPath } from "../../examples/initramfs.ts";
+
+const MiB = 1024 * 1024;
+const kernelPath = hostKernelPath();
+const image = kernelPath ? Deno.readFileSync(kernelPath) : undefined;
+const xzKernel = image !== undefined && bzImagePayload(image).format === "xz";
+let extracted: Uint8Array | undefined;
+const vmlinux = () => extracted ??= extractVmlinux(image!);
+
+function refused(problem: BootImageProblem, message: RegExp) {
+  return (error: unknown) => {
+    ok(error instanceof BootImageError, `a BootImageError, got ${error}`);
+    strictEqual(error.problem, problem);
+    strictEqual(error.operation, "load kernel");
+    ok(message.test(error.message), `${JSON.stringify(error.message)} matches ${message}`);
+    return true;
+  };
+}
+
+Deno.test({
+  name: "vmlinux: the distribution kernel extracts to an ELF that plans a direct 64-bit entry",
+  ignore: !xzKernel,
+  fn() {
+    const elf = parseElfKernel(vmlinux());
+    ok(elf.segments.length >= 2);
+    strictEqual(elf.start, 0x1000000, "linked at LOAD_PHYSICAL_ADDR (16 MiB)");
+    strictEqual(elf.entry, 0x1000000, "startup_64 first");
+    const initrd = new Uint8Array(3 * MiB);
+    const plan = planLinuxBoot(image!, {
+      memorySize: 256 * MiB,
+      cmdline: "console=ttyS0",
+      initrd,
+      vmlinux: vmlinux(),
+    });
+    strictEqual(plan.entryMode, "64");
+    strictEqual(plan.entry, elf.entry);
+    deepStrictEqual(
+      plan.segments.map((s) => s.physicalAddress),
+      elf.segments.map((s) => s.physicalAddress),
+    );
+    strictEqual(plan.kernelEnd, elf.end);
+    ok(plan.initrdAddress >= plan.kernelEnd, "the initrd lies above the kernel");
+    const hdr = new BootParams(plan.zeroPage).hdr;
+    strictEqual(hdr.header, HDRS_MAGIC, "the bzImage's setup header is used");
+    strictEqual(hdr.ramdiskSize, initrd.length);
+    throws(
+      () => planLinuxBoot(image!, { memorySize: 32 * MiB, vmlinux: vmlinux() }),
+      refused("memory-too-small", /segments end at/),
+    );
+  },
+});
+
+Deno.test({
+  name: "vmlinux: a bare ELF kernel gets a synthesized setup header",
+  ignore: !xzKernel,
+  fn() {
+    ok(isElf(vmlinux()));
+    const plan = planLinuxBoot(vmlinux(), { memorySize: 256 * MiB, cmdline: "quiet" });
+    strictEqual(plan.kernel, undefined);
+    const hdr = new BootParams(plan.zeroPage).hdr;
+    strictEqual(hdr.header, HDRS_MAGIC);
+    strictEqual(hdr.bootFlag, 0xaa55);
+    strictEqual(hdr.cmdlineSize, 2048);
+    throws(
+      () => planLinuxBoot(vmlinux(), { memorySize: 256 * MiB, cmdline: "x".repeat(2049) }),
+      refused("cmdline-too-long", /at most 2048/),
+    );
+  },
+});
+
+Deno.test("vmlinux: malformed ELF kernels are refused", () => {
+  const header = new Uint8Array(64);
+  header.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1]);
+  const view = new DataView(header.buffer);
+  throws(() => parseElfKernel(header.subarray(0, 20)), refused("bad-elf", /shorter/));
+  view.setUint16(18, 3, true); // EM_386
+  throws(() => parseElfKernel(header), refused("bad-elf", /not x86-64/));
+  view.setUint16(18, 62, true);
+  view.setBigUint64(32, 64n, true); // e_phoff
+  view.setUint16(54, 56, true);
+  view.setUint16(56, 1, true); // one program header, past the end of the file
+  throws(() => parseElfKernel(header), refused("bad-elf", /outside the file/));
+  const withSegment = new Uint8Array(64 + 56);
+  withSegment.set(header);
+  const v2 = new DataView(withSegment.buffer);
+  v2.setUint32(64, 1, true); // PT_LOAD
+  v2.setBigUint64(64 + 8, 0n, true); // offset
+  v2.setBigUint64(64 + 24, 0x1000000n, true); // paddr
+  v2.setBigUint64(64 + 32, 4096n, true); // filesz past the end
+  v2.setBigUint64(64 + 40, 4096n, true);
+  throws(() => parseElfKernel(withSegment), refused("bad-elf", /truncated/));
+  v2.setBigUint64(64 + 32, 64n, true);
+  v2.setBigUint64(24, 0x5000000n, true); // e_entry outside
+  throws(() => parseElfKernel(withSegment), refused("bad-elf", /entry point/));
+  v2.setBigUint64(24, 0x1000000n, true);
+  strictEqual(parseElfKernel(withSegment).entry, 0x1000000);
+  v2.setBigUint64(64 + 24, 0x1000n, true); // below 1 MiB
+  throws(() => parseElfKernel(withSegment), refused("bad-elf", /below 1 MiB/));
+});
+
+Deno.test({
+  name: "vmlinux: other compressions and corrupt payloads are refused",
+  ignore: !xzKernel,
+  fn() {
+    const { payload } = bzImagePayload(image!);
+    const start = payload.byteOffset - image!.byteOffset;
+    const gzip = image!.slice();
+    gzip.set([0x1f, 0x8b, 0x08, 0x00], start);
+    strictEqual(bzImagePayload(gzip).format, "gzip");
+    throws(() => extractVmlinux(gzip), refused("unsupported-payload", /gzip-compressed/));
+    const corrupt = image!.slice();
+    corrupt[start + 4096] ^= 0x55;
+    throws(() => extractVmlinux(corrupt), refused("bad-payload", /xz: /));
+    throws(() => extractVmlinux(new Uint8Array(100)), refused("not-bzimage", /bzImage/));
+  },
+});
+
+Deno.test({
+  name: "vmlinux: the cache extracts once, then reads back; a damaged entry is replaced",
+  ignore: !xzKernel,
+  fn() {
+    const directory = Deno.makeTempDirSync();
+    try {
+      const first = cachedVmlinux(image!, { directory });
+      strictEqual(first.source, "extracted");
+      ok(first.path?.startsWith(directory));
+      const second = cachedVmlinux(image!, { directory });
+      strictEqual(second.source, "cache");
+      strictEqual(second.vmlinux.length, first.vmlinux.length);
+      Deno.writeFileSync(first.path!, new Uint8Array(10));
+      strictEqual(cachedVmlinux(image!, { directory }).source, "extracted");
+      strictEqual(Deno.statSync(first.path!).size, first.vmlinux.length);
+      deepStrictEqual([...Deno.readDirSync(directory)].length, 1, "no temporary files left");
+    } finally {
+      Deno.removeSync(directory, { recursive: true });
+    }
+  },
+});
