@@ -61,6 +61,16 @@ self.onmessage = async (e) => {
 };
 `;
 
+function stdinIsDevNull(): boolean {
+  try {
+    const a = Deno.statSync("/dev/stdin");
+    const b = Deno.statSync("/dev/null");
+    return a.dev === b.dev && a.ino === b.ino;
+  } catch {
+    return false;
+  }
+}
+
 async function main(): Promise<number> {
   const { values } = parseArgs({
     args: Deno.args,
@@ -131,11 +141,12 @@ async function main(): Promise<number> {
   const ringBytes = new Uint8Array(ring, 8);
   const raw = Deno.stdin.isTerminal();
   if (raw) Deno.stdin.setRaw(true);
-  const pump = new Worker(
+  // No pump (a Worker costs CPU time the guest could use) when stdin is /dev/null.
+  const pump = stdinIsDevNull() ? undefined : new Worker(
     URL.createObjectURL(new Blob([STDIN_WORKER], { type: "text/javascript" })),
     { type: "module" },
   );
-  pump.postMessage({ ring, kick: machine.kickTarget });
+  pump?.postMessage({ ring, kick: machine.kickTarget });
   let escape = false;
   const poll = () => {
     const w = Atomics.load(head, 0);
@@ -187,7 +198,7 @@ async function main(): Promise<number> {
     }
   } finally {
     if (raw) Deno.stdin.setRaw(false);
-    pump.terminate();
+    pump?.terminate();
     machine.close();
   }
   return code;
