@@ -222,6 +222,7 @@ export {
   bzImagePayload,
   type CachedVmlinux,
   cachedVmlinux,
+  compactElf,
   extractVmlinux,
   fingerprint,
   PROTOCOL_PAYLOAD,

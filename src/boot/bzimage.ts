@@ -396,13 +396,21 @@ export function planLinuxBoot(image: Uint8Array, options: LinuxBootOptions): Lin
  * Writes a planned boot into guest RAM: the kernel's segments (the
  * protected-mode kernel at 1 MiB for a bzImage), the zero page, the command
  * line and the initrd. (The vCPU's mode and registers are set by the caller:
- * RSI/ESI = {@linkcode ZERO_PAGE_ADDRESS}.)
+ * RSI/ESI = {@linkcode ZERO_PAGE_ADDRESS}.) The part of a segment past its
+ * file bytes is zeroed, unless `memoryIsZero` says the RAM is fresh (zero
+ * already: writing zeros would only make the host allocate the pages early).
  */
-export function writeLinuxBoot(vm: Vm, plan: LinuxBootPlan): void {
+export function writeLinuxBoot(
+  vm: Vm,
+  plan: LinuxBootPlan,
+  options: { memoryIsZero?: boolean } = {},
+): void {
   for (const segment of plan.segments) {
     vm.writeGuest(segment.physicalAddress, segment.bytes);
     const tail = segment.memorySize - segment.bytes.length;
-    if (tail > 0) vm.guestMemory(segment.physicalAddress + segment.bytes.length, tail).fill(0);
+    if (tail > 0 && !options.memoryIsZero) {
+      vm.guestMemory(segment.physicalAddress + segment.bytes.length, tail).fill(0);
+    }
   }
   vm.writeGuest(ZERO_PAGE_ADDRESS, plan.zeroPage);
   vm.writeGuest(CMDLINE_ADDRESS, plan.cmdline);

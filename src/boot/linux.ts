@@ -186,7 +186,7 @@ export class LinuxMachine {
           offset: plan.lowMemorySize,
         });
       }
-      writeLinuxBoot(vm, plan);
+      writeLinuxBoot(vm, plan, { memoryIsZero: true });
       vm.writeGuest(MPTABLE_ADDRESS, buildMpTable(cpus));
 
       this.bus = new IoBus({

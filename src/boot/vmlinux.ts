@@ -96,24 +96,94 @@ export function extractVmlinux(image: Uint8Array): Uint8Array<ArrayBuffer> {
 
 /** Two 32-bit multiplicative hashes over the words of `data`, with its length: a cache key. */
 export function fingerprint(data: Uint8Array): string {
-  const words = new Uint32Array(data.buffer, data.byteOffset, data.length >>> 2);
-  const aligned = data.byteOffset % 4 === 0;
-  const word = aligned
-    ? (i: number) => words[i]
-    : (i: number) =>
-      (data[4 * i] | (data[4 * i + 1] << 8) | (data[4 * i + 2] << 16) | (data[4 * i + 3] << 24)) >>>
-      0;
+  const bytes = data.byteOffset % 4 === 0 ? data : data.slice();
+  const words = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length >>> 2);
   let a = 0x811c9dc5;
   let b = 0x9747b28c;
-  const n = data.length >>> 2;
-  for (let i = 0; i < n; i++) {
-    const w = word(i);
+  for (let i = 0; i < words.length; i++) {
+    const w = words[i];
     a = Math.imul(a ^ w, 0x01000193);
     b = Math.imul(b ^ w, 0x5bd1e995) ^ (b >>> 15);
   }
-  for (let i = n * 4; i < data.length; i++) a = Math.imul(a ^ data[i], 0x01000193);
+  for (let i = words.length * 4; i < bytes.length; i++) a = Math.imul(a ^ bytes[i], 0x01000193);
   const hex = (x: number) => (x >>> 0).toString(16).padStart(8, "0");
   return `${data.length.toString(16)}-${hex(a)}${hex(b)}`;
+}
+
+const EHDR_SIZE = 64;
+const PHDR_SIZE = 56;
+
+/**
+ * The same ELF kernel with the zeros that end each loadable segment left out
+ * of the file (`p_filesz` shortened, `p_memsz` kept: the loader zeroes the
+ * rest) and without section headers: about half the size of a distribution
+ * `vmlinux`, whose `.bss` is stored as zeros. Other segments (the notes QEMU's
+ * PVH boot reads) keep their bytes.
+ */
+export function compactElf(image: Uint8Array): Uint8Array<ArrayBuffer> {
+  parseElfKernel(image);
+  const view = new DataView(image.buffer, image.byteOffset, image.byteLength);
+  const phoff = Number(view.getBigUint64(32, true));
+  const phnum = view.getUint16(56, true);
+  const phentsize = view.getUint16(54, true);
+  const headers = Array.from({ length: phnum }, (_, i) => {
+    const at = phoff + i * phentsize;
+    return {
+      type: view.getUint32(at, true),
+      offset: Number(view.getBigUint64(at + 8, true)),
+      fileSize: Number(view.getBigUint64(at + 32, true)),
+      keep: 0,
+      newOffset: 0,
+    };
+  });
+  const loads = headers.filter((h) => h.type === 1);
+  for (const h of loads) {
+    let keep = h.fileSize;
+    while (keep > 0 && image[h.offset + keep - 1] === 0) keep--;
+    h.keep = keep;
+  }
+  // Other segments are read through the loadable segment that holds their bytes.
+  const others = headers.filter((h) => h.type !== 1 && h.fileSize > 0);
+  const outside = others.filter((o) => {
+    const holder = loads.find((l) =>
+      o.offset >= l.offset && o.offset + o.fileSize <= l.offset + l.fileSize
+    );
+    if (holder) holder.keep = Math.max(holder.keep, o.offset + o.fileSize - holder.offset);
+    return !holder;
+  });
+  let size = EHDR_SIZE + phnum * PHDR_SIZE;
+  for (const h of [...loads, ...outside]) {
+    size = Math.ceil(size / 16) * 16;
+    h.newOffset = size;
+    size += h.type === 1 ? h.keep : h.fileSize;
+  }
+  const out = new Uint8Array(size);
+  const outView = new DataView(out.buffer);
+  out.set(image.subarray(0, EHDR_SIZE));
+  outView.setBigUint64(32, BigInt(EHDR_SIZE), true); // e_phoff
+  outView.setBigUint64(40, 0n, true); // e_shoff: no section headers
+  outView.setUint16(54, PHDR_SIZE, true);
+  outView.setUint16(58, 0, true); // e_shentsize
+  outView.setUint16(60, 0, true); // e_shnum
+  outView.setUint16(62, 0, true); // e_shstrndx
+  headers.forEach((h, i) => {
+    const at = EHDR_SIZE + i * PHDR_SIZE;
+    out.set(image.subarray(phoff + i * phentsize, phoff + i * phentsize + PHDR_SIZE), at);
+    if (h.type === 1) {
+      out.set(image.subarray(h.offset, h.offset + h.keep), h.newOffset);
+      outView.setBigUint64(at + 8, BigInt(h.newOffset), true);
+      outView.setBigUint64(at + 32, BigInt(h.keep), true);
+    } else if (h.fileSize > 0) {
+      const holder = loads.find((l) =>
+        h.offset >= l.offset && h.offset + h.fileSize <= l.offset + l.fileSize
+      );
+      const newOffset = holder ? holder.newOffset + (h.offset - holder.offset) : h.newOffset;
+      if (!holder) out.set(image.subarray(h.offset, h.offset + h.fileSize), newOffset);
+      outView.setBigUint64(at + 8, BigInt(newOffset), true);
+    }
+  });
+  parseElfKernel(out);
+  return out;
 }
 
 /** Options of {@linkcode cachedVmlinux}. */
@@ -124,7 +194,7 @@ export interface VmlinuxCacheOptions {
 
 /** What {@linkcode cachedVmlinux} returns. */
 export interface CachedVmlinux {
-  /** The ELF kernel. */
+  /** The ELF kernel, compacted (see {@linkcode compactElf}). */
   vmlinux: Uint8Array;
   /** `"cache"` when read back, `"extracted"` when decompressed by this call. */
   source: "cache" | "extracted";
@@ -133,8 +203,9 @@ export interface CachedVmlinux {
 }
 
 /**
- * {@linkcode extractVmlinux}, remembered: the first call for a bzImage
- * decompresses it and writes the result into the cache (atomically); later
+ * {@linkcode extractVmlinux}, compacted ({@linkcode compactElf}) and
+ * remembered: the first call for a bzImage decompresses it and writes the
+ * result into the cache (atomically); later
  * calls read it back. A cache that cannot be written is not an error (the
  * kernel is still returned); a cached file that is not a loadable ELF of the
  * expected size is replaced.
@@ -162,7 +233,7 @@ export function cachedVmlinux(
       // Absent, unreadable or damaged: extract again.
     }
   }
-  const vmlinux = extractVmlinux(image);
+  const vmlinux = compactElf(extractVmlinux(image));
   if (!path || !dir) return { vmlinux, source: "extracted" };
   try {
     Deno.mkdirSync(dir, { recursive: true });

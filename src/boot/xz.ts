@@ -190,6 +190,10 @@ class Lzma2Decoder {
   /**
    * Decodes one LZMA chunk of `input[inStart, inEnd)` into `out` from
    * `outPos` to `outEnd`; `dictStart` is where the dictionary was last reset.
+   *
+   * The range coder's registers live in locals on the hot path (literals,
+   * the match/literal decision) and in `rc` for the rest: a closure over
+   * them would keep them in memory on every bit, about halving the speed.
    */
   decodeChunk(
     input: Uint8Array,
@@ -202,63 +206,39 @@ class Lzma2Decoder {
   ): void {
     const probs = this.probs;
     if (inEnd - inStart < 5 || input[inStart] !== 0) throw new XzError("corrupt LZMA chunk");
-    let inPos = inStart + 1;
-    let code = ((input[inPos] << 24) | (input[inPos + 1] << 16) | (input[inPos + 2] << 8) |
-      input[inPos + 3]) >>> 0;
-    inPos += 4;
-    let range = 0xffffffff;
+    const rc = new RangeDecoder(input, probs, inStart + 1);
+    let range = rc.range;
+    let code = rc.code;
+    let inPos = rc.pos;
     let state = this.state;
     let rep0 = this.rep0, rep1 = this.rep1, rep2 = this.rep2, rep3 = this.rep3;
     const lc = this.lc;
     const lpMask = (1 << this.lp) - 1;
     const pbMask = (1 << this.pb) - 1;
 
-    // One binary decision with adaptive probability probs[i] (the range coder's core).
-    const bit = (i: number): number => {
-      const p = probs[i];
-      const bound = (range >>> 11) * p;
-      let b: number;
+    while (outPos < outEnd) {
+      if (inPos > inEnd) throw new XzError("an LZMA chunk reads past its end");
+      const posState = outPos & pbMask;
+      // bit(IS_MATCH[state][posState]), inline.
+      let pi = Lzma2Decoder.IS_MATCH + (state << 4) + posState;
+      let p = probs[pi];
+      let bound = (range >>> 11) * p;
+      let isMatch: boolean;
       if (code < bound) {
         range = bound;
-        probs[i] = p + ((2048 - p) >>> 5);
-        b = 0;
+        probs[pi] = p + ((2048 - p) >>> 5);
+        isMatch = false;
       } else {
         range -= bound;
         code -= bound;
-        probs[i] = p - (p >>> 5);
-        b = 1;
+        probs[pi] = p - (p >>> 5);
+        isMatch = true;
       }
       if (range < 0x1000000) {
         range = (range * 256) >>> 0;
         code = ((code * 256) + input[inPos++]) >>> 0;
       }
-      return b;
-    };
-    const tree = (base: number, bits: number): number => {
-      let m = 1;
-      for (let i = 0; i < bits; i++) m = (m << 1) | bit(base + m);
-      return m - (1 << bits);
-    };
-    const reverseTree = (base: number, bits: number): number => {
-      let m = 1;
-      let sym = 0;
-      for (let i = 0; i < bits; i++) {
-        const b = bit(base + m);
-        m = (m << 1) | b;
-        sym |= b << i;
-      }
-      return sym;
-    };
-    const length = (base: number, posState: number): number => {
-      if (bit(base) === 0) return tree(base + 2 + (posState << 3), 3);
-      if (bit(base + 1) === 0) return 8 + tree(base + 2 + 128 + (posState << 3), 3);
-      return 16 + tree(base + 2 + 256, 8);
-    };
-
-    while (outPos < outEnd) {
-      if (inPos > inEnd) throw new XzError("an LZMA chunk reads past its end");
-      const posState = outPos & pbMask;
-      if (bit(Lzma2Decoder.IS_MATCH + (state << 4) + posState) === 0) {
+      if (!isMatch) {
         const prev = outPos > dictStart ? out[outPos - 1] : 0;
         const base = Lzma2Decoder.LITERAL +
           0x300 * (((outPos & lpMask) << lc) + (prev >>> (8 - lc)));
@@ -269,66 +249,90 @@ class Lzma2Decoder {
           do {
             const matchBit = (match >>> 7) & 1;
             match <<= 1;
-            const b = bit(base + ((1 + matchBit) << 8) + sym);
+            pi = base + ((1 + matchBit) << 8) + sym;
+            p = probs[pi];
+            bound = (range >>> 11) * p;
+            let b: number;
+            if (code < bound) {
+              range = bound;
+              probs[pi] = p + ((2048 - p) >>> 5);
+              b = 0;
+            } else {
+              range -= bound;
+              code -= bound;
+              probs[pi] = p - (p >>> 5);
+              b = 1;
+            }
+            if (range < 0x1000000) {
+              range = (range * 256) >>> 0;
+              code = ((code * 256) + input[inPos++]) >>> 0;
+            }
             sym = (sym << 1) | b;
             if (matchBit !== b) break;
           } while (sym < 0x100);
         }
-        while (sym < 0x100) sym = (sym << 1) | bit(base + sym);
+        while (sym < 0x100) {
+          pi = base + sym;
+          p = probs[pi];
+          bound = (range >>> 11) * p;
+          if (code < bound) {
+            range = bound;
+            probs[pi] = p + ((2048 - p) >>> 5);
+            sym <<= 1;
+          } else {
+            range -= bound;
+            code -= bound;
+            probs[pi] = p - (p >>> 5);
+            sym = (sym << 1) | 1;
+          }
+          if (range < 0x1000000) {
+            range = (range * 256) >>> 0;
+            code = ((code * 256) + input[inPos++]) >>> 0;
+          }
+        }
         out[outPos++] = sym & 0xff;
         state = state < 4 ? 0 : state < 10 ? state - 3 : state - 6;
         continue;
       }
+      rc.range = range;
+      rc.code = code;
+      rc.pos = inPos;
       let len: number;
-      if (bit(Lzma2Decoder.IS_REP + state) === 0) {
+      if (rc.bit(Lzma2Decoder.IS_REP + state) === 0) {
         rep3 = rep2;
         rep2 = rep1;
         rep1 = rep0;
-        len = length(Lzma2Decoder.MATCH_LEN, posState);
+        len = rc.length(Lzma2Decoder.MATCH_LEN, posState);
         state = state < 7 ? 7 : 10;
-        const slot = tree(Lzma2Decoder.POS_SLOT + ((len < 4 ? len : 3) << 6), 6);
+        const slot = rc.tree(Lzma2Decoder.POS_SLOT + ((len < 4 ? len : 3) << 6), 6);
         if (slot < 4) {
           rep0 = slot;
         } else {
           const direct = (slot >>> 1) - 1;
-          let dist = (2 | (slot & 1)) * 2 ** direct;
-          if (slot < 14) {
-            dist += reverseTree(Lzma2Decoder.SPEC_POS + dist - slot - 1, direct);
-          } else {
-            let high = 0;
-            for (let i = direct - 4; i > 0; i--) {
-              range >>>= 1;
-              let b = 0;
-              if (code >= range) {
-                code -= range;
-                b = 1;
-              }
-              high = high * 2 + b;
-              if (range < 0x1000000) {
-                range = (range * 256) >>> 0;
-                code = ((code * 256) + input[inPos++]) >>> 0;
-              }
-            }
-            dist = dist + high * 16 + reverseTree(Lzma2Decoder.ALIGN, 4);
-          }
-          rep0 = dist >>> 0;
+          const dist = (2 | (slot & 1)) * 2 ** direct;
+          rep0 = slot < 14
+            ? dist + rc.reverseTree(Lzma2Decoder.SPEC_POS + dist - slot - 1, direct)
+            : dist + rc.direct(direct - 4) * 16 + rc.reverseTree(Lzma2Decoder.ALIGN, 4);
         }
       } else {
-        if (bit(Lzma2Decoder.IS_REP_G0 + state) === 0) {
-          if (bit(Lzma2Decoder.IS_REP0_LONG + (state << 4) + posState) === 0) {
+        if (rc.bit(Lzma2Decoder.IS_REP_G0 + state) === 0) {
+          if (rc.bit(Lzma2Decoder.IS_REP0_LONG + (state << 4) + posState) === 0) {
             // A one-byte repeat of distance rep0.
             if (outPos - rep0 - 1 < dictStart) throw new XzError("a match reaches before the data");
             state = state < 7 ? 9 : 11;
             out[outPos] = out[outPos - rep0 - 1];
             outPos++;
+            range = rc.range;
+            code = rc.code;
+            inPos = rc.pos;
             continue;
           }
         } else {
           let dist: number;
-          if (bit(Lzma2Decoder.IS_REP_G1 + state) === 0) {
+          if (rc.bit(Lzma2Decoder.IS_REP_G1 + state) === 0) {
             dist = rep1;
           } else {
-            if (bit(Lzma2Decoder.IS_REP_G2 + state) === 0) {
+            if (rc.bit(Lzma2Decoder.IS_REP_G2 + state) === 0) {
               dist = rep2;
             } else {
               dist = rep3;
@@ -339,21 +343,23 @@ class Lzma2Decoder {
           rep1 = rep0;
           rep0 = dist;
         }
-        len = length(Lzma2Decoder.REP_LEN, posState);
+        len = rc.length(Lzma2Decoder.REP_LEN, posState);
         state = state < 7 ? 8 : 11;
       }
+      range = rc.range;
+      code = rc.code;
+      inPos = rc.pos;
       len += 2;
       const from = outPos - rep0 - 1;
       if (from < dictStart) throw new XzError("a match reaches before the data");
       if (outPos + len > outEnd) throw new XzError("a match runs past its chunk");
       if (rep0 + 1 >= len) {
         out.copyWithin(outPos, from, from + len);
-        outPos += len;
       } else {
         // Overlapping copy (a run): byte by byte, each byte may be one just written.
         for (let i = 0; i < len; i++) out[outPos + i] = out[from + i];
-        outPos += len;
       }
+      outPos += len;
     }
     if (inPos !== inEnd || code !== 0) {
       throw new XzError("an LZMA chunk does not end where its header says");
@@ -363,6 +369,85 @@ class Lzma2Decoder {
     this.rep1 = rep1;
     this.rep2 = rep2;
     this.rep3 = rep3;
+  }
+}
+
+/** The LZMA range decoder, for the less frequent decisions (see `decodeChunk`). */
+class RangeDecoder {
+  range = 0xffffffff;
+  code: number;
+  pos: number;
+
+  constructor(readonly input: Uint8Array, readonly probs: Uint16Array, pos: number) {
+    this.code = ((input[pos] << 24) | (input[pos + 1] << 16) | (input[pos + 2] << 8) |
+      input[pos + 3]) >>> 0;
+    this.pos = pos + 4;
+  }
+
+  /** One binary decision with the adaptive probability `probs[i]`. */
+  bit(i: number): number {
+    const probs = this.probs;
+    const p = probs[i];
+    const bound = (this.range >>> 11) * p;
+    let b: number;
+    if (this.code < bound) {
+      this.range = bound;
+      probs[i] = p + ((2048 - p) >>> 5);
+      b = 0;
+    } else {
+      this.range -= bound;
+      this.code -= bound;
+      probs[i] = p - (p >>> 5);
+      b = 1;
+    }
+    if (this.range < 0x1000000) {
+      this.range = (this.range * 256) >>> 0;
+      this.code = ((this.code * 256) + this.input[this.pos++]) >>> 0;
+    }
+    return b;
+  }
+
+  /** `bits` bits with fixed probability one half, most significant first. */
+  direct(bits: number): number {
+    let value = 0;
+    for (let i = 0; i < bits; i++) {
+      this.range >>>= 1;
+      let b = 0;
+      if (this.code >= this.range) {
+        this.code -= this.range;
+        b = 1;
+      }
+      value = value * 2 + b;
+      if (this.range < 0x1000000) {
+        this.range = (this.range * 256) >>> 0;
+        this.code = ((this.code * 256) + this.input[this.pos++]) >>> 0;
+      }
+    }
+    return value;
+  }
+
+  tree(base: number, bits: number): number {
+    let m = 1;
+    for (let i = 0; i < bits; i++) m = (m << 1) | this.bit(base + m);
+    return m - (1 << bits);
+  }
+
+  reverseTree(base: number, bits: number): number {
+    let m = 1;
+    let sym = 0;
+    for (let i = 0; i < bits; i++) {
+      const b = this.bit(base + m);
+      m = (m << 1) | b;
+      sym |= b << i;
+    }
+    return sym;
+  }
+
+  /** A match length minus 2, from the length coder at `base`. */
+  length(base: number, posState: number): number {
+    if (this.bit(base) === 0) return this.tree(base + 2 + (posState << 3), 3);
+    if (this.bit(base + 1) === 0) return 8 + this.tree(base + 2 + 128 + (posState << 3), 3);
+    return 16 + this.tree(base + 2 + 256, 8);
   }
 }
 

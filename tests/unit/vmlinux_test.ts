@@ -6,7 +6,12 @@ import { deepStrictEqual, ok, strictEqual, throws } from "node:assert/strict";
 import { BootParams, HDRS_MAGIC } from "../../src/boot/boot_params.ts";
 import { BootImageError, type BootImageProblem, planLinuxBoot } from "../../src/boot/bzimage.ts";
 import { isElf, parseElfKernel } from "../../src/boot/elf.ts";
-import { bzImagePayload, cachedVmlinux, extractVmlinux } from "../../src/boot/vmlinux.ts";
+import {
+  bzImagePayload,
+  cachedVmlinux,
+  compactElf,
+  extractVmlinux,
+} from "../../src/boot/vmlinux.ts";
 import { hostKernelPath } from "../../examples/initramfs.ts";
 
 const MiB = 1024 * 1024;
@@ -74,6 +79,29 @@ Deno.test({
       () => planLinuxBoot(vmlinux(), { memorySize: 256 * MiB, cmdline: "x".repeat(2049) }),
       refused("cmdline-too-long", /at most 2048/),
     );
+  },
+});
+
+Deno.test({
+  name: "vmlinux: the compacted kernel loads the same bytes from a smaller file",
+  ignore: !xzKernel,
+  fn() {
+    const full = parseElfKernel(vmlinux());
+    const compacted = compactElf(vmlinux());
+    ok(compacted.length < vmlinux().length * 0.8, `${compacted.length} < ${vmlinux().length}`);
+    const small = parseElfKernel(compacted);
+    strictEqual(small.entry, full.entry);
+    strictEqual(small.segments.length, full.segments.length);
+    full.segments.forEach((segment, i) => {
+      const other = small.segments[i];
+      strictEqual(other.physicalAddress, segment.physicalAddress);
+      strictEqual(other.memorySize, segment.memorySize);
+      const a = new Uint8Array(segment.memorySize);
+      a.set(segment.bytes);
+      const b = new Uint8Array(other.memorySize);
+      b.set(other.bytes);
+      ok(a.every((byte, k) => byte === b[k]), `segment ${i} has the same memory image`);
+    });
   },
 });
 
