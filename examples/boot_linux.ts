@@ -2,13 +2,14 @@
  * Boots a Linux kernel with a serial console on this terminal.
  *
  * `deno task boot:linux -- --kernel PATH [--initrd PATH] [--cmdline "..."] [--memory 512M]
- * [--cpus N] [--timeout SEC] [--guest-decompress]`
+ * [--cpus N] [--timeout SEC] [--guest-decompress] [--trace]`
  *
  * The kernel is a bzImage or an uncompressed ELF `vmlinux`. An xz-compressed
  * bzImage (most distributions' kernels) is decompressed on the host once and
  * kept in the per-user cache, and the guest enters the uncompressed kernel
  * directly: its decompressor takes seconds on a nested or emulated host.
- * `--guest-decompress` boots the bzImage the classic way instead.
+ * `--guest-decompress` boots the bzImage the classic way instead. `--trace`
+ * prints when each phase ended (ms since the process started) on stderr.
  *
  * Without `--initrd`, a busybox initramfs is built on the fly when
  * `/bin/busybox` is a static binary (see `initramfs.ts`). Keyboard input goes
@@ -29,7 +30,7 @@ import { bzImagePayload, cachedVmlinux } from "../src/boot/vmlinux.ts";
 import { isElf } from "../src/boot/elf.ts";
 
 const USAGE = "usage: boot_linux.ts --kernel PATH [--initrd PATH] [--cmdline TEXT] " +
-  "[--memory SIZE] [--cpus N] [--timeout SEC] [--guest-decompress]";
+  "[--memory SIZE] [--cpus N] [--timeout SEC] [--guest-decompress] [--trace]";
 const DEFAULT_CMDLINE = "console=ttyS0 panic=-1 pci=off acpi=off";
 
 /** Parses `512M`, `1G`, `262144K` or a plain number of MiB into bytes. */
@@ -82,6 +83,7 @@ async function main(): Promise<number> {
       cpus: { type: "string", default: "1" },
       timeout: { type: "string" },
       "guest-decompress": { type: "boolean" },
+      trace: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -91,6 +93,11 @@ async function main(): Promise<number> {
   }
   const cpus = Number(values.cpus);
   const memorySize = parseSize(values.memory!);
+  // --trace: when each phase ended, in ms since the process started (on stderr).
+  const trace = values.trace
+    ? (what: string) => console.error(`boot_linux: ${Math.round(performance.now())} ms ${what}`)
+    : () => {};
+  trace("arguments parsed (runtime started, modules loaded)");
   const kernel = await Deno.readFile(values.kernel);
   let initrd: Uint8Array | undefined;
   if (values.initrd) {
@@ -106,6 +113,7 @@ async function main(): Promise<number> {
   const out = new Uint8Array(1);
   let machine: LinuxMachine;
   try {
+    trace("kernel and initrd read");
     let vmlinux: Uint8Array | undefined;
     if (!values["guest-decompress"] && !isElf(kernel) && bzImagePayload(kernel).format === "xz") {
       const found = cachedVmlinux(kernel);
@@ -118,6 +126,8 @@ async function main(): Promise<number> {
         );
       }
     }
+    if (vmlinux) trace("uncompressed kernel ready");
+    let quiet = true;
     machine = LinuxMachine.create({
       kernel,
       vmlinux,
@@ -126,6 +136,10 @@ async function main(): Promise<number> {
       memorySize,
       cpus,
       serialOutput: (byte) => {
+        if (quiet) {
+          quiet = false;
+          trace("first byte on the serial port");
+        }
         out[0] = byte;
         Deno.stdout.writeSync(out);
       },
@@ -174,7 +188,9 @@ async function main(): Promise<number> {
   let code: number;
   try {
     const timeoutMs = values.timeout ? Number(values.timeout) * 1000 : undefined;
+    trace("machine created");
     const exit = await machine.run({ poll, timeoutMs });
+    trace(`run ended: ${exit.reason}`);
     if (raw) Deno.stdin.setRaw(false);
     switch (exit.reason) {
       case "reset":

@@ -44,6 +44,7 @@ export const Errno = {
   EBADMSG: 74,
   EOVERFLOW: 75,
   EOPNOTSUPP: 95,
+  ETIMEDOUT: 110,
   EHWPOISON: 133,
 } as const;
 
@@ -74,6 +75,7 @@ const DESCRIPTIONS: Partial<Record<ErrnoCode, string>> = {
   ERANGE: "out of range",
   EOPNOTSUPP: "not supported",
   EBADMSG: "bad message",
+  ETIMEDOUT: "timed out",
 };
 
 /** The name of an errno value, e.g. `errnoName(22) === "EINVAL"`. */

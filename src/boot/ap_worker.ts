@@ -48,6 +48,7 @@ function runAp(msg: ApStartMessage): void {
     0,
     vcpu.kickTarget.threadId,
   );
+  Atomics.notify(box.words, Mailbox.THREAD_ID);
   if (claimed !== 0) {
     vcpu.close();
     Atomics.store(box.words, Mailbox.DONE, 1);

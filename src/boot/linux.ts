@@ -223,7 +223,10 @@ export class LinuxMachine {
       // Boot protocol: RSI (ESI) points to the zero page; interrupts off.
       bsp.setRegs(bsp.getRegs().assign({ rsi: BigInt(ZERO_PAGE_ADDRESS), rflags: 2n }));
       this.#aps = vcpus.slice(1).map((vcpu) => ({ vcpu, box: new Mailbox() }));
+      // Workers take a while to load: start them now, while the caller finishes its setup.
+      this.#startAps();
     } catch (e) {
+      this.#stopAps();
       vm.close();
       throw e;
     }
@@ -279,9 +282,8 @@ export class LinuxMachine {
   }
 
   /**
-   * Starts one Worker per AP without waiting for them: a worker takes about a
-   * second to load, and the APs only matter once Linux sends them INIT and
-   * SIPI (KVM holds those until the AP's thread enters KVM_RUN).
+   * Starts one Worker per AP without waiting for them (a worker takes about a
+   * second to load); {@linkcode run} waits until each has claimed its vCPU.
    */
   #startAps(): void {
     const bspTarget = this.vcpus[0].kickTarget;
@@ -305,6 +307,28 @@ export class LinuxMachine {
         bsp: bspTarget,
       };
       worker.postMessage(start);
+    }
+  }
+
+  /**
+   * Blocks until every AP's worker runs its vCPU loop. The bootstrap vCPU must
+   * not start earlier: Linux gives an AP 10 s to answer its INIT and SIPI, and
+   * an AP that starts after Linux gave up would run a freed trampoline.
+   */
+  #awaitAps(timeoutMs = 60_000): void {
+    const deadline = performance.now() + timeoutMs;
+    for (const ap of this.#aps) {
+      while (Atomics.load(ap.box.words, Mailbox.THREAD_ID) === 0) {
+        const left = deadline - performance.now();
+        if (left <= 0) {
+          throw new KvmError(
+            "run Linux machine",
+            Errno.ETIMEDOUT,
+            `the worker for vCPU ${ap.vcpu.id} did not start${ap.error ? `: ${ap.error}` : ""}`,
+          );
+        }
+        Atomics.wait(ap.box.words, Mailbox.THREAD_ID, 0, Math.min(left, 100));
+      }
     }
   }
 
@@ -406,9 +430,9 @@ export class LinuxMachine {
     const bsp = this.vcpus[0];
     bsp.adoptThread();
     let watchdog: Worker | undefined;
-    const timeUp = new Int32Array(new SharedArrayBuffer(4));
+    // [0]: the time is up; [1]: the watchdog is armed.
+    const timeUp = new Int32Array(new SharedArrayBuffer(8));
     try {
-      this.#startAps();
       if (options.timeoutMs !== undefined) {
         watchdog = new Worker(new URL("./watchdog_worker.ts", import.meta.url).href, {
           type: "module",
@@ -420,6 +444,10 @@ export class LinuxMachine {
         };
         watchdog.postMessage(start);
       }
+      this.#awaitAps(options.timeoutMs);
+      // Workers starting while the guest runs disturb it (on the nested test host, a guest
+      // once lost its timer interrupt): the bootstrap vCPU starts after all of them.
+      if (watchdog) Atomics.wait(timeUp, 1, 0, 10_000);
       const poll = options.poll;
       const hasAps = this.#aps.length > 0;
       while (this.#exit === null) {

@@ -118,9 +118,13 @@ const PHDR_SIZE = 56;
  * of the file (`p_filesz` shortened, `p_memsz` kept: the loader zeroes the
  * rest) and without section headers: about half the size of a distribution
  * `vmlinux`, whose `.bss` is stored as zeros. Other segments (the notes QEMU's
- * PVH boot reads) keep their bytes.
+ * PVH boot reads) keep their bytes. With `inPlace`, the result is a view of
+ * `image`'s own buffer, rewritten (no second copy of a 60 MB kernel).
  */
-export function compactElf(image: Uint8Array): Uint8Array<ArrayBuffer> {
+export function compactElf(
+  image: Uint8Array,
+  options: { inPlace?: boolean } = {},
+): Uint8Array {
   parseElfKernel(image);
   const view = new DataView(image.buffer, image.byteOffset, image.byteLength);
   const phoff = Number(view.getBigUint64(32, true));
@@ -129,6 +133,7 @@ export function compactElf(image: Uint8Array): Uint8Array<ArrayBuffer> {
   const headers = Array.from({ length: phnum }, (_, i) => {
     const at = phoff + i * phentsize;
     return {
+      raw: image.slice(at, at + PHDR_SIZE),
       type: view.getUint32(at, true),
       offset: Number(view.getBigUint64(at + 8, true)),
       fileSize: Number(view.getBigUint64(at + 32, true)),
@@ -143,23 +148,42 @@ export function compactElf(image: Uint8Array): Uint8Array<ArrayBuffer> {
     h.keep = keep;
   }
   // Other segments are read through the loadable segment that holds their bytes.
-  const others = headers.filter((h) => h.type !== 1 && h.fileSize > 0);
-  const outside = others.filter((o) => {
-    const holder = loads.find((l) =>
-      o.offset >= l.offset && o.offset + o.fileSize <= l.offset + l.fileSize
-    );
+  const holderOf = (o: { offset: number; fileSize: number }) =>
+    loads.find((l) => o.offset >= l.offset && o.offset + o.fileSize <= l.offset + l.fileSize);
+  const outside = headers.filter((o) => {
+    if (o.type === 1 || o.fileSize === 0) return false;
+    const holder = holderOf(o);
     if (holder) holder.keep = Math.max(holder.keep, o.offset + o.fileSize - holder.offset);
+    else o.keep = o.fileSize;
     return !holder;
   });
+  // Laid out in file order, each range moves down, never over one not yet moved.
+  const moved = [...loads, ...outside].sort((a, b) => a.offset - b.offset);
   let size = EHDR_SIZE + phnum * PHDR_SIZE;
-  for (const h of [...loads, ...outside]) {
+  for (const h of moved) {
     size = Math.ceil(size / 16) * 16;
     h.newOffset = size;
-    size += h.type === 1 ? h.keep : h.fileSize;
+    size += h.keep;
   }
-  const out = new Uint8Array(size);
-  const outView = new DataView(out.buffer);
-  out.set(image.subarray(0, EHDR_SIZE));
+  const inPlace = options.inPlace === true &&
+    moved.every((h, i) =>
+      h.newOffset <= h.offset &&
+      (i + 1 === moved.length || h.newOffset + h.keep <= moved[i + 1].offset) &&
+      (i > 0 || EHDR_SIZE + phnum * PHDR_SIZE <= h.offset)
+    );
+  const out = inPlace ? image : new Uint8Array(size);
+  if (!inPlace) out.set(image.subarray(0, EHDR_SIZE));
+  let end = EHDR_SIZE + phnum * PHDR_SIZE;
+  for (const h of moved) {
+    if (inPlace) {
+      out.fill(0, end, h.newOffset); // the alignment gap, as in a fresh copy
+      out.copyWithin(h.newOffset, h.offset, h.offset + h.keep);
+    } else {
+      out.set(image.subarray(h.offset, h.offset + h.keep), h.newOffset);
+    }
+    end = h.newOffset + h.keep;
+  }
+  const outView = new DataView(out.buffer, out.byteOffset, out.byteLength);
   outView.setBigUint64(32, BigInt(EHDR_SIZE), true); // e_phoff
   outView.setBigUint64(40, 0n, true); // e_shoff: no section headers
   outView.setUint16(54, PHDR_SIZE, true);
@@ -168,22 +192,19 @@ export function compactElf(image: Uint8Array): Uint8Array<ArrayBuffer> {
   outView.setUint16(62, 0, true); // e_shstrndx
   headers.forEach((h, i) => {
     const at = EHDR_SIZE + i * PHDR_SIZE;
-    out.set(image.subarray(phoff + i * phentsize, phoff + i * phentsize + PHDR_SIZE), at);
+    out.set(h.raw, at);
     if (h.type === 1) {
-      out.set(image.subarray(h.offset, h.offset + h.keep), h.newOffset);
       outView.setBigUint64(at + 8, BigInt(h.newOffset), true);
       outView.setBigUint64(at + 32, BigInt(h.keep), true);
     } else if (h.fileSize > 0) {
-      const holder = loads.find((l) =>
-        h.offset >= l.offset && h.offset + h.fileSize <= l.offset + l.fileSize
-      );
+      const holder = holderOf(h);
       const newOffset = holder ? holder.newOffset + (h.offset - holder.offset) : h.newOffset;
-      if (!holder) out.set(image.subarray(h.offset, h.offset + h.fileSize), newOffset);
       outView.setBigUint64(at + 8, BigInt(newOffset), true);
     }
   });
-  parseElfKernel(out);
-  return out;
+  const result = out.subarray(0, size);
+  parseElfKernel(result);
+  return result;
 }
 
 /** Options of {@linkcode cachedVmlinux}. */
@@ -233,7 +254,8 @@ export function cachedVmlinux(
       // Absent, unreadable or damaged: extract again.
     }
   }
-  const vmlinux = compactElf(extractVmlinux(image));
+  // In place: no 60 MB of garbage for the collector to return while a VM runs.
+  const vmlinux = compactElf(extractVmlinux(image), { inPlace: true });
   if (!path || !dir) return { vmlinux, source: "extracted" };
   try {
     Deno.mkdirSync(dir, { recursive: true });

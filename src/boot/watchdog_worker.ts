@@ -14,7 +14,7 @@ import type { KickTarget } from "../kvm/vcpu.ts";
 export interface WatchdogStartMessage {
   /** Delay in milliseconds. */
   ms: number;
-  /** An Int32Array's buffer; element 0 becomes 1 when the time is up. */
+  /** An Int32Array's buffer; element 0 becomes 1 when the time is up, element 1 once armed. */
   flag: SharedArrayBuffer;
   /** The thread to kick. */
   bsp: KickTarget;
@@ -23,8 +23,11 @@ export interface WatchdogStartMessage {
 (globalThis as unknown as { onmessage: (e: MessageEvent<WatchdogStartMessage>) => void })
   .onmessage = (event) => {
     const { ms, flag, bsp } = event.data;
+    const words = new Int32Array(flag);
+    Atomics.store(words, 1, 1);
+    Atomics.notify(words, 1);
     setTimeout(() => {
-      Atomics.store(new Int32Array(flag), 0, 1);
+      Atomics.store(words, 0, 1);
       // A failed kick (the thread already gone) leaves nothing to stop.
       native().kvm_kick(bsp.threadId, Deno.UnsafePointer.create(bsp.runAddress + 1n));
     }, ms);

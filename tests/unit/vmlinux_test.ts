@@ -88,6 +88,14 @@ Deno.test({
   fn() {
     const full = parseElfKernel(vmlinux());
     const compacted = compactElf(vmlinux());
+    const copy = vmlinux().slice();
+    const inPlace = compactElf(copy, { inPlace: true });
+    strictEqual(inPlace.buffer, copy.buffer, "in place: a view of the same buffer");
+    strictEqual(inPlace.length, compacted.length);
+    ok(
+      inPlace.every((byte, k) => byte === compacted[k]),
+      "in place and copied give the same bytes",
+    );
     ok(compacted.length < vmlinux().length * 0.8, `${compacted.length} < ${vmlinux().length}`);
     const small = parseElfKernel(compacted);
     strictEqual(small.entry, full.entry);
