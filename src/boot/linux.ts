@@ -50,6 +50,11 @@ export interface LinuxMachineOptions {
   cmdline?: string;
   /** Guest RAM in bytes (a multiple of 2 MiB). */
   memorySize: number;
+  /**
+   * Back guest RAM with transparent huge pages (default true; see
+   * `GuestMemoryOptions.hugePages`).
+   */
+  hugePages?: boolean;
   /** vCPUs, 1 to 64 (default 1). */
   cpus?: number;
   /** Receives each byte the guest sends on COM1. */
@@ -170,7 +175,7 @@ export class LinuxMachine {
     const vm = this.vm = kvm.createVm();
     try {
       setupPlatform(vm);
-      const ram = vm.allocateMemory(options.memorySize);
+      const ram = vm.allocateMemory(options.memorySize, { hugePages: options.hugePages });
       vm.setUserMemoryRegion({
         slot: 0,
         guestPhysAddr: 0,

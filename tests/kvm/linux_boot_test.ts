@@ -63,7 +63,7 @@ async function bootToInit(kernel: Uint8Array, vmlinux?: Uint8Array): Promise<voi
     onUnhandled: verbose ? (what) => console.error(`[unhandled] ${what}`) : undefined,
   });
   const created = performance.now();
-  const exit = await machine.run({ timeoutMs: 180_000 });
+  const exit = await machine.run({ timeoutMs: 120_000 });
   const ended = performance.now();
   // performance.now() counts from process start.
   console.log(
@@ -91,6 +91,21 @@ async function bootToInit(kernel: Uint8Array, vmlinux?: Uint8Array): Promise<voi
   }
 }
 
+/**
+ * Boots once more when the first boot fails with the guest stalled, crashed or
+ * out of time, logging why. On the sandbox's nested KVM (SVM emulated by QEMU's
+ * TCG) about one boot in ten stalls in the guest's interrupt handling, QEMU's
+ * own boots too; a real defect fails both attempts.
+ */
+async function bootWithOneRetry(kernel: Uint8Array, vmlinux?: Uint8Array): Promise<void> {
+  try {
+    await bootToInit(kernel, vmlinux);
+  } catch (e) {
+    console.log(`first boot failed (${(e as Error).message}); booting once more`);
+    await bootToInit(kernel, vmlinux);
+  }
+}
+
 function hostKernel(): Uint8Array {
   const kernelPath = hostKernelPath();
   ok(kernelPath, "a kernel image is installed (/boot/vmlinuz*)");
@@ -98,7 +113,7 @@ function hostKernel(): Uint8Array {
 }
 
 Deno.test("linux: Debian's kernel boots to /init with 2 vCPUs and 256 MiB, then reboots", async () => {
-  await bootToInit(hostKernel());
+  await bootWithOneRetry(hostKernel());
 });
 
 Deno.test("linux: the same kernel, decompressed on the host, entered at its ELF entry", async () => {
@@ -109,5 +124,5 @@ Deno.test("linux: the same kernel, decompressed on the host, entered at its ELF 
   console.log(
     `vmlinux (${vmlinux.length} bytes) ${source} in ${Math.round(performance.now() - t0)} ms`,
   );
-  await bootToInit(kernel, vmlinux);
+  await bootWithOneRetry(kernel, vmlinux);
 });
