@@ -211,6 +211,7 @@ export {
   writeE820,
 } from "./src/boot/boot_params.ts";
 export { buildMpTable, MPTABLE_ADDRESS } from "./src/boot/mptable.ts";
+export { MappedFile } from "./src/kvm/mapped_file.ts";
 export {
   type ElfKernel,
   type ElfSegment,

@@ -26,7 +26,7 @@ import { parseArgs } from "node:util";
 import { LinuxMachine } from "../src/boot/linux.ts";
 import { KvmError } from "../src/errors.ts";
 import { buildInitramfs } from "./initramfs.ts";
-import { bzImagePayload, cachedVmlinux } from "../src/boot/vmlinux.ts";
+import { bzImagePayload, type CachedVmlinux, cachedVmlinux } from "../src/boot/vmlinux.ts";
 import { isElf } from "../src/boot/elf.ts";
 
 const USAGE = "usage: boot_linux.ts --kernel PATH [--initrd PATH] [--cmdline TEXT] " +
@@ -112,12 +112,12 @@ async function main(): Promise<number> {
 
   const out = new Uint8Array(1);
   let machine: LinuxMachine;
+  let found: CachedVmlinux | undefined;
   try {
     trace("kernel and initrd read");
-    let vmlinux: Uint8Array | undefined;
     if (!values["guest-decompress"] && !isElf(kernel) && bzImagePayload(kernel).format === "xz") {
-      const found = cachedVmlinux(kernel);
-      vmlinux = found.vmlinux;
+      // Mapped, not read: the machine copies the segments into guest RAM once.
+      found = cachedVmlinux(kernel, { map: true });
       if (found.source === "extracted") {
         console.error(
           `boot_linux: decompressed the kernel on the host${
@@ -126,11 +126,11 @@ async function main(): Promise<number> {
         );
       }
     }
-    if (vmlinux) trace("uncompressed kernel ready");
+    if (found) trace(`uncompressed kernel ready (${found.source})`);
     let quiet = true;
     machine = LinuxMachine.create({
       kernel,
-      vmlinux,
+      vmlinux: found?.vmlinux,
       initrd,
       cmdline: values.cmdline,
       memorySize,
@@ -147,6 +147,8 @@ async function main(): Promise<number> {
   } catch (e) {
     console.error(`boot_linux: ${(e as Error).message}`);
     return e instanceof KvmError && e.operation === "load kernel" ? 2 : 1;
+  } finally {
+    found?.close(); // the machine has its copy in guest RAM
   }
 
   // Input: a Worker pumps stdin into a ring; the run loop's poll drains it into the UART.

@@ -172,6 +172,15 @@ Deno.test({
       const second = cachedVmlinux(image!, { directory });
       strictEqual(second.source, "cache");
       strictEqual(second.vmlinux.length, first.vmlinux.length);
+      using mapped = cachedVmlinux(image!, { directory, map: true });
+      strictEqual(mapped.source, "cache");
+      strictEqual(mapped.vmlinux.length, first.vmlinux.length);
+      ok(
+        mapped.vmlinux.every((byte, k) => byte === first.vmlinux[k]),
+        "the mapping holds the file",
+      );
+      mapped.close();
+      strictEqual(mapped.vmlinux.length, 0, "closed: the view is empty");
       Deno.writeFileSync(first.path!, new Uint8Array(10));
       strictEqual(cachedVmlinux(image!, { directory }).source, "extracted");
       strictEqual(Deno.statSync(first.path!).size, first.vmlinux.length);
@@ -180,4 +189,31 @@ Deno.test({
       Deno.removeSync(directory, { recursive: true });
     }
   },
+});
+
+Deno.test("vmlinux: MappedFile maps a file, refuses missing and empty ones, and unmaps", async () => {
+  const { MappedFile } = await import("../../src/kvm/mapped_file.ts");
+  const { KvmError } = await import("../../src/errors.ts");
+  const dir = Deno.makeTempDirSync();
+  try {
+    Deno.writeFileSync(`${dir}/f`, new Uint8Array([1, 2, 3, 4, 5]));
+    const file = MappedFile.open(`${dir}/f`);
+    deepStrictEqual([...file.bytes], [1, 2, 3, 4, 5]);
+    file.bytes[0] = 9; // private: the file keeps its byte
+    strictEqual(Deno.readFileSync(`${dir}/f`)[0], 1);
+    file.close();
+    file.close();
+    strictEqual(file.bytes.length, 0);
+    throws(
+      () => MappedFile.open(`${dir}/missing`),
+      (e: unknown) => e instanceof KvmError && e.code === "ENOENT",
+    );
+    Deno.writeFileSync(`${dir}/empty`, new Uint8Array());
+    throws(
+      () => MappedFile.open(`${dir}/empty`),
+      (e: unknown) => e instanceof KvmError && e.code === "EINVAL",
+    );
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });

@@ -1,0 +1,87 @@
+/**
+ * A file mapped into memory (private, copy-on-write) and seen as a
+ * `Uint8Array` without reading it: loading a large kernel image this way
+ * skips a copy and an allocation of its size.
+ *
+ * @module
+ */
+
+import { Errno, KvmError, unwrap } from "../errors.ts";
+import { native } from "../ffi/library.ts";
+import { MAP_PRIVATE, PROT_READ, PROT_WRITE } from "./constants.ts";
+
+const O_RDONLY = 0;
+
+/**
+ * A private mapping of a whole file. Writes through {@linkcode bytes} go to
+ * private copies of the pages, never to the file. Owns the mapping: call
+ * {@linkcode close} (or `using`) when done; the view is empty after that.
+ *
+ * @example
+ * ```ts ignore
+ * import { MappedFile } from "./mapped_file.ts";
+ * using file = MappedFile.open("/boot/vmlinuz");
+ * console.log(file.bytes[0x202]); // 0x48, "H" of "HdrS"
+ * ```
+ */
+export class MappedFile {
+  #address: bigint;
+  #buffer: ArrayBuffer;
+  /** The file's bytes. Length 0 after {@linkcode close}. */
+  readonly bytes: Uint8Array;
+  /** The file's size in bytes. */
+  readonly size: number;
+
+  private constructor(address: bigint, size: number) {
+    this.#address = address;
+    this.size = size;
+    this.#buffer = Deno.UnsafePointerView.getArrayBuffer(Deno.UnsafePointer.create(address)!, size);
+    this.bytes = new Uint8Array(this.#buffer);
+  }
+
+  /** Maps the file at `path`; an empty or unreadable file is a {@linkcode KvmError}. */
+  static open(path: string): MappedFile {
+    const lib = native();
+    const fd = unwrap(
+      lib.kvm_open(new TextEncoder().encode(`${path}\0`), O_RDONLY),
+      "open file",
+      () => path,
+    );
+    try {
+      const size = Deno.statSync(path).size;
+      if (size === 0) throw new KvmError("mmap file", Errno.EINVAL, `${path} is empty`);
+      const out = new BigUint64Array(1);
+      unwrap(
+        lib.kvm_mmap(fd, BigInt(size), PROT_READ | PROT_WRITE, MAP_PRIVATE, 0n, out),
+        "mmap file",
+        () => `${path} (${size} bytes)`,
+      );
+      return new MappedFile(out[0], size);
+    } finally {
+      // The mapping keeps the file; the descriptor is not needed any more.
+      lib.kvm_close(fd);
+    }
+  }
+
+  /** Whether {@linkcode close} has been called. */
+  get closed(): boolean {
+    return this.#address === 0n;
+  }
+
+  /** Unmaps the file; views of {@linkcode bytes} become empty first. Idempotent. */
+  close(): void {
+    if (this.#address === 0n) return;
+    const address = this.#address;
+    this.#address = 0n;
+    this.#buffer.transfer(0);
+    unwrap(
+      native().kvm_munmap(Deno.UnsafePointer.create(address), BigInt(this.size)),
+      "munmap file",
+    );
+  }
+
+  /** Same as {@linkcode close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
