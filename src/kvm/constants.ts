@@ -25,6 +25,8 @@ export const MAP_SHARED = 0x01;
 export const MAP_PRIVATE = 0x02;
 /** See {@linkcode PROT_READ}. */
 export const MAP_NORESERVE = 0x4000;
+/** See {@linkcode PROT_READ}. */
+export const MAP_POPULATE = 0x8000;
 /** The size of an x86 huge page (a PMD mapping), the unit KVM maps guest RAM in when it can. */
 export const HUGE_PAGE_SIZE = 2 * 1024 * 1024;
 /** madvise(2) advice: back the range with transparent huge pages. */

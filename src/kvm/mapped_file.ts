@@ -8,7 +8,7 @@
 
 import { Errno, KvmError, unwrap } from "../errors.ts";
 import { native } from "../ffi/library.ts";
-import { MAP_PRIVATE, PROT_READ, PROT_WRITE } from "./constants.ts";
+import { MAP_POPULATE, MAP_PRIVATE, PROT_READ, PROT_WRITE } from "./constants.ts";
 
 const O_RDONLY = 0;
 
@@ -51,8 +51,10 @@ export class MappedFile {
       const size = Deno.statSync(path).size;
       if (size === 0) throw new KvmError("mmap file", Errno.EINVAL, `${path} is empty`);
       const out = new BigUint64Array(1);
+      // MAP_POPULATE: one pass over the page cache instead of a page fault per 4 KiB
+      // (a 35 MB kernel is 8,600 faults, seconds on an emulated host).
       unwrap(
-        lib.kvm_mmap(fd, BigInt(size), PROT_READ | PROT_WRITE, MAP_PRIVATE, 0n, out),
+        lib.kvm_mmap(fd, BigInt(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_POPULATE, 0n, out),
         "mmap file",
         () => `${path} (${size} bytes)`,
       );
