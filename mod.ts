@@ -212,6 +212,7 @@ export {
 } from "./src/boot/boot_params.ts";
 export { buildMpTable, MPTABLE_ADDRESS } from "./src/boot/mptable.ts";
 export { MappedFile } from "./src/kvm/mapped_file.ts";
+export { HostMapping } from "./src/kvm/host_mapping.ts";
 export {
   type ElfKernel,
   type ElfSegment,

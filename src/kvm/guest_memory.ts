@@ -6,6 +6,7 @@
  */
 
 import { Errno, KvmError, unwrap } from "../errors.ts";
+import { HostMapping } from "./host_mapping.ts";
 import { native } from "../ffi/library.ts";
 import {
   HUGE_PAGE_SIZE,
@@ -37,7 +38,9 @@ export interface GuestMemoryOptions {
 
 /**
  * A page-aligned anonymous mapping. Pages are reserved lazily (MAP_NORESERVE),
- * so a large guest costs only what it touches.
+ * so a large guest costs only what it touches. Close it only after the memory
+ * slots using it are removed or their VM is closed (the VM does this for
+ * memory it allocated).
  *
  * @example
  * ```ts
@@ -46,20 +49,12 @@ export interface GuestMemoryOptions {
  * ram.bytes.set([0xf4], 0); // hlt
  * ```
  */
-export class GuestMemory {
-  #address: bigint;
-  #buffer: ArrayBuffer;
-  /** The memory, viewed without a copy. Length 0 after {@linkcode close}. */
-  readonly bytes: Uint8Array;
-  /** Size in bytes. */
-  readonly size: number;
+export class GuestMemory extends HostMapping {
+  /** Names the mapping in error messages. */
+  protected readonly kind = "guest memory";
 
   private constructor(address: bigint, size: number) {
-    this.#address = address;
-    this.size = size;
-    const pointer = Deno.UnsafePointer.create(address)!;
-    this.#buffer = Deno.UnsafePointerView.getArrayBuffer(pointer, size);
-    this.bytes = new Uint8Array(this.#buffer);
+    super(address, size);
   }
 
   /** Maps `size` bytes (a positive multiple of 4096) of zeroed memory. */
@@ -97,37 +92,5 @@ export class GuestMemory {
       out[0] = aligned;
     }
     return new GuestMemory(out[0], size);
-  }
-
-  /** The host virtual address (for `userspace_addr`); 0n after close. */
-  get address(): bigint {
-    return this.#address;
-  }
-
-  /** Whether {@linkcode close} has been called. */
-  get closed(): boolean {
-    return this.#address === 0n;
-  }
-
-  /**
-   * Unmaps the memory. Every view of {@linkcode bytes} becomes empty first
-   * (its buffer is detached), so a stale view cannot touch unmapped memory.
-   * Idempotent. Unmap only after the memory slots using it are removed or
-   * their VM is closed: the VM does this for memory it allocated.
-   */
-  close(): void {
-    if (this.#address === 0n) return;
-    const address = this.#address;
-    this.#address = 0n;
-    this.#buffer.transfer(0);
-    unwrap(
-      native().kvm_munmap(Deno.UnsafePointer.create(address), BigInt(this.size)),
-      "munmap guest memory",
-    );
-  }
-
-  /** Same as {@linkcode close}, for `using`. */
-  [Symbol.dispose](): void {
-    this.close();
   }
 }

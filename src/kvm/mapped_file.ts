@@ -8,6 +8,7 @@
 
 import { Errno, KvmError, unwrap } from "../errors.ts";
 import { native } from "../ffi/library.ts";
+import { HostMapping } from "./host_mapping.ts";
 import { MAP_POPULATE, MAP_PRIVATE, PROT_READ, PROT_WRITE } from "./constants.ts";
 
 const O_RDONLY = 0;
@@ -24,19 +25,12 @@ const O_RDONLY = 0;
  * console.log(file.bytes[0x202]); // 0x48, "H" of "HdrS"
  * ```
  */
-export class MappedFile {
-  #address: bigint;
-  #buffer: ArrayBuffer;
-  /** The file's bytes. Length 0 after {@linkcode close}. */
-  readonly bytes: Uint8Array;
-  /** The file's size in bytes. */
-  readonly size: number;
+export class MappedFile extends HostMapping {
+  /** Names the mapping in error messages. */
+  protected readonly kind = "file";
 
   private constructor(address: bigint, size: number) {
-    this.#address = address;
-    this.size = size;
-    this.#buffer = Deno.UnsafePointerView.getArrayBuffer(Deno.UnsafePointer.create(address)!, size);
-    this.bytes = new Uint8Array(this.#buffer);
+    super(address, size);
   }
 
   /** Maps the file at `path`; an empty or unreadable file is a {@linkcode KvmError}. */
@@ -63,27 +57,5 @@ export class MappedFile {
       // The mapping keeps the file; the descriptor is not needed any more.
       lib.kvm_close(fd);
     }
-  }
-
-  /** Whether {@linkcode close} has been called. */
-  get closed(): boolean {
-    return this.#address === 0n;
-  }
-
-  /** Unmaps the file; views of {@linkcode bytes} become empty first. Idempotent. */
-  close(): void {
-    if (this.#address === 0n) return;
-    const address = this.#address;
-    this.#address = 0n;
-    this.#buffer.transfer(0);
-    unwrap(
-      native().kvm_munmap(Deno.UnsafePointer.create(address), BigInt(this.size)),
-      "munmap file",
-    );
-  }
-
-  /** Same as {@linkcode close}, for `using`. */
-  [Symbol.dispose](): void {
-    this.close();
   }
 }

@@ -4,8 +4,6 @@
 import { deepStrictEqual, ok, strictEqual, throws } from "node:assert/strict";
 import { BootParams, E820_RAM, E820_RESERVED } from "../../src/boot/boot_params.ts";
 import {
-  BootImageError,
-  type BootImageProblem,
   CMDLINE_ADDRESS,
   KERNEL_LOAD_ADDRESS,
   parseBzImage,
@@ -13,23 +11,13 @@ import {
 } from "../../src/boot/bzimage.ts";
 import { buildMpTable } from "../../src/boot/mptable.ts";
 import { hostKernelPath } from "../../examples/initramfs.ts";
+import { refused } from "./boot_refusal.ts";
 
 const MiB = 1024 * 1024;
 
 const kernelPath = hostKernelPath();
 const image = kernelPath ? Deno.readFileSync(kernelPath) : undefined;
 const ignore = image === undefined;
-
-function refused(problem: BootImageProblem, code: string, message: RegExp) {
-  return (error: unknown) => {
-    ok(error instanceof BootImageError, `a BootImageError, got ${error}`);
-    strictEqual(error.problem, problem);
-    strictEqual(error.code, code);
-    strictEqual(error.operation, "load kernel");
-    ok(message.test(error.message), `${JSON.stringify(error.message)} matches ${message}`);
-    return true;
-  };
-}
 
 Deno.test({
   name: "bzimage: a distribution kernel parses and plans a 256 MiB boot",

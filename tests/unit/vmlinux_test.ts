@@ -4,7 +4,7 @@
 
 import { deepStrictEqual, ok, strictEqual, throws } from "node:assert/strict";
 import { BootParams, HDRS_MAGIC } from "../../src/boot/boot_params.ts";
-import { BootImageError, type BootImageProblem, planLinuxBoot } from "../../src/boot/bzimage.ts";
+import { planLinuxBoot } from "../../src/boot/bzimage.ts";
 import { isElf, parseElfKernel } from "../../src/boot/elf.ts";
 import {
   bzImagePayload,
@@ -13,6 +13,7 @@ import {
   extractVmlinux,
 } from "../../src/boot/vmlinux.ts";
 import { hostKernelPath } from "../../examples/initramfs.ts";
+import { refused } from "./boot_refusal.ts";
 
 const MiB = 1024 * 1024;
 const kernelPath = hostKernelPath();
@@ -20,16 +21,6 @@ const image = kernelPath ? Deno.readFileSync(kernelPath) : undefined;
 const xzKernel = image !== undefined && bzImagePayload(image).format === "xz";
 let extracted: Uint8Array | undefined;
 const vmlinux = () => extracted ??= extractVmlinux(image!);
-
-function refused(problem: BootImageProblem, message: RegExp) {
-  return (error: unknown) => {
-    ok(error instanceof BootImageError, `a BootImageError, got ${error}`);
-    strictEqual(error.problem, problem);
-    strictEqual(error.operation, "load kernel");
-    ok(message.test(error.message), `${JSON.stringify(error.message)} matches ${message}`);
-    return true;
-  };
-}
 
 Deno.test({
   name: "vmlinux: the distribution kernel extracts to an ELF that plans a direct 64-bit entry",
@@ -59,7 +50,7 @@ Deno.test({
     strictEqual(hdr.ramdiskSize, initrd.length);
     throws(
       () => planLinuxBoot(image!, { memorySize: 32 * MiB, vmlinux: vmlinux() }),
-      refused("memory-too-small", /segments end at/),
+      refused("memory-too-small", "ENOMEM", /segments end at/),
     );
   },
 });
@@ -77,7 +68,7 @@ Deno.test({
     strictEqual(hdr.cmdlineSize, 2048);
     throws(
       () => planLinuxBoot(vmlinux(), { memorySize: 256 * MiB, cmdline: "x".repeat(2049) }),
-      refused("cmdline-too-long", /at most 2048/),
+      refused("cmdline-too-long", "E2BIG", /at most 2048/),
     );
   },
 });
@@ -117,14 +108,14 @@ Deno.test("vmlinux: malformed ELF kernels are refused", () => {
   const header = new Uint8Array(64);
   header.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1]);
   const view = new DataView(header.buffer);
-  throws(() => parseElfKernel(header.subarray(0, 20)), refused("bad-elf", /shorter/));
+  throws(() => parseElfKernel(header.subarray(0, 20)), refused("bad-elf", "ENOEXEC", /shorter/));
   view.setUint16(18, 3, true); // EM_386
-  throws(() => parseElfKernel(header), refused("bad-elf", /not x86-64/));
+  throws(() => parseElfKernel(header), refused("bad-elf", "ENOEXEC", /not x86-64/));
   view.setUint16(18, 62, true);
   view.setBigUint64(32, 64n, true); // e_phoff
   view.setUint16(54, 56, true);
   view.setUint16(56, 1, true); // one program header, past the end of the file
-  throws(() => parseElfKernel(header), refused("bad-elf", /outside the file/));
+  throws(() => parseElfKernel(header), refused("bad-elf", "ENOEXEC", /outside the file/));
   const withSegment = new Uint8Array(64 + 56);
   withSegment.set(header);
   const v2 = new DataView(withSegment.buffer);
@@ -133,14 +124,14 @@ Deno.test("vmlinux: malformed ELF kernels are refused", () => {
   v2.setBigUint64(64 + 24, 0x1000000n, true); // paddr
   v2.setBigUint64(64 + 32, 4096n, true); // filesz past the end
   v2.setBigUint64(64 + 40, 4096n, true);
-  throws(() => parseElfKernel(withSegment), refused("bad-elf", /truncated/));
+  throws(() => parseElfKernel(withSegment), refused("bad-elf", "ENOEXEC", /truncated/));
   v2.setBigUint64(64 + 32, 64n, true);
   v2.setBigUint64(24, 0x5000000n, true); // e_entry outside
-  throws(() => parseElfKernel(withSegment), refused("bad-elf", /entry point/));
+  throws(() => parseElfKernel(withSegment), refused("bad-elf", "ENOEXEC", /entry point/));
   v2.setBigUint64(24, 0x1000000n, true);
   strictEqual(parseElfKernel(withSegment).entry, 0x1000000);
   v2.setBigUint64(64 + 24, 0x1000n, true); // below 1 MiB
-  throws(() => parseElfKernel(withSegment), refused("bad-elf", /below 1 MiB/));
+  throws(() => parseElfKernel(withSegment), refused("bad-elf", "ENOEXEC", /below 1 MiB/));
 });
 
 Deno.test({
@@ -152,11 +143,14 @@ Deno.test({
     const gzip = image!.slice();
     gzip.set([0x1f, 0x8b, 0x08, 0x00], start);
     strictEqual(bzImagePayload(gzip).format, "gzip");
-    throws(() => extractVmlinux(gzip), refused("unsupported-payload", /gzip-compressed/));
+    throws(
+      () => extractVmlinux(gzip),
+      refused("unsupported-payload", "EOPNOTSUPP", /gzip-compressed/),
+    );
     const corrupt = image!.slice();
     corrupt[start + 4096] ^= 0x55;
-    throws(() => extractVmlinux(corrupt), refused("bad-payload", /xz: /));
-    throws(() => extractVmlinux(new Uint8Array(100)), refused("not-bzimage", /bzImage/));
+    throws(() => extractVmlinux(corrupt), refused("bad-payload", "EBADMSG", /xz: /));
+    throws(() => extractVmlinux(new Uint8Array(100)), refused("not-bzimage", "ENOEXEC", /bzImage/));
   },
 });
 
