@@ -154,6 +154,7 @@ export class LinuxMachine {
   #exit: MachineExit | null = null;
   #onUnhandled?: (what: string) => void;
   #seenMmio = new Set<number>();
+  #workerError?: string;
   #running = false;
   /**
    * Exits of the bootstrap vCPU (and forwarded AP exits) by port: a profile of
@@ -315,28 +316,6 @@ export class LinuxMachine {
     }
   }
 
-  /**
-   * Blocks until every AP's worker runs its vCPU loop. The bootstrap vCPU must
-   * not start earlier: Linux gives an AP 10 s to answer its INIT and SIPI, and
-   * an AP that starts after Linux gave up would run a freed trampoline.
-   */
-  #awaitAps(timeoutMs = 60_000): void {
-    const deadline = performance.now() + timeoutMs;
-    for (const ap of this.#aps) {
-      while (Atomics.load(ap.box.words, Mailbox.THREAD_ID) === 0) {
-        const left = deadline - performance.now();
-        if (left <= 0) {
-          throw new KvmError(
-            "run Linux machine",
-            Errno.ETIMEDOUT,
-            `the worker for vCPU ${ap.vcpu.id} did not start${ap.error ? `: ${ap.error}` : ""}`,
-          );
-        }
-        Atomics.wait(ap.box.words, Mailbox.THREAD_ID, 0, Math.min(left, 100));
-      }
-    }
-  }
-
   #stopAps(): void {
     for (const ap of this.#aps) {
       Atomics.store(ap.box.words, Mailbox.STOP, 1);
@@ -413,21 +392,13 @@ export class LinuxMachine {
 
   /**
    * Runs the machine until the guest resets or powers off, a vCPU fails, the
-   * timeout passes or {@linkcode stop} is called. The bootstrap vCPU runs on
-   * this thread, synchronously: the event loop is blocked meanwhile (use
-   * `poll` and kicks to interact). Can be called once. The promise is
-   * settled when the run ends (it is a promise so that a later version can
-   * run the bootstrap vCPU on a Worker without changing callers).
+   * timeout passes or {@linkcode stop} is called. It first waits (on the
+   * event loop) until every AP's worker runs; a worker that fails to start
+   * rejects the promise with a `KvmError` saying why. Then the bootstrap vCPU
+   * runs on this thread, synchronously: the event loop is blocked meanwhile
+   * (use `poll` and kicks to interact). Can be called once.
    */
-  run(options: LinuxRunOptions = {}): Promise<MachineExit> {
-    try {
-      return Promise.resolve(this.#run(options));
-    } catch (e) {
-      return Promise.reject(e);
-    }
-  }
-
-  #run(options: LinuxRunOptions): MachineExit {
+  async run(options: LinuxRunOptions = {}): Promise<MachineExit> {
     if (this.#running) {
       throw new KvmError("run Linux machine", Errno.EBUSY, "the machine already ran");
     }
@@ -442,6 +413,10 @@ export class LinuxMachine {
         watchdog = new Worker(new URL("./watchdog_worker.ts", import.meta.url).href, {
           type: "module",
         });
+        watchdog.onerror = (event) => {
+          event.preventDefault();
+          this.#workerError ??= `the watchdog worker: ${event.message}`;
+        };
         const start: WatchdogStartMessage = {
           ms: options.timeoutMs,
           flag: timeUp.buffer as SharedArrayBuffer,
@@ -449,68 +424,26 @@ export class LinuxMachine {
         };
         watchdog.postMessage(start);
       }
-      this.#awaitAps(options.timeoutMs);
       // Workers starting while the guest runs disturb it (on the nested test host, a guest
-      // once lost its timer interrupt): the bootstrap vCPU starts after all of them.
-      if (watchdog) Atomics.wait(timeUp, 1, 0, 10_000);
-      const poll = options.poll;
-      const hasAps = this.#aps.length > 0;
-      while (this.#exit === null) {
-        const exit = bsp.run();
-        switch (exit.reason) {
-          case "io":
-            this.exitsByPort[exit.port]++;
-            this.bus.handle(exit.direction, exit.port, exit.size, exit.count, exit.data);
-            break;
-          case "mmio":
-            this.exitsByPort[0x10000]++;
-            this.#mmio(exit.address, exit.isWrite, exit.data);
-            break;
-          case "interrupted":
-          case "hlt":
-            break;
-          case "shutdown":
-            this.#finish({
-              reason: "tripleFault",
-              vcpu: 0,
-              detail: `vCPU 0: triple fault (KVM_EXIT_SHUTDOWN)\n${describeVcpu(bsp)}`,
-            });
-            break;
-          case "systemEvent":
-            this.#systemEvent(exit.type, 0, `vCPU 0: system event ${exit.type}`);
-            break;
-          case "internalError":
-            this.#finish({
-              reason: "error",
-              vcpu: 0,
-              detail: `vCPU 0: KVM internal error, suberror ${exit.suberror} data ${
-                exit.data.map((d) => hex(d)).join(" ")
-              }\n${describeVcpu(bsp)}`,
-            });
-            break;
-          case "failEntry":
-            this.#finish({
-              reason: "error",
-              vcpu: 0,
-              detail: `vCPU 0: entry failed, hardware reason ${
-                hex(exit.hardwareEntryFailureReason)
-              }\n${describeVcpu(bsp)}`,
-            });
-            break;
-          default:
-            this.#finish({
-              reason: "error",
-              vcpu: 0,
-              detail: `vCPU 0: unexpected exit ${exit.reason}\n${describeVcpu(bsp)}`,
-            });
+      // once lost its timer interrupt), and Linux gives an AP 10 s to answer INIT/SIPI: the
+      // bootstrap vCPU starts once every worker runs. Waiting on the event loop lets a
+      // worker that fails to load report why at once.
+      const ready = () =>
+        this.#aps.every((ap) => Atomics.load(ap.box.words, Mailbox.THREAD_ID) !== 0) &&
+        (!watchdog || Atomics.load(timeUp, 1) !== 0);
+      const deadline = performance.now() + (options.timeoutMs ?? 60_000);
+      while (!ready()) {
+        const error = this.#workerError ?? this.#aps.find((ap) => ap.error)?.error;
+        if (error || performance.now() > deadline) {
+          throw new KvmError(
+            "run Linux machine",
+            error ? Errno.EIO : Errno.ETIMEDOUT,
+            error ?? "the vCPU workers did not start in time",
+          );
         }
-        if (hasAps) this.#serveAps();
-        if (poll) poll();
-        if (timeUp[0] !== 0) {
-          this.#finish({ reason: "timeout", vcpu: -1, detail: describeVcpu(bsp) });
-        }
+        await new Promise((resolve) => setTimeout(resolve, 2));
       }
-      return this.#exit;
+      return this.#runBootstrapVcpu(bsp, options, timeUp);
     } finally {
       watchdog?.terminate();
       this.#stopAps();
@@ -523,6 +456,68 @@ export class LinuxMachine {
         for (const ap of this.#aps) if (ap.error) exit.detail = `${exit.detail ?? ""}\n${ap.error}`;
       }
     }
+  }
+
+  /** The run loop proper: the bootstrap vCPU on this thread, until something ends the run. */
+  #runBootstrapVcpu(bsp: Vcpu, options: LinuxRunOptions, timeUp: Int32Array): MachineExit {
+    const poll = options.poll;
+    const hasAps = this.#aps.length > 0;
+    while (this.#exit === null) {
+      const exit = bsp.run();
+      switch (exit.reason) {
+        case "io":
+          this.exitsByPort[exit.port]++;
+          this.bus.handle(exit.direction, exit.port, exit.size, exit.count, exit.data);
+          break;
+        case "mmio":
+          this.exitsByPort[0x10000]++;
+          this.#mmio(exit.address, exit.isWrite, exit.data);
+          break;
+        case "interrupted":
+        case "hlt":
+          break;
+        case "shutdown":
+          this.#finish({
+            reason: "tripleFault",
+            vcpu: 0,
+            detail: `vCPU 0: triple fault (KVM_EXIT_SHUTDOWN)\n${describeVcpu(bsp)}`,
+          });
+          break;
+        case "systemEvent":
+          this.#systemEvent(exit.type, 0, `vCPU 0: system event ${exit.type}`);
+          break;
+        case "internalError":
+          this.#finish({
+            reason: "error",
+            vcpu: 0,
+            detail: `vCPU 0: KVM internal error, suberror ${exit.suberror} data ${
+              exit.data.map((d) => hex(d)).join(" ")
+            }\n${describeVcpu(bsp)}`,
+          });
+          break;
+        case "failEntry":
+          this.#finish({
+            reason: "error",
+            vcpu: 0,
+            detail: `vCPU 0: entry failed, hardware reason ${
+              hex(exit.hardwareEntryFailureReason)
+            }\n${describeVcpu(bsp)}`,
+          });
+          break;
+        default:
+          this.#finish({
+            reason: "error",
+            vcpu: 0,
+            detail: `vCPU 0: unexpected exit ${exit.reason}\n${describeVcpu(bsp)}`,
+          });
+      }
+      if (hasAps) this.#serveAps();
+      if (poll) poll();
+      if (timeUp[0] !== 0) {
+        this.#finish({ reason: "timeout", vcpu: -1, detail: describeVcpu(bsp) });
+      }
+    }
+    return this.#exit;
   }
 
   /** Closes the VM (and the Kvm object when the machine opened it). Idempotent. */
