@@ -73,6 +73,13 @@ export function extractVmlinux(image: Uint8Array): Uint8Array<ArrayBuffer> {
         "(boot the bzImage itself: the kernel decompresses itself in the guest)",
     );
   }
+  if (payload.length < 32) {
+    throw new BootImageError(
+      "bad-payload",
+      Errno.EBADMSG,
+      `the payload is only ${payload.length} bytes`,
+    );
+  }
   // The build appends the decompressed size (le32) after the stream.
   const size = new DataView(payload.buffer, payload.byteOffset + payload.length - 4)
     .getUint32(0, true);

@@ -26,6 +26,8 @@ const FILTER_LZMA2 = 0x21;
 const CHECK_NONE = 0;
 const CHECK_CRC32 = 1;
 const CHECK_CRC64 = 4;
+/** The largest output decoded (one typed array): 2 GiB. */
+export const MAX_OUTPUT = 2 ** 31;
 const CHECK_SIZES = [0, 4, 4, 4, 8, 8, 8, 16, 16, 16, 32, 32, 32, 64, 64, 64];
 
 const CRC32_TABLE = (() => {
@@ -591,6 +593,9 @@ export function decompressXz(data: Uint8Array): Uint8Array<ArrayBuffer> {
     throw new XzError("the stream header and footer disagree");
   }
   const total = records.reduce((n, rec) => n + rec.uncompressedSize, 0);
+  if (total > MAX_OUTPUT) {
+    throw new XzError(`the index declares ${total} bytes, more than this decoder's ${MAX_OUTPUT}`);
+  }
   const out = new Uint8Array(total);
   r.pos = 12;
   let outPos = 0;

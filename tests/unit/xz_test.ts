@@ -90,3 +90,29 @@ Deno.test({
     strictEqual(String.fromCharCode(...out.subarray(1, 4)), "ELF");
   },
 });
+
+Deno.test("xz: 2100 random corruptions give an XzError or the right bytes, never anything else", () => {
+  let seed = 12345;
+  const random = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32;
+  for (const name of ["x86Crc32", "textCrc64", "randomNone"]) {
+    const good = data(name);
+    const expected = decompressXz(good);
+    for (let i = 0; i < 700; i++) {
+      const bad = good.slice();
+      const flips = 1 + Math.floor(random() * 4);
+      for (let f = 0; f < flips; f++) {
+        bad[Math.floor(random() * bad.length)] = Math.floor(random() * 256);
+      }
+      const cut = random() < 0.2 ? bad.subarray(0, Math.floor(random() * bad.length)) : bad;
+      try {
+        const out = decompressXz(cut);
+        // Without a check (randomNone) a corrupt stream can decode; with one it must match.
+        if (name !== "randomNone") {
+          ok(out.length === expected.length && out.every((b, k) => b === expected[k]));
+        }
+      } catch (e) {
+        ok(e instanceof XzError, `${name} mutation ${i}: ${e}`);
+      }
+    }
+  }
+});
