@@ -109,6 +109,8 @@ export interface LinuxRunOptions {
 }
 
 const MiB = 1024 * 1024;
+/** How long {@linkcode LinuxMachine.run} waits for its vCPU workers to start. */
+const WORKER_START_TIMEOUT_MS = 60_000;
 
 interface Ap {
   vcpu: Vcpu;
@@ -116,6 +118,8 @@ interface Ap {
   worker?: Worker;
   /** Why the worker failed to start, if it did. */
   error?: string;
+  /** Whether the worker never reported its loop's end when stopped. */
+  stuck?: boolean;
 }
 
 /**
@@ -329,9 +333,15 @@ export class LinuxMachine {
         // Kick until the loop reports it ended (a kick can land just before KVM_RUN).
         const target = { threadId, runAddress: ap.vcpu.kickTarget.runAddress };
         for (let i = 0; i < 50 && Atomics.load(ap.box.words, Mailbox.DONE) === 0; i++) {
-          Vcpu.kick(target);
+          try {
+            Vcpu.kick(target);
+          } catch {
+            // The thread is gone (ESRCH): nothing left to stop.
+          }
           Atomics.wait(ap.box.words, Mailbox.DONE, 0, 100);
         }
+        // Still in KVM_RUN after 5 s of kicks: reading its registers would block.
+        ap.stuck = Atomics.load(ap.box.words, Mailbox.DONE) === 0;
       }
       ap.worker.terminate();
       ap.worker = undefined;
@@ -402,6 +412,14 @@ export class LinuxMachine {
     if (this.#running) {
       throw new KvmError("run Linux machine", Errno.EBUSY, "the machine already ran");
     }
+    const { timeoutMs } = options;
+    if (timeoutMs !== undefined && !(Number.isFinite(timeoutMs) && timeoutMs >= 0)) {
+      throw new KvmError(
+        "run Linux machine",
+        Errno.EINVAL,
+        `timeoutMs ${timeoutMs}: a finite ms count`,
+      );
+    }
     this.#running = true;
     const bsp = this.vcpus[0];
     bsp.adoptThread();
@@ -431,7 +449,8 @@ export class LinuxMachine {
       const ready = () =>
         this.#aps.every((ap) => Atomics.load(ap.box.words, Mailbox.THREAD_ID) !== 0) &&
         (!watchdog || Atomics.load(timeUp, 1) !== 0);
-      const deadline = performance.now() + (options.timeoutMs ?? 60_000);
+      // A fixed start-up bound: the run's own timeout is for the guest (the watchdog ends it).
+      const deadline = performance.now() + WORKER_START_TIMEOUT_MS;
       while (!ready()) {
         const error = this.#workerError ?? this.#aps.find((ap) => ap.error)?.error;
         if (error || performance.now() > deadline) {
@@ -450,7 +469,9 @@ export class LinuxMachine {
       const exit = this.#exit as MachineExit | null;
       if (exit?.reason === "timeout") {
         // The APs are out of KVM_RUN now, so their registers can be read here.
-        for (const ap of this.#aps) exit.detail += `\n${describeVcpu(ap.vcpu)}`;
+        for (const ap of this.#aps) {
+          if (!ap.stuck) exit.detail += `\n${describeVcpu(ap.vcpu)}`;
+        }
       }
       if (exit && exit.reason !== "reset" && exit.reason !== "poweroff") {
         for (const ap of this.#aps) if (ap.error) exit.detail = `${exit.detail ?? ""}\n${ap.error}`;

@@ -126,7 +126,9 @@ const PHDR_SIZE = 56;
  * of the file (`p_filesz` shortened, `p_memsz` kept: the loader zeroes the
  * rest) and without section headers: about half the size of a distribution
  * `vmlinux`, whose `.bss` is stored as zeros. Other segments (the notes QEMU's
- * PVH boot reads) keep their bytes. With `inPlace`, the result is a view of
+ * PVH boot reads) keep their bytes. Segments are packed at 16-byte offsets,
+ * so only loaders that copy segments (this one, QEMU's) take it; `mmap`-based
+ * ELF loaders would not. With `inPlace`, the result is a view of
  * `image`'s own buffer, rewritten (no second copy of a 60 MB kernel).
  */
 export function compactElf(
@@ -235,7 +237,7 @@ export interface CachedVmlinux {
   source: "cache" | "extracted";
   /** The cache file (absent when no cache directory could be used). */
   path?: string;
-  /** Releases the mapping of a mapped kernel (nothing otherwise); `vmlinux` is empty after. */
+  /** Releases the mapping of a mapped kernel (its `vmlinux` view is empty after); a no-op otherwise. */
   close(): void;
   /** Same as `close`, for `using`. */
   [Symbol.dispose](): void;
@@ -256,8 +258,9 @@ function result(
  * remembered: the first call for a bzImage decompresses it and writes the
  * result into the cache (atomically); later
  * calls read it back. A cache that cannot be written is not an error (the
- * kernel is still returned); a cached file that is not a loadable ELF of the
- * expected size is replaced.
+ * kernel is still returned); a cached file that is not a loadable ELF is
+ * replaced. The key is a 64-bit hash of the bzImage and its length, not a
+ * cryptographic digest: the cache trusts whoever can write to it.
  *
  * @example
  * ```ts ignore
@@ -295,6 +298,11 @@ export function cachedVmlinux(
     Deno.renameSync(tmp, path);
     return result(vmlinux, "extracted", path);
   } catch {
+    try {
+      Deno.removeSync(`${path}.${Deno.pid}.tmp`);
+    } catch {
+      // Never written.
+    }
     return result(vmlinux, "extracted");
   }
 }

@@ -26,9 +26,14 @@ export interface WatchdogStartMessage {
     const words = new Int32Array(flag);
     Atomics.store(words, 1, 1);
     Atomics.notify(words, 1);
-    setTimeout(() => {
+    // setTimeout fires at once past 2^31-1 ms: wait in steps.
+    const deadline = Date.now() + ms;
+    const arm = () => {
+      const left = deadline - Date.now();
+      if (left > 0) return void setTimeout(arm, Math.min(left, 2 ** 31 - 1));
       Atomics.store(words, 0, 1);
       // A failed kick (the thread already gone) leaves nothing to stop.
       native().kvm_kick(bsp.threadId, Deno.UnsafePointer.create(bsp.runAddress + 1n));
-    }, ms);
+    };
+    arm();
   };

@@ -475,6 +475,7 @@ function decodeLzma2(
       if (control === 1) {
         dictStart = outPos;
         needDictReset = false;
+        needProps = true; // the next LZMA chunk must bring its properties again
       } else if (needDictReset) throw new XzError("LZMA2 data does not start with a reset");
       const size = ((r.byte() << 8) | r.byte()) + 1;
       if (r.pos + size > inEnd) throw new XzError("unexpected end of input");

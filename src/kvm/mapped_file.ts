@@ -42,7 +42,9 @@ export class MappedFile extends HostMapping {
       () => path,
     );
     try {
-      const size = Deno.statSync(path).size;
+      // The size of the file this descriptor holds (the path may have been replaced since):
+      // mapping past its end would turn a later access into SIGBUS.
+      const size = Deno.statSync(`/proc/self/fd/${fd}`).size;
       if (size === 0) throw new KvmError("mmap file", Errno.EINVAL, `${path} is empty`);
       const out = new BigUint64Array(1);
       // MAP_POPULATE: one pass over the page cache instead of a page fault per 4 KiB

@@ -7,7 +7,7 @@
 // and entered directly at its ELF entry point; and that uncompressed kernel
 // alone, as a bare ELF with no bzImage setup header.
 
-import { match, ok, strictEqual } from "node:assert/strict";
+import { match, ok, rejects, strictEqual } from "node:assert/strict";
 import { buildInitramfs, hostKernelPath } from "../../examples/initramfs.ts";
 import { LinuxMachine } from "../../src/boot/linux.ts";
 import { bzImagePayload, cachedVmlinux } from "../../src/boot/vmlinux.ts";
@@ -136,4 +136,22 @@ Deno.test("linux: a bare ELF vmlinux (no bzImage, a synthesized setup header) bo
     `vmlinux (${vmlinux.length} bytes) from the ${source === "cache" ? "cache" : "bzImage"}`,
   );
   await bootWithOneRetry(vmlinux);
+});
+
+Deno.test("linux: a bad timeout is refused, and a machine closed without running stops its workers", async () => {
+  const { KvmError } = await import("../../src/errors.ts");
+  const machine = LinuxMachine.create({
+    kernel: hostKernel(),
+    cmdline: "console=ttyS0",
+    memorySize: 256 * 1024 * 1024,
+    cpus: 2,
+  });
+  try {
+    await rejects(
+      machine.run({ timeoutMs: Number.NaN }),
+      (e: unknown) => e instanceof KvmError && e.code === "EINVAL" && /timeoutMs/.test(e.message),
+    );
+  } finally {
+    machine.close(); // the AP worker, created with the machine, ends here (the sanitizers check)
+  }
 });

@@ -28,6 +28,12 @@ const VECTORS = [
     sha256: "928458bbdcda77f5ea3e110e22b4dbe96dd896bba5ed4ad1ac58b0f183098512",
   },
   {
+    name: "uncompressedFirst",
+    options: "--check=crc32 (random bytes first: an uncompressed chunk, then LZMA chunks)",
+    size: 70800,
+    sha256: "4a93f96ba8135bca550d795dbb4f0749cba770e5d4d3a169813ae4581c257560",
+  },
+  {
     name: "randomNone",
     options: "--check=none (random bytes first)",
     size: 1700,
