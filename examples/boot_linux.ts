@@ -43,7 +43,7 @@ export function parseSize(text: string): number {
 
 /** The stdin pump: a Worker reads stdin into a shared ring and kicks the vCPU thread. */
 const STDIN_WORKER = `
-import { native } from ${JSON.stringify(new URL("../src/ffi/library.ts", import.meta.url).href)};
+import { kickVcpu } from ${JSON.stringify(new URL("../src/kvm/kick.ts", import.meta.url).href)};
 self.onmessage = async (e) => {
   const { ring, kick } = e.data;
   const head = new Int32Array(ring, 0, 2); // [0] write index, [1] read index
@@ -57,7 +57,7 @@ self.onmessage = async (e) => {
       bytes[w % bytes.length] = b;
       Atomics.store(head, 0, w + 1);
     }
-    native().kvm_kick(kick.threadId, Deno.UnsafePointer.create(kick.runAddress + 1n));
+    kickVcpu(kick);
   }
 };
 `;

@@ -16,7 +16,7 @@ import { MappedFile } from "../kvm/mapped_file.ts";
 import { Errno } from "../errors.ts";
 import { BootImageError } from "./boot_image_error.ts";
 import { parseBzImage } from "./bzimage.ts";
-import { isElf, parseElfKernel } from "./elf.ts";
+import { isElf, parseElfKernel, PT_LOAD } from "./elf.ts";
 import { decompressXz, XzError } from "./xz.ts";
 
 /** Boot protocol version that added `payload_offset` and `payload_length`. */
@@ -121,6 +121,19 @@ export function fingerprint(data: Uint8Array): string {
 const EHDR_SIZE = 64;
 const PHDR_SIZE = 56;
 
+/** A program header as {@linkcode compactElf} rewrites it. */
+interface ProgramHeader {
+  raw: Uint8Array;
+  type: number;
+  offset: number;
+  fileSize: number;
+  /** Bytes of the file kept (a segment's trailing zeros are dropped). */
+  keep: number;
+  newOffset: number;
+  /** For a non-loadable segment: the loadable one whose bytes hold it. */
+  holder?: ProgramHeader;
+}
+
 /**
  * The same ELF kernel with the zeros that end each loadable segment left out
  * of the file (`p_filesz` shortened, `p_memsz` kept: the loader zeroes the
@@ -140,7 +153,7 @@ export function compactElf(
   const phoff = Number(view.getBigUint64(32, true));
   const phnum = view.getUint16(56, true);
   const phentsize = view.getUint16(54, true);
-  const headers = Array.from({ length: phnum }, (_, i) => {
+  const headers = Array.from({ length: phnum }, (_, i): ProgramHeader => {
     const at = phoff + i * phentsize;
     return {
       raw: image.slice(at, at + PHDR_SIZE),
@@ -151,18 +164,18 @@ export function compactElf(
       newOffset: 0,
     };
   });
-  const loads = headers.filter((h) => h.type === 1);
+  const loads = headers.filter((h) => h.type === PT_LOAD);
   for (const h of loads) {
     let keep = h.fileSize;
     while (keep > 0 && image[h.offset + keep - 1] === 0) keep--;
     h.keep = keep;
   }
   // Other segments are read through the loadable segment that holds their bytes.
-  const holderOf = (o: { offset: number; fileSize: number }) =>
-    loads.find((l) => o.offset >= l.offset && o.offset + o.fileSize <= l.offset + l.fileSize);
   const outside = headers.filter((o) => {
-    if (o.type === 1 || o.fileSize === 0) return false;
-    const holder = holderOf(o);
+    if (o.type === PT_LOAD || o.fileSize === 0) return false;
+    const holder = o.holder = loads.find((l) =>
+      o.offset >= l.offset && o.offset + o.fileSize <= l.offset + l.fileSize
+    );
     if (holder) holder.keep = Math.max(holder.keep, o.offset + o.fileSize - holder.offset);
     else o.keep = o.fileSize;
     return !holder;
@@ -203,11 +216,11 @@ export function compactElf(
   headers.forEach((h, i) => {
     const at = EHDR_SIZE + i * PHDR_SIZE;
     out.set(h.raw, at);
-    if (h.type === 1) {
+    if (h.type === PT_LOAD) {
       outView.setBigUint64(at + 8, BigInt(h.newOffset), true);
       outView.setBigUint64(at + 32, BigInt(h.keep), true);
     } else if (h.fileSize > 0) {
-      const holder = holderOf(h);
+      const { holder } = h;
       const newOffset = holder ? holder.newOffset + (h.offset - holder.offset) : h.newOffset;
       outView.setBigUint64(at + 8, BigInt(newOffset), true);
     }

@@ -7,8 +7,7 @@
  * @module
  */
 
-import { native } from "../ffi/library.ts";
-import type { KickTarget } from "../kvm/vcpu.ts";
+import { type KickTarget, kickVcpu } from "../kvm/kick.ts";
 
 /** Starts the watchdog. */
 export interface WatchdogStartMessage {
@@ -32,8 +31,11 @@ export interface WatchdogStartMessage {
       const left = deadline - Date.now();
       if (left > 0) return void setTimeout(arm, Math.min(left, 2 ** 31 - 1));
       Atomics.store(words, 0, 1);
-      // A failed kick (the thread already gone) leaves nothing to stop.
-      native().kvm_kick(bsp.threadId, Deno.UnsafePointer.create(bsp.runAddress + 1n));
+      try {
+        kickVcpu(bsp);
+      } catch {
+        // The thread is already gone: nothing left to stop.
+      }
     };
     arm();
   };

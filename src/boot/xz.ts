@@ -192,10 +192,6 @@ class Lzma2Decoder {
   /**
    * Decodes one LZMA chunk of `input[inStart, inEnd)` into `out` from
    * `outPos` to `outEnd`; `dictStart` is where the dictionary was last reset.
-   *
-   * The range coder's registers live in locals on the hot path (literals,
-   * the match/literal decision) and in `rc` for the rest: a closure over
-   * them would keep them in memory on every bit, about halving the speed.
    */
   decodeChunk(
     input: Uint8Array,
@@ -206,12 +202,8 @@ class Lzma2Decoder {
     outEnd: number,
     dictStart: number,
   ): void {
-    const probs = this.probs;
     if (inEnd - inStart < 5 || input[inStart] !== 0) throw new XzError("corrupt LZMA chunk");
-    const rc = new RangeDecoder(input, probs, inStart + 1);
-    let range = rc.range;
-    let code = rc.code;
-    let inPos = rc.pos;
+    const rc = new RangeDecoder(input, this.probs, inStart + 1);
     let state = this.state;
     let rep0 = this.rep0, rep1 = this.rep1, rep2 = this.rep2, rep3 = this.rep3;
     const lc = this.lc;
@@ -219,28 +211,9 @@ class Lzma2Decoder {
     const pbMask = (1 << this.pb) - 1;
 
     while (outPos < outEnd) {
-      if (inPos > inEnd) throw new XzError("an LZMA chunk reads past its end");
+      if (rc.pos > inEnd) throw new XzError("an LZMA chunk reads past its end");
       const posState = outPos & pbMask;
-      // bit(IS_MATCH[state][posState]), inline.
-      let pi = Lzma2Decoder.IS_MATCH + (state << 4) + posState;
-      let p = probs[pi];
-      let bound = (range >>> 11) * p;
-      let isMatch: boolean;
-      if (code < bound) {
-        range = bound;
-        probs[pi] = p + ((2048 - p) >>> 5);
-        isMatch = false;
-      } else {
-        range -= bound;
-        code -= bound;
-        probs[pi] = p - (p >>> 5);
-        isMatch = true;
-      }
-      if (range < 0x1000000) {
-        range = (range * 256) >>> 0;
-        code = ((code * 256) + input[inPos++]) >>> 0;
-      }
-      if (!isMatch) {
+      if (rc.bit(Lzma2Decoder.IS_MATCH + (state << 4) + posState) === 0) {
         const prev = outPos > dictStart ? out[outPos - 1] : 0;
         const base = Lzma2Decoder.LITERAL +
           0x300 * (((outPos & lpMask) << lc) + (prev >>> (8 - lc)));
@@ -251,54 +224,16 @@ class Lzma2Decoder {
           do {
             const matchBit = (match >>> 7) & 1;
             match <<= 1;
-            pi = base + ((1 + matchBit) << 8) + sym;
-            p = probs[pi];
-            bound = (range >>> 11) * p;
-            let b: number;
-            if (code < bound) {
-              range = bound;
-              probs[pi] = p + ((2048 - p) >>> 5);
-              b = 0;
-            } else {
-              range -= bound;
-              code -= bound;
-              probs[pi] = p - (p >>> 5);
-              b = 1;
-            }
-            if (range < 0x1000000) {
-              range = (range * 256) >>> 0;
-              code = ((code * 256) + input[inPos++]) >>> 0;
-            }
+            const b = rc.bit(base + ((1 + matchBit) << 8) + sym);
             sym = (sym << 1) | b;
             if (matchBit !== b) break;
           } while (sym < 0x100);
         }
-        while (sym < 0x100) {
-          pi = base + sym;
-          p = probs[pi];
-          bound = (range >>> 11) * p;
-          if (code < bound) {
-            range = bound;
-            probs[pi] = p + ((2048 - p) >>> 5);
-            sym <<= 1;
-          } else {
-            range -= bound;
-            code -= bound;
-            probs[pi] = p - (p >>> 5);
-            sym = (sym << 1) | 1;
-          }
-          if (range < 0x1000000) {
-            range = (range * 256) >>> 0;
-            code = ((code * 256) + input[inPos++]) >>> 0;
-          }
-        }
+        while (sym < 0x100) sym = (sym << 1) | rc.bit(base + sym);
         out[outPos++] = sym & 0xff;
         state = state < 4 ? 0 : state < 10 ? state - 3 : state - 6;
         continue;
       }
-      rc.range = range;
-      rc.code = code;
-      rc.pos = inPos;
       let len: number;
       if (rc.bit(Lzma2Decoder.IS_REP + state) === 0) {
         rep3 = rep2;
@@ -324,9 +259,6 @@ class Lzma2Decoder {
             state = state < 7 ? 9 : 11;
             out[outPos] = out[outPos - rep0 - 1];
             outPos++;
-            range = rc.range;
-            code = rc.code;
-            inPos = rc.pos;
             continue;
           }
         } else {
@@ -348,9 +280,6 @@ class Lzma2Decoder {
         len = rc.length(Lzma2Decoder.REP_LEN, posState);
         state = state < 7 ? 8 : 11;
       }
-      range = rc.range;
-      code = rc.code;
-      inPos = rc.pos;
       len += 2;
       const from = outPos - rep0 - 1;
       if (from < dictStart) throw new XzError("a match reaches before the data");
@@ -363,7 +292,7 @@ class Lzma2Decoder {
       }
       outPos += len;
     }
-    if (inPos !== inEnd || code !== 0) {
+    if (rc.pos !== inEnd || rc.code !== 0) {
       throw new XzError("an LZMA chunk does not end where its header says");
     }
     this.state = state;
@@ -374,7 +303,7 @@ class Lzma2Decoder {
   }
 }
 
-/** The LZMA range decoder, for the less frequent decisions (see `decodeChunk`). */
+/** The LZMA range decoder: adaptive binary decisions and direct bits over one chunk. */
 class RangeDecoder {
   range = 0xffffffff;
   code: number;

@@ -32,6 +32,7 @@ import { Lapic } from "./lapic.ts";
 import { Errno, KvmError, unwrap } from "../errors.ts";
 import { native } from "../ffi/library.ts";
 import { ExitDecoder, type VcpuExit } from "./exit.ts";
+import { type KickTarget, kickVcpu } from "./kick.ts";
 
 export type { RunArea };
 import { OwnedFd, pointerOf } from "./owned_fd.ts";
@@ -71,16 +72,7 @@ export interface Translation {
   usermode: boolean;
 }
 
-/**
- * What another thread needs to kick this vCPU out of `KVM_RUN`: plain
- * numbers, so it can be posted to a Worker.
- */
-export interface KickTarget {
-  /** Kernel thread id of the thread that runs the vCPU. */
-  threadId: number;
-  /** Host address of the run area (its `immediate_exit` byte is at +1). */
-  runAddress: bigint;
-}
+export type { KickTarget } from "./kick.ts";
 
 let kickHandlerInstalled = false;
 
@@ -283,8 +275,7 @@ export class Vcpu extends OwnedFd {
    * only has the {@linkcode KickTarget}).
    */
   static kick(target: KickTarget): void {
-    const immediateExit = Deno.UnsafePointer.create(target.runAddress + 1n);
-    unwrap(native().kvm_kick(target.threadId, immediateExit), "tgkill (vCPU kick)");
+    kickVcpu(target);
   }
 
   /** Records the calling thread as the one that runs this vCPU (for kicks). */
