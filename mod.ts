@@ -31,7 +31,7 @@
  * @module
  */
 
-export { Kvm } from "./src/kvm/kvm.ts";
+export { Kvm, type KvmImplementation } from "./src/kvm/kvm.ts";
 export { type MemoryRegion, type MemorySlot, Vm } from "./src/kvm/vm.ts";
 export { type KickTarget, type Regs, type RunArea, type Sregs, Vcpu } from "./src/kvm/vcpu.ts";
 export { OwnedFd } from "./src/kvm/owned_fd.ts";
@@ -148,6 +148,7 @@ export {
   type HandlerResult,
   type KvmCallbacks,
   type MaybePromise,
+  type RunOptions,
   type RunResult,
   stopVcpu,
   type VcpuDevice,

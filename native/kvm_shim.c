@@ -16,12 +16,13 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
 
 // Bumped whenever a signature changes, so a stale cached build is detected.
-EXPORT int32_t kvm_shim_version(void) { return 1; }
+EXPORT int32_t kvm_shim_version(void) { return 2; }
 
 EXPORT int32_t kvm_open(const char *path, int32_t flags) {
   int fd = open(path, flags | O_CLOEXEC);
@@ -110,4 +111,35 @@ EXPORT int32_t kvm_kick(int32_t tid, uint8_t *immediate_exit) {
   if (tid <= 0) return 0;
   if (syscall(SYS_tgkill, getpid(), tid, kvm_kick_signal()) < 0) return -errno;
   return 0;
+}
+
+// A watchdog for one thread: a POSIX timer that sends the kick signal to
+// thread `tid`, first after `first_ns`, then every `interval_ns`, so that a
+// KVM_RUN that never returns on its own comes back with -EINTR. Kernel timer
+// ids are small integers; *out receives it.
+EXPORT int32_t kvm_timer_create(int32_t tid, int32_t *out) {
+  struct sigevent sev;
+  memset(&sev, 0, sizeof sev);
+  sev.sigev_notify = SIGEV_THREAD_ID;
+  sev.sigev_signo = kvm_kick_signal();
+  sev._sigev_un._tid = tid;
+  int id = -1;
+  if (syscall(SYS_timer_create, CLOCK_MONOTONIC, &sev, &id) < 0) return -errno;
+  *out = id;
+  return 0;
+}
+
+// Arms (first_ns > 0) or disarms (first_ns == 0) a timer from kvm_timer_create.
+EXPORT int32_t kvm_timer_set(int32_t id, uint64_t first_ns, uint64_t interval_ns) {
+  struct itimerspec spec;
+  spec.it_value.tv_sec = (time_t)(first_ns / 1000000000u);
+  spec.it_value.tv_nsec = (long)(first_ns % 1000000000u);
+  spec.it_interval.tv_sec = (time_t)(interval_ns / 1000000000u);
+  spec.it_interval.tv_nsec = (long)(interval_ns % 1000000000u);
+  if (syscall(SYS_timer_settime, id, 0, &spec, NULL) < 0) return -errno;
+  return 0;
+}
+
+EXPORT int32_t kvm_timer_delete(int32_t id) {
+  return syscall(SYS_timer_delete, id) < 0 ? -errno : 0;
 }

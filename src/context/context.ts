@@ -51,6 +51,7 @@ import {
   type CallbackResult,
   type DeviceModule,
   type KvmCallbacks,
+  type RunOptions,
   type RunResult,
   VcpuError,
   type VcpuErrorKind,
@@ -129,6 +130,9 @@ interface VcpuSlot {
 
 interface RunState {
   pending: number;
+  /** Set when `run({ timeoutMs })` ran out: the vCPUs it stopped report "timeout". */
+  timedOut?: boolean;
+  timer?: ReturnType<typeof setTimeout>;
   results: (VcpuResult | undefined)[];
   failure?: VcpuError;
   done: PromiseWithResolvers<RunResult>;
@@ -350,11 +354,22 @@ export class KvmContext implements AsyncDisposable {
    * vCPU's stop reason; rejects with a {@linkcode VcpuError} (after stopping
    * the others) when a handler or callback throws, `KVM_RUN` fails, or a
    * worker dies. Can be called again after it settles (registers kept).
+   *
+   * With `timeoutMs`, the vCPUs still running when it expires are stopped
+   * (kicked, even from a guest that never exits) and report
+   * `{ kind: "timeout" }`.
    */
-  run(): Promise<RunResult> {
+  run(options: RunOptions = {}): Promise<RunResult> {
     const op = "KvmContext.run";
     if (this.#closing) throw new KvmError(op, Errno.EBADF, "the context is closed");
     if (this.#run) throw new KvmError(op, Errno.EBUSY, "the VM is already running");
+    const { timeoutMs } = options;
+    if (
+      timeoutMs !== undefined &&
+      (!Number.isFinite(timeoutMs) || timeoutMs <= 0 || timeoutMs > 2 ** 31 - 1)
+    ) {
+      throw new KvmError(op, Errno.EINVAL, `timeoutMs ${timeoutMs} is not in 1..${2 ** 31 - 1}`);
+    }
     const dead = this.#slots.find((s) => !s.alive);
     if (dead) {
       return Promise.reject(
@@ -371,6 +386,12 @@ export class KvmContext implements AsyncDisposable {
       done: Promise.withResolvers(),
     };
     this.#run = state;
+    if (timeoutMs !== undefined) {
+      state.timer = setTimeout(() => {
+        state.timedOut = true;
+        this.#signalAll(Control.STOP);
+      }, timeoutMs);
+    }
     for (const slot of this.#slots) {
       slot.inRun = true;
       slot.callbackStop = undefined;
@@ -518,6 +539,7 @@ export class KvmContext implements AsyncDisposable {
     if (stop.kind === "callback") {
       return { kind: "handler", reason: slot.callbackStop ?? "callback" };
     }
+    if (stop.kind === "requested" && this.#run?.timedOut) return { kind: "timeout" };
     return stop;
   }
 
@@ -547,6 +569,7 @@ export class KvmContext implements AsyncDisposable {
     if (!failed) state.results[slot.index] = result;
     if (--state.pending > 0) return;
     this.#run = undefined;
+    clearTimeout(state.timer);
     const results = state.results.filter((r): r is VcpuResult => r !== undefined);
     if (state.failure) {
       const f = state.failure;

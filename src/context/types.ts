@@ -205,6 +205,8 @@ export interface DebugInfo {
 export type VcpuStopReason =
   /** `stop()` was called. */
   | { kind: "requested" }
+  /** `run({ timeoutMs })` ran out of time while this vCPU was still running. */
+  | { kind: "timeout" }
   /** A device or callback returned {@linkcode stopVcpu}. */
   | { kind: "handler"; reason: string }
   /** HLT with no halt handler (userspace irqchip only). */
@@ -224,6 +226,12 @@ export interface VcpuResult {
   stop: VcpuStopReason;
   /** Exits handled during this run (`KVM_RUN` returns, kicks excluded). */
   exits: number;
+}
+
+/** Options of `KvmContext.run()`. */
+export interface RunOptions {
+  /** Stop the vCPUs still running after this many milliseconds (they report "timeout"). */
+  timeoutMs?: number;
 }
 
 /** What `KvmContext.run()` resolves with once every vCPU has stopped. */

@@ -9,7 +9,7 @@
  */
 
 /** Version the loader expects from `kvm_shim_version()`. */
-export const SHIM_VERSION = 1;
+export const SHIM_VERSION = 2;
 
 /** Symbols of the shim, as given to `Deno.dlopen`. */
 export const symbols = {
@@ -48,6 +48,12 @@ export const symbols = {
   kvm_install_kick_handler: { parameters: [], result: "i32" },
   /** `int32_t kvm_kick(int32_t tid, uint8_t *immediate_exit)` */
   kvm_kick: { parameters: ["i32", "pointer"], result: "i32" },
+  /** `int32_t kvm_timer_create(int32_t tid, int32_t *out)`: a timer that kicks thread `tid`. */
+  kvm_timer_create: { parameters: ["i32", "buffer"], result: "i32" },
+  /** `int32_t kvm_timer_set(int32_t id, uint64_t first_ns, uint64_t interval_ns)`; 0 disarms. */
+  kvm_timer_set: { parameters: ["i32", "u64", "u64"], result: "i32" },
+  /** `int32_t kvm_timer_delete(int32_t id)` */
+  kvm_timer_delete: { parameters: ["i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The loaded shim. */

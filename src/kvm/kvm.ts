@@ -19,6 +19,42 @@ import { Vm } from "./vm.ts";
 const O_RDWR = 2;
 
 /**
+ * Which KVM the host kernel provides, as the host names it: for reports and
+ * test logs. Decide on features with `checkExtension` and the supported
+ * CPUID, never on these names.
+ */
+export interface KvmImplementation {
+  /**
+   * The vendor module that backs `/dev/kvm` (`"kvm_intel"`, `"kvm_amd"`,
+   * `"kvm_pvm"`, ...): the first `kvm_*` entry of `/sys/module`, or
+   * `undefined` when none can be read.
+   */
+  vendorModule: string | undefined;
+  /** Every `kvm_*` entry of `/sys/module` (loaded or built in), sorted. */
+  modules: string[];
+  /** The host kernel's release (`/proc/sys/kernel/osrelease`), or `undefined`. */
+  hostKernelRelease: string | undefined;
+}
+
+/** Reads the host's KVM implementation facts; needs `--allow-read` of /sys/module and /proc. */
+function readImplementation(): KvmImplementation {
+  let modules: string[] = [];
+  try {
+    modules = [...Deno.readDirSync("/sys/module")]
+      .map((e) => e.name)
+      .filter((name) => name.startsWith("kvm_"))
+      .sort();
+  } catch { /* no /sys, or no read permission: unknown */ }
+  let hostKernelRelease: string | undefined;
+  try {
+    hostKernelRelease = Deno.readTextFileSync("/proc/sys/kernel/osrelease").trim();
+  } catch { /* unknown */ }
+  // Prefer the hardware vendors' modules, then any other backend.
+  const preferred = ["kvm_intel", "kvm_amd"].find((m) => modules.includes(m));
+  return { vendorModule: preferred ?? modules[0], modules, hostKernelRelease };
+}
+
+/**
  * An open `/dev/kvm`: the system-wide ioctls, and the factory of VMs.
  *
  * @example
@@ -84,6 +120,16 @@ export class Kvm extends OwnedFd {
       throw new KvmError("KVM_CHECK_EXTENSION", Errno.EINVAL, `unknown capability ${cap}`);
     }
     return this.ioctlVal("KVM_CHECK_EXTENSION", Ioctl.KVM_CHECK_EXTENSION, number);
+  }
+
+  /**
+   * Which KVM implementation the host kernel provides (vendor module and
+   * host kernel release), as data for reports. Not a feature test: ask
+   * {@linkcode checkExtension} and {@linkcode getSupportedCpuid} for those.
+   */
+  implementation(): KvmImplementation {
+    this.fd("KVM implementation");
+    return readImplementation();
   }
 
   /** `KVM_GET_VCPU_MMAP_SIZE`: bytes to map from a vCPU fd (the run area and rings). */

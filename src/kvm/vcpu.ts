@@ -76,6 +76,9 @@ export type { KickTarget } from "./kick.ts";
 
 let kickHandlerInstalled = false;
 
+/** After its deadline the watchdog signals again this often, until disarmed. */
+const WATCHDOG_REPEAT_NS = 10_000_000n;
+
 /**
  * A virtual CPU (`KVM_CREATE_VCPU`), created by `Vm.createVcpu`.
  *
@@ -118,6 +121,11 @@ export class Vcpu extends OwnedFd {
   #adopted = false;
   #ownsMapping = true;
   #released = false;
+  #watchdogTimer = -1;
+  #watchdogThread = 0;
+  #watchdogMs = 0;
+  /** performance.now() after which an unkicked EINTR means the watchdog expired; 0: disarmed. */
+  #watchdogDeadline = 0;
   #regs = new KvmRegs();
   #regsPtr = pointerOf(this.#regs.bytes);
   /** Error detail, made once: a closure per call would allocate on every ioctl. */
@@ -219,15 +227,86 @@ export class Vcpu extends OwnedFd {
    * `immediate_exit`; other failures throw a KvmError.
    */
   run(): VcpuExit {
-    const result = this.#ioctl(this.fd("KVM_RUN"), Ioctl.KVM_RUN, null);
-    if (result < 0) {
-      if (result === -Errno.EINTR) {
-        this.#runBytes[1] = 0;
-        return this.#decoder.interrupted;
-      }
-      throw new KvmError("KVM_RUN", -result, this.label);
+    for (;;) {
+      const result = this.#ioctl(this.fd("KVM_RUN"), Ioctl.KVM_RUN, null);
+      if (result >= 0) return this.#decoder.decode(this.#exitReason[0]);
+      if (result !== -Errno.EINTR) throw new KvmError("KVM_RUN", -result, this.label);
+      // A kick sets immediate_exit before its signal; a watchdog signal does not.
+      const kicked = this.#runBytes[1] !== 0;
+      this.#runBytes[1] = 0;
+      if (kicked || this.#watchdogDeadline === 0) return this.#decoder.interrupted;
+      if (performance.now() >= this.#watchdogDeadline) this.#watchdogExpired();
     }
-    return this.#decoder.decode(this.#exitReason[0]);
+  }
+
+  /**
+   * Bounds the time this vCPU may keep running from now on: once `ms`
+   * milliseconds have passed, the `run()` in progress (or the next one)
+   * throws a KvmError(`KVM_RUN`, `ETIMEDOUT`) carrying the registers, and so
+   * does every later `run()` until the watchdog is disarmed with `null`.
+   *
+   * It is a POSIX timer that sends the kick signal to the calling thread, so
+   * call it from the thread that runs the vCPU. Until the deadline it costs
+   * nothing (no signal, nothing added to the exit path); after it, a signal
+   * every 10 ms makes sure a `KVM_RUN` that never returns on its own (a
+   * guest spinning without exits, or a KVM that never reports a triple
+   * fault) comes back. `close()` deletes the timer.
+   *
+   * @example
+   * ```ts
+   * import { Kvm } from "@deno-kvm/kvm";
+   * using kvm = Kvm.open();
+   * using vm = kvm.createVm();
+   * const vcpu = vm.createVcpu(0);
+   * vcpu.setWatchdog(5_000); // run() throws ETIMEDOUT after 5 s
+   * vcpu.setWatchdog(null); // disarmed
+   * ```
+   */
+  setWatchdog(ms: number | null): void {
+    const op = "vCPU watchdog";
+    this.fd(op);
+    if (ms === null) {
+      if (this.#watchdogTimer >= 0) unwrap(native().kvm_timer_set(this.#watchdogTimer, 0n, 0n), op);
+      this.#watchdogDeadline = 0;
+      return;
+    }
+    if (!Number.isFinite(ms) || ms <= 0 || ms > 2 ** 52) {
+      throw new KvmError(op, Errno.EINVAL, `watchdog time ${ms} ms is not a positive number`);
+    }
+    const thread = native().kvm_thread_id();
+    if (this.#watchdogTimer >= 0 && this.#watchdogThread !== thread) this.#deleteWatchdog();
+    if (this.#watchdogTimer < 0) {
+      const out = new Int32Array(1);
+      unwrap(native().kvm_timer_create(thread, new Uint8Array(out.buffer)), op);
+      this.#watchdogTimer = out[0];
+      this.#watchdogThread = thread;
+    }
+    this.#watchdogMs = ms;
+    this.#watchdogDeadline = performance.now() + ms;
+    const first = BigInt(Math.max(1, Math.ceil(ms * 1e6)));
+    unwrap(native().kvm_timer_set(this.#watchdogTimer, first, WATCHDOG_REPEAT_NS), op);
+  }
+
+  #watchdogExpired(): never {
+    let state = "";
+    try {
+      const r = this.getRegs();
+      state = `; rip=0x${r.rip.toString(16)} rsp=0x${r.rsp.toString(16)} rflags=0x${
+        r.rflags.toString(16)
+      }`;
+    } catch { /* the registers are a courtesy */ }
+    throw new KvmError(
+      "KVM_RUN",
+      Errno.ETIMEDOUT,
+      `${this.label} still running when its ${this.#watchdogMs} ms watchdog expired${state}`,
+    );
+  }
+
+  #deleteWatchdog(): void {
+    if (this.#watchdogTimer < 0) return;
+    native().kvm_timer_delete(this.#watchdogTimer);
+    this.#watchdogTimer = -1;
+    this.#watchdogDeadline = 0;
   }
 
   /**
@@ -834,6 +913,7 @@ export class Vcpu extends OwnedFd {
 
   /** Closes what this object owns before its fd. */
   protected override releaseResources(): void {
+    this.#deleteWatchdog();
     const address = this.#runAddress;
     this.#runAddress = 0n;
     // Detach first so stale views (runArea, exits) read nothing instead of faulting.
