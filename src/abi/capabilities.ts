@@ -225,6 +225,8 @@ export const Cap = {
   S390_ZPCI_OP: 221,
   S390_CPU_TOPOLOGY: 222,
   DIRTY_LOG_RING_ACQ_REL: 223,
+  /** Linux 6.8+: `KVM_SET_USER_MEMORY_REGION2` (newer than the headers this project builds with). */
+  USER_MEMORY2: 231,
 } as const;
 
 /** A capability name accepted by `checkExtension()` and `enableCap()`. */

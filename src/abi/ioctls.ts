@@ -103,6 +103,8 @@ export const KVM_ENABLE_CAP: number = iow(0xa3, KvmEnableCap);
 export const KVM_SIGNAL_MSI: number = iow(0xa5, KvmMsi);
 /** `KVM_CLEAR_DIRTY_LOG` = `_IOWR(KVMIO, 0xc0, struct kvm_clear_dirty_log)`. */
 export const KVM_CLEAR_DIRTY_LOG: number = iowr(0xc0, KvmClearDirtyLog);
+/** `KVM_RESET_DIRTY_RINGS` = `_IO(KVMIO, 0xc7)`: recycles harvested dirty-ring entries. */
+export const KVM_RESET_DIRTY_RINGS: number = io(0xc7);
 /** `KVM_CREATE_DEVICE` = `_IOWR(KVMIO, 0xe0, struct kvm_create_device)`. */
 export const KVM_CREATE_DEVICE: number = iowr(0xe0, KvmCreateDevice);
 
