@@ -165,6 +165,12 @@ export type SetTprExit = SimpleExit<"setTpr">;
  * before or while the guest ran. `immediate_exit` is cleared again.
  */
 export type InterruptedExit = SimpleExit<"interrupted">;
+/**
+ * `KVM_EXIT_DIRTY_RING_FULL`: this vCPU's dirty ring is (nearly) full. Harvest
+ * it and call `Vm.resetDirtyRings()` before the next `run()`, which otherwise
+ * returns this exit again. The guest did not advance.
+ */
+export type DirtyRingFullExit = SimpleExit<"dirtyRingFull">;
 
 /** `KVM_EXIT_FAIL_ENTRY`: the hardware refused to enter the guest. */
 export class FailEntryExit {
@@ -396,6 +402,7 @@ export type VcpuExit =
   | HypercallExit
   | IoapicEoiExit
   | MsrExit
+  | DirtyRingFullExit
   | UnknownExit
   | OtherExit;
 
@@ -412,6 +419,7 @@ export class ExitDecoder {
   readonly #irqWindowOpen = new SimpleExit("irqWindowOpen");
   readonly #nmi = new SimpleExit("nmi");
   readonly #setTpr = new SimpleExit("setTpr");
+  readonly #dirtyRingFull = new SimpleExit("dirtyRingFull");
   /** The exit for `EINTR`. */
   readonly interrupted: InterruptedExit = new SimpleExit("interrupted");
   readonly #failEntry = new FailEntryExit();
@@ -478,6 +486,8 @@ export class ExitDecoder {
         return this.#rdmsr.fill(run);
       case ExitReason.X86_WRMSR:
         return this.#wrmsr.fill(run);
+      case ExitReason.DIRTY_RING_FULL:
+        return this.#dirtyRingFull;
       case ExitReason.UNKNOWN:
         return this.#unknown.fill(run);
       default:
