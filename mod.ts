@@ -38,6 +38,7 @@ export { OwnedFd } from "./src/kvm/owned_fd.ts";
 export { GuestMemory, type GuestMemoryOptions } from "./src/kvm/guest_memory.ts";
 export {
   DebugExit,
+  type DirtyRingFullExit,
   ExceptionExit,
   FailEntryExit,
   type HltExit,
@@ -120,12 +121,14 @@ export {
 export { EventFd, type EventFdOptions } from "./src/kvm/event_fd.ts";
 export { Device, type DeviceAttr } from "./src/kvm/device.ts";
 export { CoalescedRing, type CoalescedWrite } from "./src/kvm/coalesced_ring.ts";
+export { type DirtyPageVisitor, DirtyRing } from "./src/kvm/dirty_ring.ts";
 export * from "./src/abi/irqchip.ts";
 export * from "./src/abi/pit.ts";
 export * from "./src/abi/irq_routing.ts";
 export * from "./src/abi/eventfd.ts";
 export * from "./src/abi/coalesced.ts";
 export * from "./src/abi/dirty_log.ts";
+export * from "./src/abi/dirty_ring.ts";
 export * from "./src/abi/clock.ts";
 export * from "./src/abi/device.ts";
 export * from "./src/abi/enable_cap.ts";

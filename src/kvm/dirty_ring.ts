@@ -1,0 +1,142 @@
+/**
+ * A vCPU's dirty ring (`KVM_CAP_DIRTY_LOG_RING`): the kernel appends one
+ * `struct kvm_dirty_gfn` per page the vCPU writes in a slot with
+ * `logDirtyPages`, and userspace harvests them in order, with no bitmap to
+ * scan. Documentation/virt/kvm/api.rst, sections
+ * "KVM_CAP_DIRTY_LOG_RING/KVM_CAP_DIRTY_LOG_RING_ACQ_REL" and
+ * "KVM_RESET_DIRTY_RINGS".
+ *
+ * @module
+ */
+
+import {
+  KVM_DIRTY_GFN_F_DIRTY,
+  KVM_DIRTY_GFN_F_RESET,
+  KVM_DIRTY_LOG_PAGE_OFFSET,
+  KvmDirtyGfn,
+} from "../abi/dirty_ring.ts";
+import { Errno, KvmError } from "../errors.ts";
+import { native } from "../ffi/library.ts";
+import { MAP_SHARED, PAGE_SIZE, PROT_READ, PROT_WRITE } from "./constants.ts";
+import { HostMapping } from "./host_mapping.ts";
+
+/**
+ * Called by {@linkcode DirtyRing.harvest} for each dirty page: `slot` is the
+ * kernel's slot field (the slot id in bits 0-15, the address space in bits
+ * 16-31: 0 except for SMM on x86) and `offset` the page's index inside the
+ * slot (its guest address is the slot's `guestPhysAddr + offset * 4096`).
+ */
+export type DirtyPageVisitor = (slot: number, offset: number) => void;
+
+/** 32-bit words per entry: flags, slot, offset low, offset high. */
+const WORDS = KvmDirtyGfn.size / 4;
+
+/**
+ * One vCPU's dirty ring, mapped from its fd at page
+ * `KVM_DIRTY_LOG_PAGE_OFFSET`. Made by `Vm.createVcpu` once
+ * `Vm.enableDirtyRing` was called, and unmapped when that vCPU closes; get it
+ * with `vm.dirtyRing(vcpu)`.
+ *
+ * The ring is shared with the kernel without a lock: an entry's flags are read
+ * with acquire and written with release semantics (`Atomics` on the mapping),
+ * as `KVM_CAP_DIRTY_LOG_RING_ACQ_REL` requires, so any thread may harvest
+ * while the vCPU runs on another.
+ *
+ * @example
+ * ```ts ignore
+ * vm.enableDirtyRing(64 * 1024); // before any vCPU
+ * const vcpu = vm.createVcpu(0);
+ * // ... run the guest ...
+ * const ring = vm.dirtyRing(vcpu);
+ * ring.harvest((slot, offset) => copyPage(slot, offset));
+ * vm.resetDirtyRings(); // write-protects the harvested pages again
+ * ```
+ */
+export class DirtyRing extends HostMapping {
+  /** Names the mapping in error messages. */
+  protected readonly kind = "dirty ring";
+  /** Capacity in entries (the ring's bytes / 16); the vCPU exits as full before it is reached. */
+  readonly entries: number;
+  #words: Uint32Array;
+  #mask: number;
+  /** The next entry to harvest; only userspace keeps this index. */
+  #next = 0;
+  #label: string;
+
+  private constructor(address: bigint, size: number, label: string) {
+    super(address, size);
+    this.entries = size / KvmDirtyGfn.size;
+    this.#mask = this.entries - 1;
+    this.#words = new Uint32Array(this.bytes.buffer, this.bytes.byteOffset, size / 4);
+    this.#label = label;
+  }
+
+  /**
+   * Maps the dirty ring of the vCPU whose fd is `vcpuFd` (a `Vcpu`'s
+   * `unsafeFd`); `bytes` must be the size given to `Vm.enableDirtyRing`. For
+   * a vCPU made by `Vm.createVcpu` the VM already did this: use
+   * `vm.dirtyRing(vcpu)`. The caller owns the result and must close it.
+   */
+  static map(vcpuFd: number, bytes: number, label = `vCPU fd ${vcpuFd}`): DirtyRing {
+    const op = "mmap dirty ring";
+    if (!Number.isInteger(bytes) || bytes < PAGE_SIZE || (bytes & (bytes - 1)) !== 0) {
+      throw new KvmError(op, Errno.EINVAL, `${label}: ${bytes} bytes is not a power of two ≥ 4096`);
+    }
+    const out = new BigUint64Array(1);
+    const result = native().kvm_mmap(
+      vcpuFd,
+      BigInt(bytes),
+      PROT_READ | PROT_WRITE,
+      MAP_SHARED,
+      BigInt(KVM_DIRTY_LOG_PAGE_OFFSET * PAGE_SIZE),
+      out,
+    );
+    if (result < 0) {
+      throw new KvmError(
+        op,
+        -result,
+        `${label}: ${bytes} bytes at page ${KVM_DIRTY_LOG_PAGE_OFFSET} (is the dirty ring enabled?)`,
+      );
+    }
+    return new DirtyRing(out[0], bytes, label);
+  }
+
+  /**
+   * Calls `visit(slot, offset)` for each page the kernel pushed since the last
+   * harvest, oldest first, and marks each entry harvested (`KVM_DIRTY_GFN_F_RESET`).
+   * Returns the number of entries. Allocates nothing. The pages stay writable
+   * for the guest, and their entries occupied, until `Vm.resetDirtyRings()`;
+   * a page written again after that reset comes back in a later harvest.
+   * If `visit` throws, that entry stays unharvested and comes first next time.
+   */
+  harvest(visit?: DirtyPageVisitor): number {
+    const words = this.#words;
+    if (words.length === 0) {
+      throw new KvmError("harvest dirty ring", Errno.EBADF, `${this.#label} is closed`);
+    }
+    let n = 0;
+    for (;;) {
+      const at = (this.#next & this.#mask) * WORDS;
+      // Acquire: the kernel stores slot and offset before it sets DIRTY.
+      if ((Atomics.load(words, at) & KVM_DIRTY_GFN_F_DIRTY) === 0) return n;
+      const slot = words[at + 1];
+      const offset = words[at + 2] + words[at + 3] * 0x1_0000_0000;
+      visit?.(slot, offset);
+      // Release: once it sees RESET the kernel may recycle the entry.
+      Atomics.store(words, at, KVM_DIRTY_GFN_F_RESET);
+      this.#next = (this.#next + 1) >>> 0;
+      n++;
+    }
+  }
+
+  /** Entries the kernel pushed and {@linkcode harvest} has not visited yet (reads only). */
+  get pending(): number {
+    const words = this.#words;
+    let n = 0;
+    while (
+      n < this.entries &&
+      (Atomics.load(words, ((this.#next + n) & this.#mask) * WORDS) & KVM_DIRTY_GFN_F_DIRTY) !== 0
+    ) n++;
+    return n;
+  }
+}
