@@ -4,7 +4,7 @@
 // into bench/build/ and compares exits (or ioctls, scans) per second.
 //
 // usage: baseline CASE MODE RAM_SIZE ENTRY DIRTY_LOG HEX_CODE
-//   CASE       pio | mmio | get-regs | set-regs | dirty-log
+//   CASE       pio | mmio | get-regs | set-regs | dirty-log | dirty-ring
 //   MODE       real | protected     (as GuestSpec.mode in bench/guests.ts)
 //   RAM_SIZE   bytes of slot 0 at guest physical 0; ENTRY where the code goes
 //   DIRTY_LOG  1 to set KVM_MEM_LOG_DIRTY_PAGES on slot 0
@@ -34,10 +34,13 @@
 #define DIRTY_OFFSET 0x80000
 #define DIRTY_STRIDE 0x100000
 #define PAGE_SIZE 4096
+#define DIRTY_RING_BYTES (64 * 1024)
 
 static int kvm_fd, vm_fd, vcpu_fd;
 static struct kvm_run *run;
 static uint64_t ram_size;
+static const char *case_name;
+static struct kvm_dirty_gfn *ring;
 
 static void die(const char *what) {
   fprintf(stderr, "baseline: %s: %s\n", what, strerror(errno));
@@ -93,8 +96,22 @@ static void setup_guest(const char *mode, uint64_t size, uint64_t entry, int dir
     if (sscanf(hex + 2 * i, "%2x", &byte) != 1) fail("bad hex code");
     ram[entry + i] = (uint8_t)byte;
   }
+  int use_ring = strcmp(case_name, "dirty-ring") == 0;
+  if (use_ring) {
+    // As Vm.enableDirtyRing: the ACQ_REL capability where the kernel has it.
+    int cap = ioctl(vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING_ACQ_REL) > 0
+                  ? KVM_CAP_DIRTY_LOG_RING_ACQ_REL
+                  : KVM_CAP_DIRTY_LOG_RING;
+    struct kvm_enable_cap enable = {.cap = cap, .args = {DIRTY_RING_BYTES}};
+    if (ioctl(vm_fd, KVM_ENABLE_CAP, &enable) < 0) die("KVM_ENABLE_CAP dirty ring");
+  }
   vcpu_fd = ioctl(vm_fd, KVM_CREATE_VCPU, 0);
   if (vcpu_fd < 0) die("KVM_CREATE_VCPU");
+  if (use_ring) {
+    ring = mmap(NULL, DIRTY_RING_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu_fd,
+                KVM_DIRTY_LOG_PAGE_OFFSET * PAGE_SIZE);
+    if (ring == MAP_FAILED) die("mmap dirty ring");
+  }
   int mmap_size = ioctl(kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
   if (mmap_size < 0) die("KVM_GET_VCPU_MMAP_SIZE");
   run = mmap(NULL, (size_t)mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu_fd, 0);
@@ -196,8 +213,39 @@ static uint64_t dirty_log(long n) {
   return ns;
 }
 
+// Case 6b: as DirtyRingFixture in bench/cases.ts. Returns the harvests' time.
+static uint32_t ring_next;
+static uint64_t dirty_ring(long n) {
+  uint64_t first = DIRTY_OFFSET / PAGE_SIZE, stride = DIRTY_STRIDE / PAGE_SIZE;
+  uint64_t expected = ram_size / DIRTY_STRIDE;
+  uint32_t mask = DIRTY_RING_BYTES / sizeof(struct kvm_dirty_gfn) - 1;
+  uint64_t ns = 0;
+  for (long i = 0; i < n; i++) {
+    vcpu_run(); // one pass of the guest, untimed
+    if (run->exit_reason != KVM_EXIT_IO || run->io.port != PIO_PORT) fail("ring: wrong exit");
+    uint64_t t0 = now_ns();
+    uint64_t dirty = 0;
+    for (;;) {
+      struct kvm_dirty_gfn *e = &ring[ring_next & mask];
+      if (!(__atomic_load_n(&e->flags, __ATOMIC_ACQUIRE) & KVM_DIRTY_GFN_F_DIRTY)) break;
+      if (e->slot != 0) fail("ring: an entry for another slot");
+      if (e->offset >= first) {
+        if ((e->offset - first) % stride != 0) fail("ring: a page the guest never wrote");
+        dirty++;
+      }
+      __atomic_store_n(&e->flags, KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
+      ring_next++;
+    }
+    if (ioctl(vm_fd, KVM_RESET_DIRTY_RINGS, 0) < 0) die("KVM_RESET_DIRTY_RINGS");
+    ns += now_ns() - t0;
+    if (dirty != expected) fail("ring: wrong number of dirty pages");
+  }
+  return ns;
+}
+
 static uint64_t measure(const char *name, long n) {
   if (strcmp(name, "dirty-log") == 0) return dirty_log(n);
+  if (strcmp(name, "dirty-ring") == 0) return dirty_ring(n);
   uint64_t t0 = now_ns();
   if (strcmp(name, "pio") == 0) pio(n);
   else if (strcmp(name, "mmio") == 0) mmio(n);
@@ -213,6 +261,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   const char *name = argv[1];
+  case_name = name;
   uint64_t entry = strtoull(argv[4], NULL, 0);
   setup_guest(argv[2], strtoull(argv[3], NULL, 0), entry, atoi(argv[5]), argv[6]);
   if (strcmp(name, "get-regs") == 0 || strcmp(name, "set-regs") == 0) {

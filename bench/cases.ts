@@ -10,12 +10,13 @@
  * @module
  */
 
-import type { IoExit, MmioExit, Vcpu } from "../mod.ts";
+import { type DirtyRing, type IoExit, Kvm, type MmioExit, type Vcpu } from "../mod.ts";
 import {
   DIRTY_GUEST,
   DIRTY_OFFSET,
   DIRTY_PAGES,
   DIRTY_RAM,
+  DIRTY_RING_GUEST,
   DIRTY_STRIDE,
   type Guest,
   type GuestSpec,
@@ -25,6 +26,7 @@ import {
   openGuest,
   PIO_GUEST,
   PIO_PORT,
+  whyNoKvm,
 } from "./guests.ts";
 
 /** An opened case: a VM with its guest loaded, ready to measure. */
@@ -304,5 +306,89 @@ export const dirtyLogCase: BenchCase = {
   open: () => new DirtyLogFixture(),
 };
 
-/** This file's cases, in table order. */
-export const cases: BenchCase[] = [pioCase, mmioCase, getRegsCase, setRegsCase, dirtyLogCase];
+/**
+ * The dirty-ring fixture: runs one guest pass (untimed), then times the
+ * harvest of the vCPU's ring and `KVM_RESET_DIRTY_RINGS`: the ring's
+ * counterpart of {@linkcode DirtyLogFixture}'s retrieval and scan.
+ */
+export class DirtyRingFixture implements BenchFixture {
+  /** The VM and vCPU. */
+  readonly guest: Guest;
+  readonly #ring: DirtyRing;
+  #dirty = 0;
+  /** Made once: the harvest calls it per entry without allocating. */
+  readonly #visit = (slot: number, offset: number): void => {
+    if (slot !== 0) throw new Error(`an entry for slot ${slot}`);
+    if (offset < EXPECTED_FIRST) return; // the code's pages (see scanDirtyLog)
+    if ((offset - EXPECTED_FIRST) % EXPECTED_STRIDE !== 0) {
+      throw new Error(`page ${offset} is dirty but the guest never wrote it`);
+    }
+    this.#dirty++;
+  };
+
+  constructor() {
+    this.guest = openGuest(DIRTY_RING_GUEST);
+    this.#ring = this.guest.vm.dirtyRing(this.guest.vcpu);
+  }
+
+  /** Lets the guest dirty its 1024 pages once. */
+  pass(): void {
+    const exit = this.guest.vcpu.run();
+    if (exit.reason !== "io" || exit.port !== PIO_PORT) unexpected(exit.reason, "io");
+  }
+
+  /** Harvests the ring and resets it; throws unless exactly the guest's 1024 pages came. */
+  scan(): void {
+    this.#dirty = 0;
+    this.#ring.harvest(this.#visit);
+    this.guest.vm.resetDirtyRings();
+    if (this.#dirty !== DIRTY_PAGES) {
+      throw new Error(`${this.#dirty} dirty pages, expected ${DIRTY_PAGES}`);
+    }
+  }
+
+  /** `n` passes and harvests; the harvests' time. */
+  measure(n: number): number {
+    let ms = 0;
+    for (let i = 0; i < n; i++) {
+      this.pass();
+      ms += time(() => this.scan());
+    }
+    return ms;
+  }
+
+  /** Closes the VM. */
+  close(): void {
+    this.guest.close();
+  }
+}
+
+/** Case 6b. */
+export const dirtyRingCase: BenchCase = {
+  id: "dirty-ring",
+  title: "6b. dirty ring, 1 GiB (1024 dirty pages): harvest + reset",
+  unit: "harvests",
+  block: 1,
+  blocks: 20,
+  warmup: 10,
+  baseline: { case: "dirty-ring", guest: DIRTY_RING_GUEST },
+  open: () => new DirtyRingFixture(),
+};
+
+/** Null when this machine's KVM has the dirty ring, else why not. */
+export function whyNoDirtyRing(): string | null {
+  const noKvm = whyNoKvm();
+  if (noKvm) return noKvm;
+  using kvm = Kvm.open();
+  return kvm.checkExtension("DIRTY_LOG_RING") > 0 ? null : "the KVM lacks KVM_CAP_DIRTY_LOG_RING";
+}
+
+/** This file's cases, in table order (case 6b where the KVM has the dirty ring). */
+export const cases: BenchCase[] = [
+  pioCase,
+  mmioCase,
+  getRegsCase,
+  setRegsCase,
+  dirtyLogCase,
+  ...(whyNoDirtyRing() === null ? [dirtyRingCase] : []),
+];

@@ -21,6 +21,8 @@ export interface GuestSpec {
   ramSize: number;
   /** Log dirty pages of slot 0 (`KVM_MEM_LOG_DIRTY_PAGES`). */
   logDirtyPages?: boolean;
+  /** Enable the dirty ring with this many bytes per vCPU (before the vCPU is created). */
+  dirtyRingBytes?: number;
 }
 
 /** The port the PIO and dirty-log guests write to. */
@@ -99,6 +101,19 @@ export const DIRTY_GUEST: GuestSpec = {
   ],
 };
 
+/**
+ * Bytes of the dirty ring in case 6b: 4096 entries, so the guest's 1024 pages
+ * per pass stay far below the point where the kernel calls the ring full.
+ * The C baseline uses the same size (`DIRTY_RING_BYTES` in baseline.c).
+ */
+export const DIRTY_RING_BYTES = 64 * 1024;
+
+/**
+ * Case 6b: the guest of case 6, its written pages harvested from the dirty
+ * ring instead of the bitmap.
+ */
+export const DIRTY_RING_GUEST: GuestSpec = { ...DIRTY_GUEST, dirtyRingBytes: DIRTY_RING_BYTES };
+
 /** A VM with one slot and one vCPU, ready to run a {@linkcode GuestSpec}. */
 export interface Guest extends Disposable {
   /** The system handle (closing it closes the rest). */
@@ -129,6 +144,7 @@ export function openGuest(spec: GuestSpec): Guest {
       logDirtyPages: spec.logDirtyPages ?? false,
     });
     ram.bytes.set(spec.code, spec.entry);
+    if (spec.dirtyRingBytes) vm.enableDirtyRing(spec.dirtyRingBytes);
     const vcpu = vm.createVcpu(0);
     const sregs = vcpu.getSregs();
     const segments = [sregs.cs, sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss];
