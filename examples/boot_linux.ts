@@ -187,6 +187,14 @@ async function main(): Promise<number> {
     if (input.length > 0) machine.serial.receive(new Uint8Array(input));
   };
 
+  const probe = machine.cpuProbe;
+  if (probe && probe.unusable.length > 0) {
+    const cmdline = new TextDecoder().decode(machine.plan.cmdline).replace(/\0$/, "");
+    trace(
+      `CPU probe (${probe.ms.toFixed(0)} ms): hidden from the guest: ${probe.unusable.join(", ")}` +
+        (cmdline !== values.cmdline ? `; command line now "${cmdline}"` : ""),
+    );
+  }
   let code: number;
   try {
     const timeoutMs = values.timeout ? Number(values.timeout) * 1000 : undefined;

@@ -18,6 +18,7 @@ import { IoBus, type UnhandledAccess } from "../devices/io_bus.ts";
 import { registerLegacyDevices } from "../devices/legacy.ts";
 import { COM1_IRQ, COM1_PORT, Uart16550 } from "../devices/uart_16550.ts";
 import { hex } from "../kvm/constants.ts";
+import { describeInternalError } from "../kvm/dump.ts";
 import { Kvm } from "../kvm/kvm.ts";
 import { type KickTarget, Vcpu } from "../kvm/vcpu.ts";
 import type { Vm } from "../kvm/vm.ts";
@@ -34,6 +35,7 @@ import { describeVcpu, Mailbox, MailboxKind, MailboxState } from "./mailbox.ts";
 import { setupLongMode, setupProtectedMode } from "./modes.ts";
 import { buildMpTable, MPTABLE_ADDRESS } from "./mptable.ts";
 import { setupPlatform, setupVcpu } from "./platform.ts";
+import { type CpuProbeReport, linuxClearCpuid, probeCpu } from "./cpu_probe.ts";
 
 /** Options of {@linkcode LinuxMachine.create}. */
 export interface LinuxMachineOptions {
@@ -68,6 +70,14 @@ export interface LinuxMachineOptions {
   cpuid?: (entries: CpuidEntry[], vcpuId: number) => CpuidEntry[];
   /** The KVM system object to use (default: opens `/dev/kvm`, closed with the machine). */
   kvm?: Kvm;
+  /**
+   * Probe which CPU features this KVM can really execute and hide the others
+   * from the guest (default true; see `probeCpu`, cached per `Kvm`). Where
+   * the KVM forces a failing feature into the guest's CPUID anyway, its
+   * `clearcpuid=` is appended to the command line. False offers the
+   * supported CPUID as it is.
+   */
+  probeCpu?: boolean;
 }
 
 /** Why {@linkcode LinuxMachine.run} returned. */
@@ -153,6 +163,8 @@ export class LinuxMachine {
   readonly plan: LinuxBootPlan;
   /** vCPUs by id; 0 is the bootstrap processor. */
   readonly vcpus: readonly Vcpu[];
+  /** What the CPU probe found (undefined with `probeCpu: false`). */
+  readonly cpuProbe?: CpuProbeReport;
   #ownsKvm: boolean;
   #aps: Ap[] = [];
   #exit: MachineExit | null = null;
@@ -171,8 +183,10 @@ export class LinuxMachine {
     ownsKvm: boolean,
     plan: LinuxBootPlan,
     options: LinuxMachineOptions,
+    probe: CpuProbeReport | undefined,
   ) {
     this.kvm = kvm;
+    this.cpuProbe = probe;
     this.#ownsKvm = ownsKvm;
     this.plan = plan;
     this.#onUnhandled = options.onUnhandled;
@@ -219,7 +233,7 @@ export class LinuxMachine {
       const vcpus: Vcpu[] = [];
       for (let id = 0; id < cpus; id++) {
         const vcpu = vm.createVcpu(id);
-        setupVcpu(vcpu, cpus, supported, { tscDeadline, adjust: options.cpuid });
+        setupVcpu(vcpu, cpus, supported, { tscDeadline, probe, adjust: options.cpuid });
         vcpus.push(vcpu);
       }
       this.vcpus = vcpus;
@@ -261,16 +275,24 @@ export class LinuxMachine {
         `memory size ${options.memorySize} is not a multiple of 2 MiB`,
       );
     }
-    const plan = planLinuxBoot(options.kernel, {
-      memorySize: options.memorySize,
-      cmdline: options.cmdline,
-      initrd: options.initrd,
-      vmlinux: options.vmlinux,
-    });
+    const planWith = (cmdline?: string) =>
+      planLinuxBoot(options.kernel, {
+        memorySize: options.memorySize,
+        cmdline,
+        initrd: options.initrd,
+        vmlinux: options.vmlinux,
+      });
+    let plan = planWith(options.cmdline);
     const ownsKvm = options.kvm === undefined;
     const kvm = options.kvm ?? Kvm.open();
     try {
-      return new LinuxMachine(kvm, ownsKvm, plan, options);
+      let probe: CpuProbeReport | undefined;
+      if (options.probeCpu !== false) {
+        probe = probeCpu(kvm);
+        const clear = linuxClearCpuid(probe);
+        if (clear) plan = planWith(options.cmdline ? `${options.cmdline} ${clear}` : clear);
+      }
+      return new LinuxMachine(kvm, ownsKvm, plan, options, probe);
     } catch (e) {
       if (ownsKvm) kvm.close();
       throw e;
@@ -511,9 +533,9 @@ export class LinuxMachine {
           this.#finish({
             reason: "error",
             vcpu: 0,
-            detail: `vCPU 0: KVM internal error, suberror ${exit.suberror} data ${
-              exit.data.map((d) => hex(d)).join(" ")
-            }\n${describeVcpu(bsp)}`,
+            detail: `vCPU 0: KVM internal error, ${
+              describeInternalError(exit, this.vm, bsp)
+            } (data ${exit.data.map((d) => hex(d)).join(" ")})\n${describeVcpu(bsp)}`,
           });
           break;
         case "failEntry":

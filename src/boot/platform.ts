@@ -14,6 +14,7 @@ import { KVM_PIT_SPEAKER_DUMMY } from "../abi/pit.ts";
 import type { Kvm } from "../kvm/kvm.ts";
 import type { Vcpu } from "../kvm/vcpu.ts";
 import type { Vm } from "../kvm/vm.ts";
+import { type CpuProbeReport, hideUnusableFeatures } from "./cpu_probe.ts";
 
 /** Where `KVM_SET_TSS_ADDR` puts the three pages Intel VMX needs (as QEMU does). */
 export const TSS_ADDRESS = 0xfffbd000;
@@ -103,15 +104,17 @@ export function setupPlatform(vm: Vm): void {
  * (added when the supported list lacks them: kvmclock, no I/O delay, PV EOI),
  * and with `tscDeadline` the TSC-deadline timer bit (leaf 1 ECX[24]). KVM
  * features in `hiddenKvmFeatures` (default {@linkcode DEFAULT_HIDDEN_KVM_FEATURES})
- * are removed from leaf 0x40000001.
+ * are removed from leaf 0x40000001. With `probe` (from `probeCpu`), the
+ * features this KVM failed to execute are hidden too (see `hideUnusableFeatures`).
  */
 export function vcpuCpuid(
   supported: readonly CpuidEntry[],
   id: number,
   cpus: number,
-  options: { tscDeadline?: boolean; hiddenKvmFeatures?: number } = {},
+  options: { tscDeadline?: boolean; hiddenKvmFeatures?: number; probe?: CpuProbeReport } = {},
 ): CpuidEntry[] {
   const entries = supported.map((e) => ({ ...e }));
+  if (options.probe) hideUnusableFeatures(entries, options.probe);
   for (const e of entries) {
     switch (e.function) {
       case 1:
@@ -183,6 +186,7 @@ export function bootMsrs(): MsrEntry[] {
  * interrupts reach the CPU before Linux programs its APIC) and LINT1 as NMI.
  * `supported` is `kvm.getSupportedCpuid()`, fetched once for all vCPUs;
  * `tscDeadline`: whether `KVM_CAP_TSC_DEADLINE_TIMER` is there (see {@linkcode vcpuCpuid});
+ * `probe`: a `probeCpu` report whose unusable features are hidden;
  * `adjust` may change the CPUID list last.
  */
 export function setupVcpu(
@@ -192,6 +196,7 @@ export function setupVcpu(
   options: {
     tscDeadline?: boolean;
     hiddenKvmFeatures?: number;
+    probe?: CpuProbeReport;
     adjust?: (entries: CpuidEntry[], vcpuId: number) => CpuidEntry[];
   } = {},
 ): void {

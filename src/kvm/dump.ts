@@ -10,6 +10,10 @@ import type { MsrEntry } from "../abi/msr.ts";
 import type { Struct } from "../abi/struct.ts";
 import type { kvmVcpuEventsFields } from "../abi/vcpu_state.ts";
 import type { kvmRegsFields, kvmSegmentFields, kvmSregsFields } from "../abi/x86.ts";
+import type { InternalErrorExit } from "./exit.ts";
+import type { Vcpu } from "./vcpu.ts";
+import type { Vm } from "./vm.ts";
+import { describeX86, type X86Mode } from "./x86_decode.ts";
 
 /** Names of the MSRs the dump shows. */
 export const DUMP_MSRS: Readonly<Record<number, string>> = {
@@ -62,6 +66,8 @@ export interface DumpParts {
   mpState: number;
   /** The MSRs of {@linkcode DUMP_MSRS} the kernel could read. */
   msrs: MsrEntry[];
+  /** The instruction at RIP, when known (see {@linkcode instructionAtRip}). */
+  instruction?: string;
 }
 
 /** Formats a vCPU dump. */
@@ -75,6 +81,7 @@ export function formatDump(p: DumpParts): string {
   lines.push(row(["r8", "r9", "r10", "r11"]));
   lines.push(row(["r12", "r13", "r14", "r15"]));
   lines.push(`RIP ${h(r.rip)}  RFLAGS ${h(r.rflags, 8)}`);
+  if (p.instruction) lines.push(`instruction at RIP: ${p.instruction}`);
   for (const name of ["cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt"] as const) {
     lines.push(segment(name.toUpperCase(), s[name]));
   }
@@ -98,4 +105,37 @@ export function formatDump(p: DumpParts): string {
   lines.push(`smi: smm ${e.smiSmm} pending ${e.smiPending}  sipi vector ${e.sipiVector}`);
   lines.push(`mp state: ${MP_STATES[p.mpState] ?? p.mpState}`);
   return lines.join("\n");
+}
+
+/**
+ * The instruction at the vCPU's RIP, read from guest memory (RIP translated
+ * through the vCPU's page tables with `KVM_TRANSLATE`, decoded for the code
+ * segment's mode), e.g. `xrstor64 (48 0f ae 2f)`; a sentence saying why
+ * when it cannot be read.
+ */
+export function instructionAtRip(vm: Vm, vcpu: Vcpu): string {
+  try {
+    const rip = vcpu.getRegs().rip;
+    const sregs = vcpu.getSregs();
+    const mode: X86Mode = sregs.cs.l ? 64 : sregs.cs.db ? 32 : 16;
+    const linear = sregs.cs.l ? rip : sregs.cs.base + rip;
+    const t = vcpu.translate(linear);
+    if (!t.valid) return `not readable: rip ${h(rip)} is not mapped`;
+    const bytes = vm.readGuest(Number(t.physicalAddress), 15);
+    return describeX86(bytes, mode);
+  } catch (e) {
+    return `not readable: ${(e as Error).message}`;
+  }
+}
+
+/**
+ * One line for a `KVM_EXIT_INTERNAL_ERROR`: `emulation failure on lock
+ * cmpxchg16b (f0 48 0f c7 4d 20)`. The instruction comes from the exit's
+ * bytes when KVM gave them, else from guest memory at RIP
+ * ({@linkcode instructionAtRip}).
+ */
+export function describeInternalError(exit: InternalErrorExit, vm: Vm, vcpu: Vcpu): string {
+  const name = exit.suberror === 1 ? "emulation failure" : `suberror ${exit.suberror}`;
+  if (exit.instruction) return `${name} on ${exit.instruction}`;
+  return `${name}, instruction at RIP: ${instructionAtRip(vm, vcpu)}`;
 }

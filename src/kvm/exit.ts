@@ -10,6 +10,7 @@
  */
 
 import { ExitReason, type RunArea } from "../abi/kvm_run.ts";
+import { decodeX86, hexBytes, type X86Instruction, type X86Mode } from "./x86_decode.ts";
 
 type Run = RunArea;
 
@@ -188,7 +189,17 @@ export class FailEntryExit {
   }
 }
 
-/** `KVM_EXIT_INTERNAL_ERROR`: KVM could not emulate something. */
+/** `KVM_INTERNAL_ERROR_EMULATION`: the suberror of an instruction KVM could not emulate. */
+export const KVM_INTERNAL_ERROR_EMULATION = 1;
+/** `KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES`: `insn_size`/`insn_bytes` are valid. */
+export const KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES = 1n;
+
+/**
+ * `KVM_EXIT_INTERNAL_ERROR`: KVM could not go on. With suberror 1 (an
+ * emulation failure) the kernel may give the instruction's bytes
+ * (`struct kvm_run`'s `emulation_failure` overlay, always with
+ * `KVM_CAP_EXIT_ON_EMULATION_FAILURE`): then {@linkcode instruction} names it.
+ */
 export class InternalErrorExit {
   /** Discriminant. */
   readonly reason = "internalError" as const;
@@ -196,11 +207,61 @@ export class InternalErrorExit {
   suberror = 0;
   /** Extra data words (`ndata` of them). */
   data: bigint[] = [];
+  /** `emulation_failure.flags` (suberror 1 only; else 0n). */
+  flags = 0n;
+  // insn_size and insn_bytes, copied at the exit (the run area changes on the next run).
+  readonly #insn = new Uint8Array(16);
+  #insnValid = false;
+  #decoded: X86Instruction | null = null;
+
   /** @internal */
   fill(run: Run): this {
     this.suberror = run.internalSuberror;
-    this.data = Array.from(run.internalData.subarray(0, Math.min(run.internalNdata, 16)));
+    const ndata = Math.min(run.internalNdata, 16);
+    this.data = Array.from(run.internalData.subarray(0, ndata));
+    this.#decoded = null;
+    // The emulation_failure overlay: flags (= data[0]), then insn_size and 15 bytes (data[1..2]).
+    this.flags = this.suberror === KVM_INTERNAL_ERROR_EMULATION && ndata >= 1 ? this.data[0] : 0n;
+    this.#insnValid = ndata >= 3 &&
+      (this.flags & KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) !== 0n;
+    if (this.#insnValid) {
+      const at = run.internalData.byteOffset + 8;
+      this.#insn.set(new Uint8Array(run.internalData.buffer, at, 16));
+      this.#insnValid = this.#insn[0] > 0 && this.#insn[0] <= 15;
+    }
     return this;
+  }
+
+  /**
+   * The bytes of the instruction KVM failed to emulate, when the kernel gave
+   * them (suberror 1 with the instruction-bytes flag); `undefined` otherwise.
+   * A copy.
+   */
+  get instructionBytes(): Uint8Array | undefined {
+    return this.#insnValid ? this.#insn.slice(1, 1 + this.#insn[0]) : undefined;
+  }
+
+  /**
+   * The instruction decoded for `mode` (default 64-bit code), when the kernel
+   * gave its bytes. Decoded on the first call, not at the exit.
+   */
+  decodeInstruction(mode: X86Mode = 64): X86Instruction | undefined {
+    if (!this.#insnValid) return undefined;
+    if (mode !== 64) return decodeX86(this.instructionBytes!, mode);
+    return this.#decoded ??= decodeX86(this.instructionBytes!, 64);
+  }
+
+  /**
+   * The instruction as text, e.g. `lock cmpxchg16b (f0 48 0f c7 4d 20)`
+   * (64-bit decoding; see {@linkcode decodeInstruction}), or `undefined`
+   * when the kernel gave no bytes: read them at RIP then.
+   */
+  get instruction(): string | undefined {
+    const insn = this.decodeInstruction();
+    if (!insn) return undefined;
+    return insn.length > 0
+      ? `${insn.mnemonic} (${hexBytes(insn.bytes)})`
+      : `${insn.mnemonic} (bytes: ${hexBytes(insn.bytes)})`;
   }
 }
 
