@@ -1,12 +1,26 @@
 /**
  * `deno task test`: the unit tests natively (no KVM needed), then the KVM
- * integration tests on real kernel KVM: in place when `/dev/kvm` is usable,
- * otherwise inside the sandbox (a QEMU guest with kvm-amd), otherwise skipped
- * loudly. `KVM_TESTS=required` turns that skip into a failure;
- * `KVM_TESTS=skip` skips on purpose. Extra arguments filter the integration
- * test files (`deno task test tests/kvm/real_mode_test.ts`).
+ * integration tests on real kernel KVM, on one or both targets:
  *
- * Ends with one line `tests: N passed, N failed, N skipped`.
+ * - `native`: this machine's `/dev/kvm`, whatever KVM backs it;
+ * - `sandbox`: a QEMU guest whose kernel loads `kvm-amd` (nested SVM).
+ *
+ * `KVM_TARGET=native|sandbox|both` chooses; the default is `native` when
+ * `/dev/kvm` is usable, else `sandbox`. `KVM_TESTS=required` turns a missing
+ * target into a failure, and requires every test skipped on one target to
+ * pass on another one in the same run (a KVM may lack a feature; the suite
+ * as a whole may not), except the few tests that no KVM of this project
+ * offers (`UNAVAILABLE_EVERYWHERE`, each with its reason). `KVM_TESTS=skip`
+ * skips the KVM tests on purpose. Extra arguments filter the integration test
+ * files (`deno task test tests/kvm/real_mode_test.ts`).
+ *
+ * A test that skips prints `SKIP <test name> :: <reason>` when it registers
+ * (see tests/kvm/kvm_features.ts); the runner reports those reasons per
+ * target. Natively each test file runs in its own process under a time bound,
+ * so a stuck file fails and the suite goes on.
+ *
+ * Ends with one line `tests: N passed, N failed, N skipped`, after a line of
+ * counts per target.
  *
  * @module
  */
@@ -20,62 +34,147 @@ import {
 
 const root = new URL("..", import.meta.url).pathname;
 const SANITIZE = ["--sanitize-ops", "--sanitize-resources", "--preload", "tests/preload.ts"];
-const totals = { passed: 0, failed: 0, skipped: 0 };
 const mode = Deno.env.get("KVM_TESTS") ?? "auto";
+/** A test file that runs longer than this natively is killed and counted as failed. */
+const NATIVE_FILE_TIMEOUT_MS = Number(Deno.env.get("KVM_TEST_FILE_TIMEOUT_MS") ?? 15 * 60_000);
+/** The whole sandbox run. */
+const SANDBOX_TIMEOUT_MS = 60 * 60_000;
 
-function count(output: string): { passed: number; failed: number } {
-  // Deno's summary line: "ok | 3 passed | 0 failed (1s)" (or "FAILED | ...").
-  const matches = [
-    // deno-lint-ignore no-control-regex
-    ...output.replaceAll(/\x1b\[[0-9;]*m/g, "").matchAll(
-      /\| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/g,
-    ),
-  ];
-  const last = matches.at(-1);
-  return last ? { passed: Number(last[1]), failed: Number(last[2]) } : { passed: 0, failed: 0 };
+/**
+ * Tests that no KVM this project meets can run, with why. Under
+ * `KVM_TESTS=required` they may be skipped on every target; anything else
+ * skipped everywhere fails the run.
+ */
+const UNAVAILABLE_EVERYWHERE: Record<string, string> = {
+  "hardware breakpoint (DR0 exec) and watchpoint (DR1 write) fire at the right address":
+    "needs hardware VMX/SVM: kvm_pvm lacks KVM_CAP_GUEST_DEBUG_HW_BPS, and the sandbox's " +
+    "emulated SVM never loads DR0-7 into its nested guest",
+  "software breakpoint: int3 exits with exception 3 at the int3":
+    "needs hardware VMX/SVM: kvm_pvm never returns from KVM_RUN on the #BP intercept, and " +
+    "the sandbox's emulated SVM does not honour it",
+};
+
+type Status = "ok" | "FAILED" | "ignored";
+
+/** What one target did. */
+interface TargetResult {
+  name: string;
+  /** Implementation line, e.g. "kvm_pvm, host 6.18.44". */
+  kvm?: string;
+  tests: Map<string, Status>;
+  skipReasons: Map<string, string>;
+  /** Failures not tied to a test: a crashed or timed-out file, a target that could not run. */
+  errors: string[];
 }
 
-async function run(
+// deno-lint-ignore no-control-regex
+const stripAnsi = (s: string) => s.replaceAll(/\x1b\[[0-9;]*m/g, "");
+
+/** Reads Deno's pretty reporter output: `name ... ok (5ms)` lines and `SKIP name :: reason`. */
+function parse(output: string, into: TargetResult): void {
+  for (const raw of stripAnsi(output).split(/\r?\n/)) {
+    const skip = raw.match(/^SKIP (.+?) :: (.*)$/);
+    if (skip) {
+      into.skipReasons.set(skip[1], skip[2]);
+      continue;
+    }
+    const m = raw.match(/^(\S.*?) \.\.\. (ok|FAILED|ignored)(?: \(|$)/);
+    if (m) into.tests.set(m[1], m[2] as Status);
+    const kvm = raw.match(/^KVM under test: (.*)$/);
+    if (kvm) into.kvm = kvm[1];
+  }
+}
+
+async function spawn(
   label: string,
   cmd: string[],
-  env: Record<string, string> = {},
-): Promise<boolean> {
+  timeoutMs = 0,
+): Promise<{ output: string; code: number; timedOut: boolean }> {
   console.log(`\n== ${label}: ${cmd.join(" ")}`);
   const child = new Deno.Command(cmd[0], {
     args: cmd.slice(1),
     cwd: root,
-    env,
+    env: { NO_COLOR: "1" },
     stdout: "piped",
-    stderr: "inherit",
+    stderr: "piped",
   }).spawn();
+  let timedOut = false;
+  const timer = timeoutMs > 0
+    ? setTimeout(() => {
+      timedOut = true;
+      console.log(`\n!! ${label}: still running after ${timeoutMs / 1000} s: killed`);
+      child.kill("SIGKILL");
+    }, timeoutMs)
+    : undefined;
   let output = "";
   const decoder = new TextDecoder();
-  for await (const chunk of child.stdout) {
-    output += decoder.decode(chunk, { stream: true });
-    await Deno.stdout.write(chunk);
-  }
+  const pump = async (stream: ReadableStream<Uint8Array>, write: (b: Uint8Array) => unknown) => {
+    for await (const chunk of stream) {
+      output += decoder.decode(chunk, { stream: true });
+      await write(chunk);
+    }
+  };
+  await Promise.all([
+    pump(child.stdout, (b) => Deno.stdout.write(b)),
+    pump(child.stderr, (b) => Deno.stderr.write(b)),
+  ]);
   const status = await child.status;
-  const { passed, failed } = count(output);
-  totals.passed += passed;
-  totals.failed += failed || (status.success ? 0 : 1);
-  return status.success;
+  clearTimeout(timer);
+  return { output, code: status.code, timedOut };
 }
 
-const filters = Deno.args.length ? Deno.args : ["tests/kvm/"];
-let ok = await run("unit tests", [Deno.execPath(), "test", "-A", ...SANITIZE, "tests/unit/"]);
+function newTarget(name: string): TargetResult {
+  return { name, tests: new Map(), skipReasons: new Map(), errors: [] };
+}
 
-if (mode === "skip") {
-  console.log("\n== KVM integration tests skipped (KVM_TESTS=skip)");
-  totals.skipped++;
-} else if (kvmUsable()) {
-  ok = await run("KVM integration tests (native /dev/kvm)", [
-    Deno.execPath(),
-    "test",
-    "-A",
-    ...SANITIZE,
-    ...filters,
-  ]) && ok;
-} else {
+/** Deno's summary says a file failed but no test line did (a load error, a crash). */
+function checkExit(
+  target: TargetResult,
+  label: string,
+  run: { code: number; timedOut: boolean },
+  before: number,
+) {
+  if (run.timedOut) target.errors.push(`${label}: timed out`);
+  else if (run.code !== 0) {
+    const failedTests = [...target.tests.values()].filter((s) => s === "FAILED").length;
+    if (failedTests === before) target.errors.push(`${label}: exit code ${run.code}`);
+  }
+}
+
+async function integrationFiles(filters: string[]): Promise<string[]> {
+  const files: string[] = [];
+  for (const filter of filters) {
+    const path = `${root}${filter}`;
+    const stat = await Deno.stat(path);
+    if (stat.isFile) files.push(filter);
+    else {
+      for await (const entry of Deno.readDir(path)) {
+        if (entry.isFile && entry.name.endsWith("_test.ts")) {
+          files.push(`${filter.replace(/\/$/, "")}/${entry.name}`);
+        }
+      }
+    }
+  }
+  return files.sort();
+}
+
+async function runNative(files: string[]): Promise<TargetResult> {
+  const target = newTarget("native");
+  for (const file of files) {
+    const failedBefore = [...target.tests.values()].filter((s) => s === "FAILED").length;
+    const run = await spawn(
+      `native /dev/kvm: ${file}`,
+      [Deno.execPath(), "test", "-A", ...SANITIZE, file],
+      NATIVE_FILE_TIMEOUT_MS,
+    );
+    parse(run.output, target);
+    checkExit(target, file, run, failedBefore);
+  }
+  return target;
+}
+
+async function runSandbox(files: string[]): Promise<TargetResult> {
+  const target = newTarget("sandbox");
   let reason = "";
   try {
     await ensureSandboxPackages();
@@ -83,34 +182,143 @@ if (mode === "skip") {
     reason = e instanceof Error ? e.message : String(e);
   }
   const available = await sandboxAvailable();
-  if (available.ok) {
-    // Type-check on the host, where it is 20-50x faster than in the guest.
-    ok = await run("type-check of the integration tests", [Deno.execPath(), "check", ...filters]) &&
-      ok;
-    console.log("\n== KVM integration tests inside the sandbox (no /dev/kvm here)");
-    const result = await runInSandbox({
-      command: ["deno", "test", "-A", "--no-check", ...SANITIZE, ...filters],
-      timeoutMs: 60 * 60_000,
-    });
-    const { passed, failed } = count(result.output);
-    totals.passed += passed;
-    totals.failed += failed || (result.code === 0 ? 0 : 1);
-    ok = result.code === 0 && ok;
-    console.log(
-      `sandbox: boot ${result.bootMs} ms, total ${result.totalMs} ms, exit ${result.code}`,
+  if (!available.ok) {
+    target.errors.push(
+      `no sandbox: ${reason || `${available.reason}; install with: ${available.install}`}`,
     );
-  } else {
-    reason ||= `${available.reason}; install with: ${available.install}`;
-    const message = `KVM integration tests SKIPPED: no usable /dev/kvm and no sandbox (${reason})`;
-    console.log(`\n${"!".repeat(message.length)}\n${message}\n${"!".repeat(message.length)}`);
-    totals.skipped++;
-    if (mode === "required") {
-      console.log("KVM_TESTS=required: a skip is a failure");
-      totals.failed++;
-      ok = false;
-    }
+    return target;
+  }
+  // Type-check on the host, where it is 20-50x faster than in the guest.
+  const check = await spawn("type-check of the integration tests", [
+    Deno.execPath(),
+    "check",
+    ...files,
+  ]);
+  if (check.code !== 0) target.errors.push("type-check failed");
+  console.log("\n== KVM integration tests inside the sandbox (QEMU guest with nested kvm-amd)");
+  const result = await runInSandbox({
+    command: ["deno", "test", "-A", "--no-check", ...SANITIZE, ...files],
+    timeoutMs: SANDBOX_TIMEOUT_MS,
+  });
+  parse(result.output, target);
+  checkExit(target, "sandbox run", { code: result.code, timedOut: result.code === 124 }, 0);
+  console.log(`sandbox: boot ${result.bootMs} ms, total ${result.totalMs} ms, exit ${result.code}`);
+  return target;
+}
+
+function chosenTargets(): ("native" | "sandbox")[] {
+  const wanted = Deno.env.get("KVM_TARGET") ?? "auto";
+  switch (wanted) {
+    case "native":
+    case "sandbox":
+      return [wanted];
+    case "both":
+      return ["native", "sandbox"];
+    case "auto":
+      return [kvmUsable() ? "native" : "sandbox"];
+    default:
+      console.error(`KVM_TARGET=${wanted}: expected native, sandbox or both`);
+      Deno.exit(2);
   }
 }
 
+// ---- main ----
+
+const filters = Deno.args.length ? Deno.args : ["tests/kvm/"];
+const unit = newTarget("unit");
+{
+  const run = await spawn("unit tests", [
+    Deno.execPath(),
+    "test",
+    "-A",
+    ...SANITIZE,
+    "tests/unit/",
+  ]);
+  parse(run.output, unit);
+  checkExit(unit, "unit tests", run, 0);
+}
+
+const targets: TargetResult[] = [];
+let skippedTargets = 0;
+const problems: string[] = [];
+if (mode === "skip") {
+  console.log("\n== KVM integration tests skipped (KVM_TESTS=skip)");
+  skippedTargets++;
+} else {
+  const files = await integrationFiles(filters);
+  for (const name of chosenTargets()) {
+    if (name === "native" && !kvmUsable()) {
+      const message = "native target: /dev/kvm is missing or not usable";
+      console.log(`\n!!!! KVM integration tests SKIPPED on the ${message}`);
+      skippedTargets++;
+      if (mode === "required") problems.push(`${message} (KVM_TESTS=required)`);
+      continue;
+    }
+    const target = name === "native" ? await runNative(files) : await runSandbox(files);
+    if (name === "sandbox" && target.errors.some((e) => e.startsWith("no sandbox"))) {
+      console.log(`\n!!!! KVM integration tests SKIPPED in the sandbox: ${target.errors[0]}`);
+      skippedTargets++;
+      if (mode === "required") problems.push(`${target.errors[0]} (KVM_TESTS=required)`);
+      continue;
+    }
+    targets.push(target);
+  }
+}
+
+// A test skipped on one target must pass on another (KVM_TESTS=required).
+const skippedEverywhere: string[] = [];
+if (targets.length > 0) {
+  const names = new Set(targets.flatMap((t) => [...t.tests.keys()]));
+  for (const name of [...names].sort()) {
+    const statuses = targets.map((t) => t.tests.get(name));
+    if (statuses.includes("ok") || statuses.includes("FAILED")) continue;
+    const why = targets.map((t) =>
+      `${t.name}: ${t.skipReasons.get(name) ?? (t.tests.has(name) ? "ignored" : "not run")}`
+    ).join("; ");
+    if (name in UNAVAILABLE_EVERYWHERE) {
+      console.log(
+        `\nskipped on every target (no KVM here offers it: ${UNAVAILABLE_EVERYWHERE[name]})`,
+      );
+      console.log(`  ${name} (${why})`);
+    } else {
+      skippedEverywhere.push(`${name} (${why})`);
+    }
+  }
+}
+if (skippedEverywhere.length > 0) {
+  console.log(`\nskipped on every target that ran:\n  ${skippedEverywhere.join("\n  ")}`);
+  if (mode === "required") {
+    problems.push(
+      `${skippedEverywhere.length} test(s) skipped on every target (KVM_TESTS=required)`,
+    );
+  }
+}
+
+const totals = { passed: 0, failed: 0, skipped: skippedTargets };
+const lines: string[] = [];
+for (const t of [unit, ...targets]) {
+  const count = (s: Status) => [...t.tests.values()].filter((v) => v === s).length;
+  const [passed, failed, skipped] = [
+    count("ok"),
+    count("FAILED") + t.errors.length,
+    count("ignored"),
+  ];
+  totals.passed += passed;
+  totals.failed += failed;
+  totals.skipped += skipped;
+  lines.push(
+    `  ${t.name}${
+      t.kvm ? ` (${t.kvm})` : ""
+    }: ${passed} passed, ${failed} failed, ${skipped} skipped`,
+  );
+  for (const e of t.errors) lines.push(`    error: ${e}`);
+  for (const [name, s] of t.tests) if (s === "FAILED") lines.push(`    FAILED: ${name}`);
+  for (const [name, reason] of t.skipReasons) {
+    if (t.tests.get(name) === "ignored") lines.push(`    skipped: ${name}: ${reason}`);
+  }
+}
+totals.failed += problems.length;
+console.log(`\nper target:\n${lines.join("\n")}`);
+for (const p of problems) console.log(`  problem: ${p}`);
 console.log(`\ntests: ${totals.passed} passed, ${totals.failed} failed, ${totals.skipped} skipped`);
-Deno.exit(ok && totals.failed === 0 ? 0 : 1);
+Deno.exit(totals.failed === 0 ? 0 : 1);

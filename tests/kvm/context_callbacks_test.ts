@@ -122,7 +122,9 @@ Deno.test("context callbacks: a throwing callback rejects run() with a callback 
   strictEqual(error.kind, "callback");
   ok(error.cause instanceof RangeError, "the callback's own error is the cause");
   strictEqual((error.cause as Error).message, "no device at port 102");
-  strictEqual(error.regs?.rip, BigInt(CODE));
+  // The registers are those of the exit: RIP at the 2-byte OUT, or past it on
+  // a KVM that completes port I/O before returning (kvm_pvm).
+  ok([BigInt(CODE), BigInt(CODE + 2)].includes(error.regs?.rip ?? -1n), `RIP ${error.regs?.rip}`);
 });
 
 Deno.test("context callbacks: userspace irqchip hooks inject an interrupt when the guest is ready", async () => {

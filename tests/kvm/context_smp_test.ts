@@ -88,8 +88,12 @@ Deno.test("context SMP: the BSP wakes two APs with INIT/SIPI; each reports its A
   ]);
   strictEqual(words[1 * 8 + 4], 1 + 1, "AP 1 read APIC id 1 from its LAPIC");
   strictEqual(words[2 * 8 + 4], 2 + 1, "AP 2 read APIC id 2 from its LAPIC");
-  // The AP started in real mode at the SIPI vector and stopped at its OUT.
+  // The AP started in real mode at the SIPI vector and stopped at its 2-byte
+  // OUT (or just past it, on a KVM that completes port I/O before returning).
   const rip = ctx.vcpu(1).getRegs().rip;
-  strictEqual(rip, BigInt(AP_PM32 + 15), "AP 1 stopped at its OUT");
+  ok(
+    [BigInt(AP_PM32 + 15), BigInt(AP_PM32 + 17)].includes(rip),
+    `AP 1 stopped at its OUT (${rip})`,
+  );
   strictEqual(ctx.vcpu(1).getSregs().cs.selector, 0x10);
 });

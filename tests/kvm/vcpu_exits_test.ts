@@ -8,6 +8,7 @@ import { deepStrictEqual, strictEqual } from "node:assert/strict";
 import { Kvm } from "../../mod.ts";
 import { setupProtectedMode } from "../../src/boot/modes.ts";
 import { realModeGuest } from "./real_mode_guest.ts";
+import { featureTest, PROBE_MS } from "./kvm_features.ts";
 
 // deno-fmt-ignore
 const STRING_IO = [
@@ -73,7 +74,8 @@ const TPR_PROGRAM = [
   0xeb, 0xfe,                                           // 0x1011: jmp $
 ];
 
-Deno.test("TPR access reporting: LAPIC TPR reads and writes exit as tprAccess", () => {
+/** Runs TPR_PROGRAM with TPR access reporting on: the exits seen, and the LAPIC's TPR after. */
+function tprRun(): { seen: string[]; tpr: number } {
   using kvm = Kvm.open();
   using vm = kvm.createVm();
   vm.createIrqchip();
@@ -83,6 +85,7 @@ Deno.test("TPR access reporting: LAPIC TPR reads and writes exit as tprAccess", 
   const vcpu = vm.createVcpu(0);
   setupProtectedMode(vm, vcpu, { entry: 0x1000, stack: 0x8000 });
   vcpu.tprAccessReporting(true);
+  vcpu.setWatchdog(PROBE_MS);
   const seen: string[] = [];
   for (let i = 0; i < 10; i++) {
     const exit = vcpu.run();
@@ -93,6 +96,21 @@ Deno.test("TPR access reporting: LAPIC TPR reads and writes exit as tprAccess", 
     seen.push(exit.reason);
     if (exit.reason === "io") break;
   }
-  deepStrictEqual(seen, ["read at 1000", "write at 1005", "io"]);
-  strictEqual(vcpu.getLapic().tpr, 0x20, "the write reached the in-kernel LAPIC");
-});
+  return { seen, tpr: vcpu.getLapic().tpr };
+}
+
+// kvm_pvm offers KVM_CAP_VAPIC but reports no TPR access (measured
+// 2026-11-29): ask the KVM with the program itself.
+const TPR = "TPR access reporting: LAPIC TPR reads and writes exit as tprAccess";
+const tprProbe = tprRun();
+featureTest(
+  TPR,
+  tprProbe.seen.some((s) => s.startsWith("read") || s.startsWith("write"))
+    ? undefined
+    : `with TPR access reporting on, TPR accesses gave only ${JSON.stringify(tprProbe.seen)}`,
+  () => {
+    const { seen, tpr } = tprRun();
+    deepStrictEqual(seen, ["read at 1000", "write at 1005", "io"]);
+    strictEqual(tpr, 0x20, "the write reached the in-kernel LAPIC");
+  },
+);

@@ -108,7 +108,15 @@ Deno.test("capabilities, MMU pages, identity map, devices, memory region 2", () 
     kvmError("KVM_ENABLE_CAP", "EINVAL", /capability 2147418112/),
   );
   vm.setNrMmuPages(256);
-  strictEqual(vm.getNrMmuPages(), 256);
+  try {
+    strictEqual(vm.getNrMmuPages(), 256);
+  } catch (e) {
+    // Linux 6.x newer than the sandbox's 6.1 dropped KVM_GET_NR_MMU_PAGES: a typed error.
+    ok(
+      e instanceof KvmError && e.operation === "KVM_GET_NR_MMU_PAGES" && e.code === "ENOTTY",
+      String(e),
+    );
+  }
   throws(() => vm.setNrMmuPages(1), kvmError("KVM_SET_NR_MMU_PAGES", "EINVAL"));
 
   vm.setIdentityMapAddr(0xfffbc000);
