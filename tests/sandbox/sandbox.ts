@@ -12,6 +12,7 @@
 
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { compile } from "../../src/ffi/library.ts";
 import { ConsoleParser } from "./console.ts";
 import { CpioWriter } from "./cpio.ts";
 import { findHost } from "./host.ts";
@@ -77,6 +78,21 @@ async function exists(path: string): Promise<boolean> {
 }
 
 /** Writes the per-run archive (init, run.sh, project) after the copied base archive. */
+/**
+ * The guest has no C compiler: build the project's shim on the host when its
+ * build is missing or older than its source, so the guest loads it.
+ */
+async function ensureShimBuilt(root: string): Promise<void> {
+  const source = join(root, "native", "kvm_shim.c");
+  const output = join(root, "native", "build", "libkvm_shim.so");
+  const mtime = async (p: string) => (await Deno.stat(p).catch(() => undefined))?.mtime?.getTime();
+  const [src, built] = [await mtime(source), await mtime(output)];
+  if (src === undefined || (built !== undefined && built >= src)) return;
+  await Deno.mkdir(join(root, "native", "build"), { recursive: true });
+  compile(source, output);
+  console.error(`sandbox: built the native shim on the host (${output})`);
+}
+
 async function appendRunArchive(
   initrd: string,
   opts: SandboxOptions,
@@ -87,6 +103,7 @@ async function appendRunArchive(
   for (const p of extras) {
     if (!await exists(join(root, p))) console.error(`sandbox: extra path ${p} does not exist`);
   }
+  await ensureShimBuilt(root);
   for (const p of ALWAYS_INCLUDED) {
     if (!extras.includes(p) && await exists(join(root, p))) extras.push(p);
   }
