@@ -381,7 +381,13 @@ function cpuidProbe(leaf: number, index: number): Probe {
 }
 
 function skip(probe: Probe, why: string): ProbeResult {
-  return { feature: probe.feature, instructions: probe.asm, outcome: "skipped", detail: why, ms: 0 };
+  return {
+    feature: probe.feature,
+    instructions: probe.asm,
+    outcome: "skipped",
+    detail: why,
+    ms: 0,
+  };
 }
 
 /** One probe VM: long mode, an IDT that reports exceptions, the probes' code and data. */
@@ -506,7 +512,11 @@ export function hideUnusableFeatures(
 ): CpuidEntry[] {
   for (const e of entries) {
     if (report.zeroLeaves.includes(e.function)) {
-      e.eax = e.ebx = e.ecx = e.edx = 0;
+      e.eax =
+        e.ebx =
+        e.ecx =
+        e.edx =
+          0;
       continue;
     }
     for (const bit of report.hiddenBits) {

@@ -296,9 +296,10 @@ function fillTwoByteMap(): void {
   TWO[0x18] = { name: "prefetch", modrm: true };
   for (let i = 0x19; i <= 0x1f; i++) TWO[i] = { name: "nop", modrm: true };
   TWO[0x1e] = {
-    name: (s) => s.rep && s.mod === 3 && s.reg === 7 && (s.rm & 6) === 2
-      ? (s.rm === 3 ? "endbr32" : "endbr64")
-      : "nop",
+    name: (s) =>
+      s.rep && s.mod === 3 && s.reg === 7 && (s.rm & 6) === 2
+        ? (s.rm === 3 ? "endbr32" : "endbr64")
+        : "nop",
     modrm: true,
   };
   // mov to/from CR and DR: ModRM.mod is ignored (always a register).
@@ -412,12 +413,24 @@ function group9(s: State): string {
 }
 
 /** The 0f 38 map (ModRM, no immediate): the few a VMM meets. */
-const MAP_0F38: Readonly<Record<number, (s: State) => string>> = {
+const MAP_0F38: Readonly<Partial<Record<number, (s: State) => string>>> = {
+  0x00: (s) => s.opsize16 ? "pshufb" : "pshufb (mmx)",
+  0x17: (s) => s.opsize16 ? "ptest" : "(unknown 0f 38 17)",
+  0xdc: (s) => s.opsize16 ? "aesenc" : "(unknown 0f 38 dc)",
+  0xdd: (s) => s.opsize16 ? "aesenclast" : "(unknown 0f 38 dd)",
+  0xde: (s) => s.opsize16 ? "aesdec" : "(unknown 0f 38 de)",
+  0xdf: (s) => s.opsize16 ? "aesdeclast" : "(unknown 0f 38 df)",
   0x80: (s) => s.opsize16 ? "invept" : "(unknown 0f 38 80)",
   0x81: (s) => s.opsize16 ? "invvpid" : "(unknown 0f 38 81)",
   0x82: (s) => s.opsize16 ? "invpcid" : "(unknown 0f 38 82)",
   0xf0: (s) => s.repne ? "crc32" : "movbe",
   0xf1: (s) => s.repne ? "crc32" : "movbe",
+};
+
+/** The 0f 3a map (ModRM and an immediate byte). */
+const MAP_0F3A: Readonly<Partial<Record<number, (s: State) => string>>> = {
+  0x44: (s) => s.opsize16 ? "pclmulqdq" : "(unknown 0f 3a 44)",
+  0x0f: (s) => s.opsize16 ? "palignr" : "palignr (mmx)",
 };
 
 fillOneByteMap();
@@ -512,7 +525,9 @@ export function decodeX86(bytes: Uint8Array, mode: X86Mode = 64): X86Instruction
     if (second === 0x38 || second === 0x3a) {
       if (q >= end) return bad(bytes);
       const third = bytes[q++];
-      const fn = second === 0x38 ? MAP_0F38[third] : undefined;
+      const fn: ((s: State) => string) | undefined = second === 0x38
+        ? MAP_0F38[third]
+        : MAP_0F3A[third];
       op = {
         name: fn ??
           (() => `(unknown 0f ${hex2(second)} ${hex2(third)})`),
@@ -557,7 +572,9 @@ export function decodeX86(bytes: Uint8Array, mode: X86Mode = 64): X86Instruction
   if (q > end || name === "(bad)") return bad(bytes, name);
   if (s.lock) prefix += "lock ";
   if (isStringOp(opcode) && (s.rep || s.repne)) {
-    prefix += s.repne ? "repne " : opcode === 0xa6 || opcode === 0xa7 || opcode >= 0xae
+    prefix += s.repne
+      ? "repne "
+      : opcode === 0xa6 || opcode === 0xa7 || opcode >= 0xae
       ? "repe "
       : "rep ";
   }
