@@ -25,7 +25,7 @@ const { available, reason } = capability();
 
 /** Registers a test that needs the dirty ring, or prints why it is skipped. */
 function test(name: string, fn: () => void): void {
-  if (!available) console.log(`SKIP ${name}: ${reason}`);
+  if (!available) console.log(`SKIP ${name} :: ${reason}`);
   Deno.test({ name, ignore: !available, fn });
 }
 

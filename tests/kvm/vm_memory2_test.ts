@@ -23,7 +23,7 @@ const { available, reason } = capability();
 
 /** Registers a test that needs KVM_CAP_USER_MEMORY2, or prints why it is skipped. */
 function test(name: string, fn: () => void): void {
-  if (!available) console.log(`SKIP ${name}: ${reason}`);
+  if (!available) console.log(`SKIP ${name} :: ${reason}`);
   Deno.test({ name, ignore: !available, fn });
 }
 
