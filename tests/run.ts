@@ -315,7 +315,7 @@ for (const t of [unit, ...targets]) {
   totals.skipped += skipped;
   lines.push(
     `  ${t.name}${
-      t.kvm ? ` (${t.kvm})` : ""
+      t.kvm && t !== unit ? ` (${t.kvm})` : ""
     }: ${passed} passed, ${failed} failed, ${skipped} skipped`,
   );
   for (const e of t.errors) lines.push(`    error: ${e}`);
