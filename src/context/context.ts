@@ -29,6 +29,7 @@ import { loadNative, nativePath } from "../ffi/library.ts";
 import { hex } from "../kvm/constants.ts";
 import type { GuestMemory } from "../kvm/guest_memory.ts";
 import { Kvm } from "../kvm/kvm.ts";
+import { Entry, VmLife } from "../kvm/lifetime.ts";
 import { type KickTarget, Vcpu } from "../kvm/vcpu.ts";
 import type { Vm } from "../kvm/vm.ts";
 import {
@@ -183,6 +184,7 @@ export class KvmContext implements AsyncDisposable {
   #run: RunState | undefined;
   #closing = false;
   #closed = false;
+  #leaked: number[] = [];
   #stopTimeoutMs: number;
 
   private constructor(
@@ -279,9 +281,7 @@ export class KvmContext implements AsyncDisposable {
     for (let index = 0; index < count; index++) {
       const vcpu = this.vm.createVcpu(index);
       const target = vcpu.kickTarget;
-      const c = this.#control;
-      c[ctl(index, Ctl.RUN_LO)] = Number(target.runAddress & 0xffff_ffffn) | 0;
-      c[ctl(index, Ctl.RUN_HI)] = Number(target.runAddress >> 32n) | 0;
+      this.#control[ctl(index, Ctl.SLOT)] = target.slot!;
       const mailbox = new SharedArrayBuffer(MAILBOX_BYTES);
       const worker = new Worker(WORKER_URL, { type: "module", name: `vCPU ${index}` });
       const slot: VcpuSlot = {
@@ -289,7 +289,7 @@ export class KvmContext implements AsyncDisposable {
         index,
         vcpu,
         worker,
-        kick: { threadId: 0, runAddress: target.runAddress },
+        kick: { ...target, threadId: 0 },
         mailbox: new Int32Array(mailbox, 0, Mb.DATA / 4),
         mailboxData: new Uint8Array(mailbox, Mb.DATA, Mb.DATA_SIZE),
         alive: true,
@@ -312,7 +312,7 @@ export class KvmContext implements AsyncDisposable {
         vcpuCount: count,
         fd: vcpu.unsafeFd,
         mmapSize,
-        runAddress: target.runAddress,
+        kick: target,
         libraryPath: nativePath,
         slots,
         control: this.#control.buffer as SharedArrayBuffer,
@@ -347,6 +347,16 @@ export class KvmContext implements AsyncDisposable {
   /** Whether {@linkcode close} has been called. */
   get closed(): boolean {
     return this.#closing;
+  }
+
+  /**
+   * After {@linkcode close}: the vCPUs whose worker thread could not be
+   * stopped (a handler stuck in native code). Their run areas, fds and the
+   * guest RAM stay mapped for the life of the process, so that the thread,
+   * should it ever return, touches live memory: a leak instead of a crash.
+   */
+  get leakedVcpus(): readonly number[] {
+    return this.#leaked;
   }
 
   /**
@@ -723,10 +733,32 @@ export class KvmContext implements AsyncDisposable {
       }
       slot.worker.terminate();
     }
-    // A terminated worker's thread may still be unwinding: wait until it is gone
-    // before unmapping what its views point into.
+    // A worker that did not exit cleanly still holds its vCPU's entry in the lifetime
+    // record (its adopted vCPU, its guest-RAM views): give them back for it only once
+    // its thread is gone. A thread that stays (stuck in native code) keeps them, and
+    // with them the memory it may touch.
     for (const slot of this.#slots) {
-      if (!slot.cleanExit && slot.kick.threadId > 0) await threadGone(slot.kick.threadId);
+      if (slot.cleanExit || !slot.kick.life) continue;
+      const life = new VmLife(slot.kick.life);
+      const entry = slot.kick.slot!;
+      if (!life.leaseHeld(entry, Entry.ADOPTED) && !life.leaseHeld(entry, Entry.RAM)) continue;
+      const tid = life.runner(entry);
+      if (tid > 0 && tid !== Atomics.load(this.#control, ctl(slot.index, Ctl.TID))) {
+        // The lease was taken but the thread id not published yet: no proof it is gone.
+        this.#leaked.push(slot.id);
+      } else if (tid > 0 && await threadGone(tid)) {
+        life.releaseLease(entry, Entry.ADOPTED);
+        life.releaseLease(entry, Entry.RAM);
+      } else {
+        this.#leaked.push(slot.id);
+      }
+    }
+    if (this.#leaked.length > 0) {
+      console.warn(
+        `KvmContext.close: the worker thread of vCPU ${
+          this.#leaked.join(", ")
+        } could not be stopped; its memory stays mapped (leaked, not freed under it)`,
+      );
     }
     this.#closed = true;
     for (const slot of this.#slots) Atomics.notify(slot.mailbox, Mb.REQ);
@@ -817,14 +849,15 @@ async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {
   }
 }
 
-/** Waits (up to 2 s) until kernel thread `tid` of this process has exited. */
-async function threadGone(tid: number): Promise<void> {
+/** Whether kernel thread `tid` of this process exits within 2 s. */
+async function threadGone(tid: number): Promise<boolean> {
   for (let i = 0; i < 200; i++) {
     try {
       Deno.statSync(`/proc/self/task/${tid}`);
     } catch {
-      return;
+      return true;
     }
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
+  return false;
 }

@@ -7,6 +7,8 @@
  * @internal
  */
 
+import type { KickTarget } from "../kvm/kick.ts";
+
 /** Control word values (main → worker): what the worker should do next. */
 export const Control = { RUN: 0, PAUSE: 1, STOP: 2 } as const;
 
@@ -31,10 +33,8 @@ export const Ctl = {
   STATE: 1,
   /** In a block: the kernel thread id of the worker (0 until ready). */
   TID: 2,
-  /** In a block: the run area's address, low 32 bits (then high 32 bits). */
-  RUN_LO: 3,
-  /** In a block: high 32 bits of the run area's address. */
-  RUN_HI: 4,
+  /** In a block: the vCPU's entry in the VM's lifetime record (see `lifetime.ts`). */
+  SLOT: 3,
 } as const;
 
 /** Bytes of the control buffer for `vcpus` vCPUs. */
@@ -136,7 +136,8 @@ export interface InitMessage {
   vcpuCount: number;
   fd: number;
   mmapSize: number;
-  runAddress: bigint;
+  /** The owner's kick target: the worker adopts the vCPU through its lifetime record. */
+  kick: KickTarget;
   libraryPath: string | undefined;
   slots: SlotInfo[];
   control: SharedArrayBuffer;

@@ -49,6 +49,8 @@ class Runner {
   readonly memory: GuestRam;
   readonly devices: VcpuDevice[] = [];
   readonly #control: Int32Array;
+  /** The VM's lifetime record: kicks to the other vCPUs go through it. */
+  readonly #life: Int32Array;
   readonly #mb: Int32Array;
   readonly #mbData: Uint8Array;
   readonly #mbData64: BigUint64Array;
@@ -73,7 +75,8 @@ class Runner {
     this.id = msg.vcpuId;
     this.index = msg.index;
     this.vcpu = vcpu;
-    this.memory = new GuestRam(msg.slots);
+    this.memory = new GuestRam(msg.slots, msg.kick);
+    this.#life = msg.kick.life!;
     this.#control = new Int32Array(msg.control);
     this.#mb = new Int32Array(msg.mailbox, 0, Mb.DATA / 4);
     this.#mbData = new Uint8Array(msg.mailbox, Mb.DATA, Mb.DATA_SIZE);
@@ -134,9 +137,9 @@ class Runner {
       Atomics.notify(c, ctl(i, Ctl.CONTROL));
       if (i === this.index) continue;
       const tid = Atomics.load(c, ctl(i, Ctl.TID));
-      const run = BigInt(c[ctl(i, Ctl.RUN_LO)] >>> 0) |
-        (BigInt(c[ctl(i, Ctl.RUN_HI)] >>> 0) << 32n);
-      if (tid > 0) Vcpu.kick({ threadId: tid, runAddress: run });
+      const slot = c[ctl(i, Ctl.SLOT)];
+      // A closed vCPU's kick is a no-op; runAddress is only informative.
+      if (tid > 0) Vcpu.kick({ threadId: tid, runAddress: 0n, life: this.#life, slot });
     }
   }
 
@@ -478,8 +481,14 @@ let runner: Runner | undefined;
 
 async function init(msg: InitMessage): Promise<void> {
   await loadNative({ path: msg.libraryPath });
-  const vcpu = Vcpu.adopt(msg.fd, msg.vcpuId, msg.mmapSize, msg.runAddress);
-  const r = new Runner(msg, vcpu);
+  const vcpu = Vcpu.adopt(msg.fd, msg.vcpuId, msg.mmapSize, msg.kick);
+  let r: Runner;
+  try {
+    r = new Runner(msg, vcpu);
+  } catch (error) {
+    vcpu.close();
+    throw error;
+  }
   const tid = native().kvm_thread_id();
   Atomics.store(new Int32Array(msg.control), ctl(msg.index, Ctl.TID), tid);
   await r.loadDevices(msg);

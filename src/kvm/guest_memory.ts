@@ -36,11 +36,18 @@ export interface GuestMemoryOptions {
   hugePages?: boolean;
 }
 
+/** @internal Something that may put guest memory in memory slots (a `Vm`). */
+export interface SlotUser {
+  /** The slots that use `memory` now (or may, as far as the kernel knows). */
+  slotsUsing(memory: GuestMemory): number[];
+}
+
 /**
  * A page-aligned anonymous mapping. Pages are reserved lazily (MAP_NORESERVE),
- * so a large guest costs only what it touches. Close it only after the memory
- * slots using it are removed or their VM is closed (the VM does this for
- * memory it allocated).
+ * so a large guest costs only what it touches. {@linkcode close} is refused
+ * with `EBUSY` while a memory slot uses the memory (the kernel would keep its
+ * address, and a later mapping there would become guest RAM): remove the
+ * slots or close their VM first (the VM does this for memory it allocated).
  *
  * @example
  * ```ts
@@ -53,8 +60,35 @@ export class GuestMemory extends HostMapping {
   /** Names the mapping in error messages. */
   protected readonly kind = "guest memory";
 
+  #users = new Set<SlotUser>();
+
   private constructor(address: bigint, size: number) {
     super(address, size);
+  }
+
+  /** @internal A VM that puts this memory in slots registers itself here. */
+  addSlotUser(user: SlotUser): void {
+    this.#users.add(user);
+  }
+
+  /**
+   * Unmaps the memory (see {@linkcode HostMapping.close}); a KvmError with
+   * `EBUSY` naming the slots while memory slots still use it.
+   */
+  override close(): void {
+    if (this.closed) return;
+    for (const user of this.#users) {
+      const slots = user.slotsUsing(this);
+      if (slots.length > 0) {
+        throw new KvmError(
+          "munmap guest memory",
+          Errno.EBUSY,
+          `still used by memory slot ${slots.join(", ")}: remove the slot or close its VM first`,
+        );
+      }
+    }
+    this.#users.clear();
+    super.close();
   }
 
   /** Maps `size` bytes (a positive multiple of 4096) of zeroed memory. */

@@ -17,6 +17,7 @@ import { native } from "../ffi/library.ts";
 export abstract class HostMapping {
   #address: bigint;
   #buffer: ArrayBuffer;
+  #unmapsItself = true;
   /** The memory, viewed without a copy. Length 0 after {@linkcode close}. */
   readonly bytes: Uint8Array;
   /** Size in bytes. */
@@ -43,12 +44,25 @@ export abstract class HostMapping {
     return this.#address === 0n;
   }
 
-  /** Unmaps the memory; views of {@linkcode bytes} become empty first. Idempotent. */
+  /**
+   * @internal The unmapping now belongs to a lifetime record (see
+   * `lifetime.ts`): {@linkcode close} only empties this object's views.
+   */
+  handOverUnmap(): void {
+    this.#unmapsItself = false;
+  }
+
+  /**
+   * Unmaps the memory; views of {@linkcode bytes} become empty first. Memory
+   * handed to a VM's lifetime record is unmapped when the VM and every
+   * thread using it are done. Idempotent.
+   */
   close(): void {
     if (this.#address === 0n) return;
     const address = this.#address;
     this.#address = 0n;
     this.#buffer.transfer(0);
+    if (!this.#unmapsItself) return;
     unwrap(
       native().kvm_munmap(Deno.UnsafePointer.create(address), BigInt(this.size)),
       `munmap ${this.kind}`,

@@ -64,6 +64,15 @@ export abstract class OwnedFd {
   /** Releases what the subclass owns, before the fd is closed. */
   protected releaseResources(): void {}
 
+  /**
+   * Closes the fd at the end of {@linkcode close}. A subclass whose fd other
+   * threads may still use hands it to its lifetime record instead (see
+   * `lifetime.ts`).
+   */
+  protected closeFd(fd: number): void {
+    native().kvm_close(fd);
+  }
+
   /** Closes the object and everything it owns. Idempotent. */
   close(): void {
     if (this.#fd < 0) return;
@@ -72,7 +81,7 @@ export abstract class OwnedFd {
       this.releaseResources();
     } finally {
       this.#fd = -1;
-      native().kvm_close(fd);
+      this.closeFd(fd);
     }
   }
 

@@ -32,7 +32,8 @@ import { Lapic } from "./lapic.ts";
 import { Errno, KvmError, unwrap } from "../errors.ts";
 import { native } from "../ffi/library.ts";
 import { ExitDecoder, type VcpuExit } from "./exit.ts";
-import { type KickTarget, kickVcpu } from "./kick.ts";
+import { type KickTarget, kickVcpu, registerKickable, unregisterKickable } from "./kick.ts";
+import { Entry, VmLife } from "./lifetime.ts";
 
 export type { RunArea };
 import { OwnedFd, pointerOf } from "./owned_fd.ts";
@@ -121,6 +122,11 @@ export class Vcpu extends OwnedFd {
   #adopted = false;
   #ownsMapping = true;
   #released = false;
+  /** The VM's lifetime record and this vCPU's entry in it (see `lifetime.ts`); none for a raw adopt. */
+  #life: VmLife | undefined;
+  #slot = 0;
+  /** Owner: closing goes through the record. Adopter: holds the ADOPTED lease. */
+  #leased = false;
   #watchdogTimer = -1;
   #watchdogThread = 0;
   #watchdogMs = 0;
@@ -139,7 +145,8 @@ export class Vcpu extends OwnedFd {
     id: number,
     mmapSize: number,
     onClose: () => void,
-    adopted?: { runAddress?: bigint },
+    life: VmLife | undefined,
+    adopted?: { runAddress?: bigint; slot?: number },
   ) {
     super(fd);
     this.id = id;
@@ -149,8 +156,18 @@ export class Vcpu extends OwnedFd {
     const out = new BigUint64Array(1);
     // An adopted vCPU may borrow a run area mapped elsewhere.
     this.#adopted = adopted !== undefined;
-    this.#ownsMapping = adopted?.runAddress === undefined;
+    this.#ownsMapping = adopted?.runAddress === undefined && adopted?.slot === undefined;
     if (adopted?.runAddress !== undefined) out[0] = adopted.runAddress;
+    if (life && adopted?.slot !== undefined) {
+      // Joins the owner's entry: the run area and fd stay as long as this object holds it.
+      if (!life.acquireLease(adopted.slot, Entry.ADOPTED, "adopt vCPU")) {
+        throw new KvmError("adopt vCPU", Errno.EBADF, `${this.label} was closed by its owner`);
+      }
+      this.#life = life;
+      this.#slot = adopted.slot;
+      this.#leased = true;
+      out[0] = life.runAddress(adopted.slot);
+    }
     const mapped = this.#ownsMapping
       ? native().kvm_mmap(fd, BigInt(mmapSize), PROT_READ | PROT_WRITE, MAP_SHARED, 0n, out)
       : 0;
@@ -172,24 +189,62 @@ export class Vcpu extends OwnedFd {
       kickHandlerInstalled = true;
     }
     this.#threadId = native().kvm_thread_id();
+    if (life && !this.#adopted) {
+      try {
+        this.#slot = life.addVcpu(fd, out[0], mmapSize, this.#threadId);
+      } catch (e) {
+        native().kvm_munmap(Deno.UnsafePointer.create(out[0]), BigInt(mmapSize));
+        native().kvm_close(fd);
+        throw e;
+      }
+      this.#life = life;
+      this.#leased = true;
+      registerKickable(out[0], life.words, this.#slot);
+    } else if (this.#leased) {
+      life!.setRunner(this.#slot, this.#threadId);
+    }
   }
 
   /** @internal Used by `Vm.createVcpu`: takes ownership of a new vCPU fd. */
-  static fromFd(fd: number, id: number, mmapSize: number, onClose: () => void = () => {}): Vcpu {
-    return new Vcpu(fd, id, mmapSize, onClose);
+  static fromFd(
+    fd: number,
+    id: number,
+    mmapSize: number,
+    onClose: () => void = () => {},
+    life?: VmLife,
+  ): Vcpu {
+    return new Vcpu(fd, id, mmapSize, onClose, life);
   }
 
   /**
-   * Wraps a vCPU fd that another object owns (a Worker adopting a vCPU whose
+   * Wraps a vCPU that another object owns (a Worker adopting a vCPU whose
    * {@linkcode Vcpu} lives on the main thread): the result never closes the fd.
-   * With `runAddress` (the owner's `kickTarget.runAddress`) it borrows the
-   * owner's run-area mapping instead of mapping its own, so nothing is left
-   * to release if its thread dies. Its kick target is the calling thread.
-   * `close()` only drops the views (and its own mapping, if it made one);
+   *
+   * Pass the owner's {@linkcode kickTarget} as `from` (it can be posted to a
+   * Worker): the adopter then joins the vCPU's lifetime record, so its fd and
+   * run area stay valid until the adopter closes, even when the owner closes
+   * first. Closing the owner makes the adopter's current or next `run()`
+   * throw a KvmError(`KVM_RUN`, `EBADF`); adopting a closed vCPU is EBADF, and
+   * a vCPU has one adopter at a time (EBUSY).
+   *
+   * Unsafe form: `from` as the owner's raw run-area address borrows that
+   * mapping with no protection (the owner must outlive every use); without
+   * `from` the adopter maps its own run area. Its kick target is the calling
+   * thread. `close()` only drops the views (and its hold or its own mapping);
    * afterwards every method throws EBADF.
    */
-  static adopt(fd: number, id: number, mmapSize: number, runAddress?: bigint): Vcpu {
-    return new Vcpu(fd, id, mmapSize, () => {}, { runAddress });
+  static adopt(fd: number, id: number, mmapSize: number, from?: bigint | KickTarget): Vcpu {
+    if (typeof from === "object" && from !== null) {
+      if (from.life === undefined || from.slot === undefined) {
+        throw new KvmError("adopt vCPU", Errno.EINVAL, "the kick target has no lifetime record");
+      }
+      const life = new VmLife(from.life);
+      if (life.vcpuFd(from.slot) !== fd) {
+        throw new KvmError("adopt vCPU", Errno.EINVAL, `fd ${fd} is not the kick target's vCPU`);
+      }
+      return new Vcpu(fd, id, mmapSize, () => {}, life, { slot: from.slot });
+    }
+    return new Vcpu(fd, id, mmapSize, () => {}, undefined, { runAddress: from });
   }
 
   /** Whether this object was made by {@linkcode Vcpu.adopt}. */
@@ -234,6 +289,11 @@ export class Vcpu extends OwnedFd {
       // A kick sets immediate_exit before its signal; a watchdog signal does not.
       const kicked = this.#runBytes[1] !== 0;
       this.#runBytes[1] = 0;
+      // The owner closed an adopted vCPU (it set immediate_exit after marking it closed,
+      // so this check, ordered after the store above, cannot miss it).
+      if (this.#adopted && this.#leased && !this.#life!.vcpuOpen(this.#slot)) {
+        throw new KvmError("KVM_RUN", Errno.EBADF, `${this.label} was closed by its owner`);
+      }
       if (kicked || this.#watchdogDeadline === 0) return this.#decoder.interrupted;
       if (performance.now() >= this.#watchdogDeadline) this.#watchdogExpired();
     }
@@ -344,14 +404,20 @@ export class Vcpu extends OwnedFd {
 
   /** What another thread needs to {@linkcode Vcpu.kick} this vCPU. */
   get kickTarget(): KickTarget {
-    return { threadId: this.#threadId, runAddress: this.#runAddress };
+    if (!this.#life) return { threadId: this.#threadId, runAddress: this.#runAddress };
+    return {
+      threadId: this.#threadId,
+      runAddress: this.#life.runAddress(this.#slot),
+      life: this.#life.words,
+      slot: this.#slot,
+    };
   }
 
   /**
    * Makes the vCPU's current or next `KVM_RUN` return `EINTR` ("interrupted"):
    * sets the run area's `immediate_exit`, then signals the vCPU's thread.
    * Thread-safe; callable from any thread of the process (including one that
-   * only has the {@linkcode KickTarget}).
+   * only has the {@linkcode KickTarget}). Kicking a closed vCPU does nothing.
    */
   static kick(target: KickTarget): void {
     kickVcpu(target);
@@ -360,6 +426,7 @@ export class Vcpu extends OwnedFd {
   /** Records the calling thread as the one that runs this vCPU (for kicks). */
   adoptThread(): void {
     this.#threadId = native().kvm_thread_id();
+    if (this.#leased) this.#life!.setRunner(this.#slot, this.#threadId);
   }
 
   /**
@@ -918,10 +985,23 @@ export class Vcpu extends OwnedFd {
     this.#runAddress = 0n;
     // Detach first so stale views (runArea, exits) read nothing instead of faulting.
     this.#runBuffer.transfer(0);
-    // A borrowed run area belongs to its owner.
-    if (this.#ownsMapping) {
+    if (this.#leased && this.#adopted) {
+      // Gives back this thread's hold: the owner (or whoever is last) unmaps.
+      this.#leased = false;
+      this.#life!.releaseLease(this.#slot, Entry.ADOPTED);
+    } else if (this.#leased) {
+      // The owner's run area and fd go with the record's last user (closeFd).
+      unregisterKickable(address, this.#life!.words);
+    } else if (this.#ownsMapping) {
+      // A borrowed run area belongs to its owner.
       native().kvm_munmap(Deno.UnsafePointer.create(address), BigInt(this.#mmapSize));
     }
     this.#onClose();
+  }
+
+  /** An owner's fd goes to the lifetime record with its run area (see `lifetime.ts`). */
+  protected override closeFd(fd: number): void {
+    if (this.#life && !this.#adopted) this.#life.closeVcpu(this.#slot);
+    else native().kvm_close(fd);
   }
 }

@@ -46,7 +46,8 @@ import { hex, PAGE_SIZE } from "./constants.ts";
 import { Device } from "./device.ts";
 import { type DirtyPageVisitor, DirtyRing } from "./dirty_ring.ts";
 import type { EventFd } from "./event_fd.ts";
-import { GuestMemory, type GuestMemoryOptions } from "./guest_memory.ts";
+import { GuestMemory, type GuestMemoryOptions, type SlotUser } from "./guest_memory.ts";
+import { VmLife } from "./lifetime.ts";
 import type { Kvm } from "./kvm.ts";
 import { OwnedFd, pointerOf } from "./owned_fd.ts";
 import { Vcpu } from "./vcpu.ts";
@@ -129,6 +130,16 @@ export function bitmapPages(bitmap: Uint8Array): number[] {
 
 const KVM_MEM_GUEST_MEMFD = 1 << 2;
 
+/** EINVAL naming the parameter unless `gpa` and `length` are non-negative safe integers. */
+function checkRange(op: string, gpa: number, length: number): void {
+  if (!Number.isSafeInteger(gpa) || gpa < 0) {
+    throw new KvmError(op, Errno.EINVAL, `gpa ${gpa} is not a non-negative integer`);
+  }
+  if (!Number.isSafeInteger(length) || length < 0) {
+    throw new KvmError(op, Errno.EINVAL, `length ${length} is not a non-negative integer`);
+  }
+}
+
 /** A memory slot as given to {@linkcode Vm.setUserMemoryRegion}. */
 export interface MemoryRegion {
   /** Slot id, below `checkExtension("NR_MEMSLOTS")`. */
@@ -192,6 +203,20 @@ export class Vm extends OwnedFd {
   #slots = new Map<number, MemorySlot>();
   #vcpus = new Map<number, Vcpu>();
   #memories = new Set<GuestMemory>();
+  /** The memory behind each slot set with `memory` (kept after close, see {@linkcode SlotUser}). */
+  #slotMemory = new Map<number, GuestMemory>();
+  #closingMemories = false;
+  /** Shared with every thread that uses this VM's vCPUs or memory (see `lifetime.ts`). */
+  #life: VmLife;
+  #slotUser: SlotUser = {
+    slotsUsing: (memory) => {
+      // After close the kernel keeps the slots until the VM's last user is done.
+      if (this.#closingMemories || (this.closed && this.#life.vmReleased)) return [];
+      const slots: number[] = [];
+      for (const [slot, m] of this.#slotMemory) if (m === memory) slots.push(slot);
+      return slots;
+    },
+  };
   #vcpuMmapSize: number;
   #maxSlots: number;
   #devices = new Set<Device>();
@@ -222,6 +247,7 @@ export class Vm extends OwnedFd {
 
   private constructor(fd: number, kvm: Kvm, onClose: () => void) {
     super(fd);
+    this.#life = VmLife.create(fd);
     this.kvm = kvm;
     this.#onClose = onClose;
     this.#vcpuMmapSize = kvm.vcpuMmapSize();
@@ -234,12 +260,21 @@ export class Vm extends OwnedFd {
   }
 
   /**
-   * Allocates host memory for guest RAM, owned by this VM (unmapped when the
-   * VM closes, after its slots are gone).
+   * Allocates host memory for guest RAM, owned by this VM: unmapped once the
+   * VM is closed and every thread that used it (an adopted vCPU, a worker's
+   * guest-RAM views) is done. Its `close()` before then only empties its
+   * views (and is refused while a slot uses it).
    */
   allocateMemory(size: number, options?: GuestMemoryOptions): GuestMemory {
     this.fd("allocate guest memory");
     const memory = GuestMemory.allocate(size, options);
+    try {
+      this.#life.addMapping(memory.address, memory.size);
+    } catch (e) {
+      memory.close();
+      throw e;
+    }
+    memory.handOverUnmap();
     this.#memories.add(memory);
     return memory;
   }
@@ -369,6 +404,11 @@ export class Vm extends OwnedFd {
 
   #recordSlot(region: MemoryRegion, bytes: Uint8Array, flags: number, address: bigint): void {
     const { slot, guestPhysAddr, memorySize } = region;
+    this.#slotMemory.delete(slot);
+    if (memorySize > 0 && region.memory) {
+      this.#slotMemory.set(slot, region.memory);
+      region.memory.addSlotUser(this.#slotUser);
+    }
     if (memorySize === 0) this.#slots.delete(slot);
     else {
       this.#slots.set(slot, {
@@ -400,6 +440,7 @@ export class Vm extends OwnedFd {
   guestMemory(gpa: number, length: number): Uint8Array {
     const op = "guest memory access";
     this.fd(op);
+    checkRange(op, gpa, length);
     for (const s of this.#slots.values()) {
       if (gpa >= s.guestPhysAddr && gpa + length <= s.guestPhysAddr + s.bytes.length) {
         const start = gpa - s.guestPhysAddr;
@@ -443,7 +484,7 @@ export class Vm extends OwnedFd {
     }
     const fd = this.ioctlVal(op, Ioctl.KVM_CREATE_VCPU, id, () => `vCPU id ${id}`);
     this.#vcpusCreated++;
-    const vcpu = Vcpu.fromFd(fd, id, this.#vcpuMmapSize, () => this.#vcpuClosed(id));
+    const vcpu = Vcpu.fromFd(fd, id, this.#vcpuMmapSize, () => this.#vcpuClosed(id), this.#life);
     vcpu.attachVm(this.fd(op)); // for the XSAVE2 size and nested state
     if (this.#dirtyRingBytes > 0) {
       try {
@@ -1169,15 +1210,25 @@ export class Vm extends OwnedFd {
     for (const device of [...this.#devices]) device.close();
     for (const vcpu of [...this.#vcpus.values()]) vcpu.close();
     this.#slots.clear();
+    // Only the views go here: the memory is unmapped by the lifetime record, once the
+    // kernel has dropped the slots (VM fd and every vCPU fd closed) and no thread uses it.
+    this.#closingMemories = true;
+    for (const memory of this.#memories) memory.close();
+    this.#closingMemories = false;
+    this.#memories.clear();
     this.#onClose();
   }
 
-  /** Closes the VM, its vCPUs, and then unmaps the memory it allocated. */
+  /** The VM fd goes to the lifetime record: closed when the VM's last user is done. */
+  protected override closeFd(_fd: number): void {
+    this.#life.closeVm();
+  }
+
+  /**
+   * Closes the VM and its vCPUs; the memory it allocated is unmapped once no
+   * thread uses the VM any more (at once when none does).
+   */
   override close(): void {
-    if (this.closed) return;
     super.close();
-    // The kernel drops its slots with the VM fd; only now is unmapping safe.
-    for (const memory of this.#memories) memory.close();
-    this.#memories.clear();
   }
 }
