@@ -482,18 +482,20 @@ let runner: Runner | undefined;
 async function init(msg: InitMessage): Promise<void> {
   await loadNative({ path: msg.libraryPath });
   const vcpu = Vcpu.adopt(msg.fd, msg.vcpuId, msg.mmapSize, msg.kick);
-  let r: Runner;
+  let r: Runner | undefined;
   try {
     r = new Runner(msg, vcpu);
+    const tid = native().kvm_thread_id();
+    Atomics.store(new Int32Array(msg.control), ctl(msg.index, Ctl.TID), tid);
+    await r.loadDevices(msg);
   } catch (error) {
+    // Give back what this worker holds: the context will not see it exit with a runner.
+    r?.memory.close();
     vcpu.close();
     throw error;
   }
-  const tid = native().kvm_thread_id();
-  Atomics.store(new Int32Array(msg.control), ctl(msg.index, Ctl.TID), tid);
-  await r.loadDevices(msg);
   runner = r;
-  scope.postMessage({ type: "ready", tid });
+  scope.postMessage({ type: "ready", tid: native().kvm_thread_id() });
 }
 
 function runOnce(r: Runner): void {

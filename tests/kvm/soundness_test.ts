@@ -53,3 +53,8 @@ Deno.test("negative, fractional and NaN lengths and addresses are EINVAL naming 
   const out = await runScript("negative_length");
   assert(!out.includes("VIOLATION") && out.includes("readGuest(0, 0): 0 bytes"), out);
 });
+
+Deno.test("GuestRam views outlive their owner's close until GuestRam.close(); view() then EBADF", async () => {
+  const out = await runScript("guest_ram_after_close");
+  assert(out.includes("readable until GuestRam.close() ok") && !out.includes("VIOLATION"), out);
+});
