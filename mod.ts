@@ -61,6 +61,10 @@ export {
   UnknownExit,
   type VcpuExit,
 } from "./src/kvm/exit.ts";
+export {
+  KVM_INTERNAL_ERROR_EMULATION,
+  KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
+} from "./src/kvm/exit.ts";
 export { Errno, type ErrnoCode, errnoName, KvmError } from "./src/errors.ts";
 export { loadNative, type LoadOptions, NativeLoadError } from "./src/ffi/library.ts";
 export { Cap, type CapName } from "./src/abi/capabilities.ts";
@@ -235,6 +239,26 @@ export {
   type VmlinuxCacheOptions,
 } from "./src/boot/vmlinux.ts";
 export { crc32, decompressXz, XzError } from "./src/boot/xz.ts";
+export {
+  type CpuidBit,
+  type CpuProbeOptions,
+  type CpuProbeReport,
+  formatProbeReport,
+  hideUnusableFeatures,
+  linuxClearCpuid,
+  probeCpu,
+  type ProbeOutcome,
+  type ProbeResult,
+} from "./src/boot/cpu_probe.ts";
+export { completeUnemulated } from "./src/boot/unemulated.ts";
+export {
+  decodeX86,
+  describeX86,
+  hexBytes,
+  type X86Instruction,
+  type X86Mode,
+} from "./src/kvm/x86_decode.ts";
+export { describeInternalError, instructionAtRip } from "./src/kvm/dump.ts";
 export {
   bootMsrs,
   DEFAULT_HIDDEN_KVM_FEATURES,
