@@ -275,8 +275,9 @@ export function probeCpu(kvm: Kvm, options: CpuProbeOptions = {}): CpuProbeRepor
   const timeoutMs = options.timeoutMs ?? 2000;
   const t0 = performance.now();
   const supported = [...kvm.getSupportedCpuid()];
-  // What a guest really sees can differ from the table KVM_SET_CPUID2 gave: probe what it sees.
-  const seen = seenCpuid(kvm, supported, timeoutMs);
+  // What a guest really sees can differ from the table KVM_SET_CPUID2 gave: probe what it sees
+  // (when even CPUID cannot run in a probe guest, the supported table is all there is).
+  const seen = trySeenCpuid(kvm, supported, timeoutMs) ?? [];
   const offered = supported.map((e) => ({ ...e }));
   for (const e of offered) {
     const s = seen.find((x) => x.function === e.function && x.index === e.index);
@@ -324,8 +325,8 @@ export function probeCpu(kvm: Kvm, options: CpuProbeOptions = {}): CpuProbeRepor
       hiddenBits,
       zeroLeaves,
     });
-    const after = seenCpuid(kvm, hidden, timeoutMs);
-    stuckBits = hiddenBits.filter((bit) => bit.leaf !== 0xd && has(after, bit));
+    const after = trySeenCpuid(kvm, hidden, timeoutMs);
+    if (after) stuckBits = hiddenBits.filter((bit) => bit.leaf !== 0xd && has(after, bit));
   }
   const report: CpuProbeReport = {
     results,
@@ -363,6 +364,19 @@ function seenCpuid(kvm: Kvm, table: CpuidEntry[], timeoutMs: number): CpuidEntry
     return seen;
   } finally {
     machine.close();
+  }
+}
+
+function trySeenCpuid(
+  kvm: Kvm,
+  table: CpuidEntry[],
+  timeoutMs: number,
+): CpuidEntry[] | undefined {
+  try {
+    return seenCpuid(kvm, table, timeoutMs);
+  } catch (e) {
+    if (e instanceof KvmError) return undefined;
+    throw e;
   }
 }
 
