@@ -22,7 +22,7 @@ import {
   KVM_PIT_SPEAKER_DUMMY,
   type Vm,
 } from "../../mod.ts";
-import { expectOut, guest, type Item, jmp, jne } from "./vm_guest.ts";
+import { expectOut, guest, type Item, jmp } from "./vm_guest.ts";
 
 // The wait is timed with the TSC, not counted: a KVM that emulates real mode
 // (kvm_pvm) runs a counted loop a thousand times slower than one that does
