@@ -13,6 +13,7 @@
 import { Errno, KvmError } from "../errors.ts";
 import { type KickTarget, Vcpu } from "../kvm/vcpu.ts";
 import { describeVcpu, Mailbox, MailboxKind, MailboxState } from "./mailbox.ts";
+import { completeUnemulated } from "./unemulated.ts";
 
 /** Starts an AP loop. */
 export interface ApStartMessage {
@@ -99,9 +100,13 @@ function runAp(msg: ApStartMessage): void {
           fatal(Mailbox.FATAL_SHUTDOWN, `vCPU ${msg.id}: triple fault (KVM_EXIT_SHUTDOWN)`);
           break;
         case "internalError":
+          // int3/fwait that the KVM's emulator gave up on (kvm_pvm): finished here, as on the BSP.
+          if (completeUnemulated(exit, undefined, vcpu)) break;
           fatal(
             Mailbox.FATAL_INTERNAL,
-            `vCPU ${msg.id}: KVM internal error, suberror ${exit.suberror}`,
+            `vCPU ${msg.id}: KVM internal error, suberror ${exit.suberror}${
+              exit.instruction ? ` on ${exit.instruction}` : ""
+            }`,
           );
           break;
         case "systemEvent":
