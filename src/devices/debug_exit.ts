@@ -1,0 +1,58 @@
+/**
+ * QEMU's `isa-debug-exit` device: a port through which a test guest ends the
+ * machine with an exit status. A write of `code` ends the run with status
+ * `code << 1 | 1` (so a guest can never report 0: a 0 from QEMU means the
+ * guest did not use the device). kvm-unit-tests writes its result to port
+ * 0xf4 with `outl`: 1 is a pass, 3 a failure, 77 a skip.
+ *
+ * @example
+ * ```ts
+ * import { DebugExit } from "./debug_exit.ts";
+ * let status = -1;
+ * const dev = new DebugExit((s) => status = s);
+ * dev.portWrite(0xf4, 4, 0); // the guest's exit(0)
+ * console.log(status); // 1
+ * ```
+ *
+ * @module
+ */
+
+import type { PortDevice } from "./io_bus.ts";
+
+/** The port kvm-unit-tests (and QEMU's `iobase=0xf4`) use. */
+export const DEBUG_EXIT_PORT = 0xf4;
+/** Ports the device claims (`iosize=0x4`). */
+export const DEBUG_EXIT_SIZE = 4;
+
+/** The exit status of a write of `code` of `size` bytes: `code << 1 | 1`. */
+export function debugExitStatus(code: number, size = 4): number {
+  const mask = size === 4 ? 0xffffffff : size === 2 ? 0xffff : 0xff;
+  return ((code & mask) * 2 + 1);
+}
+
+/**
+ * The debug-exit port device. Reads return 0 (QEMU's device reads as 0);
+ * each write calls `onExit` with {@linkcode debugExitStatus}. Ending the run
+ * is the machine's business: the callback should stop its vCPUs.
+ */
+export class DebugExit implements PortDevice {
+  #onExit: (status: number) => void;
+  /** The status of the last write, or undefined before any. */
+  status: number | undefined;
+
+  /** Creates the device; `onExit` receives the exit status. */
+  constructor(onExit: (status: number) => void) {
+    this.#onExit = onExit;
+  }
+
+  /** Reads as 0. */
+  portRead(): number {
+    return 0;
+  }
+
+  /** Ends the run with status `value << 1 | 1`. */
+  portWrite(_port: number, size: number, value: number): void {
+    this.status = debugExitStatus(value, size);
+    this.#onExit(this.status);
+  }
+}
