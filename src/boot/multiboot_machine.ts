@@ -293,6 +293,12 @@ export class MultibootMachine {
     if (!this.#exit) this.#exit = exit;
   }
 
+  /** Names the vCPU whose port write just ended the run through the debug-exit device. */
+  #attribute(vcpu: number): void {
+    const exit = this.#exit as MultibootExit | null;
+    if (exit?.reason === "debugExit" && exit.vcpu === -1) exit.vcpu = vcpu;
+  }
+
   #startAps(): void {
     const bspTarget = this.vcpus[0].kickTarget;
     const mmapSize = this.kvm.vcpuMmapSize();
@@ -358,9 +364,7 @@ export class MultibootMachine {
           count,
           ap.box.data.subarray(0, size * count),
         );
-        if (this.#exit?.reason === "debugExit" && this.#exit.vcpu === -1) {
-          this.#exit.vcpu = ap.vcpu.id;
-        }
+        this.#attribute(ap.vcpu.id);
       } else if (kind === MailboxKind.MMIO) {
         const address = (words[Mailbox.PORT] >>> 0) + words[Mailbox.ADDRESS_HIGH] * 0x1_0000_0000;
         this.#mmio(
@@ -467,7 +471,7 @@ export class MultibootMachine {
       switch (exit.reason) {
         case "io":
           this.bus.handle(exit.direction, exit.port, exit.size, exit.count, exit.data);
-          if (this.#exit?.reason === "debugExit" && this.#exit.vcpu === -1) this.#exit.vcpu = 0;
+          this.#attribute(0);
           break;
         case "mmio":
           this.#mmio(exit.address, exit.isWrite, exit.data);
