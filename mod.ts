@@ -203,6 +203,7 @@ export {
   KERNEL_LOAD_ADDRESS,
   type LinuxBootOptions,
   type LinuxBootPlan,
+  MAX_CMDLINE_BYTES,
   parseBzImage,
   planLinuxBoot,
   writeLinuxBoot,
@@ -219,6 +220,12 @@ export {
   writeE820,
 } from "./src/boot/boot_params.ts";
 export { buildMpTable, MPTABLE_ADDRESS } from "./src/boot/mptable.ts";
+export { checkGuestLayout, type GuestRegion, type RamRange } from "./src/boot/layout.ts";
+export {
+  MAX_IMAGE_FILE_SIZE,
+  readImageFile,
+  type ReadImageOptions,
+} from "./src/boot/read_image.ts";
 export { MappedFile } from "./src/kvm/mapped_file.ts";
 export { HostMapping } from "./src/kvm/host_mapping.ts";
 export {
@@ -238,7 +245,13 @@ export {
   PROTOCOL_PAYLOAD,
   type VmlinuxCacheOptions,
 } from "./src/boot/vmlinux.ts";
-export { crc32, decompressXz, XzError } from "./src/boot/xz.ts";
+export {
+  crc32,
+  decompressXz,
+  type DecompressXzOptions,
+  MAX_OUTPUT,
+  XzError,
+} from "./src/boot/xz.ts";
 export {
   type CpuidBit,
   type CpuProbeOptions,
@@ -272,7 +285,13 @@ export {
   type PortDevice,
   type UnhandledAccess,
 } from "./src/devices/io_bus.ts";
-export { COM1_IRQ, COM1_PORT, Uart16550, type Uart16550Options } from "./src/devices/uart_16550.ts";
+export {
+  COM1_IRQ,
+  COM1_PORT,
+  Uart16550,
+  type Uart16550Options,
+  UART_INPUT_CAPACITY,
+} from "./src/devices/uart_16550.ts";
 export {
   CmosRtc,
   I8042,

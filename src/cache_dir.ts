@@ -2,8 +2,15 @@
  * The per-user cache directory (the native shim's builds, extracted kernels):
  * `$DENO_KVM_CACHE`, else `$XDG_CACHE_HOME/deno-kvm`, else `~/.cache/deno-kvm`.
  *
+ * Entries are trusted only when they are ours (owner and mode checked, see
+ * {@linkcode untrustedReason}) and their content matches the SHA-256 stored
+ * beside them ({@linkcode readVerified}); new entries are written to
+ * exclusively created files with random names ({@linkcode writeExclusive}).
+ *
  * @module
  */
+
+import { createHash } from "node:crypto";
 
 /** The cache directory, or undefined when no variable names one (or env access is denied). */
 export function userCacheDir(): string | undefined {
@@ -18,4 +25,116 @@ export function userCacheDir(): string | undefined {
   if (explicit) return explicit;
   const xdg = env("XDG_CACHE_HOME") ?? (env("HOME") ? `${env("HOME")}/.cache` : undefined);
   return xdg ? `${xdg}/deno-kvm` : undefined;
+}
+
+/**
+ * The effective user id: `Deno.uid()` when `--allow-sys` permits it, else
+ * the owner of `/proc/self` (the process's own directory), else undefined.
+ */
+export function currentUid(): number | undefined {
+  try {
+    const uid = Deno.uid();
+    if (uid !== null) return uid;
+  } catch {
+    // No --allow-sys=uid: ask the kernel through procfs instead.
+  }
+  try {
+    return Deno.statSync("/proc/self").uid ?? undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Why the existing cache entry or directory `path` must not be trusted, or
+ * undefined when it is ours: owned by the current user and not writable by
+ * group or others (so nobody else could have planted or changed it). With
+ * `kind: "file"` the path must be a regular file and is not followed if it is
+ * a symlink; a directory may be reached through symlinks (`~/.cache` often
+ * is one), its target is what is checked.
+ */
+export function untrustedReason(path: string, kind: "file" | "directory"): string | undefined {
+  let info: Deno.FileInfo;
+  try {
+    info = kind === "file" ? Deno.lstatSync(path) : Deno.statSync(path);
+  } catch (e) {
+    return `cannot stat ${path}: ${e instanceof Error ? e.message : String(e)}`;
+  }
+  if (kind === "file" && !info.isFile) {
+    return `${path} is ${info.isSymlink ? "a symlink" : "not a regular file"}`;
+  }
+  if (kind === "directory" && !info.isDirectory) return `${path} is not a directory`;
+  const uid = currentUid();
+  if (uid === undefined) return `cannot tell who owns ${path} (run Deno with --allow-sys=uid)`;
+  if (info.uid !== uid) {
+    return `${path} is owned by uid ${info.uid}, not by the current user (uid ${uid})`;
+  }
+  const mode = info.mode ?? 0o777;
+  if (mode & 0o022) {
+    return `${path} is writable by ${mode & 0o020 ? "its group" : "others"} (mode ${
+      (mode & 0o7777).toString(8).padStart(4, "0")
+    })`;
+  }
+  return undefined;
+}
+
+/**
+ * Creates `path` (and missing parents) with mode 0700 where absent, and
+ * returns why it must not be trusted as a cache directory (see
+ * {@linkcode untrustedReason}), or undefined when it is ours. Throws what
+ * `Deno.mkdirSync` throws when it cannot be created.
+ */
+export function ensureCacheDir(path: string): string | undefined {
+  Deno.mkdirSync(path, { recursive: true, mode: 0o700 });
+  return untrustedReason(path, "directory");
+}
+
+/**
+ * Creates a new file in `dir` under a random name (`prefix` + random +
+ * `suffix`), exclusively (`O_CREAT | O_EXCL`: an existing file or symlink
+ * of that name fails the call, nothing is followed) with mode 0600, writes
+ * `data` to it and returns its path.
+ */
+export function writeExclusive(
+  dir: string,
+  data: Uint8Array,
+  prefix = ".tmp-",
+  suffix = "",
+): string {
+  const path = `${dir}/${prefix}${crypto.randomUUID()}${suffix}`;
+  const file = Deno.openSync(path, { write: true, createNew: true, mode: 0o600 });
+  try {
+    let written = 0;
+    while (written < data.length) written += file.writeSync(data.subarray(written));
+  } catch (e) {
+    file.close();
+    Deno.removeSync(path);
+    throw e;
+  }
+  file.close();
+  return path;
+}
+
+/** The SHA-256 of `data` in hex: the content check of cache entries. */
+export function sha256Hex(data: Uint8Array): string {
+  return createHash("sha256").update(data).digest("hex");
+}
+
+/**
+ * Whether `path` holds exactly the bytes whose {@linkcode sha256Hex} is
+ * stored in `path + ".sha256"` (both files ours, see
+ * {@linkcode untrustedReason}). Returns the verified bytes, or undefined when
+ * the hash file is missing or untrusted or the content differs (a truncated
+ * or flipped file).
+ */
+export function readVerified(path: string, bytes?: Uint8Array): Uint8Array | undefined {
+  const hashPath = `${path}.sha256`;
+  if (untrustedReason(hashPath, "file")) return undefined;
+  try {
+    const stored = Deno.readTextFileSync(hashPath).trim();
+    const data = bytes ?? Deno.readFileSync(path);
+    return sha256Hex(data) === stored ? data : undefined;
+  } catch {
+    return undefined;
+  }
 }

@@ -1,6 +1,7 @@
 /**
  * The error every kernel-loading check raises (bzImage, ELF kernel, payload
- * extraction, command line, initrd, memory size).
+ * extraction, command line, initrd, memory size, the guest layout, reading
+ * the image files).
  *
  * @module
  */
@@ -17,7 +18,10 @@ export type BootImageProblem =
   | "memory-too-small"
   | "bad-elf"
   | "unsupported-payload"
-  | "bad-payload";
+  | "bad-payload"
+  | "bad-layout"
+  | "bad-file"
+  | "file-too-large";
 
 /**
  * A kernel image, initrd, command line or memory size refused by the loader,

@@ -16,6 +16,8 @@ import { hex } from "../kvm/constants.ts";
 import type { Vm } from "../kvm/vm.ts";
 import { BootImageError } from "./boot_image_error.ts";
 import { type ElfKernel, type ElfSegment, isElf, parseElfKernel } from "./elf.ts";
+import { checkGuestLayout, type GuestRegion } from "./layout.ts";
+import { DEFAULT_GDT_ADDRESS, DEFAULT_PAGE_TABLE_ADDRESS } from "./modes.ts";
 
 export { BootImageError, type BootImageProblem } from "./boot_image_error.ts";
 import {
@@ -45,6 +47,17 @@ export const EBDA_ADDRESS = 0x9fc00;
 export const MMIO_HOLE_START = 0xc000_0000;
 /** Where RAM above the MMIO hole continues. */
 export const HIGH_RAM_START = 0x1_0000_0000;
+/**
+ * The longest command line (with its NUL) the layout holds: from
+ * {@linkcode CMDLINE_ADDRESS} to the EBDA (the MP table), whatever a
+ * header's `cmdline_size` claims.
+ */
+export const MAX_CMDLINE_BYTES = EBDA_ADDRESS - CMDLINE_ADDRESS;
+/** Bytes the boot GDT takes at `DEFAULT_GDT_ADDRESS` (six 8-byte descriptors). */
+const GDT_SIZE = 6 * 8;
+/** Pages of the long-mode identity map at `DEFAULT_PAGE_TABLE_ADDRESS` (PML4, PDPT, 4 PDs). */
+const PAGE_TABLE_PAGES = 2 + 4;
+
 /** Lowest boot protocol version accepted: 2.06 added `cmdline_size`. */
 export const MIN_PROTOCOL = 0x0206;
 /** Protocol version that added `xloadflags` and with it the 64-bit entry. */
@@ -235,6 +248,12 @@ export interface LinuxBootPlan {
   readonly highMemorySize: number;
   /** The first address past what the kernel needs (while it decompresses, for a bzImage). */
   readonly kernelEnd: number;
+  /**
+   * Every region of guest memory the boot uses (GDT, zero page, page tables,
+   * command line, the EBDA with the MP table, the kernel, the initrd), as
+   * checked by {@linkcode checkGuestLayout}: inside RAM, no two overlapping.
+   */
+  readonly regions: readonly GuestRegion[];
 }
 
 function alignUp(n: number, alignment: number): number {
@@ -272,6 +291,17 @@ export function planLinuxBoot(image: Uint8Array, options: LinuxBootOptions): Lin
     );
   }
   const cmdlineBytes = new TextEncoder().encode(`${cmdline}\0`);
+  if (cmdlineBytes.length > MAX_CMDLINE_BYTES) {
+    // A header may claim any cmdline_size (0xffffffff): the layout decides.
+    throw new BootImageError(
+      "cmdline-too-long",
+      Errno.E2BIG,
+      `the command line is ${cmdlineBytes.length - 1} bytes; at most ${
+        MAX_CMDLINE_BYTES - 1
+      } fit between ${hex(CMDLINE_ADDRESS)} and the MP table at ${hex(EBDA_ADDRESS)} ` +
+        `(this kernel's cmdline_size says ${cmdlineSize})`,
+    );
+  }
   if (cmdlineBytes.length - 1 > cmdlineSize) {
     throw new BootImageError(
       "cmdline-too-long",
@@ -337,6 +367,33 @@ export function planLinuxBoot(image: Uint8Array, options: LinuxBootOptions): Lin
     }
   }
 
+  const regions: GuestRegion[] = [
+    { name: "GDT", address: DEFAULT_GDT_ADDRESS, size: GDT_SIZE },
+    { name: "zero page", address: ZERO_PAGE_ADDRESS, size: 4096 },
+    { name: "page tables", address: DEFAULT_PAGE_TABLE_ADDRESS, size: PAGE_TABLE_PAGES * 4096 },
+    { name: "command line", address: CMDLINE_ADDRESS, size: cmdlineBytes.length },
+    { name: "EBDA (MP table)", address: EBDA_ADDRESS, size: 0xa0000 - EBDA_ADDRESS },
+    ...(elf
+      ? segments.map((s, i) => ({
+        name: `kernel segment ${i}`,
+        address: s.physicalAddress,
+        size: s.memorySize,
+      }))
+      : [{
+        name: "kernel (with its decompression area)",
+        address: KERNEL_LOAD_ADDRESS,
+        size: kernelEnd - KERNEL_LOAD_ADDRESS,
+      }]),
+    { name: "initrd", address: initrdAddress, size: initrd?.length ?? 0 },
+  ];
+  checkGuestLayout(regions, [
+    { start: 0, end: 0xa0000 },
+    { start: KERNEL_LOAD_ADDRESS, end: lowMemorySize },
+    ...(highMemorySize > 0
+      ? [{ start: HIGH_RAM_START, end: HIGH_RAM_START + highMemorySize }]
+      : []),
+  ]);
+
   const e820: E820Entry[] = [
     { addr: 0, size: EBDA_ADDRESS, type: E820_RAM },
     { addr: EBDA_ADDRESS, size: 0xa0000 - EBDA_ADDRESS, type: E820_RESERVED },
@@ -389,6 +446,7 @@ export function planLinuxBoot(image: Uint8Array, options: LinuxBootOptions): Lin
     lowMemorySize,
     highMemorySize,
     kernelEnd,
+    regions,
   };
 }
 

@@ -11,13 +11,20 @@
  * @module
  */
 
-import { userCacheDir } from "../cache_dir.ts";
+import {
+  ensureCacheDir,
+  readVerified,
+  sha256Hex,
+  untrustedReason,
+  userCacheDir,
+  writeExclusive,
+} from "../cache_dir.ts";
 import { MappedFile } from "../kvm/mapped_file.ts";
 import { Errno } from "../errors.ts";
 import { BootImageError } from "./boot_image_error.ts";
 import { parseBzImage } from "./bzimage.ts";
 import { isElf, parseElfKernel, PT_LOAD } from "./elf.ts";
-import { decompressXz, XzError } from "./xz.ts";
+import { decompressXz, MAX_OUTPUT, XzError } from "./xz.ts";
 
 /** Boot protocol version that added `payload_offset` and `payload_length`. */
 export const PROTOCOL_PAYLOAD = 0x0208;
@@ -85,7 +92,10 @@ export function extractVmlinux(image: Uint8Array): Uint8Array<ArrayBuffer> {
     .getUint32(0, true);
   let vmlinux: Uint8Array<ArrayBuffer>;
   try {
-    vmlinux = decompressXz(payload.subarray(0, payload.length - 4));
+    // The index must declare exactly the size the image states: no larger buffer.
+    vmlinux = decompressXz(payload.subarray(0, payload.length - 4), {
+      maxOutput: Math.min(size, MAX_OUTPUT),
+    });
   } catch (e) {
     if (!(e instanceof XzError)) throw e;
     throw new BootImageError("bad-payload", Errno.EBADMSG, `the kernel's payload: ${e.message}`);
@@ -163,6 +173,18 @@ export function compactElf(
       keep: 0,
       newOffset: 0,
     };
+  });
+  // parseElfKernel checked the loadable segments; the others' sizes are
+  // checked here, before they size anything (a 1 GiB PT_NOTE in a 100 KB file).
+  headers.forEach((h, i) => {
+    if (h.type !== PT_LOAD && h.offset + h.fileSize > image.length) {
+      throw new BootImageError(
+        "bad-elf",
+        Errno.ENOEXEC,
+        `not a loadable x86-64 ELF kernel: segment ${i} (type ${h.type}, ${h.fileSize} bytes ` +
+          `at file offset ${h.offset}) runs past the end of the ${image.length}-byte file`,
+      );
+    }
   });
   const loads = headers.filter((h) => h.type === PT_LOAD);
   for (const h of loads) {
@@ -250,6 +272,12 @@ export interface CachedVmlinux {
   source: "cache" | "extracted";
   /** The cache file (absent when no cache directory could be used). */
   path?: string;
+  /**
+   * Why the cache was not used, when it was not: a directory that is not the
+   * current user's or is writable by group or others, or one that could not
+   * be created or written.
+   */
+  cacheProblem?: string;
   /** Releases the mapping of a mapped kernel (its `vmlinux` view is empty after); a no-op otherwise. */
   close(): void;
   /** Same as `close`, for `using`. */
@@ -261,19 +289,33 @@ function result(
   source: "cache" | "extracted",
   path?: string,
   file?: MappedFile,
+  cacheProblem?: string,
 ): CachedVmlinux {
   const close = () => file?.close();
-  return { vmlinux, source, path, close, [Symbol.dispose]: close };
+  return {
+    vmlinux,
+    source,
+    path,
+    ...(cacheProblem ? { cacheProblem } : {}),
+    close,
+    [Symbol.dispose]: close,
+  };
 }
 
 /**
  * {@linkcode extractVmlinux}, compacted ({@linkcode compactElf}) and
  * remembered: the first call for a bzImage decompresses it and writes the
- * result into the cache (atomically); later
- * calls read it back. A cache that cannot be written is not an error (the
- * kernel is still returned); a cached file that is not a loadable ELF is
- * replaced. The key is a 64-bit hash of the bzImage and its length, not a
- * cryptographic digest: the cache trusts whoever can write to it.
+ * result into the cache, with its SHA-256 beside it
+ * (`vmlinux-<key>.elf.sha256`); later calls read it back. The key is a
+ * 64-bit hash of the bzImage and its length.
+ *
+ * The cache is trusted only when it is the current user's: a directory or
+ * entry owned by someone else or writable by group or others is not read (nor
+ * written, for a directory; `cacheProblem` says why), and an entry whose
+ * content does not match its stored SHA-256 (a flipped byte, a truncated
+ * file) is extracted again and replaced. Entries are written to exclusively
+ * created files under random names and renamed into place. A cache that
+ * cannot be written is not an error: the kernel is still returned.
  *
  * @example
  * ```ts ignore
@@ -288,34 +330,49 @@ export function cachedVmlinux(
 ): CachedVmlinux {
   const base = userCacheDir();
   const dir = options.directory ?? (base ? `${base}/kernels` : undefined);
-  const path = dir ? `${dir}/vmlinux-${fingerprint(image)}.elf` : undefined;
-  if (path) {
+  let cacheProblem: string | undefined;
+  if (dir) {
+    try {
+      cacheProblem = ensureCacheDir(dir);
+    } catch (e) {
+      cacheProblem = `cannot create ${dir}: ${e instanceof Error ? e.message : String(e)}`;
+    }
+  }
+  const path = dir && !cacheProblem ? `${dir}/vmlinux-${fingerprint(image)}.elf` : undefined;
+  if (path && !untrustedReason(path, "file")) {
     let file: MappedFile | undefined;
     try {
       file = options.map ? MappedFile.open(path) : undefined;
-      const cached = file ? file.bytes : Deno.readFileSync(path);
-      parseElfKernel(cached);
-      return result(cached, "cache", path, file);
+      const cached = readVerified(path, file?.bytes);
+      if (cached) {
+        parseElfKernel(cached);
+        return result(cached, "cache", path, file);
+      }
+      file?.close();
     } catch {
-      // Absent, unreadable or damaged: extract again.
+      // Unreadable or damaged: extract again.
       file?.close();
     }
   }
   // In place: no 60 MB of garbage for the collector to return while a VM runs.
   const vmlinux = compactElf(extractVmlinux(image), { inPlace: true });
-  if (!path || !dir) return result(vmlinux, "extracted");
+  if (!path || !dir) return result(vmlinux, "extracted", undefined, undefined, cacheProblem);
+  const temporary: string[] = [];
   try {
-    Deno.mkdirSync(dir, { recursive: true });
-    const tmp = `${path}.${Deno.pid}.tmp`;
-    Deno.writeFileSync(tmp, vmlinux);
-    Deno.renameSync(tmp, path);
+    temporary.push(writeExclusive(dir, vmlinux, ".vmlinux-", ".tmp"));
+    temporary.push(writeExclusive(dir, new TextEncoder().encode(sha256Hex(vmlinux)), ".vmlinux-"));
+    Deno.renameSync(temporary[0], path);
+    Deno.renameSync(temporary[1], `${path}.sha256`);
     return result(vmlinux, "extracted", path);
-  } catch {
-    try {
-      Deno.removeSync(`${path}.${Deno.pid}.tmp`);
-    } catch {
-      // Never written.
+  } catch (e) {
+    for (const tmp of temporary) {
+      try {
+        Deno.removeSync(tmp);
+      } catch {
+        // Renamed already, or never written.
+      }
     }
-    return result(vmlinux, "extracted");
+    const problem = `cannot write ${path}: ${e instanceof Error ? e.message : String(e)}`;
+    return result(vmlinux, "extracted", undefined, undefined, problem);
   }
 }

@@ -484,6 +484,17 @@ function unfilterX86(buf: Uint8Array, startOffset: number): void {
   }
 }
 
+/** Options of {@linkcode decompressXz}. */
+export interface DecompressXzOptions {
+  /**
+   * The most bytes the stream may decompress to (default and at most
+   * {@linkcode MAX_OUTPUT}): a stream whose index declares more is refused
+   * before anything is allocated. The output buffer is sized from the index
+   * (its pages are touched only as data decodes).
+   */
+  maxOutput?: number;
+}
+
 /**
  * Decompresses one `.xz` stream (optionally followed by zero stream padding)
  * with LZMA2 and x86 BCJ filters and a CRC32, CRC64 or no check. Throws an
@@ -500,7 +511,14 @@ function unfilterX86(buf: Uint8Array, startOffset: number): void {
  * }
  * ```
  */
-export function decompressXz(data: Uint8Array): Uint8Array<ArrayBuffer> {
+export function decompressXz(
+  data: Uint8Array,
+  options: DecompressXzOptions = {},
+): Uint8Array<ArrayBuffer> {
+  const maxOutput = options.maxOutput ?? MAX_OUTPUT;
+  if (!Number.isSafeInteger(maxOutput) || maxOutput < 0 || maxOutput > MAX_OUTPUT) {
+    throw new RangeError(`decompressXz: maxOutput ${maxOutput} is not an integer 0..${MAX_OUTPUT}`);
+  }
   if (data.length < 12 || !same(data, 0, HEADER_MAGIC)) {
     throw new XzError("no stream header magic");
   }
@@ -523,8 +541,8 @@ export function decompressXz(data: Uint8Array): Uint8Array<ArrayBuffer> {
     throw new XzError("the stream header and footer disagree");
   }
   const total = records.reduce((n, rec) => n + rec.uncompressedSize, 0);
-  if (total > MAX_OUTPUT) {
-    throw new XzError(`the index declares ${total} bytes, more than this decoder's ${MAX_OUTPUT}`);
+  if (total > maxOutput) {
+    throw new XzError(`the index declares ${total} bytes, more than the ${maxOutput} allowed`);
   }
   const out = new Uint8Array(total);
   r.pos = 12;

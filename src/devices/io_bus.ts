@@ -9,6 +9,7 @@
  * @module
  */
 
+import { Errno, KvmError } from "../errors.ts";
 import { hex } from "../kvm/constants.ts";
 
 /** A device model on the port bus. `port` is the absolute port number. */
@@ -114,6 +115,13 @@ export class IoBus {
    * Handles a whole port I/O exit (`Vcpu.run()`'s `"io"` exit, or the same
    * fields forwarded from another thread): `count` elements of `size` bytes in
    * `data`, read from it for `"out"`, written into it for `"in"`.
+   *
+   * The fields come from the run area the guest's exit filled (or from
+   * another thread), so they are checked, not trusted: `size` must be 1, 2
+   * or 4, `port` 0..0xffff, and `count` a whole number of elements that fit
+   * in `data`; otherwise a {@linkcode KvmError} (`EINVAL`, operation
+   * `"handle port I/O"`) is thrown before any device sees an access and
+   * nothing outside `data` is read or written. The checks allocate nothing.
    */
   handle(
     direction: "in" | "out",
@@ -122,6 +130,18 @@ export class IoBus {
     count: number,
     data: Uint8Array,
   ): void {
+    if (
+      (size !== 1 && size !== 2 && size !== 4) || !(port >= 0 && port <= 0xffff) ||
+      (port | 0) !== port || !(count >= 0) || (count >>> 0) !== count ||
+      count * size > data.length
+    ) {
+      throw new KvmError(
+        "handle port I/O",
+        Errno.EINVAL,
+        `port ${port}, size ${size}, count ${count}: ` +
+          `size must be 1, 2 or 4, port 0..0xffff, count * size at most data's ${data.length} bytes`,
+      );
+    }
     if (this.#view.buffer !== data.buffer) {
       // Once per buffer (the run area, a mailbox), not per exit.
       this.#view = new DataView(data.buffer);

@@ -6,7 +6,10 @@
  * Transmission is instant: a byte written to THR goes to the output sink at
  * once, so THR and the transmitter are always empty again when the guest
  * looks. Received bytes queue on the host side and enter the 16-byte FIFO
- * (1 byte with FIFOs off) as the guest reads them out.
+ * (1 byte with FIFOs off) as the guest reads them out. The host-side queue
+ * has a fixed capacity ({@linkcode UART_INPUT_CAPACITY} by default): a guest
+ * that never reads cannot make the host hold more, and `receive` says how
+ * many bytes it took so the caller can offer the rest later (backpressure).
  *
  * The interrupt output is a level: the device calls `irq(level)` whenever it
  * changes. Give it `(level) => vm.setIrqLine(4, level)`.
@@ -79,6 +82,8 @@ const MSR_DCD = 0x80;
 const MSR_DELTAS = MSR_DCTS | MSR_DDSR | MSR_TERI | MSR_DDCD;
 
 const FIFO_SIZE = 16;
+/** Default capacity of the host-side input queue, in bytes (besides the 16-byte FIFO). */
+export const UART_INPUT_CAPACITY = 64 * 1024;
 const TRIGGER_LEVELS = [1, 4, 8, 14];
 
 /** Options of {@linkcode Uart16550}. */
@@ -89,6 +94,12 @@ export interface Uart16550Options {
   output?: (byte: number) => void;
   /** Called with the new level (true = asserted) each time the interrupt output changes. */
   irq?: (level: boolean) => void;
+  /**
+   * Bytes the host-side input queue holds besides the FIFO (default
+   * {@linkcode UART_INPUT_CAPACITY}, at least 1). {@linkcode Uart16550.receive}
+   * takes no more than the room left.
+   */
+  inputCapacity?: number;
 }
 
 /**
@@ -125,8 +136,9 @@ export class Uart16550 implements PortDevice {
   #rx = new Uint8Array(FIFO_SIZE);
   #rxHead = 0;
   #rxCount = 0;
-  #queue: Uint8Array[] = []; // host bytes waiting for FIFO space
-  #queueOffset = 0;
+  #queue: Uint8Array; // ring of host bytes waiting for FIFO space, fixed size
+  #queueHead = 0;
+  #queueCount = 0;
   #level = false;
 
   /** Creates the UART in its reset state. */
@@ -134,6 +146,16 @@ export class Uart16550 implements PortDevice {
     this.base = options.base ?? COM1_PORT;
     this.#output = options.output ?? (() => {});
     this.#irq = options.irq ?? (() => {});
+    const capacity = options.inputCapacity ?? UART_INPUT_CAPACITY;
+    if (!Number.isSafeInteger(capacity) || capacity < 1) {
+      throw new RangeError(`Uart16550: inputCapacity ${capacity} is not a positive integer`);
+    }
+    this.#queue = new Uint8Array(capacity);
+  }
+
+  /** Capacity of the host-side input queue in bytes (the FIFO holds 16 more). */
+  get inputCapacity(): number {
+    return this.#queue.length;
   }
 
   /** Whether the interrupt output is asserted. */
@@ -143,19 +165,34 @@ export class Uart16550 implements PortDevice {
 
   /** Bytes received from the host that the guest has not read yet (FIFO plus queue). */
   get pendingInput(): number {
-    let n = this.#rxCount;
-    for (const [i, chunk] of this.#queue.entries()) {
-      n += chunk.length - (i === 0 ? this.#queueOffset : 0);
-    }
-    return n;
+    return this.#rxCount + this.#queueCount;
   }
 
-  /** Queues bytes for the guest to read (keyboard input, a paste). */
-  receive(bytes: Uint8Array): void {
-    if (bytes.length === 0) return;
-    this.#queue.push(bytes.slice());
-    this.#refill();
-    this.#update();
+  /** Bytes {@linkcode receive} would take now: the room left in the FIFO and the queue. */
+  get inputRoom(): number {
+    return Math.max(0, this.#capacity() - this.#rxCount) + this.#queue.length - this.#queueCount;
+  }
+
+  /**
+   * Queues bytes for the guest to read (keyboard input, a paste) and returns
+   * how many it took: all of them while there is room, fewer (maybe 0) when the
+   * FIFO and the input queue ({@linkcode inputCapacity}) are full. Offer the
+   * rest again later, after the guest has read some (backpressure: memory
+   * stays bounded however much is offered and however little the guest reads).
+   */
+  receive(bytes: Uint8Array): number {
+    const queue = this.#queue;
+    let taken = 0;
+    // Straight into the FIFO while it has room and nothing is queued before.
+    while (taken < bytes.length && this.#queueCount === 0 && this.#rxCount < this.#capacity()) {
+      this.#push(bytes[taken++]);
+    }
+    while (taken < bytes.length && this.#queueCount < queue.length) {
+      queue[(this.#queueHead + this.#queueCount) % queue.length] = bytes[taken++];
+      this.#queueCount++;
+    }
+    if (taken > 0) this.#update();
+    return taken;
   }
 
   #fifoEnabled(): boolean {
@@ -178,13 +215,11 @@ export class Uart16550 implements PortDevice {
 
   /** Moves queued host bytes into the FIFO while it has room. */
   #refill(): void {
-    while (this.#queue.length > 0 && this.#rxCount < this.#capacity()) {
-      const chunk = this.#queue[0];
-      this.#push(chunk[this.#queueOffset++]);
-      if (this.#queueOffset >= chunk.length) {
-        this.#queue.shift();
-        this.#queueOffset = 0;
-      }
+    const queue = this.#queue;
+    while (this.#queueCount > 0 && this.#rxCount < this.#capacity()) {
+      this.#push(queue[this.#queueHead]);
+      this.#queueHead = (this.#queueHead + 1) % queue.length;
+      this.#queueCount--;
     }
   }
 

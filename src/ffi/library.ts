@@ -11,10 +11,25 @@
  *    disk for a `file:` import and fetched for an `https:` one (JSR), since
  *    `Deno.dlopen` only loads files from the local disk.
  *
+ * A cached build is loaded only when the directory and the file belong to the
+ * current user and are not writable by group or others (otherwise loading is
+ * refused with the path: someone else could have planted the library), and
+ * when its SHA-256 matches the one written beside it at build time (a
+ * truncated or altered build is rebuilt, never `dlopen`ed: a truncated
+ * library would crash the process with SIGBUS). Builds happen in a fresh
+ * private temporary directory, never through predictable names.
+ *
  * @module
  */
 
-import { userCacheDir } from "../cache_dir.ts";
+import {
+  ensureCacheDir,
+  readVerified,
+  sha256Hex,
+  untrustedReason,
+  userCacheDir,
+  writeExclusive,
+} from "../cache_dir.ts";
 import { type NativeSymbols, SHIM_VERSION, symbols } from "./symbols.ts";
 
 /** Raised when the native shim cannot be found, built or loaded. */
@@ -160,26 +175,73 @@ function cacheDir(): string {
 }
 
 function buildCached(source: string): string {
-  const dir = cacheDir();
+  return cachedShim(source, cacheDir());
+}
+
+/**
+ * The path of a verified build of `source` in the cache directory `dir`,
+ * compiling it when there is none or the one there fails its SHA-256 check
+ * (`libkvm_shim-<hash of the source>.so` with its `.sha256` beside it).
+ * Throws a {@linkcode NativeLoadError} naming the path when `dir` or the
+ * build in it is not the current user's or is writable by group or others.
+ * Used by the loader; exported for tests and tools.
+ */
+export function cachedShim(source: string, dir: string): string {
   const path = `${dir}/libkvm_shim-${fnv1a(source)}.so`;
-  if (exists(path)) return path;
+  let problem: string | undefined;
   try {
-    Deno.mkdirSync(dir, { recursive: true });
-    const src = `${dir}/kvm_shim-${Deno.pid}.c`;
-    const tmp = `${path}.${Deno.pid}.tmp`;
-    Deno.writeTextFileSync(src, source);
-    try {
-      compile(src, tmp);
-      Deno.renameSync(tmp, path);
-    } finally {
-      Deno.removeSync(src);
+    problem = ensureCacheDir(dir);
+  } catch (cause) {
+    throw new NativeLoadError(
+      `cannot create the cache directory ${dir}: ${describe(cause)}${
+        permissionHint(cause, "write")
+      }`,
+      { cause },
+    );
+  }
+  if (problem) {
+    throw new NativeLoadError(
+      `refusing to use the cache directory ${dir} for the native shim: ${problem}. ` +
+        "Fix its owner and mode, or set DENO_KVM_CACHE to a directory of your own",
+    );
+  }
+  if (present(path)) {
+    problem = untrustedReason(path, "file");
+    if (problem) {
+      throw new NativeLoadError(
+        `refusing to load the cached native shim ${path}: ${problem}. Remove it to rebuild`,
+      );
     }
+    if (readVerified(path)) return path;
+    // Truncated, altered, or from a build without a hash: build it again.
+  }
+  let tmp: string | undefined;
+  try {
+    // mkdtemp: a fresh directory of mode 0700 under a random name; cc writes only in there.
+    tmp = Deno.makeTempDirSync({ dir, prefix: ".build-" });
+    const src = writeExclusive(tmp, new TextEncoder().encode(source), "kvm_shim-", ".c");
+    const lib = `${tmp}/libkvm_shim.so`;
+    compile(src, lib);
+    const hash = writeExclusive(tmp, new TextEncoder().encode(sha256Hex(Deno.readFileSync(lib))));
+    Deno.renameSync(lib, path);
+    Deno.renameSync(hash, `${path}.sha256`);
   } catch (cause) {
     if (cause instanceof NativeLoadError) throw cause;
     throw new NativeLoadError(
       `cannot build the native shim in ${dir}: ${describe(cause)}${permissionHint(cause, "write")}`,
       { cause },
     );
+  } finally {
+    if (tmp) {
+      try {
+        Deno.removeSync(tmp, { recursive: true });
+      } catch {
+        // Already gone.
+      }
+    }
+  }
+  if (!readVerified(path)) {
+    throw new NativeLoadError(`the native shim built at ${path} changed before it was loaded`);
   }
   return path;
 }
@@ -212,6 +274,16 @@ export function compile(source: string, output: string): void {
 function exists(path: string): boolean {
   try {
     return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether anything (a file, a symlink, even a dangling one) is at `path`. */
+function present(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
   } catch {
     return false;
   }

@@ -60,11 +60,28 @@ export class CoalescedRing {
     }
   }
 
+  /**
+   * Reads `last` and checks both indices: the page is shared with the kernel
+   * (and the ring's contents come from the guest), so an index past the ring
+   * is refused instead of being followed (`EBADMSG`).
+   */
+  #last(first: number): number {
+    const last = this.#view.getUint32(4, true);
+    if (first >= COALESCED_RING_ENTRIES || last >= COALESCED_RING_ENTRIES) {
+      throw new KvmError(
+        "read coalesced ring",
+        Errno.EBADMSG,
+        `ring indices first ${first}, last ${last}: both must be below ${COALESCED_RING_ENTRIES}`,
+      );
+    }
+    return last;
+  }
+
   /** Writes queued and not yet read. */
   get pending(): number {
     this.#check();
     const first = this.#view.getUint32(0, true);
-    const last = this.#view.getUint32(4, true);
+    const last = this.#last(first);
     return (last - first + COALESCED_RING_ENTRIES) % COALESCED_RING_ENTRIES;
   }
 
@@ -72,6 +89,12 @@ export class CoalescedRing {
    * Calls `visit` for each queued write, oldest first, and consumes them.
    * Allocates nothing: the entry object and its `data` view are reused.
    * Returns the number of writes visited.
+   *
+   * The work is bounded: at most one ring's worth of entries
+   * ({@linkcode CoalescedRing.capacity} - 1) per call, however often the
+   * kernel advances `last` meanwhile, and an index outside the ring throws a
+   * {@linkcode KvmError} (`EBADMSG`) instead of looping. An entry's length is
+   * clamped to the 8 data bytes it has.
    */
   drain(visit: (write: CoalescedWrite) => void): number {
     this.#check();
@@ -80,13 +103,20 @@ export class CoalescedRing {
     let n = 0;
     // x86 is TSO: the kernel's stores of the entry precede its store of
     // `last`, so an index read here already covers a complete entry.
-    while (first !== view.getUint32(4, true)) {
+    while (n < COALESCED_RING_ENTRIES - 1 && first !== this.#last(first)) {
       const at = HEADER + first * ENTRY;
       const entry = this.#entry;
       entry.address = Number(view.getBigUint64(at, true));
       entry.length = view.getUint32(at + 8, true);
       entry.pio = view.getUint32(at + 12, true) !== 0;
       entry.data = this.#bytes.subarray(at + 16, at + 16 + Math.min(entry.length, 8));
+      if (entry.data.length < Math.min(entry.length, 8)) {
+        throw new KvmError(
+          "read coalesced ring",
+          Errno.EBADMSG,
+          `entry ${first} ends past the page`,
+        );
+      }
       visit(entry);
       first = (first + 1) % COALESCED_RING_ENTRIES;
       view.setUint32(0, first, true);

@@ -54,9 +54,10 @@ Deno.test("a copy without a local build is compiled into the cache; without cc i
       dir,
     );
     ok(built.text.includes("KvmError: KVM_GET_API_VERSION failed: ENOTTY"), built.text);
-    const files = [...Deno.readDirSync(cache)].map((e) => e.name);
-    strictEqual(files.length, 1, `one cached build: ${files}`);
+    const files = [...Deno.readDirSync(cache)].map((e) => e.name).sort();
+    strictEqual(files.length, 2, `one cached build and its SHA-256: ${files}`);
     ok(/^libkvm_shim-[0-9a-f]{16}\.so$/.test(files[0]), files[0]);
+    strictEqual(files[1], `${files[0]}.sha256`);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

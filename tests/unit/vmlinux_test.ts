@@ -178,7 +178,14 @@ Deno.test({
       Deno.writeFileSync(first.path!, new Uint8Array(10));
       strictEqual(cachedVmlinux(image!, { directory }).source, "extracted");
       strictEqual(Deno.statSync(first.path!).size, first.vmlinux.length);
-      deepStrictEqual([...Deno.readDirSync(directory)].length, 1, "no temporary files left");
+      deepStrictEqual(
+        [...Deno.readDirSync(directory)].map((e) => e.name).sort(),
+        [
+          first.path!.slice(directory.length + 1),
+          `${first.path!.slice(directory.length + 1)}.sha256`,
+        ],
+        "the kernel and its hash, no temporary files left",
+      );
     } finally {
       Deno.removeSync(directory, { recursive: true });
     }
