@@ -88,10 +88,15 @@ async function sh(cmd: string[], cwd: string): Promise<{ code: number; out: stri
 
 /**
  * Returns the directory of a kvm-unit-tests build with `x86/*.flat`: `dir`
- * when it has one, else builds the suite from the tarball into it. Throws
+ * (or its `kvm-unit-tests/`) when it has one, else (unless `build: false`)
+ * builds the suite from the tarball into it. Throws
  * with the reason when it cannot (no tarball, no make or gcc, a failed build).
  */
-export async function ensureBuild(dir = DEFAULT_BUILD, tarball = TARBALL): Promise<string> {
+export async function ensureBuild(
+  dir = DEFAULT_BUILD,
+  tarball = TARBALL,
+  options: { build?: boolean } = {},
+): Promise<string> {
   const suite = dir.endsWith("kvm-unit-tests") ? dir : `${dir}/kvm-unit-tests`;
   const has = (p: string) => {
     try {
@@ -103,6 +108,7 @@ export async function ensureBuild(dir = DEFAULT_BUILD, tarball = TARBALL): Promi
   };
   if (has(`${suite}/x86/msr.flat`)) return suite;
   if (has(`${dir}/x86/msr.flat`)) return dir;
+  if (options.build === false) throw new Error(`no kvm-unit-tests build (x86/*.flat) in ${dir}`);
   if (!has(tarball)) {
     throw new Error(`no kvm-unit-tests build in ${dir} and no ${tarball} to build one`);
   }
@@ -388,7 +394,9 @@ export async function main(argv: string[]): Promise<number> {
   if (opts.subset && opts.subset !== "ci") {
     throw new Error(`--subset ${opts.subset}: only "ci" is defined`);
   }
-  const suite = await ensureBuild(opts.build || DEFAULT_BUILD);
+  const suite = opts.build
+    ? await ensureBuild(opts.build, TARBALL, { build: false })
+    : await ensureBuild();
   const entries = parseUnittestsCfg(Deno.readTextFileSync(`${suite}/x86/unittests.cfg`)).filter((
     e,
   ) =>
