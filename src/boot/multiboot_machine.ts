@@ -1,7 +1,8 @@
 /**
  * A small PC that boots a Multiboot (v1) kernel, made for test programs such
  * as kvm-unit-tests: guest RAM, the in-kernel interrupt controllers and PIT,
- * a 16550A on COM1, the i8042 reset line, QEMU's `isa-debug-exit` port that
+ * a 16550A on COM1, the i8042 reset line, ACPI tables (RSDP, FADT with the
+ * PM timer, MADT) with the PM timer, QEMU's `isa-debug-exit` port that
  * ends the run with a status, and one thread per vCPU (the bootstrap vCPU on
  * the calling thread; each application processor on a Worker, started by the
  * guest with INIT/SIPI through the in-kernel LAPIC, its port I/O served here
@@ -30,6 +31,7 @@
 
 import type { CpuidEntry } from "../abi/cpuid.ts";
 import { Errno, KvmError } from "../errors.ts";
+import { AcpiPmTimer } from "../devices/acpi_pm_timer.ts";
 import { DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit } from "../devices/debug_exit.ts";
 import { IoBus, type UnhandledAccess } from "../devices/io_bus.ts";
 import { registerLegacyDevices } from "../devices/legacy.ts";
@@ -40,6 +42,7 @@ import { Kvm } from "../kvm/kvm.ts";
 import { Vcpu } from "../kvm/vcpu.ts";
 import type { Vm } from "../kvm/vm.ts";
 import type { ApStartMessage } from "./ap_worker.ts";
+import { ACPI_PM_TIMER_PORT, ACPI_TABLES_ADDRESS, buildAcpiTables } from "./acpi.ts";
 import { type CpuProbeReport, probeCpu } from "./cpu_probe.ts";
 import { describeVcpu, Mailbox, MailboxKind, MailboxState } from "./mailbox.ts";
 import { setupProtectedMode } from "./modes.ts";
@@ -197,6 +200,8 @@ export class MultibootMachine {
         },
       );
 
+      // ACPI: RSDP in the BIOS area (reserved in the memory map), RSDT, FADT (PM timer), MADT.
+      vm.writeGuest(ACPI_TABLES_ADDRESS, buildAcpiTables({ cpus }));
       this.bus = new IoBus({
         onUnhandled: (a: UnhandledAccess) =>
           this.#onUnhandled?.(
@@ -212,6 +217,7 @@ export class MultibootMachine {
         this.#finish({ reason: "debugExit", status, vcpu: -1 })
       );
       this.bus.register(DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, this.debugExit);
+      this.bus.register(ACPI_PM_TIMER_PORT, 4, new AcpiPmTimer());
       registerLegacyDevices(this.bus, {
         onReset: () => this.#finish({ reason: "reset", vcpu: -1 }),
       });
