@@ -12,6 +12,7 @@
  * ```sh
  * deno task kut [--filter RE] [--timeout S] [--subset ci] [--json] [--all]
  *               [--build DIR] [--only ours|qemu] [--log DIR]
+ * deno task kut --render results.json   # the table of an earlier --json run
  * ```
  *
  * Dev tooling, not part of the published package; the suite (GPL-2.0) is
@@ -389,7 +390,12 @@ export async function main(argv: string[]): Promise<number> {
     else if (key === "build") opts.build = value();
     else if (key === "only") opts.only = value();
     else if (key === "log") opts.log = value();
-    else throw new Error(`unknown option --${key}`);
+    else if (key === "render") {
+      // Re-render a --json result as the table.
+      const saved = JSON.parse(Deno.readTextFileSync(value())) as { kvm: string; rows: Row[] };
+      console.log(renderTable(saved.rows, saved.kvm));
+      return 0;
+    } else throw new Error(`unknown option --${key}`);
   }
   if (opts.subset && opts.subset !== "ci") {
     throw new Error(`--subset ${opts.subset}: only "ci" is defined`);
