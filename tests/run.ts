@@ -32,6 +32,7 @@ import {
   runInSandbox,
   sandboxAvailable,
 } from "./sandbox/sandbox.ts";
+import { ensureBuild } from "../tools/kut/kut.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 const SANITIZE = ["--sanitize-ops", "--sanitize-resources", "--preload", "tests/preload.ts"];
@@ -206,11 +207,31 @@ async function runSandbox(files: string[]): Promise<TargetResult> {
   const result = await runInSandbox({
     command: ["deno", "test", "-A", "--no-check", ...SANITIZE, ...files],
     timeoutMs: SANDBOX_TIMEOUT_MS,
+    ...await kvmUnitTestsForSandbox(),
   });
   parse(result.output, target);
   checkExit(target, "sandbox run", { code: result.code, timedOut: result.code === 124 }, 0);
   console.log(`sandbox: boot ${result.bootMs} ms, total ${result.totalMs} ms, exit ${result.code}`);
   return target;
+}
+
+/**
+ * The sandbox guest has no compiler: the kvm-unit-tests programs that
+ * tests/kvm/kut_test.ts runs are built on the host and carried in.
+ */
+async function kvmUnitTestsForSandbox(): Promise<
+  { extraPaths?: string[]; env?: Record<string, string> }
+> {
+  try {
+    const suite = await ensureBuild();
+    const rel = suite.startsWith(root) ? suite.slice(root.length) : undefined;
+    if (!rel) return {};
+    const programs = ["msr", "smptest", "setjmp", "vmexit"].map((p) => `${rel}/x86/${p}.flat`);
+    return { extraPaths: programs, env: { KUT_BUILD: `/project/${rel}` } };
+  } catch (e) {
+    console.log(`kvm-unit-tests not built for the sandbox: ${(e as Error).message}`);
+    return {};
+  }
 }
 
 function chosenTargets(): ("native" | "sandbox")[] {
