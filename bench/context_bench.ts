@@ -13,12 +13,16 @@
  * starting and stopping the run is not counted. Compare with case 1 (the same
  * loop on the calling thread) and with the C baseline's PIO loop.
  *
+ * `deno bench -A` runs both cases too (skipped without `/dev/kvm`): each
+ * iteration is one block, a `run()` of {@linkcode BENCH_BLOCK} + 1 exits,
+ * with its start and stop (two messages between the threads) included.
+ *
  * @module
  */
 
 import { KvmContext, stopVcpu } from "../mod.ts";
 import type { BenchCase, BenchFixture } from "./cases.ts";
-import { PIO_GUEST, PIO_PORT } from "./guests.ts";
+import { PIO_GUEST, PIO_PORT, whyNoKvm } from "./guests.ts";
 
 /** A KvmContext with one vCPU in real mode at the PIO guest. */
 async function pioContext(
@@ -118,3 +122,27 @@ export const contextMailboxCase: BenchCase = {
 
 /** The cases bench/run.ts adds to its table. */
 export const cases: BenchCase[] = [contextWorkerCase, contextMailboxCase];
+
+/** Exits per `deno bench` iteration of cases 3 and 4. */
+export const BENCH_BLOCK = 100;
+
+const noKvm = whyNoKvm();
+const fixtures = new Map<BenchCase, Promise<BenchFixture>>();
+globalThis.addEventListener("unload", () => {
+  // KvmContext.close is asynchronous; at unload its start is what can be done.
+  for (const f of fixtures.values()) f.then((fixture) => fixture.close()).catch(() => {});
+});
+
+for (const c of cases) {
+  Deno.bench({
+    name: `${c.title} (a run() of ${BENCH_BLOCK} + 1 exits per iteration)`,
+    group: "context",
+    ignore: noKvm !== null,
+    warmup: 20,
+    async fn() {
+      let opened = fixtures.get(c);
+      if (!opened) fixtures.set(c, opened = Promise.resolve(c.open()));
+      await (await opened).measure(BENCH_BLOCK);
+    },
+  });
+}

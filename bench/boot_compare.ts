@@ -17,11 +17,12 @@
  * made by `--prepare-qemu` into the git-ignored `.cache/qemu-sandbox`):
  *
  * ```
- * deno run -A bench/boot_bench.ts --prepare-qemu
- * deno run -A tests/sandbox/sandbox.ts --include .cache/qemu-sandbox -- deno run -A --no-check bench/boot_bench.ts
+ * deno run -A bench/boot_compare.ts --prepare-qemu
+ * deno run -A tests/sandbox/sandbox.ts --include .cache/qemu-sandbox -- deno run -A --no-check bench/boot_compare.ts
  * ```
  *
  * `KVM_BOOT_BENCH_RUNS` (default 3) sets the rounds; each process is killed after 90 s.
+ * A script, not a `deno bench` file (it times whole processes), hence not named `*_bench.ts`.
  *
  * @module
  */
@@ -162,7 +163,7 @@ async function main(): Promise<void> {
   const { vmlinux, source } = cachedVmlinux(await Deno.readFile(kernel), {
     directory: `${cache}/kernels`,
   });
-  if (source !== "cache") console.error("boot_bench: the first boot did not fill the cache");
+  if (source !== "cache") console.error("boot_compare: the first boot did not fill the cache");
   await Deno.writeFile(vmlinuxFile, vmlinux);
   const ways: [string, string, string[], Record<string, string>][] = [
     ["deno-kvm", Deno.execPath(), ours(), { DENO_KVM_CACHE: cache }],
