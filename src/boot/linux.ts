@@ -23,7 +23,6 @@ import { Kvm } from "../kvm/kvm.ts";
 import { type KickTarget, Vcpu } from "../kvm/vcpu.ts";
 import type { Vm } from "../kvm/vm.ts";
 import type { ApStartMessage } from "./ap_worker.ts";
-import type { WatchdogStartMessage } from "./watchdog_worker.ts";
 import {
   HIGH_RAM_START,
   type LinuxBootPlan,
@@ -446,32 +445,16 @@ export class LinuxMachine {
     this.#running = true;
     const bsp = this.vcpus[0];
     bsp.adoptThread();
-    let watchdog: Worker | undefined;
-    // [0]: the time is up; [1]: the watchdog is armed.
-    const timeUp = new Int32Array(new SharedArrayBuffer(8));
     try {
-      if (options.timeoutMs !== undefined) {
-        watchdog = new Worker(new URL("./watchdog_worker.ts", import.meta.url).href, {
-          type: "module",
-        });
-        watchdog.onerror = (event) => {
-          event.preventDefault();
-          this.#workerError ??= `the watchdog worker: ${event.message}`;
-        };
-        const start: WatchdogStartMessage = {
-          ms: options.timeoutMs,
-          flag: timeUp.buffer as SharedArrayBuffer,
-          bsp: bsp.kickTarget,
-        };
-        watchdog.postMessage(start);
-      }
+      // The run's bound is the bootstrap vCPU's watchdog (a timer that kicks this thread):
+      // its run() then throws ETIMEDOUT, caught in the run loop.
+      if (timeoutMs !== undefined) bsp.setWatchdog(Math.max(1, timeoutMs));
       // Workers starting while the guest runs disturb it (on the nested test host, a guest
       // once lost its timer interrupt), and Linux gives an AP 10 s to answer INIT/SIPI: the
       // bootstrap vCPU starts once every worker runs. Waiting on the event loop lets a
       // worker that fails to load report why at once.
       const ready = () =>
-        this.#aps.every((ap) => Atomics.load(ap.box.words, Mailbox.THREAD_ID) !== 0) &&
-        (!watchdog || Atomics.load(timeUp, 1) !== 0);
+        this.#aps.every((ap) => Atomics.load(ap.box.words, Mailbox.THREAD_ID) !== 0);
       // A fixed start-up bound: the run's own timeout is for the guest (the watchdog ends it).
       const deadline = performance.now() + WORKER_START_TIMEOUT_MS;
       while (!ready()) {
@@ -485,9 +468,9 @@ export class LinuxMachine {
         }
         await new Promise((resolve) => setTimeout(resolve, 2));
       }
-      return this.#runBootstrapVcpu(bsp, options, timeUp);
+      return this.#runBootstrapVcpu(bsp, options);
     } finally {
-      watchdog?.terminate();
+      if (timeoutMs !== undefined && !bsp.closed) bsp.setWatchdog(null);
       this.#stopAps();
       const exit = this.#exit as MachineExit | null;
       if (exit?.reason === "timeout") {
@@ -503,11 +486,18 @@ export class LinuxMachine {
   }
 
   /** The run loop proper: the bootstrap vCPU on this thread, until something ends the run. */
-  #runBootstrapVcpu(bsp: Vcpu, options: LinuxRunOptions, timeUp: Int32Array): MachineExit {
+  #runBootstrapVcpu(bsp: Vcpu, options: LinuxRunOptions): MachineExit {
     const poll = options.poll;
     const hasAps = this.#aps.length > 0;
     while (this.#exit === null) {
-      const exit = bsp.run();
+      let exit;
+      try {
+        exit = bsp.run();
+      } catch (e) {
+        if (!(e instanceof KvmError) || e.code !== "ETIMEDOUT") throw e;
+        this.#finish({ reason: "timeout", vcpu: -1, detail: describeVcpu(bsp) });
+        continue;
+      }
       switch (exit.reason) {
         case "io":
           this.exitsByPort[exit.port]++;
@@ -558,9 +548,6 @@ export class LinuxMachine {
       }
       if (hasAps) this.#serveAps();
       if (poll) poll();
-      if (timeUp[0] !== 0) {
-        this.#finish({ reason: "timeout", vcpu: -1, detail: describeVcpu(bsp) });
-      }
     }
     return this.#exit;
   }
