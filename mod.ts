@@ -300,3 +300,15 @@ export {
   QuietPorts,
   registerLegacyDevices,
 } from "./src/devices/legacy.ts";
+export {
+  buildInitramfs,
+  hostKernelPath,
+  type InitramfsOptions,
+  SHELL_INIT,
+} from "./src/boot/initramfs.ts";
+export {
+  type GuestSpeed,
+  LINUX_BOOT_MIN_MIPS,
+  linuxBootPractical,
+  measureGuestSpeed,
+} from "./src/boot/guest_speed.ts";

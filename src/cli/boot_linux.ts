@@ -1,0 +1,469 @@
+/**
+ * The `boot_linux` command line: boots a Linux kernel (bzImage or ELF
+ * `vmlinux`) or a Multiboot kernel with its serial console on this terminal,
+ * with the conventions of QEMU and Firecracker: `--help` on stdout with every
+ * option and its default, `--version`, arguments checked before any heavy
+ * work, and documented exit codes ({@linkcode ExitCode}).
+ *
+ * ```sh
+ * deno run -A jsr:@deno-kvm/kvm/cli --kernel /boot/vmlinuz --memory 512M --cpus 2
+ * deno task boot:linux -- --kernel /boot/vmlinuz     # in this repository
+ * ```
+ *
+ * An xz-compressed bzImage (most distributions' kernels) is decompressed on
+ * the host once and kept in the per-user cache, and the guest enters the
+ * uncompressed kernel directly. Without `--initrd`, a busybox initramfs is
+ * built on the fly when `/bin/busybox` is a static binary. Keyboard input goes
+ * to the guest (raw mode on a terminal); Ctrl-A x quits, Ctrl-A Ctrl-A sends
+ * Ctrl-A.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import denoJson from "../../deno.json" with { type: "json" };
+import { KvmError } from "../errors.ts";
+import { Kvm } from "../kvm/kvm.ts";
+import { parseBzImage } from "../boot/bzimage.ts";
+import { isElf, parseElfKernel } from "../boot/elf.ts";
+import { linuxBootPractical } from "../boot/guest_speed.ts";
+import { buildInitramfs } from "../boot/initramfs.ts";
+import { LinuxMachine } from "../boot/linux.ts";
+import { isMultiboot } from "../boot/multiboot.ts";
+import { MultibootMachine } from "../boot/multiboot_machine.ts";
+import { readImageFile } from "../boot/read_image.ts";
+import { bzImagePayload, type CachedVmlinux, cachedVmlinux } from "../boot/vmlinux.ts";
+import { ConsoleInput } from "./console_input.ts";
+
+/** The exit codes of {@linkcode main}. */
+export const ExitCode = {
+  /** The guest rebooted or powered off, or Ctrl-A x. */
+  ok: 0,
+  /** A runtime failure: no usable KVM, a triple fault, a KVM error. */
+  failure: 1,
+  /** Bad usage or bad input (arguments, an unreadable or unbootable kernel or initrd). */
+  usage: 2,
+  /** `--timeout` passed. */
+  timeout: 124,
+} as const;
+
+/** The command line used when `--cmdline` is not given (Linux kernels). */
+export const DEFAULT_CMDLINE = "console=ttyS0 panic=-1 pci=off acpi=off";
+/** Guest RAM when `--memory` is not given. */
+export const DEFAULT_MEMORY = "512M";
+/** The most vCPUs the machines here start. */
+export const MAX_CPUS = 64;
+
+const NAME = "boot_linux";
+const MiB = 2 ** 20;
+
+const HELP = `usage: ${NAME} [--] --kernel PATH [options]
+
+Boots a Linux kernel (bzImage or ELF vmlinux) or a Multiboot kernel on /dev/kvm,
+its serial console (COM1) on this terminal. Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.
+
+options:
+  --kernel PATH        the kernel: bzImage, ELF vmlinux, or Multiboot image (required)
+  --initrd PATH        the initrd (Linux) or first module (Multiboot)
+                       (default: for Linux, a busybox initramfs built from /bin/busybox
+                       when it is static; otherwise none)
+  --cmdline TEXT       the kernel command line
+                       (default: "${DEFAULT_CMDLINE}" for Linux, "" for Multiboot)
+  --memory SIZE        guest RAM: 512M, 2G, 262144K or a number of MiB; a multiple of
+                       2 MiB, at most this host's RAM (default: ${DEFAULT_MEMORY})
+  --cpus N             vCPUs, 1 to ${MAX_CPUS} and the KVM's limit (default: 1)
+  --timeout SEC        stop the guest after SEC seconds and exit 124 (default: none)
+  --guest-decompress   let the guest decompress an xz bzImage (default: off, the host
+                       decompresses it once and caches the result)
+  --trace              print when each boot phase ended, on stderr (default: off)
+  -h, --help           print this help and exit 0
+  --version            print the version and exit 0
+
+exit status:
+  0    the guest rebooted or powered off, or Ctrl-A x
+  N    a Multiboot kernel's isa-debug-exit status (port 0xf4; status & 0xff, as QEMU)
+  1    runtime failure (no usable /dev/kvm, a triple fault, a KVM error)
+  2    usage error or bad input (arguments, kernel, initrd)
+  124  --timeout passed
+`;
+
+/** A refusal of the arguments or input: exit code 2, the message on stderr. */
+export class UsageError extends Error {
+  /** Creates the error. */
+  constructor(message: string) {
+    super(message);
+    this.name = "UsageError";
+  }
+}
+
+/** The checked arguments of {@linkcode main}. */
+export interface BootConfig {
+  /** `--kernel`. */
+  kernel: string;
+  /** `--initrd`. */
+  initrd?: string;
+  /** `--cmdline`; undefined when not given. */
+  cmdline?: string;
+  /** Guest RAM, bytes. */
+  memorySize: number;
+  /** vCPUs. */
+  cpus: number;
+  /** `--timeout` in ms. */
+  timeoutMs?: number;
+  /** `--guest-decompress`. */
+  guestDecompress: boolean;
+  /** `--trace`. */
+  trace: boolean;
+}
+
+/** Parses `512M`, `1G`, `262144K` or a plain number of MiB into bytes. */
+export function parseSize(text: string): number {
+  const m = /^(\d+)\s*([KMG]?)i?B?$/i.exec(text.trim());
+  if (!m) throw new UsageError(`--memory: bad size ${JSON.stringify(text)} (try 512M or 2G)`);
+  const unit = { "": MiB, K: 2 ** 10, M: MiB, G: 2 ** 30 }[m[2].toUpperCase()]!;
+  return Number(m[1]) * unit;
+}
+
+/** This host's RAM (`MemTotal` of `/proc/meminfo`) in bytes, or undefined when unknown. */
+export function hostMemory(): number | undefined {
+  try {
+    const m = /^MemTotal:\s+(\d+)\s+kB/m.exec(Deno.readTextFileSync("/proc/meminfo"));
+    return m ? Number(m[1]) * 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Parses and checks the arguments, needing neither KVM nor the files: throws
+ * {@linkcode UsageError}. A first `--` (as `deno task x -- args` passes it on)
+ * is skipped. Returns `"help"` or `"version"` for those flags.
+ */
+export function parseBootArgs(argv: readonly string[]): BootConfig | "help" | "version" {
+  const args = argv[0] === "--" ? argv.slice(1) : [...argv];
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args,
+      strict: true,
+      options: {
+        kernel: { type: "string" },
+        initrd: { type: "string" },
+        cmdline: { type: "string" },
+        memory: { type: "string", default: DEFAULT_MEMORY },
+        cpus: { type: "string", default: "1" },
+        timeout: { type: "string" },
+        "guest-decompress": { type: "boolean", default: false },
+        trace: { type: "boolean", default: false },
+        help: { type: "boolean", short: "h", default: false },
+        version: { type: "boolean", default: false },
+      },
+    }));
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  if (values.help) return "help";
+  if (values.version) return "version";
+  if (!values.kernel) throw new UsageError("--kernel PATH is required");
+  if (!/^\d+$/.test(values.cpus) || Number(values.cpus) < 1 || Number(values.cpus) > MAX_CPUS) {
+    throw new UsageError(
+      `--cpus: ${JSON.stringify(values.cpus)} is not a count from 1 to ${MAX_CPUS}`,
+    );
+  }
+  let timeoutMs: number | undefined;
+  if (values.timeout !== undefined) {
+    const seconds = /^\d+(\.\d+)?$/.test(values.timeout) ? Number(values.timeout) : NaN;
+    if (!(seconds > 0)) {
+      throw new UsageError(
+        `--timeout: ${JSON.stringify(values.timeout)} is not a positive number of seconds`,
+      );
+    }
+    timeoutMs = seconds * 1000;
+  }
+  const memorySize = parseSize(values.memory);
+  if (memorySize === 0 || memorySize % (2 * MiB) !== 0) {
+    throw new UsageError(`--memory: ${values.memory} is not a positive multiple of 2 MiB`);
+  }
+  const host = hostMemory();
+  if (host !== undefined && memorySize > host) {
+    throw new UsageError(
+      `--memory: ${values.memory} is more than this host's RAM (${Math.floor(host / MiB)} MiB)`,
+    );
+  }
+  return {
+    kernel: values.kernel,
+    initrd: values.initrd,
+    cmdline: values.cmdline,
+    memorySize,
+    cpus: Number(values.cpus),
+    timeoutMs,
+    guestDecompress: values["guest-decompress"],
+    trace: values.trace,
+  };
+}
+
+function stdinIsDevNull(): boolean {
+  try {
+    const a = Deno.statSync("/dev/stdin");
+    const b = Deno.statSync("/dev/null");
+    return a.dev === b.dev && a.ino === b.ino;
+  } catch {
+    return false;
+  }
+}
+
+const say = (text: string) => console.error(`${NAME}: ${text}`);
+/** After the guest's output, which may have left the cursor mid-line in raw mode. */
+const sayAfter = (text: string) => console.error(`\r\n${NAME}: ${text}`);
+
+/** Reads a kernel or initrd; a refusal is bad input (exit 2). */
+function readInput(path: string, what: string): Uint8Array {
+  try {
+    return readImageFile(path, { what });
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+/** Opens /dev/kvm and checks `cpus` against its limit; closes it again. */
+function checkKvm(cpus: number): void {
+  let kvm: Kvm;
+  try {
+    kvm = Kvm.open();
+  } catch (e) {
+    throw new Error(
+      `cannot use /dev/kvm: ${(e as Error).message}` +
+        " (without one, run it in the sandbox: deno task sandbox -- deno task boot:linux ...)",
+    );
+  }
+  try {
+    const max = kvm.getMaxVcpus();
+    if (cpus > max) throw new UsageError(`--cpus: ${cpus} is more than this KVM's ${max}`);
+  } finally {
+    kvm.close();
+  }
+}
+
+/**
+ * Runs the command line; returns the exit code ({@linkcode ExitCode}, or a
+ * Multiboot kernel's debug-exit status). Messages go to stderr, `--help` and
+ * `--version` to stdout.
+ */
+export async function main(argv: readonly string[]): Promise<number> {
+  let config: BootConfig;
+  try {
+    const parsed = parseBootArgs(argv);
+    if (parsed === "help") {
+      console.log(HELP);
+      return ExitCode.ok;
+    }
+    if (parsed === "version") {
+      console.log(`${NAME} (${denoJson.name}) ${denoJson.version}`);
+      return ExitCode.ok;
+    }
+    config = parsed;
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    say(`${e.message}\n${HELP.split("\n")[0]} (--help lists the options)`);
+    return ExitCode.usage;
+  }
+  try {
+    return await boot(config);
+  } catch (e) {
+    say((e as Error).message);
+    return e instanceof UsageError ? ExitCode.usage : ExitCode.failure;
+  }
+}
+
+async function boot(config: BootConfig): Promise<number> {
+  // --trace: when each phase ended, in ms since the process started (on stderr).
+  const trace = config.trace
+    ? (what: string) => say(`${Math.round(performance.now())} ms ${what}`)
+    : () => {};
+  trace("arguments parsed (runtime started, modules loaded)");
+  const kernel = readInput(config.kernel, "kernel");
+  const initrd = config.initrd ? readInput(config.initrd, "initrd") : undefined;
+  let multiboot: boolean;
+  try {
+    multiboot = isMultiboot(kernel);
+    // Refuse a file that is no kernel now, not after the initramfs and the KVM.
+    if (!multiboot) isElf(kernel) ? parseElfKernel(kernel) : parseBzImage(kernel);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  checkKvm(config.cpus);
+  trace("kernel and initrd read, /dev/kvm checked");
+  return multiboot
+    ? await bootMultiboot(config, kernel, initrd)
+    : await bootLinux(config, kernel, initrd, trace);
+}
+
+const out = new Uint8Array(1);
+function serialOutput(byte: number): void {
+  out[0] = byte;
+  Deno.stdout.writeSync(out);
+}
+
+async function bootMultiboot(
+  config: BootConfig,
+  kernel: Uint8Array,
+  initrd: Uint8Array | undefined,
+): Promise<number> {
+  say(
+    `booting the Multiboot kernel ${config.kernel} with ${config.cpus} vCPU(s), ` +
+      `${config.memorySize / MiB} MiB (Ctrl-C quits)`,
+  );
+  let machine: MultibootMachine;
+  try {
+    machine = MultibootMachine.create({
+      kernel,
+      cmdline: `${config.kernel} ${config.cmdline ?? ""}`.trimEnd(),
+      modules: initrd ? [{ data: initrd, cmdline: config.initrd }] : [],
+      memorySize: config.memorySize,
+      cpus: config.cpus,
+      serialOutput,
+    });
+  } catch (e) {
+    throw badKernel(e);
+  }
+  try {
+    const exit = await machine.run({ timeoutMs: config.timeoutMs });
+    switch (exit.reason) {
+      case "debugExit":
+        say(`the guest exited through isa-debug-exit with status ${exit.status}`);
+        return exit.status! & 0xff;
+      case "timeout":
+        say(`timed out after ${config.timeoutMs! / 1000} s`);
+        return ExitCode.timeout;
+      case "reset":
+      case "poweroff":
+      case "stopped":
+        say(`the guest ended: ${exit.reason}`);
+        return ExitCode.ok;
+      default:
+        say(`${exit.reason}\n${exit.detail ?? ""}`);
+        return ExitCode.failure;
+    }
+  } finally {
+    machine.close();
+  }
+}
+
+/** A loader's refusal of the kernel is bad input; anything else a runtime failure. */
+function badKernel(e: unknown): Error {
+  if (e instanceof KvmError && /^load /.test(e.operation)) return new UsageError(e.message);
+  return e as Error;
+}
+
+async function bootLinux(
+  config: BootConfig,
+  kernel: Uint8Array,
+  givenInitrd: Uint8Array | undefined,
+  trace: (what: string) => void,
+): Promise<number> {
+  let initrd = givenInitrd;
+  if (!initrd) {
+    try {
+      initrd = await buildInitramfs({ busybox: await Deno.readFile("/bin/busybox") });
+      say("no --initrd: built a busybox initramfs from /bin/busybox");
+    } catch {
+      say("no --initrd and no /bin/busybox: booting without an initrd");
+    }
+  }
+  const speed = linuxBootPractical();
+  trace(`guest speed ${speed.mips.toFixed(1)} MIPS`);
+  say(
+    `booting ${config.kernel} with ${config.cpus} vCPU(s), ${config.memorySize / MiB} MiB` +
+      ` (Ctrl-A x quits)`,
+  );
+  if (!speed.practical) {
+    say(
+      `this KVM runs guest code at ${speed.mips.toFixed(1)} million instructions/s ` +
+        "(a software KVM such as kvm_pvm): Linux takes many minutes to boot here. " +
+        "The sandbox is faster: deno task sandbox -- deno task boot:linux ...",
+    );
+  }
+  let machine: LinuxMachine;
+  let found: CachedVmlinux | undefined;
+  try {
+    if (!config.guestDecompress && !isElf(kernel) && bzImagePayload(kernel).format === "xz") {
+      // Mapped, not read: the machine copies the segments into guest RAM once.
+      found = cachedVmlinux(kernel, { map: true });
+      if (found.source === "extracted") {
+        say(`decompressed the kernel on the host${found.path ? ` (cached in ${found.path})` : ""}`);
+      }
+      trace(`uncompressed kernel ready (${found.source})`);
+    }
+    let quiet = true;
+    machine = LinuxMachine.create({
+      kernel,
+      vmlinux: found?.vmlinux,
+      initrd,
+      cmdline: config.cmdline ?? DEFAULT_CMDLINE,
+      memorySize: config.memorySize,
+      cpus: config.cpus,
+      serialOutput: (byte) => {
+        if (quiet) {
+          quiet = false;
+          trace("first byte on the serial port");
+        }
+        serialOutput(byte);
+      },
+    });
+  } catch (e) {
+    throw badKernel(e);
+  } finally {
+    found?.close(); // the machine has its copy in guest RAM
+  }
+
+  const input = new ConsoleInput({
+    receive: (bytes) => machine.serial.receive(bytes),
+    quit: () => machine.stop(),
+  });
+  const raw = Deno.stdin.isTerminal();
+  // No pump (a Worker costs CPU time the guest could use) when stdin is /dev/null.
+  const pump = stdinIsDevNull()
+    ? undefined
+    : new Worker(new URL("./stdin_pump.ts", import.meta.url), { type: "module" });
+  pump?.postMessage({ ring: input.ring, kick: machine.kickTarget });
+
+  const probe = machine.cpuProbe;
+  if (probe && probe.unusable.length > 0) {
+    const cmdline = new TextDecoder().decode(machine.plan.cmdline).replace(/\0$/, "");
+    trace(
+      `CPU probe (${probe.ms.toFixed(0)} ms): hidden from the guest: ${probe.unusable.join(", ")}` +
+        (cmdline !== (config.cmdline ?? DEFAULT_CMDLINE) ? `; command line now "${cmdline}"` : ""),
+    );
+  }
+  try {
+    if (raw) Deno.stdin.setRaw(true);
+    trace("machine created");
+    const exit = await machine.run({ poll: () => input.poll(), timeoutMs: config.timeoutMs });
+    trace(`run ended: ${exit.reason}`);
+    if (raw) Deno.stdin.setRaw(false);
+    switch (exit.reason) {
+      case "reset":
+      case "poweroff":
+        sayAfter(`the guest ${exit.reason === "reset" ? "rebooted" : "powered off"}`);
+        return ExitCode.ok;
+      case "stopped":
+        sayAfter("quit (Ctrl-A x)");
+        return ExitCode.ok;
+      case "timeout":
+        sayAfter(`timed out after ${config.timeoutMs! / 1000} s`);
+        return ExitCode.timeout;
+      default:
+        sayAfter(`${exit.reason}\n${exit.detail ?? ""}`);
+        return ExitCode.failure;
+    }
+  } finally {
+    if (raw) Deno.stdin.setRaw(false);
+    pump?.terminate();
+    machine.close();
+  }
+}
+
+if (import.meta.main) {
+  // Deno.exit: the stdin pump may still sit in a read.
+  Deno.exit(await main(Deno.args));
+}
