@@ -8,10 +8,20 @@
 import { basename, delimiter, join } from "node:path";
 import { elfInterpreter } from "./elf.ts";
 
-/** The command that installs everything the sandbox needs on Debian or Ubuntu. */
-export const INSTALL_COMMAND =
-  "sudo apt-get install -y qemu-system-x86 linux-image-amd64 busybox-static cpio";
+/**
+ * The Debian packages the sandbox needs (QEMU, a kernel with `kvm-amd`, a static busybox, cpio),
+ * and a C compiler: the guest has none, so the native shim is built on the host.
+ */
 const PACKAGES = ["qemu-system-x86", "linux-image-amd64", "busybox-static", "cpio"];
+const COMPILER_PACKAGES = ["gcc", "libc6-dev"];
+
+/** The apt-get arguments: no recommended packages (1.3 GB and 352 packages with them). */
+const APT_INSTALL = ["install", "-y", "-q", "--no-install-recommends"];
+
+/** The command that installs everything the sandbox needs on Debian or Ubuntu. */
+export const INSTALL_COMMAND = `sudo apt-get ${APT_INSTALL.join(" ")} ${
+  [...PACKAGES, ...COMPILER_PACKAGES].join(" ")
+}`;
 
 /** The kernel the guest boots, with the modules that give it `/dev/kvm`. */
 export interface GuestKernel {
@@ -212,29 +222,71 @@ export async function sandboxAvailable(): Promise<
   }
 }
 
+/**
+ * Runs apt-get with its output in a log file, not on the terminal (an install prints thousands
+ * of lines); on failure the log's tail is in the error.
+ */
 async function aptGet(args: string[]): Promise<void> {
-  const status = await new Deno.Command("apt-get", {
+  const log = await Deno.makeTempFile({ prefix: "deno-kvm-apt-", suffix: ".log" });
+  const child = new Deno.Command("apt-get", {
     args,
     env: { DEBIAN_FRONTEND: "noninteractive" },
-    stdout: "inherit",
-    stderr: "inherit",
-  }).spawn().status;
-  if (!status.success) throw new Error(`apt-get ${args.join(" ")} failed with code ${status.code}`);
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  // Both streams into the log, in the order they come (two appending handles: a stream can
+  // only be piped from one source).
+  await Promise.all([child.stdout, child.stderr].map(async (stream) => {
+    const file = await Deno.open(log, { append: true });
+    await stream.pipeTo(file.writable); // closes the file
+  }));
+  const status = await child.status;
+  if (!status.success) {
+    const tail = (await Deno.readTextFile(log)).trimEnd().split("\n").slice(-15).join("\n");
+    throw new Error(
+      `apt-get ${args.join(" ")} failed with code ${status.code} (log ${log}):\n${tail}`,
+    );
+  }
+  await Deno.remove(log).catch(() => {});
 }
 
 /**
- * Makes sure the sandbox's packages are installed: as root with apt-get available, installs
- * them; otherwise throws an Error whose message holds the command to run.
+ * Installs Debian packages with apt-get when this process is root and apt-get exists, saying
+ * what it installs and that it takes a while; otherwise throws an Error naming the command to
+ * run. Used for the sandbox's packages and for the files a Linux example needs.
+ */
+export async function aptInstall(packages: string[], why: string): Promise<void> {
+  if (Deno.uid() !== 0 || !(await which("apt-get"))) {
+    throw new Error(
+      `${why}. Install the packages with: sudo apt-get ${APT_INSTALL.join(" ")} ${
+        packages.join(" ")
+      }`,
+    );
+  }
+  console.error(
+    `${why}: installing ${packages.join(" ")} with apt-get (a minute or more; output in a log)`,
+  );
+  const t0 = performance.now();
+  await aptGet(["update", "-q"]);
+  await aptGet([...APT_INSTALL, ...packages]);
+  console.error(`installed in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+}
+
+/**
+ * Makes sure the sandbox's packages (and a C compiler for the shim) are installed: as root with
+ * apt-get available, installs what is missing; otherwise throws an Error whose message holds the
+ * command to run.
  */
 export async function ensureSandboxPackages(): Promise<void> {
   const first = await sandboxAvailable();
-  if (first.ok) return;
-  if (Deno.uid() !== 0 || !(await which("apt-get"))) {
-    throw new Error(`sandbox: ${first.reason}. Install the packages with: ${first.install}`);
-  }
-  console.error(`sandbox: installing ${PACKAGES.join(" ")} with apt-get`);
-  await aptGet(["update"]);
-  await aptGet(["install", "-y", ...PACKAGES]);
+  const needCompiler = !(await which("cc"));
+  if (first.ok && !needCompiler) return;
+  const packages = [...(first.ok ? [] : PACKAGES), ...(needCompiler ? COMPILER_PACKAGES : [])];
+  const why = first.ok
+    ? "sandbox: no C compiler (cc) to build the native shim"
+    : `sandbox: ${first.reason}${needCompiler ? ", and no C compiler (cc)" : ""}`;
+  await aptInstall(packages, why);
   const again = await sandboxAvailable();
   if (!again.ok) throw new Error(`sandbox: still not usable after installing: ${again.reason}`);
 }
