@@ -13,8 +13,17 @@
  * @module
  */
 
-import { bzImagePayload, cachedVmlinux, LinuxMachine } from "../mod.ts";
-import { buildInitramfs, hostKernelPath } from "./initramfs.ts";
+import {
+  buildInitramfs,
+  bzImagePayload,
+  cachedVmlinux,
+  hostKernelPath,
+  LinuxMachine,
+} from "@deno-kvm/kvm";
+
+function seconds(since: number): string {
+  return ((performance.now() - since) / 1000).toFixed(1);
+}
 
 // deno-fmt-ignore
 const INIT = [
@@ -28,15 +37,33 @@ const INIT = [
 ].join("\n") + "\n";
 
 const kernelPath = hostKernelPath();
-if (!kernelPath) throw new Error("no kernel found at /boot/vmlinuz*: install linux-image-amd64");
+if (!kernelPath) {
+  console.error(
+    "linux_demo: no kernel at /boot/vmlinuz*: install one (sudo apt-get install linux-image-amd64)" +
+      " or name it in KVM_LINUX_KERNEL",
+  );
+  Deno.exit(2);
+}
+let busybox: Uint8Array;
+try {
+  busybox = await Deno.readFile("/bin/busybox");
+} catch {
+  console.error("linux_demo: no /bin/busybox: sudo apt-get install busybox-static");
+  Deno.exit(2);
+}
 console.log(`booting ${kernelPath} with 2 vCPUs and 256 MiB...`);
 const started = performance.now();
 const kernel = await Deno.readFile(kernelPath);
-const found = bzImagePayload(kernel).format === "xz" ? cachedVmlinux(kernel) : undefined;
+let found;
+if (bzImagePayload(kernel).format === "xz") {
+  console.log("preparing the kernel: decompressed on the host once, then cached...");
+  found = cachedVmlinux(kernel);
+  console.log(`kernel ready (${found.source}) after ${seconds(started)} s; starting the VM...`);
+}
 using machine = LinuxMachine.create({
   kernel,
   vmlinux: found?.vmlinux,
-  initrd: await buildInitramfs({ busybox: await Deno.readFile("/bin/busybox"), init: INIT }),
+  initrd: await buildInitramfs({ busybox, init: INIT }),
   cmdline: "console=ttyS0 panic=-1 pci=off acpi=off quiet",
   memorySize: 256 * 1024 * 1024,
   cpus: 2,
@@ -46,10 +73,9 @@ const hidden = machine.cpuProbe?.unusable ?? [];
 if (hidden.length) {
   console.log(`hidden from the guest (this KVM cannot run them): ${hidden.join(", ")}`);
 }
+console.log(`VM ready after ${seconds(started)} s; the guest's console follows.`);
 const exit = await machine.run({
   timeoutMs: Number(Deno.env.get("LINUX_DEMO_TIMEOUT_S") ?? 1800) * 1000,
 });
-console.log(
-  `\nthe guest ended: ${exit.reason} after ${((performance.now() - started) / 1000).toFixed(1)} s`,
-);
+console.log(`\nthe guest ended: ${exit.reason} after ${seconds(started)} s`);
 Deno.exit(exit.reason === "reset" ? 0 : 1);
