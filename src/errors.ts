@@ -89,7 +89,7 @@ export function errnoName(errno: number): string {
  *
  * @example
  * ```ts
- * import { Kvm, KvmError } from "../mod.ts";
+ * import { Kvm, KvmError } from "@deno-kvm/kvm";
  * try {
  *   using kvm = Kvm.open();
  *   using vm = kvm.createVm();

@@ -10,8 +10,8 @@
  *
  * @example
  * ```ts
- * import { Kvm } from "../../mod.ts";
- * import { setupLongMode } from "./modes.ts";
+ * import { Kvm } from "@deno-kvm/kvm";
+ * import { setupLongMode } from "@deno-kvm/kvm";
  * using kvm = Kvm.open();
  * using vm = kvm.createVm();
  * const ram = vm.allocateMemory(0x400000);
@@ -78,7 +78,7 @@ const FLAGS_64 = 0xa; // 4 KiB granularity, long mode (L=1, D=0)
  *
  * @example
  * ```ts
- * import { gdtEntry } from "./modes.ts";
+ * import { gdtEntry } from "@deno-kvm/kvm";
  * // Flat 4 GiB 32-bit code segment.
  * console.log(gdtEntry(0, 0xfffff, 0x9b, 0xc).toString(16)); // cf9b000000ffff
  * ```
@@ -218,8 +218,8 @@ function checkAddress(op: string, what: string, value: number, limit: number): v
  *
  * @example
  * ```ts
- * import { Kvm } from "../../mod.ts";
- * import { setupRealMode } from "./modes.ts";
+ * import { Kvm } from "@deno-kvm/kvm";
+ * import { setupRealMode } from "@deno-kvm/kvm";
  * using kvm = Kvm.open();
  * using vm = kvm.createVm();
  * const ram = vm.allocateMemory(0x10000);
@@ -298,8 +298,8 @@ function writeGdt(
  *
  * @example
  * ```ts
- * import { Kvm } from "../../mod.ts";
- * import { setupProtectedMode } from "./modes.ts";
+ * import { Kvm } from "@deno-kvm/kvm";
+ * import { setupProtectedMode } from "@deno-kvm/kvm";
  * using kvm = Kvm.open();
  * using vm = kvm.createVm();
  * const ram = vm.allocateMemory(0x200000);
@@ -369,8 +369,8 @@ const GiB = 2 ** 30;
  *
  * @example
  * ```ts
- * import { Kvm } from "../../mod.ts";
- * import { setupLongMode } from "./modes.ts";
+ * import { Kvm } from "@deno-kvm/kvm";
+ * import { setupLongMode } from "@deno-kvm/kvm";
  * using kvm = Kvm.open();
  * using vm = kvm.createVm();
  * const ram = vm.allocateMemory(0x400000);

@@ -45,7 +45,7 @@ function kind(info: Deno.FileInfo): string {
  *
  * @example
  * ```ts ignore
- * import { readImageFile } from "./read_image.ts";
+ * import { readImageFile } from "@deno-kvm/kvm";
  * const kernel = readImageFile("/boot/vmlinuz", { what: "kernel" });
  * readImageFile("/dev/zero", { what: "initrd" }); // BootImageError: ... is a character device
  * ```

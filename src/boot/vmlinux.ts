@@ -319,7 +319,7 @@ function result(
  *
  * @example
  * ```ts ignore
- * import { cachedVmlinux } from "./vmlinux.ts";
+ * import { cachedVmlinux } from "@deno-kvm/kvm";
  * const { vmlinux, source } = cachedVmlinux(Deno.readFileSync("/boot/vmlinuz"));
  * console.log(source, vmlinux.length);
  * ```

@@ -147,7 +147,7 @@ const WORKER_URL = new URL("./vcpu_worker.ts", import.meta.url).href;
  *
  * @example
  * ```ts
- * import { KvmContext, stopVcpu } from "../../mod.ts";
+ * import { KvmContext, stopVcpu } from "@deno-kvm/kvm";
  *
  * await using ctx = await KvmContext.create({
  *   memory: 1 << 20,

@@ -28,7 +28,7 @@ interface Slot {
  *
  * @example
  * ```ts
- * import type { DeviceContext, VcpuDevice } from "../../mod.ts";
+ * import type { DeviceContext, VcpuDevice } from "@deno-kvm/kvm";
  * export default ({ memory }: DeviceContext): VcpuDevice => ({
  *   ioOut(_port, _size, data) {
  *     console.log(memory.view(0x500, 4)); // what the guest stored

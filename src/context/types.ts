@@ -28,7 +28,7 @@ export class VcpuStop {
  *
  * @example
  * ```ts
- * import { stopVcpu, type VcpuDevice } from "../../mod.ts";
+ * import { stopVcpu, type VcpuDevice } from "@deno-kvm/kvm";
  * export default (): VcpuDevice => ({
  *   ioPorts: [[0xf4, 0xf4]],
  *   ioOut: (_port, _size, data) => stopVcpu(`guest exit code ${data[0]}`),
