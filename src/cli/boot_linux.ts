@@ -24,6 +24,7 @@ import { parseArgs } from "node:util";
 import denoJson from "../../deno.json" with { type: "json" };
 import { KvmError } from "../errors.ts";
 import { Kvm } from "../kvm/kvm.ts";
+import { loadNative } from "../ffi/library.ts";
 import { parseBzImage } from "../boot/bzimage.ts";
 import { isElf, parseElfKernel } from "../boot/elf.ts";
 import { linuxBootPractical } from "../boot/guest_speed.ts";
@@ -291,6 +292,8 @@ async function boot(config: BootConfig): Promise<number> {
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
+  // Imported from JSR, the shim's source is fetched (once per process) and compiled (once).
+  await loadNative();
   checkKvm(config.cpus);
   trace("kernel and initrd read, /dev/kvm checked");
   return multiboot
