@@ -37,6 +37,9 @@ import { setupPlatform, setupVcpu } from "./platform.ts";
 import { completeUnemulated } from "./unemulated.ts";
 import { type CpuProbeReport, linuxClearCpuid, probeCpu } from "./cpu_probe.ts";
 
+/** Distinct unhandled MMIO addresses reported one by one (and remembered); the rest are counted. */
+const MAX_REPORTED_MMIO = 256;
+
 /** Options of {@linkcode LinuxMachine.create}. */
 export interface LinuxMachineOptions {
   /** The kernel: a bzImage, or an uncompressed ELF `vmlinux` (entered at its 64-bit entry). */
@@ -170,6 +173,7 @@ export class LinuxMachine {
   #exit: MachineExit | null = null;
   #onUnhandled?: (what: string) => void;
   #seenMmio = new Set<number>();
+  #unreportedMmio = 0;
   #workerError?: string;
   #running = false;
   /**
@@ -406,12 +410,27 @@ export class LinuxMachine {
     }
   }
 
-  /** No MMIO devices: reads return all-ones, writes are dropped, each address reported once. */
+  /**
+   * No MMIO devices: reads return all-ones, writes are dropped. The first
+   * {@linkcode MAX_REPORTED_MMIO} addresses are reported once each; past
+   * them a guest scanning the address space grows nothing: accesses to new
+   * addresses are only counted, and the count reported at each power of two.
+   */
   #mmio(address: number, isWrite: boolean, data: Uint8Array): void {
     if (!isWrite) data.fill(0xff);
-    if (!this.#seenMmio.has(address)) {
+    if (this.#seenMmio.has(address)) return;
+    if (this.#seenMmio.size < MAX_REPORTED_MMIO) {
       this.#seenMmio.add(address);
       this.#onUnhandled?.(`MMIO ${isWrite ? "write" : "read"} at ${hex(address)}`);
+      return;
+    }
+    const n = ++this.#unreportedMmio;
+    if ((n & (n - 1)) === 0) {
+      this.#onUnhandled?.(
+        `${n} MMIO accesses beyond the first ${MAX_REPORTED_MMIO} addresses (latest ${
+          hex(address)
+        }), not reported one by one`,
+      );
     }
   }
 
