@@ -25,8 +25,8 @@ export interface ApStartMessage {
   id: number;
   /** `KVM_GET_VCPU_MMAP_SIZE`. */
   mmapSize: number;
-  /** The owner's run-area address, borrowed. */
-  runAddress: bigint;
+  /** The owner's kick target: the worker adopts the vCPU through its lifetime record. */
+  kick: KickTarget;
   /** The mailbox shared with the main thread. */
   mailbox: SharedArrayBuffer;
   /** The bootstrap vCPU's thread, to kick when a request is waiting. */
@@ -40,7 +40,7 @@ const scope = globalThis as unknown as WorkerScope;
 
 function runAp(msg: ApStartMessage): void {
   const box = new Mailbox(msg.mailbox);
-  const vcpu = Vcpu.adopt(msg.fd, msg.id, msg.mmapSize, msg.runAddress);
+  const vcpu = Vcpu.adopt(msg.fd, msg.id, msg.mmapSize, msg.kick);
   // The main thread learns this thread's id (to kick it) through the mailbox: its event loop
   // is busy running the bootstrap vCPU. Losing the race to a stop means never running.
   const claimed = Atomics.compareExchange(

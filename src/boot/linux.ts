@@ -338,7 +338,7 @@ export class LinuxMachine {
         fd: ap.vcpu.unsafeFd,
         id: ap.vcpu.id,
         mmapSize,
-        runAddress: ap.vcpu.kickTarget.runAddress,
+        kick: ap.vcpu.kickTarget,
         mailbox: ap.box.buffer,
         bsp: bspTarget,
       };
@@ -357,7 +357,7 @@ export class LinuxMachine {
       const threadId = Atomics.compareExchange(ap.box.words, Mailbox.THREAD_ID, 0, -1);
       if (threadId > 0) {
         // Kick until the loop reports it ended (a kick can land just before KVM_RUN).
-        const target = { threadId, runAddress: ap.vcpu.kickTarget.runAddress };
+        const target = { ...ap.vcpu.kickTarget, threadId };
         for (let i = 0; i < 50 && Atomics.load(ap.box.words, Mailbox.DONE) === 0; i++) {
           try {
             Vcpu.kick(target);

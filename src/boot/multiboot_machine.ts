@@ -322,7 +322,7 @@ export class MultibootMachine {
         fd: ap.vcpu.unsafeFd,
         id: ap.vcpu.id,
         mmapSize,
-        runAddress: ap.vcpu.kickTarget.runAddress,
+        kick: ap.vcpu.kickTarget,
         mailbox: ap.box.buffer,
         bsp: bspTarget,
       };
@@ -340,7 +340,7 @@ export class MultibootMachine {
       // -1 keeps a worker that has not claimed its vCPU yet from running it at all.
       const threadId = Atomics.compareExchange(ap.box.words, Mailbox.THREAD_ID, 0, -1);
       if (threadId > 0) {
-        const target = { threadId, runAddress: ap.vcpu.kickTarget.runAddress };
+        const target = { ...ap.vcpu.kickTarget, threadId };
         for (let i = 0; i < 50 && Atomics.load(ap.box.words, Mailbox.DONE) === 0; i++) {
           try {
             Vcpu.kick(target);
