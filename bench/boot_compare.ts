@@ -28,7 +28,7 @@
  */
 
 import { buildInitramfs } from "../examples/initramfs.ts";
-import { cachedVmlinux } from "../src/boot/vmlinux.ts";
+import { cachedVmlinux } from "../src/vmm.ts";
 
 const MARKER = "BOOT-BENCH-INIT";
 const INIT = `#!/bin/busybox sh\n/bin/busybox echo ${MARKER}\n/bin/busybox reboot -f\n`;

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { Kvm, setupRealMode } from "../mod.ts";
+import { Kvm, setupRealMode } from "@deno-kvm/kvm";
 
 const GREETING = "Hello from a KVM guest, run by Deno!\n";
 const CODE_AT = 0x1000;

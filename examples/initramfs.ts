@@ -10,14 +10,14 @@
  */
 
 import { parseArgs } from "node:util";
-import { buildInitramfs } from "../src/boot/initramfs.ts";
+import { buildInitramfs } from "@deno-kvm/kvm/vmm";
 
 export {
   buildInitramfs,
   hostKernelPath,
   type InitramfsOptions,
   SHELL_INIT,
-} from "../src/boot/initramfs.ts";
+} from "@deno-kvm/kvm/vmm";
 
 if (import.meta.main) {
   const { values } = parseArgs({

@@ -19,7 +19,7 @@ import {
   cachedVmlinux,
   hostKernelPath,
   LinuxMachine,
-} from "@deno-kvm/kvm";
+} from "@deno-kvm/kvm/vmm";
 
 function seconds(since: number): string {
   return ((performance.now() - since) / 1000).toFixed(1);

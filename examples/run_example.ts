@@ -17,7 +17,7 @@
  * @module
  */
 
-import { hostKernelPath, linuxBootPractical } from "@deno-kvm/kvm";
+import { hostKernelPath, linuxBootPractical } from "@deno-kvm/kvm/vmm";
 import { aptInstall, which } from "../tests/sandbox/host.ts";
 import { ensureSandboxPackages, kvmUsable, runInSandbox } from "../tests/sandbox/sandbox.ts";
 

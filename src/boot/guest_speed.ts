@@ -33,7 +33,7 @@ const LOOPS = 200_000;
  *
  * @example
  * ```ts ignore
- * import { measureGuestSpeed } from "@deno-kvm/kvm";
+ * import { measureGuestSpeed } from "@deno-kvm/kvm/vmm";
  * console.log(measureGuestSpeed().mips.toFixed(1), "MIPS");
  * ```
  */

@@ -65,7 +65,7 @@ export interface InitramfsOptions {
  *
  * @example
  * ```ts
- * import { buildInitramfs } from "@deno-kvm/kvm";
+ * import { buildInitramfs } from "@deno-kvm/kvm/vmm";
  * const initrd = await buildInitramfs({
  *   busybox: await Deno.readFile("/bin/busybox"),
  *   init: "#!/bin/busybox sh\n/bin/busybox echo hello\n/bin/busybox reboot -f\n",

@@ -42,7 +42,7 @@ function span(r: GuestRegion): string {
  *
  * @example
  * ```ts
- * import { checkGuestLayout } from "@deno-kvm/kvm";
+ * import { checkGuestLayout } from "@deno-kvm/kvm/vmm";
  * const ram = [{ start: 0, end: 0x9fc00 }, { start: 0x100000, end: 0x4000000 }];
  * try {
  *   checkGuestLayout([

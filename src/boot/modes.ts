@@ -78,7 +78,7 @@ const FLAGS_64 = 0xa; // 4 KiB granularity, long mode (L=1, D=0)
  *
  * @example
  * ```ts
- * import { gdtEntry } from "@deno-kvm/kvm";
+ * import { gdtEntry } from "@deno-kvm/kvm/vmm";
  * // Flat 4 GiB 32-bit code segment.
  * console.log(gdtEntry(0, 0xfffff, 0x9b, 0xc).toString(16)); // cf9b000000ffff
  * ```

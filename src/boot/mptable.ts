@@ -60,7 +60,7 @@ function ascii(bytes: Uint8Array, at: number, text: string): void {
  *
  * @example
  * ```ts
- * import { buildMpTable, MPTABLE_ADDRESS } from "@deno-kvm/kvm";
+ * import { buildMpTable, MPTABLE_ADDRESS } from "@deno-kvm/kvm/vmm";
  * const table = buildMpTable(2);
  * console.log(new TextDecoder().decode(table.subarray(0, 4)), table.length); // _MP_ 260
  * ```

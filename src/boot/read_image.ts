@@ -45,7 +45,7 @@ function kind(info: Deno.FileInfo): string {
  *
  * @example
  * ```ts ignore
- * import { readImageFile } from "@deno-kvm/kvm";
+ * import { readImageFile } from "@deno-kvm/kvm/vmm";
  * const kernel = readImageFile("/boot/vmlinuz", { what: "kernel" });
  * readImageFile("/dev/zero", { what: "initrd" }); // BootImageError: ... is a character device
  * ```

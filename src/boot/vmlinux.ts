@@ -319,7 +319,7 @@ function result(
  *
  * @example
  * ```ts ignore
- * import { cachedVmlinux } from "@deno-kvm/kvm";
+ * import { cachedVmlinux } from "@deno-kvm/kvm/vmm";
  * const { vmlinux, source } = cachedVmlinux(Deno.readFileSync("/boot/vmlinuz"));
  * console.log(source, vmlinux.length);
  * ```

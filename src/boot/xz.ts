@@ -502,7 +502,7 @@ export interface DecompressXzOptions {
  *
  * @example
  * ```ts
- * import { decompressXz } from "@deno-kvm/kvm";
+ * import { decompressXz } from "@deno-kvm/kvm/vmm";
  * // Anything but an .xz stream is refused with a message that says why.
  * try {
  *   decompressXz(new Uint8Array([1, 2, 3]));

@@ -53,7 +53,7 @@ const NOTHING: PortDevice = {
  *
  * @example
  * ```ts
- * import { IoBus } from "@deno-kvm/kvm";
+ * import { IoBus } from "@deno-kvm/kvm/vmm";
  * const bus = new IoBus();
  * let last = 0;
  * bus.register(0xe9, 1, { portRead: () => 0xe9, portWrite: (_p, _s, v) => last = v });

@@ -60,7 +60,7 @@ const CMD_PULSE_RESET = 0xfe;
  *
  * @example
  * ```ts
- * import { I8042 } from "@deno-kvm/kvm";
+ * import { I8042 } from "@deno-kvm/kvm/vmm";
  * let reset = false;
  * const kbc = new I8042(() => reset = true);
  * kbc.portWrite(0x64, 1, 0xfe);

@@ -107,8 +107,8 @@ export interface Uart16550Options {
  *
  * @example
  * ```ts
- * import { IoBus } from "@deno-kvm/kvm";
- * import { COM1_PORT, Uart16550 } from "@deno-kvm/kvm";
+ * import { IoBus } from "@deno-kvm/kvm/vmm";
+ * import { COM1_PORT, Uart16550 } from "@deno-kvm/kvm/vmm";
  * let text = "";
  * const uart = new Uart16550({ output: (b) => text += String.fromCharCode(b) });
  * const bus = new IoBus();

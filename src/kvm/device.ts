@@ -26,7 +26,8 @@ export interface DeviceAttr {
  *
  * @example
  * ```ts
- * import { Kvm, KVM_DEV_TYPE_VFIO, KVM_DEV_VFIO_GROUP, KVM_DEV_VFIO_GROUP_ADD } from "../../mod.ts";
+ * import { Kvm } from "../../mod.ts";
+ * import { KVM_DEV_TYPE_VFIO, KVM_DEV_VFIO_GROUP, KVM_DEV_VFIO_GROUP_ADD } from "../abi/mod.ts";
  * using kvm = Kvm.open();
  * using vm = kvm.createVm();
  * const vfio = vm.createDevice(KVM_DEV_TYPE_VFIO);

@@ -3,7 +3,8 @@
 // and MSR lists, dump(), and the library's refusals of bad input.
 
 import { deepStrictEqual, notStrictEqual, ok, strictEqual, throws } from "node:assert/strict";
-import { Kvm, KvmError, KvmFpu } from "../../mod.ts";
+import { Kvm, KvmError } from "../../mod.ts";
+import { KvmFpu } from "../../src/abi/mod.ts";
 import { setupLongMode } from "../../src/boot/modes.ts";
 import {
   KVM_MP_STATE_RUNNABLE,

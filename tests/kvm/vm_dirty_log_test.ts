@@ -5,7 +5,8 @@
 // ES = 0x1000, so `[es:0xN000]` is page N of slot 1.
 
 import { deepStrictEqual, ok, strictEqual, throws } from "node:assert/strict";
-import { bitmapPages, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, KvmError, type Vm } from "../../mod.ts";
+import { bitmapPages, KvmError, type Vm } from "../../mod.ts";
+import { KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE } from "../../src/abi/mod.ts";
 import { guest, type Item, nextOut } from "./vm_guest.ts";
 
 const LOGGED = 0x10000;

@@ -13,15 +13,14 @@
 // wait is a counted loop that does OUT 0x13 if no interrupt comes.
 
 import { deepStrictEqual, ok, strictEqual } from "node:assert/strict";
+import { EventFd, type Vm } from "../../mod.ts";
 import {
   decodeRedirection,
   encodeRedirection,
-  EventFd,
   KVM_IRQCHIP_IOAPIC,
   KVM_IRQCHIP_PIC_MASTER,
   KVM_PIT_SPEAKER_DUMMY,
-  type Vm,
-} from "../../mod.ts";
+} from "../../src/abi/mod.ts";
 import { expectOut, guest, type Item, jmp } from "./vm_guest.ts";
 
 // The wait is timed with the TSC, not counted: a KVM that emulates real mode

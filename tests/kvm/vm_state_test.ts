@@ -3,10 +3,9 @@
 // the shadow-MMU page cap, devices, and the typed errors of bad input.
 
 import { deepStrictEqual, ok, strictEqual, throws } from "node:assert/strict";
+import { EventFd, Kvm, KvmError } from "../../mod.ts";
 import {
   encodeRedirection,
-  EventFd,
-  Kvm,
   KVM_DEV_TYPE_VFIO,
   KVM_DEV_VFIO_GROUP,
   KVM_DEV_VFIO_GROUP_ADD,
@@ -15,8 +14,7 @@ import {
   KVM_IRQCHIP_PIC_SLAVE,
   KVM_PIT_FLAGS_HPET_LEGACY,
   KVM_PIT_SPEAKER_DUMMY,
-  KvmError,
-} from "../../mod.ts";
+} from "../../src/abi/mod.ts";
 
 function kvmError(operation: string, code: string, message?: RegExp) {
   return (e: unknown) => {

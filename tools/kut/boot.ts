@@ -14,7 +14,7 @@
  * @module
  */
 
-import { MultibootMachine } from "../../src/boot/multiboot_machine.ts";
+import { MultibootMachine } from "../../src/vmm.ts";
 
 /** Runs the CLI; returns the process exit code. */
 export async function main(args: string[]): Promise<number> {

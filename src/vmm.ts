@@ -1,0 +1,193 @@
+/**
+ * The VMM parts built on the core: the kernel loader (bzImage, ELF, vmlinux,
+ * xz, boot parameters, Multiboot, initramfs, image files), the x86 platform
+ * (CPUID probe, MP table, ACPI tables, guest layout), the devices on one
+ * port-I/O bus (16550A UART, legacy ports, debug exit, ACPI PM timer), and the
+ * machines that put them together: {@linkcode LinuxMachine} and
+ * {@linkcode MultibootMachine}.
+ *
+ * @example
+ * ```ts
+ * import { buildMpTable, isMultiboot, MPTABLE_ADDRESS } from "@deno-kvm/kvm/vmm";
+ *
+ * const table = buildMpTable(2); // the MP table for a 2-CPU guest
+ * console.log(table.length, MPTABLE_ADDRESS.toString(16));
+ * console.log(isMultiboot(new Uint8Array(64))); // false: no Multiboot header
+ * ```
+ *
+ * @module
+ */
+
+export {
+  LinuxMachine,
+  type LinuxMachineOptions,
+  type LinuxRunOptions,
+  type MachineExit,
+  type MachineExitReason,
+} from "./boot/linux.ts";
+export {
+  type MultibootExit,
+  type MultibootExitReason,
+  MultibootMachine,
+  type MultibootMachineOptions,
+  type MultibootRunOptions,
+} from "./boot/multiboot_machine.ts";
+export { BootImageError, type BootImageProblem } from "./boot/boot_image_error.ts";
+export {
+  type BzImage,
+  CMDLINE_ADDRESS,
+  DEFAULT_CMDLINE_SIZE,
+  DEFAULT_INITRD_ADDR_MAX,
+  KERNEL_LOAD_ADDRESS,
+  type LinuxBootOptions,
+  type LinuxBootPlan,
+  MAX_CMDLINE_BYTES,
+  parseBzImage,
+  planLinuxBoot,
+  writeLinuxBoot,
+  ZERO_PAGE_ADDRESS,
+} from "./boot/bzimage.ts";
+export {
+  BootParams,
+  bootParamsFields,
+  E820_RAM,
+  E820_RESERVED,
+  type E820Entry,
+  SetupHeader,
+  setupHeaderFields,
+  writeE820,
+} from "./boot/boot_params.ts";
+export {
+  findMultibootHeader,
+  isMultiboot,
+  MULTIBOOT_BOOTLOADER_MAGIC,
+  MULTIBOOT_HEADER_MAGIC,
+  MULTIBOOT_INFO_SIZE,
+  MULTIBOOT_SEARCH,
+  type MultibootBootOptions,
+  type MultibootBootPlan,
+  MultibootError,
+  type MultibootHeader,
+  MultibootHeaderFlag,
+  type MultibootImage,
+  MultibootInfoFlag,
+  type MultibootMemoryRange,
+  MultibootMemoryType,
+  type MultibootModule,
+  type MultibootProblem,
+  type MultibootSegment,
+  parseMultiboot,
+  type PlacedModule,
+  planMultibootBoot,
+  writeMultibootBoot,
+} from "./boot/multiboot.ts";
+export {
+  type ElfKernel,
+  type ElfSegment,
+  isElf,
+  parseElfKernel,
+  START_KERNEL_MAP,
+} from "./boot/elf.ts";
+export {
+  bzImagePayload,
+  type CachedVmlinux,
+  cachedVmlinux,
+  compactElf,
+  extractVmlinux,
+  fingerprint,
+  PROTOCOL_PAYLOAD,
+  type VmlinuxCacheOptions,
+} from "./boot/vmlinux.ts";
+export { crc32, decompressXz, type DecompressXzOptions, MAX_OUTPUT, XzError } from "./boot/xz.ts";
+export { MAX_IMAGE_FILE_SIZE, readImageFile, type ReadImageOptions } from "./boot/read_image.ts";
+export {
+  buildInitramfs,
+  hostKernelPath,
+  type InitramfsOptions,
+  SHELL_INIT,
+} from "./boot/initramfs.ts";
+export {
+  type CpuidBit,
+  type CpuProbeOptions,
+  type CpuProbeReport,
+  formatProbeReport,
+  hideUnusableFeatures,
+  linuxClearCpuid,
+  probeCpu,
+  type ProbeOutcome,
+  type ProbeResult,
+} from "./boot/cpu_probe.ts";
+export {
+  bootMsrs,
+  DEFAULT_HIDDEN_KVM_FEATURES,
+  setupPlatform,
+  setupVcpu,
+  vcpuCpuid,
+} from "./boot/platform.ts";
+export { buildMpTable, MPTABLE_ADDRESS } from "./boot/mptable.ts";
+export {
+  ACPI_PM_TIMER_PORT,
+  ACPI_TABLES_ADDRESS,
+  type AcpiOptions,
+  buildAcpiTables,
+} from "./boot/acpi.ts";
+export { checkGuestLayout, type GuestRegion, type RamRange } from "./boot/layout.ts";
+export {
+  CODE_SELECTOR,
+  CR0_CD,
+  CR0_ET,
+  CR0_NW,
+  CR0_PE,
+  CR0_PG,
+  CR4_PAE,
+  DATA_SELECTOR,
+  DEFAULT_GDT_ADDRESS,
+  DEFAULT_PAGE_TABLE_ADDRESS,
+  EFER_LMA,
+  EFER_LME,
+  gdtEntry,
+  TSS_SELECTOR,
+} from "./boot/modes.ts";
+export { completeUnemulated } from "./boot/unemulated.ts";
+export {
+  type GuestSpeed,
+  LINUX_BOOT_MIN_MIPS,
+  linuxBootPractical,
+  measureGuestSpeed,
+} from "./boot/guest_speed.ts";
+export {
+  IoBus,
+  type IoBusOptions,
+  type PortDevice,
+  type UnhandledAccess,
+} from "./devices/io_bus.ts";
+export {
+  COM1_IRQ,
+  COM1_PORT,
+  Uart16550,
+  type Uart16550Options,
+  UART_INPUT_CAPACITY,
+} from "./devices/uart_16550.ts";
+export {
+  CmosRtc,
+  I8042,
+  type LegacyDevices,
+  type LegacyDevicesOptions,
+  QuietPorts,
+  registerLegacyDevices,
+} from "./devices/legacy.ts";
+export {
+  DEBUG_EXIT_PORT,
+  DEBUG_EXIT_SIZE,
+  DebugExit as DebugExitDevice,
+  debugExitStatus,
+} from "./devices/debug_exit.ts";
+export { ACPI_PM_TIMER_HZ, AcpiPmTimer } from "./devices/acpi_pm_timer.ts";
+export {
+  decodeX86,
+  describeX86,
+  hexBytes,
+  type X86Instruction,
+  type X86Mode,
+} from "./kvm/x86_decode.ts";
+export { describeInternalError, instructionAtRip } from "./kvm/dump.ts";
