@@ -9,6 +9,7 @@ import { KvmDeviceAttr } from "../abi/device.ts";
 import { Errno, KvmError } from "../errors.ts";
 import { native } from "../ffi/library.ts";
 import { OwnedFd, pointerOf } from "./owned_fd.ts";
+import { u32, u64 } from "./validate.ts";
 
 /** A device attribute: a group, an attribute in it, and for get/set the data's buffer. */
 export interface DeviceAttr {
@@ -55,7 +56,10 @@ export class Device extends OwnedFd {
     return new Device(fd, type, onClose);
   }
 
-  #fill(attr: DeviceAttr, data?: Uint8Array): void {
+  #fill(op: string, attr: DeviceAttr, data?: Uint8Array): void {
+    u32(op, "flags", attr.flags ?? 0);
+    u32(op, "group", attr.group);
+    u64(op, "attr", attr.attr);
     const address = data && data.byteLength > 0
       ? BigInt(Deno.UnsafePointer.value(pointerOf(data)))
       : 0n;
@@ -73,7 +77,7 @@ export class Device extends OwnedFd {
 
   /** `KVM_SET_DEVICE_ATTR`: the kernel reads the attribute's value from `data`. */
   setAttr(attr: DeviceAttr, data?: Uint8Array): void {
-    this.#fill(attr, data);
+    this.#fill("KVM_SET_DEVICE_ATTR", attr, data);
     this.ioctlPtr(
       "KVM_SET_DEVICE_ATTR",
       Ioctl.KVM_SET_DEVICE_ATTR,
@@ -84,7 +88,7 @@ export class Device extends OwnedFd {
 
   /** `KVM_GET_DEVICE_ATTR`: the kernel writes the attribute's value into `data`. */
   getAttr(attr: DeviceAttr, data: Uint8Array): Uint8Array {
-    this.#fill(attr, data);
+    this.#fill("KVM_GET_DEVICE_ATTR", attr, data);
     this.ioctlPtr(
       "KVM_GET_DEVICE_ATTR",
       Ioctl.KVM_GET_DEVICE_ATTR,
@@ -96,8 +100,8 @@ export class Device extends OwnedFd {
 
   /** `KVM_HAS_DEVICE_ATTR`: whether the device knows the attribute (`ENXIO` means no). */
   hasAttr(attr: DeviceAttr): boolean {
-    this.#fill(attr);
     const op = "KVM_HAS_DEVICE_ATTR";
+    this.#fill(op, attr);
     const result = native().kvm_ioctl_ptr(this.fd(op), Ioctl.KVM_HAS_DEVICE_ATTR, this.#attrPtr);
     if (result === -Errno.ENXIO) return false;
     if (result < 0) throw new KvmError(op, -result, this.#describe(attr)());

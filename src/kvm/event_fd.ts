@@ -7,6 +7,7 @@
 import { Errno, unwrap } from "../errors.ts";
 import { native } from "../ffi/library.ts";
 import { OwnedFd } from "./owned_fd.ts";
+import { u32, u64 } from "./validate.ts";
 
 const EFD_SEMAPHORE = 1;
 const EFD_NONBLOCK = 0o4000;
@@ -56,7 +57,8 @@ export class EventFd extends OwnedFd {
   static create(options: EventFdOptions = {}): EventFd {
     const nonBlocking = options.nonBlocking ?? true;
     const flags = (nonBlocking ? EFD_NONBLOCK : 0) | (options.semaphore ? EFD_SEMAPHORE : 0);
-    const fd = unwrap(native().kvm_eventfd(options.initialValue ?? 0, flags), "eventfd");
+    const initialValue = u32("eventfd", "initialValue", options.initialValue ?? 0);
+    const fd = unwrap(native().kvm_eventfd(initialValue, flags), "eventfd");
     return new EventFd(fd, nonBlocking);
   }
 
@@ -74,7 +76,7 @@ export class EventFd extends OwnedFd {
   /** Adds `value` (default 1) to the counter, waking whoever waits on it. */
   write(value: bigint | number = 1n): void {
     unwrap(
-      native().kvm_write_u64(this.fd("write eventfd"), BigInt(value)),
+      native().kvm_write_u64(this.fd("write eventfd"), u64("write eventfd", "value", value)),
       "write eventfd",
       () => `${this.label}, value ${value}`,
     );

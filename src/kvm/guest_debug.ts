@@ -14,6 +14,7 @@ import {
 } from "../abi/debug.ts";
 import { Errno, KvmError } from "../errors.ts";
 import { hex } from "./constants.ts";
+import { u64 } from "./validate.ts";
 
 /** A hardware breakpoint (`exec`) or watchpoint (`write`, `readwrite`) in DR0-DR3. */
 export interface HardwareBreakpoint {
@@ -78,8 +79,8 @@ export function encodeGuestDebug(
     if (bp.kind === "exec" && length !== 1) {
       throw new KvmError(op, Errno.EINVAL, `breakpoint ${i}: an exec breakpoint has length 1`);
     }
-    const address = BigInt(bp.address);
-    if (address < 0n || address % BigInt(length) !== 0n) {
+    const address = u64(op, `breakpoint ${i}: address`, bp.address);
+    if (address % BigInt(length) !== 0n) {
       throw new KvmError(
         op,
         Errno.EINVAL,

@@ -12,6 +12,7 @@ import { KVM_API_VERSION } from "./constants.ts";
 import type { CpuidEntry } from "../abi/cpuid.ts"; // (vcpu-api helper)
 import { msrBuffer, type MsrEntry, readMsrBuffer } from "../abi/msr.ts"; // (vcpu-api helper)
 import { hex } from "./constants.ts"; // (vcpu-api helper)
+import { u32 } from "./validate.ts";
 import { getCpuidList } from "./cpuid_list.ts"; // (vcpu-api helper)
 import { OwnedFd, pointerOf } from "./owned_fd.ts";
 import { Vm } from "./vm.ts";
@@ -119,6 +120,7 @@ export class Kvm extends OwnedFd {
     if (number === undefined) {
       throw new KvmError("KVM_CHECK_EXTENSION", Errno.EINVAL, `unknown capability ${cap}`);
     }
+    u32("KVM_CHECK_EXTENSION", "capability", number);
     return this.ioctlVal("KVM_CHECK_EXTENSION", Ioctl.KVM_CHECK_EXTENSION, number);
   }
 
@@ -172,6 +174,7 @@ export class Kvm extends OwnedFd {
    * its VMs, their vCPUs and the guest memory they allocated.
    */
   createVm(type = 0): Vm {
+    u32("KVM_CREATE_VM", "type", type);
     const fd = this.ioctlVal("KVM_CREATE_VM", Ioctl.KVM_CREATE_VM, type);
     const vm = Vm.fromFd(fd, this, () => this.#vms.delete(vm));
     this.#vms.add(vm);
@@ -233,6 +236,7 @@ export class Kvm extends OwnedFd {
     const op = "KVM_GET_MSRS";
     this.#requireMsrFeatures(op);
     if (indices.length === 0) throw new KvmError(op, Errno.EINVAL, "no MSR indices given");
+    for (let i = 0; i < indices.length; i++) u32(op, "MSR index", indices[i]);
     const bytes = msrBuffer(Array.from(indices));
     const n = this.ioctlPtr(op, Ioctl.KVM_GET_MSRS, pointerOf(bytes), () => "feature MSRs");
     if (n < indices.length) {

@@ -9,6 +9,7 @@ import { ApicReg, KVM_APIC_REG_SIZE, LVT_OFFSETS, type LvtName } from "../abi/la
 import { KvmLapicState } from "../abi/lapic.ts";
 import { Errno, KvmError } from "../errors.ts";
 import { hex } from "./constants.ts";
+import { bits32, u8 } from "./validate.ts";
 
 /** LVT bit 16: the entry is masked. */
 export const LVT_MASKED = 1 << 16;
@@ -54,7 +55,7 @@ export class Lapic {
 
   /** Sets the 32-bit register at `offset` in this buffer. */
   write(offset: number, value: number): void {
-    this.#view.setUint32(checkOffset(offset), value >>> 0, true);
+    this.#view.setUint32(checkOffset(offset), bits32(OP, "value", value), true);
   }
 
   /** The APIC ID (bits 24-31 of the ID register in xAPIC mode). */
@@ -67,7 +68,7 @@ export class Lapic {
     return this.read(ApicReg.TPR) & 0xff;
   }
   set tpr(value: number) {
-    this.write(ApicReg.TPR, value & 0xff);
+    this.write(ApicReg.TPR, u8(OP, "tpr", value));
   }
 
   /** The spurious-interrupt vector register; bit 8 enables the APIC in software. */
@@ -90,9 +91,12 @@ export class Lapic {
 
   /** Whether bit `vector` is set in the 256-bit register at `offset` (IRR, ISR, TMR). */
   vectorBit(offset: number, vector: number): boolean {
+    u8(OP, "vector", vector);
     return ((this.read(offset + (vector >>> 5) * 0x10) >>> (vector & 31)) & 1) === 1;
   }
 }
+
+const OP = "LAPIC register access";
 
 function checkOffset(offset: number): number {
   if (!Number.isInteger(offset) || offset < 0 || offset >= KVM_APIC_REG_SIZE || offset % 16) {

@@ -37,6 +37,10 @@ import { Entry, VmLife } from "./lifetime.ts";
 
 export type { RunArea };
 import { OwnedFd, pointerOf } from "./owned_fd.ts";
+import { u32, u64 } from "./validate.ts";
+
+/** The 32-bit fields of a CPUID entry, each checked before `KVM_SET_CPUID2`. */
+const CPUID_FIELDS = ["function", "index", "flags", "eax", "ebx", "ecx", "edx"] as const;
 
 /** `struct kvm_regs` codec instance. */
 export type Regs = InstanceType<typeof KvmRegs>;
@@ -574,6 +578,10 @@ export class Vcpu extends OwnedFd {
 
   /** `KVM_SET_XCRS`, e.g. `[{ xcr: 0, value: 0x7n }]` (x87, SSE, AVX). */
   setXcrs(entries: readonly XcrEntry[]): void {
+    for (let i = 0; i < entries.length; i++) {
+      u32("KVM_SET_XCRS", `entry ${i}: xcr`, entries[i].xcr);
+      u64("KVM_SET_XCRS", `entry ${i}: value`, entries[i].value);
+    }
     if (entries.length > KVM_MAX_XCRS) {
       throw new KvmError(
         "KVM_SET_XCRS",
@@ -608,6 +616,7 @@ export class Vcpu extends OwnedFd {
     const op = "KVM_GET_MSRS";
     this.fd(op);
     if (indices.length === 0) throw new KvmError(op, Errno.EINVAL, "no MSR indices given");
+    for (let i = 0; i < indices.length; i++) u32(op, `MSR index`, indices[i]);
     const bytes = msrBuffer(Array.from(indices));
     const n = this.ioctlPtr(op, Ioctl.KVM_GET_MSRS, pointerOf(bytes), () => {
       return `${this.label}, ${indices.length} MSRs`;
@@ -630,6 +639,11 @@ export class Vcpu extends OwnedFd {
     const op = "KVM_SET_MSRS";
     this.fd(op);
     if (entries.length === 0) throw new KvmError(op, Errno.EINVAL, "no MSRs given");
+    for (let i = 0; i < entries.length; i++) {
+      const e = entries[i];
+      u32(op, `entry ${i}: MSR index`, e.index);
+      u64(op, `entry ${i}: MSR ${hex(e.index)} data`, e.data);
+    }
     const bytes = msrBuffer(entries);
     const n = this.ioctlPtr(op, Ioctl.KVM_SET_MSRS, pointerOf(bytes), () => {
       return `${this.label}, ${entries.length} MSRs`;
@@ -666,6 +680,9 @@ export class Vcpu extends OwnedFd {
         `${entries.length} CPUID entries given, the kernel takes at most ${MAX_CPUID_ENTRIES}`,
       );
     }
+    entries.forEach((e, i) => {
+      for (const field of CPUID_FIELDS) u32(op, `entry ${i}: ${field}`, e[field]);
+    });
     const bytes = cpuidBuffer(entries);
     this.ioctlPtr(op, Ioctl.KVM_SET_CPUID2, pointerOf(bytes), () => {
       return `${this.label}, ${entries.length} entries`;
@@ -711,6 +728,7 @@ export class Vcpu extends OwnedFd {
 
   /** Sets IA32_APIC_BASE through `KVM_SET_SREGS`. */
   setApicBase(value: bigint): void {
+    u64("KVM_SET_SREGS", "apicBase value", value);
     const sregs = this.getSregs();
     sregs.apicBase = value;
     this.setSregs(sregs);
@@ -727,7 +745,7 @@ export class Vcpu extends OwnedFd {
    */
   setMpState(state: number): void {
     const mp = this.#buffer(KvmMpState).value;
-    mp.mpState = state;
+    mp.mpState = u32("KVM_SET_MP_STATE", "state", state);
     this.#setStruct("KVM_SET_MP_STATE", Ioctl.KVM_SET_MP_STATE, KvmMpState, mp);
   }
 
@@ -830,7 +848,7 @@ export class Vcpu extends OwnedFd {
   /** `KVM_SET_VAPIC_ADDR`: guest physical address of the VAPIC page (0 turns it off). */
   setVapicAddr(address: bigint | number): void {
     const vapic = this.#buffer(KvmVapicAddr).value;
-    vapic.vapicAddr = BigInt(address);
+    vapic.vapicAddr = u64("KVM_SET_VAPIC_ADDR", "address", address);
     this.#setStruct("KVM_SET_VAPIC_ADDR", Ioctl.KVM_SET_VAPIC_ADDR, KvmVapicAddr, vapic);
   }
 
@@ -844,6 +862,7 @@ export class Vcpu extends OwnedFd {
    * (`KVM_CAP_TSC_CONTROL`); without it the kernel refuses rates above the host's.
    */
   setTscKhz(khz: number): void {
+    u32("KVM_SET_TSC_KHZ", "khz", khz); // the kernel truncates it to 32 bits
     this.ioctlVal("KVM_SET_TSC_KHZ", Ioctl.KVM_SET_TSC_KHZ, khz, () => `${this.label}, ${khz} kHz`);
   }
 
@@ -859,7 +878,7 @@ export class Vcpu extends OwnedFd {
   /** `KVM_TRANSLATE`: the guest physical address of guest virtual address `gva`. */
   translate(gva: bigint | number): Translation {
     const t = this.#buffer(KvmTranslation).value.clear();
-    t.linearAddress = BigInt(gva);
+    t.linearAddress = u64("KVM_TRANSLATE", "gva", gva);
     this.#getStruct("KVM_TRANSLATE", Ioctl.KVM_TRANSLATE, KvmTranslation, t);
     return {
       physicalAddress: t.physicalAddress,

@@ -43,6 +43,7 @@ import { Errno, KvmError, unwrap } from "../errors.ts";
 import { native } from "../ffi/library.ts";
 import { CoalescedRing } from "./coalesced_ring.ts";
 import { hex, PAGE_SIZE } from "./constants.ts";
+import { index, u32, u64, upTo } from "./validate.ts";
 import { Device } from "./device.ts";
 import { type DirtyPageVisitor, DirtyRing } from "./dirty_ring.ts";
 import type { EventFd } from "./event_fd.ts";
@@ -322,6 +323,10 @@ export class Vm extends OwnedFd {
       );
     }
     const extra = region.guestMemfd !== undefined ? KVM_MEM_GUEST_MEMFD : 0;
+    if (region.guestMemfd !== undefined) u32(op, "guestMemfd", region.guestMemfd);
+    if (region.guestMemfdOffset !== undefined) {
+      u64(op, "guestMemfdOffset", region.guestMemfdOffset);
+    }
     const { address, bytes, flags } = this.#prepareRegion(op, region, extra);
     const { slot, guestPhysAddr: gpa, memorySize: size } = region;
     const codec = userspaceMemoryRegion2().assign({
@@ -381,7 +386,7 @@ export class Vm extends OwnedFd {
         address = region.memory.address + BigInt(offset);
         bytes = region.memory.bytes.subarray(offset, offset + size);
       } else if (region.userspaceAddr !== undefined) {
-        address = region.userspaceAddr;
+        address = u64(op, `slot ${slot}: userspaceAddr`, region.userspaceAddr);
       } else {
         fail(Errno.EINVAL, "neither memory nor userspaceAddr given");
       }
@@ -478,10 +483,8 @@ export class Vm extends OwnedFd {
   createVcpu(id: number): Vcpu {
     const op = "KVM_CREATE_VCPU";
     this.fd(op);
+    u32(op, "id", id);
     if (this.#vcpus.has(id)) throw new KvmError(op, Errno.EEXIST, `vCPU ${id} already exists`);
-    if (!Number.isInteger(id) || id < 0) {
-      throw new KvmError(op, Errno.EINVAL, `vCPU id ${id} is not a non-negative integer`);
-    }
     const fd = this.ioctlVal(op, Ioctl.KVM_CREATE_VCPU, id, () => `vCPU id ${id}`);
     this.#vcpusCreated++;
     const vcpu = Vcpu.fromFd(fd, id, this.#vcpuMmapSize, () => this.#vcpuClosed(id), this.#life);
@@ -629,6 +632,8 @@ export class Vm extends OwnedFd {
 
   /** `KVM_SET_TSS_ADDR`: three pages of guest physical space that Intel VMX needs for real mode. */
   setTssAddr(address: number): void {
+    // The kernel keeps it in 32 bits (vmx_set_tss_addr takes an unsigned int).
+    u32("KVM_SET_TSS_ADDR", "address", address);
     this.ioctlVal("KVM_SET_TSS_ADDR", Ioctl.KVM_SET_TSS_ADDR, address, () => hex(address));
   }
 
@@ -647,6 +652,7 @@ export class Vm extends OwnedFd {
     if (number === undefined) {
       throw new KvmError("KVM_CHECK_EXTENSION", Errno.EINVAL, `unknown capability ${cap}`);
     }
+    u32("KVM_CHECK_EXTENSION", "capability", number);
     if (this.#vmChecks === undefined) {
       this.#vmChecks = this.kvm.checkExtension("CHECK_EXTENSION_VM") > 0;
     }
@@ -662,13 +668,15 @@ export class Vm extends OwnedFd {
     const op = "KVM_ENABLE_CAP";
     const number = typeof cap === "number" ? cap : Cap[cap];
     if (number === undefined) throw new KvmError(op, Errno.EINVAL, `unknown capability ${cap}`);
+    u32(op, "capability", number);
+    u32(op, "flags", flags);
     if (args.length > 4) {
       throw new KvmError(op, Errno.E2BIG, `${args.length} arguments; kvm_enable_cap has 4`);
     }
     const codec = this.#enableCap.clear();
     codec.cap = number;
     codec.flags = flags;
-    args.forEach((a, i) => codec.args[i] = BigInt(a));
+    args.forEach((a, i) => codec.args[i] = u64(op, `args[${i}]`, a));
     const name = typeof cap === "string" ? `KVM_CAP_${cap}` : `capability ${cap}`;
     this.ioctlPtr(op, Ioctl.KVM_ENABLE_CAP, this.#enableCapPtr, () => `${name}, args [${args}]`);
     if (number === Cap.MANUAL_DIRTY_LOG_PROTECT2) {
@@ -684,7 +692,7 @@ export class Vm extends OwnedFd {
    */
   createPit2(options: { flags?: number } = {}): void {
     const config = new KvmPitConfig();
-    config.flags = options.flags ?? 0;
+    config.flags = u32("KVM_CREATE_PIT2", "flags", options.flags ?? 0);
     this.ioctlPtr("KVM_CREATE_PIT2", Ioctl.KVM_CREATE_PIT2, pointerOf(config.bytes));
   }
 
@@ -720,13 +728,8 @@ export class Vm extends OwnedFd {
   }
 
   #checkChip(op: string, chipId: number): void {
-    if (chipId !== 0 && chipId !== 1 && chipId !== 2) {
-      throw new KvmError(
-        op,
-        Errno.EINVAL,
-        `chip id ${chipId}: 0 (PIC master), 1 (PIC slave) or 2 (IOAPIC)`,
-      );
-    }
+    // 0 (PIC master), 1 (PIC slave) or 2 (IOAPIC)
+    index(op, "chip id", chipId, 3);
   }
 
   /**
@@ -735,7 +738,7 @@ export class Vm extends OwnedFd {
    * edge-triggered interrupt is a raise followed by a lower.
    */
   setIrqLine(irq: number, level: boolean | number): void {
-    this.#irqLevel.irq = irq;
+    this.#irqLevel.irq = u32("KVM_IRQ_LINE", "irq", irq);
     this.#irqLevel.level = level ? 1 : 0;
     this.ioctlPtr("KVM_IRQ_LINE", Ioctl.KVM_IRQ_LINE, this.#irqLevelPtr, () => `GSI ${irq}`);
   }
@@ -747,7 +750,7 @@ export class Vm extends OwnedFd {
    * or not delivered.
    */
   irqLineStatus(irq: number, level: boolean | number): number {
-    this.#irqLevel.irq = irq;
+    this.#irqLevel.irq = u32("KVM_IRQ_LINE_STATUS", "irq", irq);
     this.#irqLevel.level = level ? 1 : 0;
     this.ioctlPtr(
       "KVM_IRQ_LINE_STATUS",
@@ -763,6 +766,11 @@ export class Vm extends OwnedFd {
    * than 0 when delivered, 0 when the guest blocked it.
    */
   signalMsi(msi: Msi): number {
+    const op = "KVM_SIGNAL_MSI";
+    u32(op, "addressLo", msi.addressLo);
+    u32(op, "addressHi", msi.addressHi ?? 0);
+    u32(op, "data", msi.data);
+    if (msi.devid !== undefined) u32(op, "devid", msi.devid);
     const codec = this.#msi.clear().assign({
       addressLo: msi.addressLo,
       addressHi: msi.addressHi ?? 0,
@@ -792,13 +800,16 @@ export class Vm extends OwnedFd {
     routes.forEach((route, i) => {
       const at = KvmIrqRouting.size + i * entrySize;
       const entry = new KvmIrqRoutingEntry(bytes.subarray(at, at + entrySize));
-      entry.gsi = route.gsi;
+      entry.gsi = u32(op, `route ${i}: gsi`, route.gsi);
       if (route.kind === "irqchip") {
-        if (route.irqchip < 0 || route.irqchip > 2) {
-          throw new KvmError(op, Errno.EINVAL, `route ${i}: irqchip ${route.irqchip} is not 0-2`);
-        }
+        index(op, `route ${i}: irqchip`, route.irqchip, 3);
+        u32(op, `route ${i}: pin`, route.pin);
         entry.assign({ type: KVM_IRQ_ROUTING_IRQCHIP, irqchip: route.irqchip, pin: route.pin });
       } else if (route.kind === "msi") {
+        u32(op, `route ${i}: addressLo`, route.addressLo);
+        u32(op, `route ${i}: addressHi`, route.addressHi ?? 0);
+        u32(op, `route ${i}: data`, route.data);
+        if (route.devid !== undefined) u32(op, `route ${i}: devid`, route.devid);
         entry.assign({
           type: KVM_IRQ_ROUTING_MSI,
           flags: route.devid !== undefined ? KVM_MSI_VALID_DEVID : 0,
@@ -835,6 +846,7 @@ export class Vm extends OwnedFd {
     const op = "KVM_IRQFD";
     const resample = options.resampleFd;
     this.#checkOpen(op, eventFd, resample);
+    u32(op, "gsi", gsi);
     this.#irqfd.clear().assign({
       fd: eventFd.unsafeFd,
       gsi,
@@ -848,6 +860,7 @@ export class Vm extends OwnedFd {
   unregisterIrqfd(eventFd: EventFd, gsi: number): void {
     const op = "KVM_IRQFD";
     this.#checkOpen(op, eventFd);
+    u32(op, "gsi", gsi);
     this.#irqfd.clear().assign({ fd: eventFd.unsafeFd, gsi, flags: KVM_IRQFD_FLAG_DEASSIGN });
     this.ioctlPtr(op, Ioctl.KVM_IRQFD, this.#irqfdPtr, () => `unbind GSI ${gsi}`);
   }
@@ -893,6 +906,8 @@ export class Vm extends OwnedFd {
     this.#checkOpen(op, eventFd);
     const hasMatch = options.datamatch !== undefined;
     const length = options.length ?? (hasMatch ? 4 : 0);
+    const addr = options.pio ? upTo(op, "port", address, 0xffffn) : u64(op, "address", address);
+    const datamatch = hasMatch ? u64(op, "datamatch", options.datamatch!) : 0n;
     const where = `${options.pio ? "port" : "address"} ${hex(address)}`;
     if (![0, 1, 2, 4, 8].includes(length)) {
       throw new KvmError(op, Errno.EINVAL, `${where}: length ${length} is not 0, 1, 2, 4 or 8`);
@@ -903,8 +918,8 @@ export class Vm extends OwnedFd {
     const flags = (hasMatch ? KVM_IOEVENTFD_FLAG_DATAMATCH : 0) |
       (options.pio ? KVM_IOEVENTFD_FLAG_PIO : 0) | extraFlags;
     this.#ioevent.clear().assign({
-      datamatch: BigInt(options.datamatch ?? 0),
-      addr: BigInt(address),
+      datamatch,
+      addr,
       len: length,
       fd: eventFd.unsafeFd,
       flags,
@@ -951,8 +966,9 @@ export class Vm extends OwnedFd {
     if (!Number.isInteger(size) || size <= 0 || size > 0xffffffff) {
       throw new KvmError(op, Errno.EINVAL, `zone size ${size} is not a positive 32-bit size`);
     }
+    const addr = pio ? upTo(op, "port", address, 0xffffn) : u64(op, "address", address);
     const zone = new KvmCoalescedMmioZone().assign({
-      addr: BigInt(address),
+      addr,
       size,
       pio: pio ? 1 : 0,
     });
@@ -992,6 +1008,7 @@ export class Vm extends OwnedFd {
   }
 
   #loggedSlot(op: string, slot: number): MemorySlot {
+    u32(op, "slot", slot);
     const s = this.#slots.get(slot);
     if (!s) {
       const known = [...this.#slots.keys()].join(", ") || "none";
@@ -1117,6 +1134,7 @@ export class Vm extends OwnedFd {
   getMemMap(slot: number): Uint8Array {
     const op = "mincore guest memory";
     this.fd(op);
+    u32(op, "slot", slot);
     const s = this.#slots.get(slot);
     if (!s) throw new KvmError(op, Errno.ENOENT, `slot ${slot} is not set`);
     const pages = s.memorySize / PAGE_SIZE;
@@ -1137,7 +1155,7 @@ export class Vm extends OwnedFd {
    * Call before creating vCPUs (the kernel refuses with EINVAL after).
    */
   setIdentityMapAddr(address: number | bigint): void {
-    this.#u64[0] = BigInt(address);
+    this.#u64[0] = u64("KVM_SET_IDENTITY_MAP_ADDR", "address", address);
     this.ioctlPtr(
       "KVM_SET_IDENTITY_MAP_ADDR",
       Ioctl.KVM_SET_IDENTITY_MAP_ADDR,
@@ -1157,12 +1175,13 @@ export class Vm extends OwnedFd {
    * in `flags` the kernel advances it by the time elapsed since `realtime`.
    */
   setClock(data: ClockData | { clock: bigint; flags?: number; realtime?: bigint }): void {
+    const op = "KVM_SET_CLOCK";
     const codec = data instanceof KvmClockData ? data : new KvmClockData().assign({
-      clock: data.clock,
-      flags: data.flags ?? 0,
-      realtime: data.realtime ?? 0n,
+      clock: u64(op, "clock", data.clock),
+      flags: u32(op, "flags", data.flags ?? 0),
+      realtime: u64(op, "realtime", data.realtime ?? 0n),
     });
-    this.ioctlPtr("KVM_SET_CLOCK", Ioctl.KVM_SET_CLOCK, pointerOf(codec.bytes));
+    this.ioctlPtr(op, Ioctl.KVM_SET_CLOCK, pointerOf(codec.bytes));
   }
 
   /**
@@ -1170,6 +1189,7 @@ export class Vm extends OwnedFd {
    * `kvm_set_shadow_pages`); at least 64.
    */
   setNrMmuPages(pages: number): void {
+    u64("KVM_SET_NR_MMU_PAGES", "pages", pages);
     this.ioctlVal("KVM_SET_NR_MMU_PAGES", Ioctl.KVM_SET_NR_MMU_PAGES, pages, () => `${pages}`);
   }
 
@@ -1184,6 +1204,7 @@ export class Vm extends OwnedFd {
    */
   createDevice(type: number): Device {
     const op = "KVM_CREATE_DEVICE";
+    u32(op, "type", type);
     const codec = new KvmCreateDevice().assign({ type, flags: 0 });
     this.ioctlPtr(op, Ioctl.KVM_CREATE_DEVICE, pointerOf(codec.bytes), () => `type ${type}`);
     const device = Device.fromFd(codec.fd, type, () => this.#devices.delete(device));
@@ -1194,6 +1215,7 @@ export class Vm extends OwnedFd {
   /** `KVM_CREATE_DEVICE` with `KVM_CREATE_DEVICE_TEST`: whether the type could be created. */
   supportsDevice(type: number): boolean {
     const op = "KVM_CREATE_DEVICE";
+    u32(op, "type", type);
     const codec = new KvmCreateDevice().assign({ type, flags: KVM_CREATE_DEVICE_TEST });
     const result = native().kvm_ioctl_ptr(
       this.fd(op),
