@@ -27,9 +27,14 @@ export function userCacheDir(): string | undefined {
   return xdg ? `${xdg}/deno-kvm` : undefined;
 }
 
+let probedUid: number | undefined;
+
 /**
  * The effective user id: `Deno.uid()` when `--allow-sys` permits it, else
- * the owner of `/proc/self` (the process's own directory), else undefined.
+ * the owner of `/proc/self` (the process's own directory; Deno wants `-A`
+ * for it), else the owner of a temporary file this process creates (with
+ * `--allow-write`: the README's permissions need nothing more), else
+ * undefined.
  */
 export function currentUid(): number | undefined {
   try {
@@ -39,10 +44,29 @@ export function currentUid(): number | undefined {
     // No --allow-sys=uid: ask the kernel through procfs instead.
   }
   try {
-    return Deno.statSync("/proc/self").uid ?? undefined;
+    const uid = Deno.statSync("/proc/self").uid;
+    if (uid !== null) return uid;
   } catch {
-    return undefined;
+    // Deno asks for --allow-all to stat /proc.
   }
+  if (probedUid !== undefined) return probedUid;
+  let probe: string | undefined;
+  try {
+    // A new file belongs to the process's effective uid.
+    probe = Deno.makeTempFileSync({ prefix: ".deno-kvm-uid-" });
+    probedUid = Deno.lstatSync(probe).uid ?? undefined;
+  } catch {
+    // No --allow-write either.
+  } finally {
+    if (probe) {
+      try {
+        Deno.removeSync(probe);
+      } catch {
+        // Already gone.
+      }
+    }
+  }
+  return probedUid;
 }
 
 /**

@@ -9,7 +9,10 @@
  *    `$XDG_CACHE_HOME/deno-kvm`, or `~/.cache/deno-kvm`) keyed by the hash of
  *    the C source, compiled with `cc` on first use. The source is read from
  *    disk for a `file:` import and fetched for an `https:` one (JSR), since
- *    `Deno.dlopen` only loads files from the local disk.
+ *    `Deno.dlopen` only loads files from the local disk. For a remote import
+ *    the key is {@linkcode SHIM_SOURCE_HASH}, known without the source: once
+ *    a build is cached, `Kvm.open()` finds it synchronously (no
+ *    `loadNative()`) and nothing is fetched again, so later runs work offline.
  *
  * A cached build is loaded only when the directory and the file belong to the
  * current user and are not writable by group or others (otherwise loading is
@@ -31,6 +34,9 @@ import {
   writeExclusive,
 } from "../cache_dir.ts";
 import { type NativeSymbols, SHIM_VERSION, symbols } from "./symbols.ts";
+import { SHIM_SOURCE_HASH } from "./shim_hash.ts";
+
+export { SHIM_SOURCE_HASH };
 
 /** Raised when the native shim cannot be found, built or loaded. */
 export class NativeLoadError extends Error {
@@ -70,9 +76,13 @@ export function native(): NativeSymbols {
     if (exists(local) && isFresh(local)) return open(local);
     return open(buildCached(readSource()));
   }
+  const dir = cacheDir();
+  const cached = cachedBuild(dir, SHIM_SOURCE_HASH);
+  if (cached) return open(cached);
   throw new NativeLoadError(
-    `the native shim must be fetched from ${SOURCE_URL.href} and compiled: ` +
-      "call `await loadNative()` before the first `Kvm.open()`",
+    `no build of the native shim (version ${SHIM_VERSION}) is cached in ${dir}; ` +
+      `it must be fetched from ${SOURCE_URL.href} and compiled once: ` +
+      "call `await loadNative()` before the first `Kvm.open()`, or set DENO_KVM_LIB",
   );
 }
 
@@ -86,6 +96,9 @@ export async function loadNative(options: LoadOptions = {}): Promise<void> {
   const explicit = options.path ?? envPath();
   if (explicit) return void open(explicit);
   if (SOURCE_URL.protocol === "file:") return void native();
+  // A build of this shim version is cached: use it, offline.
+  const cached = cachedBuild(cacheDir(), SHIM_SOURCE_HASH);
+  if (cached) return void open(cached);
   let source: string;
   try {
     const response = await fetch(SOURCE_URL);
@@ -187,7 +200,19 @@ function buildCached(source: string): string {
  * Used by the loader; exported for tests and tools.
  */
 export function cachedShim(source: string, dir: string): string {
-  const path = `${dir}/libkvm_shim-${fnv1a(source)}.so`;
+  const hash = shimSourceHash(source);
+  return cachedBuild(dir, hash) ?? buildInCache(source, dir, hash);
+}
+
+/**
+ * The path of the verified build keyed `hash` in the cache directory `dir`,
+ * or undefined when there is none (or it fails its SHA-256 check: it is
+ * rebuilt then). Creates `dir` (mode 0700); throws a
+ * {@linkcode NativeLoadError} naming the path when `dir` or the build is not
+ * the current user's or is writable by group or others.
+ */
+function cachedBuild(dir: string, hash: string): string | undefined {
+  const path = cachePath(dir, hash);
   let problem: string | undefined;
   try {
     problem = ensureCacheDir(dir);
@@ -215,6 +240,15 @@ export function cachedShim(source: string, dir: string): string {
     if (readVerified(path)) return path;
     // Truncated, altered, or from a build without a hash: build it again.
   }
+  return undefined;
+}
+
+function cachePath(dir: string, hash: string): string {
+  return `${dir}/libkvm_shim-${hash}.so`;
+}
+
+function buildInCache(source: string, dir: string, key: string): string {
+  const path = cachePath(dir, key);
   let tmp: string | undefined;
   try {
     // mkdtemp: a fresh directory of mode 0700 under a random name; cc writes only in there.
@@ -297,8 +331,12 @@ function permissionHint(error: unknown, flag: string): string {
   return error instanceof Deno.errors.NotCapable ? ` (run Deno with --allow-${flag})` : "";
 }
 
-/** FNV-1a 64-bit, enough to key a cache by source text. */
-function fnv1a(text: string): string {
+/**
+ * The cache key of a shim source: its FNV-1a 64-bit hash in hex (enough to key
+ * a cache by source text; the build itself is checked by SHA-256).
+ * {@linkcode SHIM_SOURCE_HASH} is this of `native/kvm_shim.c`.
+ */
+export function shimSourceHash(text: string): string {
   let hash = 0xcbf29ce484222325n;
   for (const byte of new TextEncoder().encode(text)) {
     hash = BigInt.asUintN(64, (hash ^ BigInt(byte)) * 0x100000001b3n);

@@ -1,0 +1,14 @@
+// Issue 13: a JSR import finds its cached shim by SHIM_SOURCE_HASH without
+// fetching the source; the constant must be the hash of the published source.
+
+import { strictEqual } from "node:assert/strict";
+import { SHIM_SOURCE_HASH, shimSourceHash } from "../../src/ffi/library.ts";
+
+Deno.test("shim hash: SHIM_SOURCE_HASH is the hash of native/kvm_shim.c", () => {
+  const source = Deno.readTextFileSync(new URL("../../native/kvm_shim.c", import.meta.url));
+  strictEqual(
+    shimSourceHash(source),
+    SHIM_SOURCE_HASH,
+    "native/kvm_shim.c changed: run `deno task build` to update src/ffi/shim_hash.ts",
+  );
+});
