@@ -1,6 +1,7 @@
 /**
  * The Worker that runs one application processor (AP) of a
- * {@linkcode LinuxMachine}. Not part of the public API: `linux.ts` starts it.
+ * `LinuxMachine` or `MultibootMachine`. Not part of the public API:
+ * `ApWorkers` (`ap_runtime.ts`) starts it.
  *
  * An AP's port I/O and MMIO exits are handled by the device models on the
  * main thread: the worker copies the exit into a shared mailbox, kicks the

@@ -20,9 +20,9 @@ import { COM1_IRQ, COM1_PORT, Uart16550 } from "../devices/uart_16550.ts";
 import { hex } from "../kvm/constants.ts";
 import { describeInternalError } from "../kvm/dump.ts";
 import { Kvm } from "../kvm/kvm.ts";
-import { type KickTarget, Vcpu } from "../kvm/vcpu.ts";
+import type { KickTarget, Vcpu } from "../kvm/vcpu.ts";
 import type { Vm } from "../kvm/vm.ts";
-import type { ApStartMessage } from "./ap_worker.ts";
+import { type ApHandlers, ApWorkers } from "./ap_runtime.ts";
 import {
   HIGH_RAM_START,
   type LinuxBootPlan,
@@ -30,7 +30,7 @@ import {
   writeLinuxBoot,
   ZERO_PAGE_ADDRESS,
 } from "./bzimage.ts";
-import { describeVcpu, Mailbox, MailboxKind, MailboxState } from "./mailbox.ts";
+import { describeVcpu } from "./mailbox.ts";
 import { setupLongMode, setupProtectedMode } from "./modes.ts";
 import { buildMpTable, MPTABLE_ADDRESS } from "./mptable.ts";
 import { setupPlatform, setupVcpu } from "./platform.ts";
@@ -125,16 +125,6 @@ const MiB = 1024 * 1024;
 /** How long {@linkcode LinuxMachine.run} waits for its vCPU workers to start. */
 const WORKER_START_TIMEOUT_MS = 60_000;
 
-interface Ap {
-  vcpu: Vcpu;
-  box: Mailbox;
-  worker?: Worker;
-  /** Why the worker failed to start, if it did. */
-  error?: string;
-  /** Whether the worker never reported its loop's end when stopped. */
-  stuck?: boolean;
-}
-
 /**
  * A virtual PC booting Linux.
  *
@@ -169,12 +159,11 @@ export class LinuxMachine {
   /** What the CPU probe found (undefined with `probeCpu: false`). */
   readonly cpuProbe?: CpuProbeReport;
   #ownsKvm: boolean;
-  #aps: Ap[] = [];
+  #aps = new ApWorkers();
   #exit: MachineExit | null = null;
   #onUnhandled?: (what: string) => void;
   #seenMmio = new Set<number>();
   #unreportedMmio = 0;
-  #workerError?: string;
   #running = false;
   /**
    * Exits of the bootstrap vCPU (and forwarded AP exits) by port: a profile of
@@ -250,11 +239,10 @@ export class LinuxMachine {
       }
       // Boot protocol: RSI (ESI) points to the zero page; interrupts off.
       bsp.setRegs(bsp.getRegs().assign({ rsi: BigInt(ZERO_PAGE_ADDRESS), rflags: 2n }));
-      this.#aps = vcpus.slice(1).map((vcpu) => ({ vcpu, box: new Mailbox() }));
       // Workers take a while to load: start them now, while the caller finishes its setup.
-      this.#startAps();
+      this.#aps.start(vcpus.slice(1), bsp.kickTarget, kvm.vcpuMmapSize());
     } catch (e) {
-      this.#stopAps();
+      this.#aps.stop();
       vm.close();
       throw e;
     }
@@ -317,98 +305,17 @@ export class LinuxMachine {
     if (!this.#exit) this.#exit = exit;
   }
 
-  /**
-   * Starts one Worker per AP without waiting for them (a worker takes about a
-   * second to load); {@linkcode run} waits until each has claimed its vCPU.
-   */
-  #startAps(): void {
-    const bspTarget = this.vcpus[0].kickTarget;
-    const mmapSize = this.kvm.vcpuMmapSize();
-    for (const ap of this.#aps) {
-      const worker = new Worker(new URL("./ap_worker.ts", import.meta.url).href, {
-        type: "module",
-      });
-      ap.worker = worker;
-      worker.onerror = (event) => {
-        event.preventDefault();
-        ap.error = `AP worker for vCPU ${ap.vcpu.id}: ${event.message}`;
-      };
-      const start: ApStartMessage = {
-        kind: "ap",
-        fd: ap.vcpu.unsafeFd,
-        id: ap.vcpu.id,
-        mmapSize,
-        kick: ap.vcpu.kickTarget,
-        mailbox: ap.box.buffer,
-        bsp: bspTarget,
-      };
-      worker.postMessage(start);
-    }
-  }
-
-  #stopAps(): void {
-    for (const ap of this.#aps) {
-      Atomics.store(ap.box.words, Mailbox.STOP, 1);
-      Atomics.notify(ap.box.words, MailboxState.INDEX);
-    }
-    for (const ap of this.#aps) {
-      if (!ap.worker) continue;
-      // -1 keeps a worker that has not claimed its vCPU yet from running it at all.
-      const threadId = Atomics.compareExchange(ap.box.words, Mailbox.THREAD_ID, 0, -1);
-      if (threadId > 0) {
-        // Kick until the loop reports it ended (a kick can land just before KVM_RUN).
-        const target = { ...ap.vcpu.kickTarget, threadId };
-        for (let i = 0; i < 50 && Atomics.load(ap.box.words, Mailbox.DONE) === 0; i++) {
-          try {
-            Vcpu.kick(target);
-          } catch {
-            // The thread is gone (ESRCH): nothing left to stop.
-          }
-          Atomics.wait(ap.box.words, Mailbox.DONE, 0, 100);
-        }
-        // Still in KVM_RUN after 5 s of kicks: reading its registers would block.
-        ap.stuck = Atomics.load(ap.box.words, Mailbox.DONE) === 0;
-      }
-      ap.worker.terminate();
-      ap.worker = undefined;
-    }
-  }
-
-  #serveAps(): void {
-    for (const ap of this.#aps) {
-      const words = ap.box.words;
-      if (Atomics.load(words, MailboxState.INDEX) !== MailboxState.REQUEST) continue;
-      const kind = words[MailboxKind.INDEX];
-      if (kind === MailboxKind.IO) {
-        this.exitsByPort[words[Mailbox.PORT]]++;
-        const size = words[Mailbox.SIZE];
-        const count = words[Mailbox.COUNT];
-        this.bus.handle(
-          words[Mailbox.DIRECTION] === 1 ? "out" : "in",
-          words[Mailbox.PORT],
-          size,
-          count,
-          ap.box.data.subarray(0, size * count),
-        );
-      } else if (kind === MailboxKind.MMIO) {
-        const address = (words[Mailbox.PORT] >>> 0) + words[Mailbox.ADDRESS_HIGH] * 0x1_0000_0000;
-        const data = ap.box.data.subarray(0, words[Mailbox.SIZE]);
-        this.#mmio(address, words[Mailbox.DIRECTION] === 1, data);
-      } else if (kind === MailboxKind.FATAL) {
-        const code = words[Mailbox.CODE];
-        const detail = ap.box.text();
-        if (code === Mailbox.FATAL_SHUTDOWN) {
-          this.#finish({ reason: "tripleFault", vcpu: ap.vcpu.id, detail });
-        } else if (code === Mailbox.FATAL_SYSTEM_EVENT) {
-          this.#systemEvent(words[Mailbox.EXTRA], ap.vcpu.id, detail);
-        } else {
-          this.#finish({ reason: "error", vcpu: ap.vcpu.id, detail });
-        }
-      }
-      Atomics.store(words, MailboxState.INDEX, MailboxState.REPLY);
-      Atomics.notify(words, MailboxState.INDEX);
-    }
-  }
+  /** The APs' requests, served on the bootstrap vCPU's thread by the same devices. */
+  #apHandlers: ApHandlers = {
+    io: (_vcpu, direction, port, size, count, data) => {
+      this.exitsByPort[port]++;
+      this.bus.handle(direction, port, size, count, data);
+    },
+    mmio: (_vcpu, address, isWrite, data) => this.#mmio(address, isWrite, data),
+    tripleFault: (vcpu, detail) => this.#finish({ reason: "tripleFault", vcpu, detail }),
+    systemEvent: (vcpu, type, detail) => this.#systemEvent(type, vcpu, detail),
+    error: (vcpu, detail) => this.#finish({ reason: "error", vcpu, detail }),
+  };
 
   /**
    * No MMIO devices: reads return all-ones, writes are dropped. The first
@@ -472,34 +379,19 @@ export class LinuxMachine {
       // once lost its timer interrupt), and Linux gives an AP 10 s to answer INIT/SIPI: the
       // bootstrap vCPU starts once every worker runs. Waiting on the event loop lets a
       // worker that fails to load report why at once.
-      const ready = () =>
-        this.#aps.every((ap) => Atomics.load(ap.box.words, Mailbox.THREAD_ID) !== 0);
       // A fixed start-up bound: the run's own timeout is for the guest (the watchdog ends it).
-      const deadline = performance.now() + WORKER_START_TIMEOUT_MS;
-      while (!ready()) {
-        const error = this.#workerError ?? this.#aps.find((ap) => ap.error)?.error;
-        if (error || performance.now() > deadline) {
-          throw new KvmError(
-            "run Linux machine",
-            error ? Errno.EIO : Errno.ETIMEDOUT,
-            error ?? "the vCPU workers did not start in time",
-          );
-        }
-        await new Promise((resolve) => setTimeout(resolve, 2));
-      }
+      await this.#aps.waitReady("run Linux machine", performance.now() + WORKER_START_TIMEOUT_MS);
       return this.#runBootstrapVcpu(bsp, options);
     } finally {
       if (timeoutMs !== undefined && !bsp.closed) bsp.setWatchdog(null);
-      this.#stopAps();
+      this.#aps.stop();
       const exit = this.#exit as MachineExit | null;
-      if (exit?.reason === "timeout") {
-        // The APs are out of KVM_RUN now, so their registers can be read here.
-        for (const ap of this.#aps) {
-          if (!ap.stuck) exit.detail += `\n${describeVcpu(ap.vcpu)}`;
-        }
+      if (exit?.reason === "timeout" && this.#aps.count > 0) {
+        // The APs are out of KVM_RUN now (the stuck ones left out), so their registers can be read.
+        exit.detail += this.#aps.describeStopped();
       }
       if (exit && exit.reason !== "reset" && exit.reason !== "poweroff") {
-        for (const ap of this.#aps) if (ap.error) exit.detail = `${exit.detail ?? ""}\n${ap.error}`;
+        for (const error of this.#aps.errors) exit.detail = `${exit.detail ?? ""}\n${error}`;
       }
     }
   }
@@ -507,7 +399,7 @@ export class LinuxMachine {
   /** The run loop proper: the bootstrap vCPU on this thread, until something ends the run. */
   #runBootstrapVcpu(bsp: Vcpu, options: LinuxRunOptions): MachineExit {
     const poll = options.poll;
-    const hasAps = this.#aps.length > 0;
+    const hasAps = this.#aps.count > 0;
     while (this.#exit === null) {
       let exit;
       try {
@@ -565,7 +457,7 @@ export class LinuxMachine {
             detail: `vCPU 0: unexpected exit ${exit.reason}\n${describeVcpu(bsp)}`,
           });
       }
-      if (hasAps) this.#serveAps();
+      if (hasAps) this.#aps.serve(this.#apHandlers);
       if (poll) poll();
     }
     return this.#exit;
@@ -573,7 +465,7 @@ export class LinuxMachine {
 
   /** Closes the VM (and the Kvm object when the machine opened it). Idempotent. */
   close(): void {
-    this.#stopAps();
+    this.#aps.stop();
     this.vm.close();
     if (this.#ownsKvm) this.kvm.close();
   }

@@ -1,7 +1,7 @@
 /**
  * The shared-memory mailbox through which an AP worker hands its exits to the
  * main thread's device models, and a register dump for fatal exits. Internal
- * to {@linkcode LinuxMachine}.
+ * to the machines' AP runtime (`ap_runtime.ts`).
  *
  * @module
  */

@@ -39,12 +39,12 @@ import { COM1_IRQ, COM1_PORT, Uart16550 } from "../devices/uart_16550.ts";
 import { hex } from "../kvm/constants.ts";
 import { describeInternalError } from "../kvm/dump.ts";
 import { Kvm } from "../kvm/kvm.ts";
-import { Vcpu } from "../kvm/vcpu.ts";
+import type { Vcpu } from "../kvm/vcpu.ts";
 import type { Vm } from "../kvm/vm.ts";
-import type { ApStartMessage } from "./ap_worker.ts";
+import { type ApHandlers, ApWorkers } from "./ap_runtime.ts";
 import { ACPI_PM_TIMER_PORT, ACPI_TABLES_ADDRESS, buildAcpiTables } from "./acpi.ts";
 import { type CpuProbeReport, probeCpu } from "./cpu_probe.ts";
-import { describeVcpu, Mailbox, MailboxKind, MailboxState } from "./mailbox.ts";
+import { describeVcpu } from "./mailbox.ts";
 import { setupProtectedMode } from "./modes.ts";
 import {
   MULTIBOOT_BOOTLOADER_MAGIC,
@@ -127,13 +127,6 @@ const MiB = 1024 * 1024;
 /** How long {@linkcode MultibootMachine.run} waits for its AP workers to start. */
 const WORKER_START_TIMEOUT_MS = 60_000;
 
-interface Ap {
-  vcpu: Vcpu;
-  box: Mailbox;
-  worker?: Worker;
-  error?: string;
-}
-
 /** A virtual PC running a Multiboot kernel. */
 export class MultibootMachine {
   /** The KVM system object. */
@@ -153,7 +146,7 @@ export class MultibootMachine {
   /** What the CPU probe found (undefined unless `probeCpu: true`). */
   readonly cpuProbe?: CpuProbeReport;
   #ownsKvm: boolean;
-  #aps: Ap[] = [];
+  #aps = new ApWorkers();
   #exit: MultibootExit | null = null;
   #onUnhandled?: (what: string) => void;
   #seenMmio = new Set<number>();
@@ -247,10 +240,9 @@ export class MultibootMachine {
           rflags: 2n,
         }),
       );
-      this.#aps = vcpus.slice(1).map((vcpu) => ({ vcpu, box: new Mailbox() }));
-      this.#startAps();
+      this.#aps.start(vcpus.slice(1), bsp.kickTarget, kvm.vcpuMmapSize());
     } catch (e) {
-      this.#stopAps();
+      this.#aps.stop();
       vm.close();
       throw e;
     }
@@ -305,92 +297,17 @@ export class MultibootMachine {
     if (exit?.reason === "debugExit" && exit.vcpu === -1) exit.vcpu = vcpu;
   }
 
-  #startAps(): void {
-    const bspTarget = this.vcpus[0].kickTarget;
-    const mmapSize = this.kvm.vcpuMmapSize();
-    for (const ap of this.#aps) {
-      const worker = new Worker(new URL("./ap_worker.ts", import.meta.url).href, {
-        type: "module",
-      });
-      ap.worker = worker;
-      worker.onerror = (event) => {
-        event.preventDefault();
-        ap.error = `AP worker for vCPU ${ap.vcpu.id}: ${event.message}`;
-      };
-      const start: ApStartMessage = {
-        kind: "ap",
-        fd: ap.vcpu.unsafeFd,
-        id: ap.vcpu.id,
-        mmapSize,
-        kick: ap.vcpu.kickTarget,
-        mailbox: ap.box.buffer,
-        bsp: bspTarget,
-      };
-      worker.postMessage(start);
-    }
-  }
-
-  #stopAps(): void {
-    for (const ap of this.#aps) {
-      Atomics.store(ap.box.words, Mailbox.STOP, 1);
-      Atomics.notify(ap.box.words, MailboxState.INDEX);
-    }
-    for (const ap of this.#aps) {
-      if (!ap.worker) continue;
-      // -1 keeps a worker that has not claimed its vCPU yet from running it at all.
-      const threadId = Atomics.compareExchange(ap.box.words, Mailbox.THREAD_ID, 0, -1);
-      if (threadId > 0) {
-        const target = { ...ap.vcpu.kickTarget, threadId };
-        for (let i = 0; i < 50 && Atomics.load(ap.box.words, Mailbox.DONE) === 0; i++) {
-          try {
-            Vcpu.kick(target);
-          } catch {
-            // The thread is gone: nothing left to stop.
-          }
-          Atomics.wait(ap.box.words, Mailbox.DONE, 0, 100);
-        }
-      }
-      ap.worker.terminate();
-      ap.worker = undefined;
-    }
-  }
-
-  #serveAps(): void {
-    for (const ap of this.#aps) {
-      const words = ap.box.words;
-      if (Atomics.load(words, MailboxState.INDEX) !== MailboxState.REQUEST) continue;
-      const kind = words[MailboxKind.INDEX];
-      if (kind === MailboxKind.IO) {
-        const size = words[Mailbox.SIZE];
-        const count = words[Mailbox.COUNT];
-        this.bus.handle(
-          words[Mailbox.DIRECTION] === 1 ? "out" : "in",
-          words[Mailbox.PORT],
-          size,
-          count,
-          ap.box.data.subarray(0, size * count),
-        );
-        this.#attribute(ap.vcpu.id);
-      } else if (kind === MailboxKind.MMIO) {
-        const address = (words[Mailbox.PORT] >>> 0) + words[Mailbox.ADDRESS_HIGH] * 0x1_0000_0000;
-        this.#mmio(
-          address,
-          words[Mailbox.DIRECTION] === 1,
-          ap.box.data.subarray(0, words[Mailbox.SIZE]),
-        );
-      } else if (kind === MailboxKind.FATAL) {
-        const code = words[Mailbox.CODE];
-        const detail = ap.box.text();
-        if (code === Mailbox.FATAL_SHUTDOWN) {
-          this.#finish({ reason: "tripleFault", vcpu: ap.vcpu.id, detail });
-        } else if (code === Mailbox.FATAL_SYSTEM_EVENT) {
-          this.#systemEvent(words[Mailbox.EXTRA], ap.vcpu.id, detail);
-        } else this.#finish({ reason: "error", vcpu: ap.vcpu.id, detail });
-      }
-      Atomics.store(words, MailboxState.INDEX, MailboxState.REPLY);
-      Atomics.notify(words, MailboxState.INDEX);
-    }
-  }
+  /** The APs' requests, served on the bootstrap vCPU's thread by the same devices. */
+  #apHandlers: ApHandlers = {
+    io: (vcpu, direction, port, size, count, data) => {
+      this.bus.handle(direction, port, size, count, data);
+      this.#attribute(vcpu);
+    },
+    mmio: (_vcpu, address, isWrite, data) => this.#mmio(address, isWrite, data),
+    tripleFault: (vcpu, detail) => this.#finish({ reason: "tripleFault", vcpu, detail }),
+    systemEvent: (vcpu, type, detail) => this.#systemEvent(type, vcpu, detail),
+    error: (vcpu, detail) => this.#finish({ reason: "error", vcpu, detail }),
+  };
 
   /** No MMIO devices: reads return all-ones, writes are dropped, each address reported once. */
   #mmio(address: number, isWrite: boolean, data: Uint8Array): void {
@@ -431,18 +348,10 @@ export class MultibootMachine {
     const bsp = this.vcpus[0];
     bsp.adoptThread();
     try {
-      const deadline = performance.now() + WORKER_START_TIMEOUT_MS;
-      while (!this.#aps.every((ap) => Atomics.load(ap.box.words, Mailbox.THREAD_ID) !== 0)) {
-        const error = this.#aps.find((ap) => ap.error)?.error;
-        if (error || performance.now() > deadline) {
-          throw new KvmError(
-            "run Multiboot machine",
-            error ? Errno.EIO : Errno.ETIMEDOUT,
-            error ?? "the vCPU workers did not start in time",
-          );
-        }
-        await new Promise((resolve) => setTimeout(resolve, 2));
-      }
+      await this.#aps.waitReady(
+        "run Multiboot machine",
+        performance.now() + WORKER_START_TIMEOUT_MS,
+      );
       if (timeoutMs !== undefined) bsp.setWatchdog(timeoutMs);
       return this.#runBootstrapVcpu(bsp);
     } finally {
@@ -451,18 +360,18 @@ export class MultibootMachine {
       } catch {
         // Closed: nothing to disarm.
       }
-      this.#stopAps();
+      this.#aps.stop();
       const exit = this.#exit as MultibootExit | null;
       if (
         exit && exit.reason !== "debugExit" && exit.reason !== "reset" && exit.reason !== "poweroff"
       ) {
-        for (const ap of this.#aps) if (ap.error) exit.detail = `${exit.detail ?? ""}\n${ap.error}`;
+        for (const error of this.#aps.errors) exit.detail = `${exit.detail ?? ""}\n${error}`;
       }
     }
   }
 
   #runBootstrapVcpu(bsp: Vcpu): MultibootExit {
-    const hasAps = this.#aps.length > 0;
+    const hasAps = this.#aps.count > 0;
     while (this.#exit === null) {
       let exit;
       try {
@@ -521,14 +430,14 @@ export class MultibootMachine {
             detail: `vCPU 0: unexpected exit ${exit.reason}\n${describeVcpu(bsp)}`,
           });
       }
-      if (hasAps) this.#serveAps();
+      if (hasAps) this.#aps.serve(this.#apHandlers);
     }
     return this.#exit!;
   }
 
   /** Closes the VM (and the Kvm object when the machine opened it). Idempotent. */
   close(): void {
-    this.#stopAps();
+    this.#aps.stop();
     this.vm.close();
     if (this.#ownsKvm) this.kvm.close();
   }
