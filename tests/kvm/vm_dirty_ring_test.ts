@@ -9,25 +9,10 @@
 import { deepStrictEqual, ok, strictEqual, throws } from "node:assert/strict";
 import { Kvm, KvmError, type Vcpu, type Vm } from "../../mod.ts";
 import { guest, type Item, nextOut } from "./vm_guest.ts";
+import { featureTest, lacksCap } from "./kvm_features.ts";
 
-function capability(): { available: boolean; reason: string } {
-  try {
-    using kvm = Kvm.open();
-    return kvm.checkExtension("DIRTY_LOG_RING") > 0 ||
-        kvm.checkExtension("DIRTY_LOG_RING_ACQ_REL") > 0
-      ? { available: true, reason: "" }
-      : { available: false, reason: "the KVM lacks KVM_CAP_DIRTY_LOG_RING" };
-  } catch (e) {
-    return { available: false, reason: `no usable KVM: ${(e as Error).message}` };
-  }
-}
-const { available, reason } = capability();
-
-/** Registers a test that needs the dirty ring, or prints why it is skipped. */
-function test(name: string, fn: () => void): void {
-  if (!available) console.log(`SKIP ${name} :: ${reason}`);
-  Deno.test({ name, ignore: !available, fn });
-}
+/** Registers a test that needs KVM_CAP_DIRTY_LOG_RING, or prints why it is skipped. */
+const test = (name: string, fn: () => void) => featureTest(name, lacksCap("DIRTY_LOG_RING"), fn);
 
 function kvmError(operation: string, code: string, message: RegExp) {
   return (e: unknown) =>

@@ -8,24 +8,10 @@
 import { deepStrictEqual, ok, strictEqual, throws } from "node:assert/strict";
 import { type GuestMemory, Kvm, KvmError, setupRealMode, type Vcpu, type Vm } from "../../mod.ts";
 import { nextOut } from "./vm_guest.ts";
-
-function capability(): { available: boolean; reason: string } {
-  try {
-    using kvm = Kvm.open();
-    return kvm.checkExtension("USER_MEMORY2") > 0
-      ? { available: true, reason: "" }
-      : { available: false, reason: "the KVM lacks KVM_CAP_USER_MEMORY2 (Linux 6.8+)" };
-  } catch (e) {
-    return { available: false, reason: `no usable KVM: ${(e as Error).message}` };
-  }
-}
-const { available, reason } = capability();
+import { featureTest, lacksCap } from "./kvm_features.ts";
 
 /** Registers a test that needs KVM_CAP_USER_MEMORY2, or prints why it is skipped. */
-function test(name: string, fn: () => void): void {
-  if (!available) console.log(`SKIP ${name} :: ${reason}`);
-  Deno.test({ name, ignore: !available, fn });
-}
+const test = (name: string, fn: () => void) => featureTest(name, lacksCap("USER_MEMORY2"), fn);
 
 const ENTRY = 0x1000;
 const OLD = 0x20000;
