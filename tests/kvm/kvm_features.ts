@@ -5,6 +5,7 @@
 // that the test passed on another target). Never a KVM's name.
 
 import { type CapName, Kvm, KvmError, setupRealMode, type Vcpu, type VcpuExit } from "../../mod.ts";
+import { measureGuestSpeed } from "../../src/vmm.ts";
 
 /** Registers a test that runs only when `missing` is undefined; otherwise prints why it skips. */
 export function featureTest(name: string, missing: string | undefined, fn: () => unknown): void {
@@ -46,7 +47,7 @@ export const PROBE_MS = 3_000;
 export function probeGuest(
   code: number[],
   prepare?: (vcpu: Vcpu) => void,
-): { exit?: VcpuExit; outcome: string; ms: number } {
+): { exit?: VcpuExit; outcome: string } {
   using kvm = Kvm.open();
   using vm = kvm.createVm();
   const ram = vm.allocateMemory(0x10000);
@@ -56,17 +57,15 @@ export function probeGuest(
   setupRealMode(vcpu, { entry: 0x1000, stack: 0x8000 });
   prepare?.(vcpu);
   vcpu.setWatchdog(PROBE_MS);
-  const t0 = performance.now();
-  const ms = () => performance.now() - t0;
   try {
     for (let i = 0; i < 100; i++) {
       const exit = vcpu.run();
       if (exit.reason === "io" && exit.direction === "out") continue;
-      return { exit, outcome: exit.reason, ms: ms() };
+      return { exit, outcome: exit.reason };
     }
-    return { outcome: "100 port writes", ms: ms() };
+    return { outcome: "100 port writes" };
   } catch (e) {
-    if (e instanceof KvmError && e.code === "ETIMEDOUT") return { outcome: "timeout", ms: ms() };
+    if (e instanceof KvmError && e.code === "ETIMEDOUT") return { outcome: "timeout" };
     throw e;
   } finally {
     vcpu.setWatchdog(null);
@@ -98,20 +97,10 @@ let mips: number | null = null;
 
 /**
  * Millions of guest instructions per second this KVM runs in a tight loop
- * (`dec ecx; jnz`, 400,000 instructions, in real mode): about 1 where the KVM
- * emulates guest code (kvm_pvm), hundreds where the CPU or QEMU's JIT runs it.
- * Cached per process.
+ * (`measureGuestSpeed`): about 1 where the KVM emulates guest code (kvm_pvm),
+ * about 15 in the sandbox, hundreds on hardware. Cached per process.
  */
 export function guestMips(): number {
-  if (mips !== null) return mips;
-  const n = 200_000;
-  // deno-fmt-ignore
-  const { outcome, ms } = probeGuest([
-    0x66, 0xb9, n & 0xff, (n >> 8) & 0xff, (n >> 16) & 0xff, 0, // mov ecx, n
-    0x66, 0x49,                                                 // dec ecx
-    0x75, 0xfc,                                                 // jnz .-4
-    0xf4,                                                       // hlt
-  ]);
-  mips = outcome === "hlt" ? (2 * n) / ms / 1000 : 0;
+  mips ??= measureGuestSpeed().mips;
   return mips;
 }

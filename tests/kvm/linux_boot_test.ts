@@ -24,6 +24,7 @@ import { buildInitramfs, hostKernelPath } from "../../examples/initramfs.ts";
 import { LinuxMachine } from "../../src/boot/linux.ts";
 import { bzImagePayload, cachedVmlinux } from "../../src/boot/vmlinux.ts";
 import { guestMips, skipWhileRunning } from "./kvm_features.ts";
+import { LINUX_BOOT_MIN_MIPS } from "../../src/vmm.ts";
 
 const MARKER = "DENO-KVM-INIT-REACHED";
 
@@ -61,8 +62,6 @@ class CannotBoot extends Error {}
 
 /** The first boot's bound, and later boots' bound once a boot was measured. */
 const FIRST_BOOT_TIMEOUT_MS = Number(Deno.env.get("KVM_LINUX_BOOT_TIMEOUT_S") ?? 240) * 1000;
-/** Below this many million guest instructions per second, a timed-out first boot is slowness. */
-const SLOW_KVM_MIPS = 4; // kvm_pvm: 0.7-1.4; the sandbox: about 15; hardware: hundreds
 let measuredBootMs: number | undefined;
 /** Set when this KVM showed it cannot boot Linux. */
 let cannotBoot: string | undefined;
@@ -186,7 +185,8 @@ async function bootWithRetries(
       if (measuredBootMs === undefined && /got timeout/.test(String(e))) {
         // On a KVM that runs guest code slowly the first boot would only time out again.
         const mips = guestMips();
-        if (mips < SLOW_KVM_MIPS) {
+        // Below the library's threshold a timed-out first boot is slowness, not a stall.
+        if (mips < LINUX_BOOT_MIN_MIPS) {
           cannotBoot = `Linux did not reach /init within ${FIRST_BOOT_TIMEOUT_MS / 1000} s: ` +
             `this KVM runs guest code at ${mips.toFixed(1)} million instructions/s ` +
             `(a loop; README "Booting on a software KVM")`;
