@@ -18,7 +18,7 @@
  *
  * ```
  * deno run -A bench/boot_compare.ts --prepare-qemu
- * deno run -A tests/sandbox/sandbox.ts --include .cache/qemu-sandbox -- deno run -A --no-check bench/boot_compare.ts
+ * deno run -A tools/sandbox/sandbox.ts --include .cache/qemu-sandbox -- deno run -A --no-check bench/boot_compare.ts
  * ```
  *
  * `KVM_BOOT_BENCH_RUNS` (default 3) sets the rounds; each process is killed after 90 s.

@@ -5,7 +5,7 @@
  *
  * Compiles the baseline with `cc -O2` into bench/build/, then runs both sides
  * natively when `/dev/kvm` is usable, otherwise inside the sandbox (a QEMU TCG
- * guest with kvm-amd; tests/sandbox/sandbox.ts), both sides in the same
+ * guest with kvm-amd; tools/sandbox/sandbox.ts), both sides in the same
  * sandbox run. Each case runs in short blocks that alternate between the two
  * sides (the C program is a child process that runs a block per request), so
  * both see the same machine; each side's figure is its 10th-percentile block,
@@ -24,7 +24,7 @@
 
 import { parseArgs } from "node:util";
 import { type BenchCase, cases as hotPathCases } from "./cases.ts";
-import { kvmUsable } from "../tests/sandbox/host.ts";
+import { kvmUsable } from "../tools/sandbox/host.ts";
 import { baselineArgs } from "./guests.ts";
 
 const here = new URL(".", import.meta.url).pathname;
@@ -282,7 +282,7 @@ if (values.inside) {
   if (kvmUsable()) {
     report(await measureHere());
   } else {
-    const { runInSandbox, sandboxAvailable } = await import("../tests/sandbox/sandbox.ts");
+    const { runInSandbox, sandboxAvailable } = await import("../tools/sandbox/sandbox.ts");
     const available = await sandboxAvailable();
     if (!available.ok) {
       console.error(

@@ -18,8 +18,8 @@
  */
 
 import { hostKernelPath, linuxBootPractical } from "@deno-kvm/kvm/vmm";
-import { aptInstall, which } from "../tests/sandbox/host.ts";
-import { ensureSandboxPackages, kvmUsable, runInSandbox } from "../tests/sandbox/sandbox.ts";
+import { aptInstall, which } from "../tools/sandbox/host.ts";
+import { ensureSandboxPackages, kvmUsable, runInSandbox } from "../tools/sandbox/sandbox.ts";
 
 const argv = [...Deno.args];
 const linux = argv[0] === "--linux";

@@ -31,7 +31,7 @@ import {
   kvmUsable,
   runInSandbox,
   sandboxAvailable,
-} from "./sandbox/sandbox.ts";
+} from "../tools/sandbox/sandbox.ts";
 import { ensureBuild } from "../tools/kut/kut.ts";
 
 const root = new URL("..", import.meta.url).pathname;

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { buildCpio, CpioWriter, normalizeName } from "../sandbox/cpio.ts";
+import { buildCpio, CpioWriter, normalizeName } from "../../tools/sandbox/cpio.ts";
 
 async function cpioAvailable(): Promise<boolean> {
   try {

@@ -1,15 +1,15 @@
 import assert from "node:assert/strict";
-import { ConsoleParser } from "../sandbox/console.ts";
-import { elfInterpreter, elfIsBootablePvh } from "../sandbox/elf.ts";
-import { moduleLoadOrder, parseLdd } from "../sandbox/host.ts";
-import { bzImagePayload } from "../sandbox/kernel.ts";
+import { ConsoleParser } from "../../tools/sandbox/console.ts";
+import { elfInterpreter, elfIsBootablePvh } from "../../tools/sandbox/elf.ts";
+import { moduleLoadOrder, parseLdd } from "../../tools/sandbox/host.ts";
+import { bzImagePayload } from "../../tools/sandbox/kernel.ts";
 import {
   exitMarkerPrefix,
   passedEnv,
   runScript,
   shellQuote,
   startMarker,
-} from "../sandbox/script.ts";
+} from "../../tools/sandbox/script.ts";
 
 Deno.test("shellQuote survives a round trip through sh", async () => {
   const words = ["plain", "", "with space", "it's", `"double"`, "$HOME", "`x`", "a\nb", "*", "\\"];

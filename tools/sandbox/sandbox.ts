@@ -4,7 +4,7 @@
  * project at /project, the running deno as `deno`, and reports the command's exit code back
  * over the serial console.
  *
- * CLI: `deno run -A tests/sandbox/sandbox.ts [--timeout SEC] [--memory MiB] [--cpus N]
+ * CLI: `deno run -A tools/sandbox/sandbox.ts [--timeout SEC] [--memory MiB] [--cpus N]
  * [--include PATH]... [--verbose] -- <command...>`
  *
  * @module
@@ -259,7 +259,7 @@ export async function runInSandbox(opts: SandboxOptions): Promise<SandboxResult>
 }
 
 const USAGE =
-  "usage: deno run -A tests/sandbox/sandbox.ts [--timeout SEC] [--memory MiB] [--cpus N] " +
+  "usage: deno run -A tools/sandbox/sandbox.ts [--timeout SEC] [--memory MiB] [--cpus N] " +
   "[--include PATH]... [--verbose] -- <command...>";
 
 /** The CLI: parses arguments, runs the command, exits with its code. */
