@@ -8,7 +8,7 @@
  *
  * @example
  * ```ts
- * import { ACPI_TABLES_ADDRESS, buildAcpiTables } from "./acpi.ts";
+ * import { ACPI_TABLES_ADDRESS, buildAcpiTables } from "@deno-kvm/kvm/vmm";
  * const tables = buildAcpiTables({ cpus: 2 });
  * console.log(ACPI_TABLES_ADDRESS.toString(16), tables.length); // f0000 ...
  * ```

@@ -130,7 +130,7 @@ const WORKER_START_TIMEOUT_MS = 60_000;
  *
  * @example
  * ```ts
- * import { LinuxMachine } from "./linux.ts";
+ * import { LinuxMachine } from "@deno-kvm/kvm/vmm";
  * const kernel = Deno.readFileSync("/boot/vmlinuz");
  * using machine = LinuxMachine.create({
  *   kernel,

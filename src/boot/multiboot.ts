@@ -13,7 +13,7 @@
  *
  * @example
  * ```ts
- * import { planMultibootBoot } from "./multiboot.ts";
+ * import { planMultibootBoot } from "@deno-kvm/kvm/vmm";
  * const kernel = Deno.readFileSync("x86/msr.flat");
  * const plan = planMultibootBoot(kernel, {
  *   memorySize: 256 << 20,

@@ -13,7 +13,7 @@
  *
  * @example
  * ```ts
- * import { MultibootMachine } from "./multiboot_machine.ts";
+ * import { MultibootMachine } from "@deno-kvm/kvm/vmm";
  * using machine = MultibootMachine.create({
  *   kernel: Deno.readFileSync("x86/smptest.flat"),
  *   cmdline: "x86/smptest.flat",

@@ -5,7 +5,7 @@
  *
  * @example
  * ```ts
- * import { AcpiPmTimer } from "./acpi_pm_timer.ts";
+ * import { AcpiPmTimer } from "@deno-kvm/kvm/vmm";
  * const timer = new AcpiPmTimer();
  * const a = timer.portRead();
  * console.log(a >= 0 && a < 1 << 24); // true

@@ -7,9 +7,9 @@
  *
  * @example
  * ```ts
- * import { DebugExit } from "./debug_exit.ts";
+ * import { DebugExitDevice } from "@deno-kvm/kvm/vmm";
  * let status = -1;
- * const dev = new DebugExit((s) => status = s);
+ * const dev = new DebugExitDevice((s) => status = s);
  * dev.portWrite(0xf4, 4, 0); // the guest's exit(0)
  * console.log(status); // 1
  * ```

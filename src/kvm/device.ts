@@ -27,8 +27,8 @@ export interface DeviceAttr {
  *
  * @example
  * ```ts
- * import { Kvm } from "../../mod.ts";
- * import { KVM_DEV_TYPE_VFIO, KVM_DEV_VFIO_GROUP, KVM_DEV_VFIO_GROUP_ADD } from "../abi/mod.ts";
+ * import { Kvm } from "@deno-kvm/kvm";
+ * import { KVM_DEV_TYPE_VFIO, KVM_DEV_VFIO_GROUP, KVM_DEV_VFIO_GROUP_ADD } from "@deno-kvm/kvm/abi";
  * using kvm = Kvm.open();
  * using vm = kvm.createVm();
  * const vfio = vm.createDevice(KVM_DEV_TYPE_VFIO);

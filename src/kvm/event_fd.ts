@@ -34,7 +34,7 @@ export interface EventFdOptions {
  *
  * @example
  * ```ts
- * import { EventFd } from "../../mod.ts";
+ * import { EventFd } from "@deno-kvm/kvm";
  * using efd = EventFd.create();
  * efd.write(2n);
  * efd.write(3n);

@@ -51,7 +51,7 @@ export interface SlotUser {
  *
  * @example
  * ```ts
- * import { GuestMemory } from "../../mod.ts";
+ * import { GuestMemory } from "@deno-kvm/kvm";
  * using ram = GuestMemory.allocate(2 * 1024 * 1024);
  * ram.bytes.set([0xf4], 0); // hlt
  * ```

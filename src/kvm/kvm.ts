@@ -60,7 +60,7 @@ function readImplementation(): KvmImplementation {
  *
  * @example
  * ```ts
- * import { Kvm } from "../../mod.ts";
+ * import { Kvm } from "@deno-kvm/kvm";
  * using kvm = Kvm.open();
  * console.log(kvm.apiVersion(), kvm.checkExtension("IRQCHIP"));
  * using vm = kvm.createVm();

@@ -21,7 +21,7 @@ export const LVT_MASKED = 1 << 16;
  *
  * @example
  * ```ts
- * import { Kvm } from "../../mod.ts";
+ * import { Kvm } from "@deno-kvm/kvm";
  * using kvm = Kvm.open();
  * using vm = kvm.createVm();
  * vm.createIrqchip();

@@ -20,7 +20,7 @@ const O_RDONLY = 0;
  *
  * @example
  * ```ts ignore
- * import { MappedFile } from "./mapped_file.ts";
+ * import { MappedFile } from "@deno-kvm/kvm";
  * using file = MappedFile.open("/boot/vmlinuz");
  * console.log(file.bytes[0x202]); // 0x48, "H" of "HdrS"
  * ```

@@ -89,7 +89,7 @@ const WATCHDOG_REPEAT_NS = 10_000_000n;
  *
  * @example
  * ```ts
- * import { Kvm } from "../../mod.ts";
+ * import { Kvm } from "@deno-kvm/kvm";
  * using kvm = Kvm.open();
  * using vm = kvm.createVm();
  * const ram = vm.allocateMemory(0x1000);

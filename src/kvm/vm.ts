@@ -185,7 +185,7 @@ export interface MemorySlot {
  *
  * @example
  * ```ts
- * import { Kvm } from "../../mod.ts";
+ * import { Kvm } from "@deno-kvm/kvm";
  * using kvm = Kvm.open();
  * using vm = kvm.createVm();
  * const ram = vm.allocateMemory(0x10000);
@@ -528,7 +528,7 @@ export class Vm extends OwnedFd {
    *
    * @example
    * ```ts
-   * import { Kvm } from "../../mod.ts";
+   * import { Kvm } from "@deno-kvm/kvm";
    * using kvm = Kvm.open();
    * using vm = kvm.createVm();
    * if (vm.checkExtension("DIRTY_LOG_RING") > 0) {
@@ -833,7 +833,7 @@ export class Vm extends OwnedFd {
    *
    * @example
    * ```ts
-   * import { EventFd, Kvm } from "../../mod.ts";
+   * import { EventFd, Kvm } from "@deno-kvm/kvm";
    * using kvm = Kvm.open();
    * using vm = kvm.createVm();
    * vm.createIrqchip();
@@ -873,7 +873,7 @@ export class Vm extends OwnedFd {
    *
    * @example
    * ```ts
-   * import { EventFd, Kvm } from "../../mod.ts";
+   * import { EventFd, Kvm } from "@deno-kvm/kvm";
    * using kvm = Kvm.open();
    * using vm = kvm.createVm();
    * using doorbell = EventFd.create();
@@ -1039,7 +1039,7 @@ export class Vm extends OwnedFd {
    *
    * @example
    * ```ts
-   * import { bitmapPages, Kvm } from "../../mod.ts";
+   * import { bitmapPages, Kvm } from "@deno-kvm/kvm";
    * using kvm = Kvm.open();
    * using vm = kvm.createVm();
    * const ram = vm.allocateMemory(0x100000);
