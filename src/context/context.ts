@@ -30,7 +30,7 @@ import { hex } from "../kvm/constants.ts";
 import type { GuestMemory } from "../kvm/guest_memory.ts";
 import { Kvm } from "../kvm/kvm.ts";
 import { Entry, VmLife } from "../kvm/lifetime.ts";
-import { type KickTarget, Vcpu } from "../kvm/vcpu.ts";
+import type { KickTarget, Vcpu } from "../kvm/vcpu.ts";
 import type { Vm } from "../kvm/vm.ts";
 import {
   Call,
@@ -39,13 +39,17 @@ import {
   Ctl,
   ctl,
   type DeviceSpec,
-  MAILBOX_BYTES,
+  forbidStart,
+  kickVcpuThread,
+  Mailbox,
   Mb,
   type PlainError,
   type PostedStop,
   Reply,
+  signalVcpu,
   type SlotInfo,
   State,
+  VCPU_WORKER_URL,
   type WorkerMessage,
 } from "./protocol.ts";
 import {
@@ -111,8 +115,7 @@ interface VcpuSlot {
   vcpu: Vcpu;
   worker: Worker;
   kick: KickTarget;
-  mailbox: Int32Array;
-  mailboxData: Uint8Array;
+  mailbox: Mailbox;
   /** Worker alive (not terminated, no error event). */
   alive: boolean;
   /** The worker died or was terminated: why. */
@@ -138,8 +141,6 @@ interface RunState {
   failure?: VcpuError;
   done: PromiseWithResolvers<RunResult>;
 }
-
-const WORKER_URL = new URL("./vcpu_worker.ts", import.meta.url).href;
 
 /**
  * A VM with its RAM and vCPUs, each vCPU on its own Worker: libkvm's
@@ -282,16 +283,15 @@ export class KvmContext implements AsyncDisposable {
       const vcpu = this.vm.createVcpu(index);
       const target = vcpu.kickTarget;
       this.#control[ctl(index, Ctl.SLOT)] = target.slot!;
-      const mailbox = new SharedArrayBuffer(MAILBOX_BYTES);
-      const worker = new Worker(WORKER_URL, { type: "module", name: `vCPU ${index}` });
+      const mailbox = new Mailbox();
+      const worker = new Worker(VCPU_WORKER_URL, { type: "module", name: `vCPU ${index}` });
       const slot: VcpuSlot = {
         id: index,
         index,
         vcpu,
         worker,
         kick: { ...target, threadId: 0 },
-        mailbox: new Int32Array(mailbox, 0, Mb.DATA / 4),
-        mailboxData: new Uint8Array(mailbox, Mb.DATA, Mb.DATA_SIZE),
+        mailbox,
         alive: true,
         inRun: false,
         ready: Promise.withResolvers(),
@@ -316,7 +316,7 @@ export class KvmContext implements AsyncDisposable {
         libraryPath: nativePath,
         slots,
         control: this.#control.buffer as SharedArrayBuffer,
-        mailbox,
+        mailbox: mailbox.buffer,
         devices,
         callbacks,
         irqchipInKernel: this.irqchipInKernel,
@@ -487,22 +487,13 @@ export class KvmContext implements AsyncDisposable {
 
   #kick(slot: VcpuSlot): void {
     if (!slot.alive || slot.kick.threadId <= 0) return;
-    try {
-      Vcpu.kick(slot.kick);
-    } catch (error) {
-      // ESRCH: the thread is already gone, so it is not in KVM_RUN either.
-      if (!(error instanceof KvmError && error.errno === Errno.ESRCH)) throw error;
-    }
+    kickVcpuThread(this.#control, slot.kick.life!, slot.index);
   }
 
-  /** Sets every vCPU's control word, wakes paused ones, kicks running ones. */
+  /** Sets every vCPU's control word, wakes paused ones, kicks running ones (`protocol.ts`). */
   #signalAll(command: number): void {
-    const c = this.#control;
     for (const slot of this.#slots) {
-      const i = ctl(slot.index, Ctl.CONTROL);
-      Atomics.store(c, i, command);
-      Atomics.notify(c, i);
-      if (slot.inRun) this.#kick(slot);
+      signalVcpu(this.#control, slot.kick.life!, slot.index, command, slot.inRun && slot.alive);
     }
   }
 
@@ -597,14 +588,13 @@ export class KvmContext implements AsyncDisposable {
 
   /** Answers one vCPU's main-thread callbacks until the context closes. */
   async #serveMailbox(slot: VcpuSlot): Promise<void> {
-    const mb = slot.mailbox;
-    let seen = Atomics.load(mb, Mb.REQ);
+    const box = slot.mailbox;
     while (!this.#closed) {
-      const w = Atomics.waitAsync(mb, Mb.REQ, seen);
-      if (w.async) await w.value;
-      const req = Atomics.load(mb, Mb.REQ);
-      if (req === seen) continue;
-      seen = req;
+      if (!box.pending) {
+        const w = Atomics.waitAsync(box.words, Mb.REQ, Atomics.load(box.words, Mb.ACK));
+        if (w.async) await w.value;
+        continue;
+      }
       let reply: number;
       try {
         reply = await this.#answer(slot);
@@ -612,16 +602,14 @@ export class KvmContext implements AsyncDisposable {
         slot.callbackError = error;
         reply = Reply.ERROR;
       }
-      mb[Mb.RESULT] = reply;
-      Atomics.store(mb, Mb.ACK, req);
-      Atomics.notify(mb, Mb.ACK);
+      box.answer(reply);
     }
   }
 
   /** Runs the callback a mailbox request names; returns a {@linkcode Reply}. */
   async #answer(slot: VcpuSlot): Promise<number> {
-    const mb = slot.mailbox;
-    const data = slot.mailboxData;
+    const mb = slot.mailbox.words;
+    const data = slot.mailbox.data;
     const cb = this.#callbacks;
     const id = slot.id;
     const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
@@ -725,6 +713,8 @@ export class KvmContext implements AsyncDisposable {
       await settled;
     }
     for (const slot of this.#slots) {
+      // A worker still starting never runs its vCPU (it gives it back and exits).
+      forbidStart(this.#control, slot.index);
       if (slot.alive) slot.worker.postMessage({ type: "exit" });
     }
     for (const slot of this.#slots) {
@@ -761,7 +751,7 @@ export class KvmContext implements AsyncDisposable {
       );
     }
     this.#closed = true;
-    for (const slot of this.#slots) Atomics.notify(slot.mailbox, Mb.REQ);
+    for (const slot of this.#slots) Atomics.notify(slot.mailbox.words, Mb.REQ);
     this.kvm.close();
   }
 

@@ -1,19 +1,37 @@
 /**
- * What the main thread and the vCPU workers share: the layout of the control
- * and mailbox SharedArrayBuffers, and the messages they post (rare events
- * only: ready, stopped, failed; never one per exit).
+ * The one vCPU-on-Worker protocol, shared by `KvmContext` and the machines'
+ * application processors (`ApWorkers`): the layout of the control block and
+ * of the mailbox SharedArrayBuffers, the mailbox codec ({@linkcode Mailbox}),
+ * the thread handshake ({@linkcode claimThread} / {@linkcode forbidStart}),
+ * the one stop/kick path ({@linkcode signalVcpu}) and the messages the
+ * threads post (rare events only: ready, stopped, failed, exited; never one
+ * per exit).
+ *
+ * Whoever owns the workers (the context on the event loop, `ApWorkers` from
+ * a synchronous run loop) follows the lifetime rule of `lifetime.ts`: a
+ * worker's hold on its vCPU is given back by the worker itself (state
+ * {@linkcode State.EXITED}); a worker that never gets there keeps it, and
+ * with it the memory it may touch.
  *
  * @module
  * @internal
  */
 
-import type { KickTarget } from "../kvm/kick.ts";
+import { Errno, KvmError } from "../errors.ts";
+import { type KickTarget, kickVcpu } from "../kvm/kick.ts";
+
+/** The worker module every vCPU runs on. */
+export const VCPU_WORKER_URL: string = new URL("./vcpu_worker.ts", import.meta.url).href;
 
 /** Control word values (main → worker): what the worker should do next. */
 export const Control = { RUN: 0, PAUSE: 1, STOP: 2 } as const;
 
-/** Worker state values (worker → main). */
-export const State = { IDLE: 0, RUNNING: 1, PAUSED: 2 } as const;
+/**
+ * Worker state values (worker → main). `EXITED`: the worker gave back its
+ * vCPU and guest-RAM holds and will not touch them again (stored before its
+ * "exited" message, so an owner that cannot take messages can wait for it).
+ */
+export const State = { IDLE: 0, RUNNING: 1, PAUSED: 2, EXITED: 3 } as const;
 
 /**
  * Layout of the control SharedArrayBuffer, in Int32 words. Global words come
@@ -31,7 +49,11 @@ export const Ctl = {
   CONTROL: 0,
   /** In a block: the worker's state ({@linkcode State}). */
   STATE: 1,
-  /** In a block: the kernel thread id of the worker (0 until ready). */
+  /**
+   * In a block: the kernel thread id of the worker, claimed with
+   * {@linkcode claimThread} once it holds its vCPU (0 until then; -1 when
+   * the owner stopped it first with {@linkcode forbidStart}).
+   */
   TID: 2,
   /** In a block: the vCPU's entry in the VM's lifetime record (see `lifetime.ts`). */
   SLOT: 3,
@@ -62,6 +84,28 @@ export const Call = {
   TRY_PUSH_INTERRUPTS: 11,
   PUSH_NMI: 12,
   IO_WINDOW: 13,
+  /**
+   * The run ended in a way the server did not ask for ({@linkcode End} in
+   * A0, a system event's type in A1, a description as UTF-8 in the data
+   * area, its length in SIZE). Sent only to a server that registered it: one
+   * that polls the mailbox from a synchronous loop cannot receive the
+   * worker's "stopped" or "failed" message.
+   */
+  END: 14,
+} as const;
+
+/** How a run ended, in a {@linkcode Call.END} request. */
+export const End = {
+  /** `KVM_EXIT_SHUTDOWN` (triple fault) that nothing handled. */
+  SHUTDOWN: 1,
+  /** A `KVM_EXIT_SYSTEM_EVENT` that nothing handled (its type in A1). */
+  SYSTEM_EVENT: 2,
+  /** Any other exit that nothing handled. */
+  UNHANDLED: 3,
+  /** `KVM_RUN` failed or a handler threw. */
+  FAILED: 4,
+  /** A device stopped the vCPU, or HLT without a handler. */
+  OTHER: 5,
 } as const;
 
 /** The main thread's answer. */
@@ -79,11 +123,13 @@ export const Reply = {
 /**
  * Layout of a vCPU's mailbox SharedArrayBuffer: a header of Int32 words, then
  * a data area. The worker writes the request, bumps `REQ` and blocks in
- * `Atomics.wait` on `ACK`; the main thread waits with `Atomics.waitAsync` on
- * `REQ`, answers, and stores the same sequence number in `ACK`.
+ * `Atomics.wait` on `ACK`; the server (the context's main thread waiting with
+ * `Atomics.waitAsync` on `REQ`, or a synchronous loop polling
+ * {@linkcode Mailbox.pending} after the worker kicked it) answers and stores
+ * the same sequence number in `ACK`.
  */
 export const Mb = {
-  /** Request sequence number (worker writes). -1 tells the main thread's listener to quit. */
+  /** Request sequence number (worker writes). */
   REQ: 0,
   /** Sequence number answered (main writes). */
   ACK: 1,
@@ -109,6 +155,173 @@ export const Mb = {
 
 /** Bytes of one vCPU's mailbox. */
 export const MAILBOX_BYTES = Mb.DATA + Mb.DATA_SIZE;
+
+/**
+ * The mailbox codec: the one way both sides read and write a vCPU's mailbox.
+ * Views are made once; {@linkcode bytes} keeps one view per length, so
+ * neither side allocates per request.
+ */
+export class Mailbox {
+  /** The shared buffer, to post to the worker. */
+  readonly buffer: SharedArrayBuffer;
+  /** The header words ({@linkcode Mb}). */
+  readonly words: Int32Array;
+  /** The data area. */
+  readonly data: Uint8Array;
+  /** The data area's first four 64-bit words (debug and TPR requests). */
+  readonly data64: BigUint64Array;
+  #views: (Uint8Array | undefined)[] = [];
+  #seq = 0;
+
+  /** Wraps `buffer` (a worker's side), or a new one (the owner's side). */
+  constructor(buffer: SharedArrayBuffer = new SharedArrayBuffer(MAILBOX_BYTES)) {
+    this.buffer = buffer;
+    this.words = new Int32Array(buffer, 0, Mb.DATA / 4);
+    this.data = new Uint8Array(buffer, Mb.DATA, Mb.DATA_SIZE);
+    this.data64 = new BigUint64Array(buffer, Mb.DATA, 4);
+  }
+
+  /** The first `length` bytes of the data area, as a view made once per length. */
+  bytes(length: number): Uint8Array {
+    return this.#views[length] ??= this.data.subarray(0, length);
+  }
+
+  /**
+   * Worker side: one round trip. Writes the request, bumps `REQ`, wakes a
+   * server waiting on it, kicks `server` (a thread that polls between its own
+   * vCPU's exits) and blocks until the same number is in `ACK`. Returns the
+   * {@linkcode Reply}.
+   */
+  call(
+    code: number,
+    a0: number,
+    a1: number,
+    size: number,
+    count: number,
+    server: KickTarget | undefined,
+  ): number {
+    const w = this.words;
+    w[Mb.CALL] = code;
+    w[Mb.A0] = a0;
+    w[Mb.A1] = a1;
+    w[Mb.SIZE] = size;
+    w[Mb.COUNT] = count;
+    const seq = this.#seq = (this.#seq + 1) & 0x3fffffff;
+    Atomics.store(w, Mb.REQ, seq);
+    Atomics.notify(w, Mb.REQ);
+    if (server !== undefined) kickQuietly(server);
+    for (let ack = Atomics.load(w, Mb.ACK); ack !== seq; ack = Atomics.load(w, Mb.ACK)) {
+      Atomics.wait(w, Mb.ACK, ack);
+    }
+    return w[Mb.RESULT];
+  }
+
+  /** Server side: whether a request waits for its answer. */
+  get pending(): boolean {
+    return Atomics.load(this.words, Mb.REQ) !== Atomics.load(this.words, Mb.ACK);
+  }
+
+  /** Server side: answers the waiting request with `reply` ({@linkcode Reply}) and wakes the worker. */
+  answer(reply: number): void {
+    const w = this.words;
+    w[Mb.RESULT] = reply;
+    Atomics.store(w, Mb.ACK, Atomics.load(w, Mb.REQ));
+    Atomics.notify(w, Mb.ACK);
+  }
+
+  /** Stores `text` as UTF-8 in the data area (truncated to it); returns the bytes written. */
+  setText(text: string): number {
+    return new TextEncoder().encodeInto(text, this.data).written;
+  }
+
+  /** The UTF-8 text of the first `length` bytes of the data area. */
+  text(length: number): string {
+    return new TextDecoder().decode(this.data.slice(0, length));
+  }
+}
+
+/**
+ * The one stop/kick path: sets vCPU `index`'s control word to `command`,
+ * wakes it if it waits on it (paused), and kicks its thread out of
+ * `KVM_RUN` through the VM's lifetime record `life` (a closed vCPU's kick is
+ * a no-op) when `kick` is true and it claimed a thread. Used by the owner
+ * (stop, pause, timeout, close) and by a worker stopping the whole VM.
+ */
+export function signalVcpu(
+  control: Int32Array,
+  life: Int32Array,
+  index: number,
+  command: number,
+  kick = true,
+): void {
+  const at = ctl(index, Ctl.CONTROL);
+  Atomics.store(control, at, command);
+  Atomics.notify(control, at);
+  if (kick) kickVcpuThread(control, life, index);
+}
+
+/** Kicks vCPU `index`'s thread (if it claimed one) out of `KVM_RUN`; a gone thread is no error. */
+export function kickVcpuThread(control: Int32Array, life: Int32Array, index: number): void {
+  const threadId = Atomics.load(control, ctl(index, Ctl.TID));
+  if (threadId <= 0) return;
+  // runAddress is informative only: the kick writes where the lifetime record says.
+  kickQuietly({ threadId, runAddress: 0n, life, slot: control[ctl(index, Ctl.SLOT)] });
+}
+
+function kickQuietly(target: KickTarget): void {
+  try {
+    kickVcpu(target);
+  } catch (error) {
+    // ESRCH: the thread is already gone, so it is not in KVM_RUN either.
+    if (!(error instanceof KvmError && error.errno === Errno.ESRCH)) throw error;
+  }
+}
+
+/**
+ * Worker side of the thread handshake: claims vCPU `index` for thread `tid`
+ * once the worker holds the vCPU. False when the owner forbade the start
+ * first ({@linkcode forbidStart}): the worker must then give the vCPU back
+ * without running it.
+ */
+export function claimThread(control: Int32Array, index: number, tid: number): boolean {
+  const at = ctl(index, Ctl.TID);
+  const previous = Atomics.compareExchange(control, at, 0, tid);
+  Atomics.notify(control, at);
+  return previous === 0;
+}
+
+/**
+ * Owner side of the thread handshake: a worker that has not claimed vCPU
+ * `index` yet never will (nor run it). Returns the thread id of a worker
+ * that already claimed it, else 0.
+ */
+export function forbidStart(control: Int32Array, index: number): number {
+  const previous = Atomics.compareExchange(control, ctl(index, Ctl.TID), 0, -1);
+  return previous > 0 ? previous : 0;
+}
+
+/**
+ * Waits (blocking the calling thread, at most until `deadline`, a
+ * `performance.now()` time) until vCPU `index`'s worker stored `state`;
+ * `tick` runs every `stepMs` meanwhile (answering a request, kicking
+ * again). Returns whether it got there.
+ */
+export function waitForState(
+  control: Int32Array,
+  index: number,
+  state: number,
+  deadline: number,
+  stepMs: number,
+  tick: () => void,
+): boolean {
+  const at = ctl(index, Ctl.STATE);
+  for (let s = Atomics.load(control, at); s !== state; s = Atomics.load(control, at)) {
+    if (performance.now() >= deadline) return false;
+    tick();
+    Atomics.wait(control, at, s, stepMs);
+  }
+  return true;
+}
 
 /** A guest RAM slot as posted to a worker (addresses as bigints: pointers cannot be posted). */
 export interface SlotInfo {
@@ -147,6 +360,12 @@ export interface InitMessage {
   callbacks: number[];
   irqchipInKernel: boolean;
   ignoreUnhandledIo: boolean;
+  /**
+   * A thread to kick after each mailbox request: a server that polls the
+   * mailbox between its own vCPU's exits (the machines' bootstrap vCPU),
+   * rather than waiting on it.
+   */
+  server?: KickTarget;
 }
 
 /** Main → worker after init. */

@@ -1,10 +1,13 @@
 /**
- * The vCPU worker: one per vCPU, started by `KvmContext`. It loads the shim
- * itself, adopts the vCPU fd (the main thread keeps owning it), imports the
- * device modules, and runs the `KVM_RUN` loop synchronously, handling exits
- * right here: no message and no allocation per exit. The main thread steers
- * it through a control word in a SharedArrayBuffer plus a kick (immediate_exit
- * and a signal), and answers main-thread callbacks through a mailbox.
+ * The vCPU worker: one per vCPU, started by `KvmContext` and by the
+ * machines' `ApWorkers` (one module, one protocol: `protocol.ts`). It loads
+ * the shim itself, adopts the vCPU fd (the owner keeps owning it), claims the
+ * vCPU for its thread, imports the device modules, and runs the `KVM_RUN`
+ * loop synchronously, handling exits right here: no message and no
+ * allocation per exit. The owner steers it through a control word in a
+ * SharedArrayBuffer plus a kick (immediate_exit and a signal), and answers
+ * its callbacks through a mailbox: asynchronously on the context's main
+ * thread, or from a machine's run loop that the worker kicks (`server`).
  *
  * @module
  * @internal
@@ -12,20 +15,25 @@
 
 import { Errno, KvmError } from "../errors.ts";
 import { loadNative, native } from "../ffi/library.ts";
+import type { KickTarget } from "../kvm/kick.ts";
 import type { VcpuExit } from "../kvm/exit.ts";
 import { Vcpu } from "../kvm/vcpu.ts";
 import { GuestRam } from "./guest_ram.ts";
 import {
   Call,
+  claimThread,
   Control,
   Ctl,
   ctl,
+  End,
   type InitMessage,
+  Mailbox,
   type MainMessage,
   Mb,
   type PlainError,
   type PostedStop,
   Reply,
+  signalVcpu,
   State,
   type WorkerMessage,
 } from "./protocol.ts";
@@ -51,9 +59,12 @@ class Runner {
   readonly #control: Int32Array;
   /** The VM's lifetime record: kicks to the other vCPUs go through it. */
   readonly #life: Int32Array;
+  readonly #box: Mailbox;
   readonly #mb: Int32Array;
   readonly #mbData: Uint8Array;
   readonly #mbData64: BigUint64Array;
+  /** The thread that serves the mailbox by polling: kicked after each request. */
+  readonly #server: KickTarget | undefined;
   readonly #callbacks: Set<number>;
   readonly #irqchip: boolean;
   readonly #ignoreUnhandledIo: boolean;
@@ -68,8 +79,9 @@ class Runner {
   #postRun: VcpuDevice[] = [];
   #tryPush: VcpuDevice[] = [];
   #pushNmi: VcpuDevice[] = [];
-  #seq = 0;
   #pendingStop: VcpuStop | undefined;
+  /** The type of the system event that ended the run unhandled (for a {@linkcode Call.END}). */
+  systemEventType = 0;
 
   constructor(msg: InitMessage, vcpu: Vcpu) {
     this.id = msg.vcpuId;
@@ -78,9 +90,11 @@ class Runner {
     this.memory = new GuestRam(msg.slots, msg.kick);
     this.#life = msg.kick.life!;
     this.#control = new Int32Array(msg.control);
-    this.#mb = new Int32Array(msg.mailbox, 0, Mb.DATA / 4);
-    this.#mbData = new Uint8Array(msg.mailbox, Mb.DATA, Mb.DATA_SIZE);
-    this.#mbData64 = new BigUint64Array(msg.mailbox, Mb.DATA, 4);
+    this.#box = new Mailbox(msg.mailbox);
+    this.#mb = this.#box.words;
+    this.#mbData = this.#box.data;
+    this.#mbData64 = this.#box.data64;
+    this.#server = msg.server;
     this.#callbacks = new Set(msg.callbacks);
     this.#irqchip = msg.irqchipInKernel;
     this.#ignoreUnhandledIo = msg.ignoreUnhandledIo;
@@ -127,19 +141,13 @@ class Runner {
     }
   }
 
-  /** A device asked to stop the VM: every control word to STOP, then kick every vCPU. */
+  /** A device asked to stop the VM: every control word to STOP, then kick every other vCPU. */
   stopVm(reason: string): void {
     this.#pendingStop = new VcpuStop(reason);
     const c = this.#control;
     Atomics.compareExchange(c, Ctl.STOP_BY, -1, this.id);
     for (let i = 0; i < this.#vcpuCount; i++) {
-      Atomics.store(c, ctl(i, Ctl.CONTROL), Control.STOP);
-      Atomics.notify(c, ctl(i, Ctl.CONTROL));
-      if (i === this.index) continue;
-      const tid = Atomics.load(c, ctl(i, Ctl.TID));
-      const slot = c[ctl(i, Ctl.SLOT)];
-      // A closed vCPU's kick is a no-op; runAddress is only informative.
-      if (tid > 0) Vcpu.kick({ threadId: tid, runAddress: 0n, life: this.#life, slot });
+      signalVcpu(c, this.#life, i, Control.STOP, i !== this.index);
     }
   }
 
@@ -150,10 +158,7 @@ class Runner {
    */
   run(counter: { exits: number }): PostedStop {
     const c = this.#control;
-    const controlIndex = ctl(this.index, Ctl.CONTROL);
     const stateIndex = ctl(this.index, Ctl.STATE);
-    const vcpu = this.vcpu;
-    const run = vcpu.runArea;
     const hasPre = this.#preRun.length > 0 || this.#callbacks.has(Call.PRE_RUN);
     const hasPost = this.#postRun.length > 0 || this.#callbacks.has(Call.POST_RUN);
     const hasNmi = this.#pushNmi.length > 0 || this.#callbacks.has(Call.PUSH_NMI);
@@ -161,6 +166,27 @@ class Runner {
       (this.#tryPush.length > 0 || this.#callbacks.has(Call.TRY_PUSH_INTERRUPTS));
     Atomics.store(c, stateIndex, State.RUNNING);
     Atomics.notify(c, stateIndex);
+    // IDLE once the loop is left, so an owner that cannot take messages sees it.
+    try {
+      return this.#loop(counter, hasPre, hasPost, hasNmi, hasPush);
+    } finally {
+      Atomics.store(c, stateIndex, State.IDLE);
+      Atomics.notify(c, stateIndex);
+    }
+  }
+
+  #loop(
+    counter: { exits: number },
+    hasPre: boolean,
+    hasPost: boolean,
+    hasNmi: boolean,
+    hasPush: boolean,
+  ): PostedStop {
+    const c = this.#control;
+    const controlIndex = ctl(this.index, Ctl.CONTROL);
+    const stateIndex = ctl(this.index, Ctl.STATE);
+    const vcpu = this.vcpu;
+    const run = vcpu.runArea;
     for (;;) {
       const command = Atomics.load(c, controlIndex);
       if (command !== Control.RUN) {
@@ -182,10 +208,9 @@ class Runner {
       }
       let exit: VcpuExit;
       try {
+        // EAGAIN (an AP woken from UNINITIALIZED) and EINTR are handled in Vcpu.run().
         exit = vcpu.run();
       } catch (error) {
-        // An AP woken from UNINITIALIZED by INIT returns EAGAIN: run again.
-        if (error instanceof KvmError && error.errno === Errno.EAGAIN) continue;
         throw new KvmRunFailure(error);
       }
       if (exit.reason === "interrupted") continue; // a kick: re-read the control word
@@ -251,7 +276,7 @@ class Runner {
           const data = exit.data;
           if (out) this.#mbData.set(data);
           const reply = this.#call(out ? Call.OUT : Call.IN, port, 0, exit.size, exit.count);
-          if (!out && reply === Reply.CONTINUE) data.set(this.#mbData.subarray(0, data.length));
+          if (!out && reply === Reply.CONTINUE) data.set(this.#box.bytes(data.length));
           const r = this.#reply(reply);
           if (r !== NOT_HANDLED) return r;
         }
@@ -291,7 +316,7 @@ class Runner {
             data.length,
             1,
           );
-          if (!write && reply === Reply.CONTINUE) data.set(this.#mbData.subarray(0, data.length));
+          if (!write && reply === Reply.CONTINUE) data.set(this.#box.bytes(data.length));
           const r = this.#reply(reply);
           if (r !== NOT_HANDLED) return r;
         }
@@ -359,6 +384,7 @@ class Runner {
           const r = this.#result(d.exit(exit, this.id));
           if (r !== NOT_HANDLED) return r;
         }
+        this.systemEventType = exit.reason === "systemEvent" ? exit.type : 0;
         return { kind: "unhandled", exit: exit.reason, detail: describeExit(exit) };
       }
     }
@@ -424,24 +450,37 @@ class Runner {
     }
   }
 
-  /**
-   * One main-thread round trip: write the request, bump REQ, wake the main
-   * thread, block until it stores the same number in ACK.
-   */
+  /** One round trip to the mailbox's server (see {@linkcode Mailbox.call}). */
   #call(code: number, a0: number, a1: number, size: number, count: number): number {
-    const mb = this.#mb;
-    mb[Mb.CALL] = code;
-    mb[Mb.A0] = a0;
-    mb[Mb.A1] = a1;
-    mb[Mb.SIZE] = size;
-    mb[Mb.COUNT] = count;
-    const seq = this.#seq = (this.#seq + 1) & 0x3fffffff;
-    Atomics.store(mb, Mb.REQ, seq);
-    Atomics.notify(mb, Mb.REQ);
-    for (let ack = Atomics.load(mb, Mb.ACK); ack !== seq; ack = Atomics.load(mb, Mb.ACK)) {
-      Atomics.wait(mb, Mb.ACK, ack);
+    return this.#box.call(code, a0, a1, size, count, this.#server);
+  }
+
+  /**
+   * Tells a server that registered {@linkcode Call.END} how the run ended,
+   * when it did not ask for it (see `protocol.ts`). The end path, not the
+   * hot one.
+   */
+  reportEnd(stop: PostedStop | undefined, error: unknown): void {
+    if (!this.#callbacks.has(Call.END)) return;
+    let code: number;
+    let text: string;
+    if (stop === undefined) {
+      code = End.FAILED;
+      text = `vCPU ${this.id}: ${error instanceof Error ? error.message : String(error)}`;
+    } else if (stop.kind === "shutdown") {
+      code = End.SHUTDOWN;
+      text = `vCPU ${this.id}: triple fault (KVM_EXIT_SHUTDOWN)`;
+    } else if (stop.kind === "unhandled") {
+      code = stop.exit === "systemEvent" ? End.SYSTEM_EVENT : End.UNHANDLED;
+      text = `vCPU ${this.id}: unhandled ${stop.exit} exit (${stop.detail})`;
+    } else if (stop.kind === "hlt" || stop.kind === "handler") {
+      code = End.OTHER;
+      text = `vCPU ${this.id}: stopped (${stop.kind === "hlt" ? "hlt" : stop.reason})`;
+    } else {
+      return; // requested, by the server's reply, or another vCPU stopped the VM
     }
-    return mb[Mb.RESULT];
+    const length = this.#box.setText(text);
+    this.#call(Call.END, code, this.systemEventType, length, 0);
   }
 }
 
@@ -478,18 +517,29 @@ function describeExit(exit: VcpuExit): string {
 }
 
 let runner: Runner | undefined;
+/** The init message's control block and index: the "exited" state is stored there even when init failed. */
+let started: { control: Int32Array; index: number } | undefined;
+/** Init in progress: an "exit" waits for it, so what init took is given back. */
+let starting: Promise<void> = Promise.resolve();
 
 async function init(msg: InitMessage): Promise<void> {
+  started = { control: new Int32Array(msg.control), index: msg.index };
   await loadNative({ path: msg.libraryPath });
   const vcpu = Vcpu.adopt(msg.fd, msg.vcpuId, msg.mmapSize, msg.kick);
   let r: Runner | undefined;
   try {
     r = new Runner(msg, vcpu);
-    const tid = native().kvm_thread_id();
-    Atomics.store(new Int32Array(msg.control), ctl(msg.index, Ctl.TID), tid);
+    // The handshake: the owner may have stopped this vCPU before the worker got here.
+    if (!claimThread(started.control, msg.index, native().kvm_thread_id())) {
+      throw new KvmError(
+        "start vCPU worker",
+        Errno.EBADF,
+        "its owner stopped it before it started",
+      );
+    }
     await r.loadDevices(msg);
   } catch (error) {
-    // Give back what this worker holds: the context will not see it exit with a runner.
+    // Give back what this worker holds: the owner will not see it exit with a runner.
     r?.memory.close();
     vcpu.close();
     throw error;
@@ -502,8 +552,14 @@ function runOnce(r: Runner): void {
   const counter = { exits: 0 };
   try {
     const stop = r.run(counter);
+    r.reportEnd(stop, undefined);
     scope.postMessage({ type: "stopped", stop, exits: counter.exits });
   } catch (error) {
+    try {
+      r.reportEnd(undefined, error instanceof KvmRunFailure ? error.cause : error);
+    } catch {
+      // The report is best effort: the message below still goes out.
+    }
     let regs: Record<string, bigint> | undefined;
     try {
       regs = { ...r.vcpu.getRegs().toJSON() };
@@ -537,6 +593,11 @@ function shutdown(): void {
     r.memory.close();
     r.vcpu.close();
   }
+  if (started) {
+    const at = ctl(started.index, Ctl.STATE);
+    Atomics.store(started.control, at, State.EXITED);
+    Atomics.notify(started.control, at);
+  }
   scope.postMessage({ type: "exited" });
   scope.close();
 }
@@ -545,7 +606,7 @@ scope.onmessage = (event) => {
   const msg = event.data;
   switch (msg.type) {
     case "init":
-      init(msg).catch((error) =>
+      starting = init(msg).catch((error) =>
         scope.postMessage({ type: "initFailed", error: plainError(error) })
       );
       break;
@@ -553,7 +614,7 @@ scope.onmessage = (event) => {
       if (runner) runOnce(runner);
       break;
     case "exit":
-      shutdown();
+      starting.then(shutdown);
       break;
   }
 };

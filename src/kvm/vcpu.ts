@@ -283,12 +283,16 @@ export class Vcpu extends OwnedFd {
    * The returned object is reused by the next call (see `exit.ts`): this path
    * allocates nothing for I/O, MMIO and HLT exits. `EINTR` (a signal or a
    * {@linkcode kick}) returns `{ reason: "interrupted" }` and clears
-   * `immediate_exit`; other failures throw a KvmError.
+   * `immediate_exit`; `EAGAIN` (an AP in wait-for-SIPI woken by something
+   * other than INIT/SIPI, api.rst "KVM_RUN") enters again, as QEMU does; a
+   * kick still ends it, since KVM checks `immediate_exit` first. Other
+   * failures throw a KvmError. The one place these errnos are handled.
    */
   run(): VcpuExit {
     for (;;) {
       const result = this.#ioctl(this.fd("KVM_RUN"), Ioctl.KVM_RUN, null);
       if (result >= 0) return this.#decoder.decode(this.#exitReason[0]);
+      if (result === -Errno.EAGAIN) continue;
       if (result !== -Errno.EINTR) throw new KvmError("KVM_RUN", -result, this.label);
       // A kick sets immediate_exit before its signal; a watchdog signal does not.
       const kicked = this.#runBytes[1] !== 0;
