@@ -1,10 +1,15 @@
 /**
  * Minimal ACPI tables for a small PC without firmware: an RSDP (ACPI 1.0)
  * in the BIOS area where the spec says to search (0xe0000-0xfffff, 16-byte
- * aligned), an RSDT listing a FADT (with the PM timer's port, the ACPI
- * 3.579545 MHz counter) and a MADT (one local APIC per vCPU, the IOAPIC, the
- * PIT's interrupt override). No DSDT and no FACS: nothing here can sleep.
- * kvm-unit-tests reads the FADT's `pm_tmr_blk` (vmexit's `inl_from_pmtimer`).
+ * aligned), an RSDT listing a FADT and a MADT (one local APIC per vCPU, the
+ * IOAPIC, the PIT's interrupt override), and the FACS the FADT points to.
+ * The FADT describes QEMU's PIIX4 power-management block: PM1a event
+ * registers (status, enable) at {@linkcode ACPI_PM1_EVENT_PORT}, PM1a
+ * control at {@linkcode ACPI_PM1_CONTROL_PORT} (where a guest writes
+ * SLP_TYP/SLP_EN to sleep), the 3.579545 MHz PM timer at
+ * {@linkcode ACPI_PM_TIMER_PORT}; the FACS holds the waking vector a
+ * resumed guest continues at. kvm-unit-tests reads the FADT's `pm_tmr_blk`
+ * (vmexit's `inl_from_pmtimer`) and, in `s3`, the FACS and the PM1 blocks.
  *
  * @example
  * ```ts
@@ -20,8 +25,20 @@ import { IOAPIC_ADDRESS, LAPIC_ADDRESS } from "./mptable.ts";
 
 /** Where {@linkcode buildAcpiTables} places the RSDP, followed by the tables (inside the BIOS area). */
 export const ACPI_TABLES_ADDRESS = 0xf0000;
-/** The PM timer's port (QEMU's PIIX4 places its PM block at 0x600, the timer at +8). */
-export const ACPI_PM_TIMER_PORT = 0x608;
+/** QEMU's PIIX4 power-management block, whose registers the ports below are. */
+export const ACPI_PM_BASE = 0x600;
+/** The PM1a event registers: status (2 bytes) then enable (2 bytes). */
+export const ACPI_PM1_EVENT_PORT = ACPI_PM_BASE;
+/** The PM1a control register (2 bytes: SCI_EN, SLP_TYP, SLP_EN). */
+export const ACPI_PM1_CONTROL_PORT = ACPI_PM_BASE + 4;
+/** The PM timer's port (QEMU's PIIX4 places it at +8 in its PM block). */
+export const ACPI_PM_TIMER_PORT = ACPI_PM_BASE + 8;
+/** The SCI's ISA interrupt (the FADT's `sci_int`; PIIX4's is 9). */
+export const ACPI_SCI_IRQ = 9;
+/** Size of the FACS (ACPI 2.0 and later: 64 bytes, 64-byte aligned). */
+export const ACPI_FACS_SIZE = 64;
+/** Offset of the 32-bit real-mode `firmware_waking_vector` inside the FACS. */
+export const ACPI_FACS_WAKING_VECTOR_OFFSET = 12;
 
 /** Options of {@linkcode buildAcpiTables}. */
 export interface AcpiOptions {
@@ -31,6 +48,28 @@ export interface AcpiOptions {
   address?: number;
   /** The PM timer's port (default {@linkcode ACPI_PM_TIMER_PORT}; 0: none). */
   pmTimerPort?: number;
+  /**
+   * The PM1a event block's port (default {@linkcode ACPI_PM1_EVENT_PORT}) and
+   * the control register's (default {@linkcode ACPI_PM1_CONTROL_PORT}); 0 for
+   * both: none described (and no FACS, nothing can sleep).
+   */
+  pm1EventPort?: number;
+  /** See {@linkcode pm1EventPort}. */
+  pm1ControlPort?: number;
+}
+
+/** Where {@linkcode buildAcpiTables} put each table (guest physical addresses). */
+export interface AcpiLayout {
+  /** The RSDP. */
+  rsdp: number;
+  /** The RSDT. */
+  rsdt: number;
+  /** The FADT. */
+  fadt: number;
+  /** The MADT. */
+  madt: number;
+  /** The FACS (0 when there is none). */
+  facs: number;
 }
 
 function checksum(bytes: Uint8Array): number {
@@ -56,20 +95,66 @@ function table(signature: string, revision: number, body: Uint8Array): Uint8Arra
   return t;
 }
 
+/** 16-byte alignment of table addresses; FACS needs 64. */
+function align(value: number, to: number): number {
+  return Math.ceil(value / to) * to;
+}
+
 /**
- * Builds the RSDP, RSDT, FADT and MADT as one block to copy to `address`
- * (the RSDP first; every table's checksum set). The block is under 512 bytes
- * for a few vCPUs.
+ * Where {@linkcode buildAcpiTables} places each table for `options` (the
+ * same computation, without building them): a VMM that serves the FACS's
+ * waking vector reads it at `facs` + {@linkcode ACPI_FACS_WAKING_VECTOR_OFFSET}.
+ */
+export function acpiLayout(options: AcpiOptions): AcpiLayout {
+  const base = options.address ?? ACPI_TABLES_ADDRESS;
+  const hasPm1 = (options.pm1EventPort ?? ACPI_PM1_EVENT_PORT) !== 0 &&
+    (options.pm1ControlPort ?? ACPI_PM1_CONTROL_PORT) !== 0;
+  // Layout: RSDP (20 bytes, padded to 32) | FACS (64-byte aligned) | RSDT | FADT | MADT.
+  const facs = hasPm1 ? align(base + 32, 64) : 0;
+  const rsdt = hasPm1 ? facs + ACPI_FACS_SIZE : base + 32;
+  const fadt = rsdt + align(RSDT_LENGTH, 16);
+  const madt = fadt + align(FADT_LENGTH, 16);
+  return { rsdp: base, rsdt, fadt, madt, facs };
+}
+
+const RSDT_LENGTH = 36 + 8;
+const FADT_LENGTH = 116;
+
+/** The FACS: signature, length, no hardware signature, no waking vector yet, version 1. */
+function facsTable(): Uint8Array {
+  const t = new Uint8Array(ACPI_FACS_SIZE);
+  const v = new DataView(t.buffer);
+  t.set(new TextEncoder().encode("FACS"), 0);
+  v.setUint32(4, ACPI_FACS_SIZE, true);
+  t[32] = 1; // version (ACPI 2.0): the 64-bit X_firmware_waking_vector at 24 exists (zero: unused)
+  return t;
+}
+
+/**
+ * Builds the RSDP, RSDT, FADT, MADT and FACS as one block to copy to
+ * `address` (the RSDP first; every table's checksum set; positions as
+ * {@linkcode acpiLayout} gives them). The block is under 512 bytes for a few
+ * vCPUs.
  */
 export function buildAcpiTables(options: AcpiOptions): Uint8Array {
   const base = options.address ?? ACPI_TABLES_ADDRESS;
   const pmTimerPort = options.pmTimerPort ?? ACPI_PM_TIMER_PORT;
-  // FADT (revision 1, 116 bytes): only the PM timer and the SCI are described.
-  const fadtBody = new Uint8Array(116 - 36);
+  const layout = acpiLayout(options);
+  const pm1Event = layout.facs ? options.pm1EventPort ?? ACPI_PM1_EVENT_PORT : 0;
+  const pm1Control = layout.facs ? options.pm1ControlPort ?? ACPI_PM1_CONTROL_PORT : 0;
+  // FADT (revision 1, 116 bytes): the FACS, the SCI, the PM1a blocks and the PM timer.
+  // No SMI command port: the machine is in ACPI mode from the start (SCI_EN reads 1).
+  const fadtBody = new Uint8Array(FADT_LENGTH - 36);
   const f = new DataView(fadtBody.buffer);
-  f.setUint16(46 - 36, 9, true); // sci_int
+  f.setUint32(36 - 36, layout.facs, true); // firmware_ctrl
+  f.setUint16(46 - 36, ACPI_SCI_IRQ, true); // sci_int
+  f.setUint32(56 - 36, pm1Event, true); // pm1a_evt_blk
+  f.setUint32(64 - 36, pm1Control, true); // pm1a_cnt_blk
   f.setUint32(76 - 36, pmTimerPort, true); // pm_tmr_blk
+  fadtBody[88 - 36] = pm1Event ? 4 : 0; // pm1_evt_len
+  fadtBody[89 - 36] = pm1Control ? 2 : 0; // pm1_cnt_len
   fadtBody[91 - 36] = pmTimerPort ? 4 : 0; // pm_tmr_len
+  fadtBody[108 - 36] = 0x32; // century: the CMOS byte the RTC keeps it in
   const fadt = table("FACP", 1, fadtBody);
   // MADT: local APIC address, flags (PC-AT compatible PICs), then entries.
   const entries: number[] = [];
@@ -83,25 +168,21 @@ export function buildAcpiTables(options: AcpiOptions): Uint8Array {
   m.setUint32(4, 1, true); // PCAT_COMPAT
   madtBody.set(entries, 8);
   const madt = table("APIC", 1, madtBody);
-  // Layout: RSDP (20 bytes, padded to 32) | RSDT | FADT | MADT, each 16-byte aligned.
-  const rsdtAt = base + 32;
-  const rsdtLength = 36 + 8;
-  const fadtAt = rsdtAt + Math.ceil(rsdtLength / 16) * 16;
-  const madtAt = fadtAt + Math.ceil(fadt.length / 16) * 16;
   const rsdtBody = new Uint8Array(8);
-  new DataView(rsdtBody.buffer).setUint32(0, fadtAt, true);
-  new DataView(rsdtBody.buffer).setUint32(4, madtAt, true);
+  new DataView(rsdtBody.buffer).setUint32(0, layout.fadt, true);
+  new DataView(rsdtBody.buffer).setUint32(4, layout.madt, true);
   const rsdt = table("RSDT", 1, rsdtBody);
   const rsdp = new Uint8Array(20);
   rsdp.set(new TextEncoder().encode("RSD PTR "), 0);
   rsdp.set(new TextEncoder().encode("DENOKV"), 9);
   rsdp[15] = 0; // revision 0: ACPI 1.0, RSDT only
-  new DataView(rsdp.buffer).setUint32(16, rsdtAt, true);
+  new DataView(rsdp.buffer).setUint32(16, layout.rsdt, true);
   rsdp[8] = checksum(rsdp);
-  const out = new Uint8Array(madtAt - base + madt.length);
+  const out = new Uint8Array(layout.madt - base + madt.length);
   out.set(rsdp, 0);
-  out.set(rsdt, rsdtAt - base);
-  out.set(fadt, fadtAt - base);
-  out.set(madt, madtAt - base);
+  if (layout.facs) out.set(facsTable(), layout.facs - base); // no checksum: the OS writes it
+  out.set(rsdt, layout.rsdt - base);
+  out.set(fadt, layout.fadt - base);
+  out.set(madt, layout.madt - base);
   return out;
 }
