@@ -1,0 +1,91 @@
+/**
+ * Guest RAM as a virtio device sees it: a few regions of guest physical
+ * addresses backed by host memory. Every address a driver hands over
+ * (queue rings, descriptor buffers) is checked here before it is touched:
+ * the whole range must lie in one region, without wrapping, or the lookup
+ * fails and the caller reports the driver's error.
+ *
+ * @module
+ */
+
+/** One region of guest RAM: guest physical `[gpa, gpa + bytes.length)`. */
+export interface RamRegion {
+  /** First guest physical address. */
+  readonly gpa: number;
+  /** The bytes (host memory, no copy). */
+  readonly bytes: Uint8Array;
+}
+
+/**
+ * Guest RAM by guest physical address. {@linkcode slice} is the only way in:
+ * it answers a view of exactly the asked range, or `null` when any byte of it
+ * is outside RAM.
+ *
+ * @example
+ * ```ts
+ * import { VirtioMemory } from "./memory.ts";
+ * const mem = new VirtioMemory([{ gpa: 0x1000, bytes: new Uint8Array(0x1000) }]);
+ * console.log(mem.slice(0x1ff0, 16)?.length, mem.slice(0x1ff0, 17)); // 16 null
+ * ```
+ */
+export class VirtioMemory {
+  #regions: RamRegion[];
+  #u16: Uint16Array[];
+
+  /**
+   * Wraps the regions (they must not overlap; each starts at an even guest
+   * address and an even offset into its buffer, as page-aligned RAM does).
+   */
+  constructor(regions: readonly RamRegion[]) {
+    this.#regions = [...regions];
+    // 16-bit views for the ring indices, which the spec aligns to 2 bytes.
+    this.#u16 = this.#regions.map((r) => {
+      const b = r.bytes;
+      if (b.byteOffset % 2 !== 0 || r.gpa % 2 !== 0) {
+        throw new RangeError(`RAM region at ${r.gpa} is not 2-byte aligned`);
+      }
+      return new Uint16Array(b.buffer, b.byteOffset, b.length >>> 1);
+    });
+  }
+
+  /** The regions. */
+  get regions(): readonly RamRegion[] {
+    return this.#regions;
+  }
+
+  /** Which region holds `[gpa, gpa + length)` whole, or -1. */
+  #find(gpa: number, length: number): number {
+    if (!Number.isSafeInteger(gpa) || gpa < 0 || !Number.isSafeInteger(length) || length < 0) {
+      return -1;
+    }
+    const end = gpa + length; // exact: both are below 2^53 and the sum is checked below
+    if (!Number.isSafeInteger(end)) return -1;
+    for (let i = 0; i < this.#regions.length; i++) {
+      const r = this.#regions[i];
+      if (gpa >= r.gpa && end <= r.gpa + r.bytes.length) return i;
+    }
+    return -1;
+  }
+
+  /** A view of `length` bytes at `gpa`, or `null` unless all of them are guest RAM. */
+  slice(gpa: number, length: number): Uint8Array | null {
+    const i = this.#find(gpa, length);
+    if (i < 0) return null;
+    const r = this.#regions[i];
+    return r.bytes.subarray(gpa - r.gpa, gpa - r.gpa + length);
+  }
+
+  /**
+   * The 16-bit word at `gpa` (even, inside RAM) as an array and an index, or
+   * `null`. Ring indices are read and written with `Atomics` through it, so a
+   * store is seen whole and in program order by the vCPU threads. Made once
+   * per queue setup, not per access.
+   */
+  word16(gpa: number): { array: Uint16Array; index: number } | null {
+    if (gpa % 2 !== 0) return null;
+    const i = this.#find(gpa, 2);
+    if (i < 0) return null;
+    const r = this.#regions[i];
+    return { array: this.#u16[i], index: (gpa - r.gpa) >>> 1 };
+  }
+}

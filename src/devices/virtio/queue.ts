@@ -1,0 +1,303 @@
+/**
+ * Split virtqueues (virtio 1.x, spec 2.7): the descriptor table, the
+ * available ring the driver fills and the used ring the device returns
+ * buffers on.
+ *
+ * Everything here is guest-controlled, so every value is checked before use:
+ * queue sizes (a power of two up to the device's maximum), ring addresses
+ * (aligned, inside guest RAM, no wrap), the available index (at most a
+ * queue's worth ahead), descriptor indices, buffer addresses and lengths, and
+ * chain lengths (bounded by the table's size, so a loop in `next` ends).
+ * A violation throws {@linkcode VirtioError}; the device then sets
+ * `DEVICE_NEEDS_RESET` and stops using the queue. Nothing allocates in
+ * proportion to a guest-supplied length: buffers are views of guest RAM.
+ *
+ * @module
+ */
+
+import { hex } from "../../kvm/constants.ts";
+import { DescFlags } from "./constants.ts";
+import type { VirtioMemory } from "./memory.ts";
+
+/**
+ * A driver broke the virtio protocol (a malformed queue or request): the
+ * device stops and asks for a reset (`DEVICE_NEEDS_RESET`). Never a host
+ * failure.
+ */
+export class VirtioError extends Error {
+  /** Creates the error. */
+  constructor(message: string) {
+    super(message);
+    this.name = "VirtioError";
+  }
+}
+
+/** Most entries of an indirect descriptor table a device accepts (Linux uses far fewer). */
+export const MAX_INDIRECT_DESCRIPTORS = 1024;
+
+/** Where a driver put a queue, as written to the transport's registers. */
+export interface QueueConfig {
+  /** Queue size chosen by the driver (`QueueNum`). */
+  size: number;
+  /** Guest physical address of the descriptor table. */
+  desc: number;
+  /** Guest physical address of the available ring ("driver area"). */
+  avail: number;
+  /** Guest physical address of the used ring ("device area"). */
+  used: number;
+}
+
+/**
+ * One descriptor chain popped from the available ring: its head index and
+ * its buffers in order, each a view of guest RAM with its direction. One
+ * object per queue, refilled by every {@linkcode SplitQueue.pop}.
+ */
+export class DescriptorChain {
+  /** The head descriptor's index (returned on the used ring). */
+  head = 0;
+  /** How many buffers {@linkcode buffers} holds. */
+  count = 0;
+  /** The buffers (the first {@linkcode count} are valid); zero-length descriptors are skipped. */
+  readonly buffers: Uint8Array[];
+  /** Whether each buffer is device-writable. */
+  readonly writable: Uint8Array;
+  /** Total bytes of the device-readable buffers. */
+  readableBytes = 0;
+  /** Total bytes of the device-writable buffers. */
+  writableBytes = 0;
+
+  /** A chain that can hold `capacity` buffers. */
+  constructor(capacity: number) {
+    this.buffers = new Array<Uint8Array>(capacity);
+    this.writable = new Uint8Array(capacity);
+  }
+
+  /**
+   * Copies up to `out.length` bytes of the readable buffers, starting
+   * `skip` bytes into them, to `out`; returns how many.
+   */
+  readInto(out: Uint8Array, skip = 0): number {
+    let done = 0;
+    for (let i = 0; i < this.count && done < out.length; i++) {
+      if (this.writable[i]) continue;
+      const b = this.buffers[i];
+      if (skip >= b.length) {
+        skip -= b.length;
+        continue;
+      }
+      const n = Math.min(b.length - skip, out.length - done);
+      out.set(b.subarray(skip, skip + n), done);
+      done += n;
+      skip = 0;
+    }
+    return done;
+  }
+}
+
+function isPowerOfTwo(n: number): boolean {
+  return n > 0 && (n & (n - 1)) === 0;
+}
+
+/**
+ * A split virtqueue set up by a driver. {@linkcode create} validates the
+ * configuration; {@linkcode pop} and {@linkcode pushUsed} then serve it.
+ *
+ * The ring indices are read and written with `Atomics` on 16-bit views: the
+ * driver runs on other threads (vCPUs), and a used index must be published
+ * after the used element it covers (x86 keeps stores in order; `Atomics`
+ * keeps the JIT from reordering or splitting them).
+ */
+export class SplitQueue {
+  /** The queue size. */
+  readonly size: number;
+  readonly #mem: VirtioMemory;
+  readonly #desc: DataView;
+  readonly #avail: DataView;
+  readonly #availIdx: Uint16Array;
+  readonly #availIdxAt: number;
+  readonly #used: DataView;
+  readonly #usedIdx: Uint16Array;
+  readonly #usedIdxAt: number;
+  readonly #indirect: boolean;
+  /** The next available-ring entry to take (wraps at 2^16). */
+  #lastAvail = 0;
+  /** The next used-ring entry to fill (wraps at 2^16). */
+  #nextUsed = 0;
+  /** The chain {@linkcode pop} fills. */
+  readonly chain: DescriptorChain;
+
+  private constructor(
+    mem: VirtioMemory,
+    config: QueueConfig,
+    desc: Uint8Array,
+    avail: Uint8Array,
+    used: Uint8Array,
+    indirect: boolean,
+  ) {
+    this.size = config.size;
+    this.#mem = mem;
+    this.#indirect = indirect;
+    this.#desc = new DataView(desc.buffer, desc.byteOffset, desc.byteLength);
+    this.#avail = new DataView(avail.buffer, avail.byteOffset, avail.byteLength);
+    this.#used = new DataView(used.buffer, used.byteOffset, used.byteLength);
+    const a = mem.word16(config.avail + 2)!;
+    this.#availIdx = a.array;
+    this.#availIdxAt = a.index;
+    const u = mem.word16(config.used + 2)!;
+    this.#usedIdx = u.array;
+    this.#usedIdxAt = u.index;
+    // A device starts where the rings are (zero after a reset, or where a
+    // driver left them): the spec has both indices start at 0.
+    this.#lastAvail = 0;
+    this.#nextUsed = 0;
+    this.chain = new DescriptorChain(config.size + (indirect ? MAX_INDIRECT_DESCRIPTORS : 0));
+  }
+
+  /**
+   * Checks a driver's queue configuration against guest RAM and the device's
+   * maximum size: a {@linkcode VirtioError} names what is wrong.
+   * `indirect` says whether `VIRTIO_RING_F_INDIRECT_DESC` was negotiated.
+   */
+  static create(
+    mem: VirtioMemory,
+    config: QueueConfig,
+    maxSize: number,
+    indirect: boolean,
+  ): SplitQueue {
+    const { size, desc, avail, used } = config;
+    if (!isPowerOfTwo(size) || size > maxSize) {
+      throw new VirtioError(`queue size ${size} is not a power of two up to ${maxSize}`);
+    }
+    // Alignment (spec 2.7, table "Virtqueue Part Alignment"): 16, 2 and 4 bytes.
+    if (desc % 16 !== 0 || avail % 2 !== 0 || used % 4 !== 0) {
+      throw new VirtioError(
+        `queue areas misaligned (descriptors ${hex(desc)}, driver ${hex(avail)}, device ${
+          hex(used)
+        })`,
+      );
+    }
+    // Sizes with the event words (used_event / avail_event) included.
+    const d = mem.slice(desc, 16 * size);
+    const a = mem.slice(avail, 6 + 2 * size);
+    const u = mem.slice(used, 6 + 8 * size);
+    if (!d || !a || !u) {
+      throw new VirtioError(
+        `queue areas outside guest RAM (descriptors ${hex(desc)}, driver ${hex(avail)}, device ${
+          hex(used)
+        }, size ${size})`,
+      );
+    }
+    return new SplitQueue(mem, config, d, a, u, indirect);
+  }
+
+  /** The available ring's flags (bit 0: the driver wants no interrupts). */
+  get availFlags(): number {
+    return this.#avail.getUint16(0, true);
+  }
+
+  /** Whether the driver has made chains available that were not popped yet. */
+  get hasAvailable(): boolean {
+    return Atomics.load(this.#availIdx, this.#availIdxAt) !== this.#lastAvail;
+  }
+
+  /**
+   * Takes the next available chain into {@linkcode chain}; false when none
+   * is pending. Throws {@linkcode VirtioError} for a malformed ring or chain
+   * (the entry counts as taken).
+   */
+  pop(): boolean {
+    const availIdx = Atomics.load(this.#availIdx, this.#availIdxAt);
+    if (availIdx === this.#lastAvail) return false;
+    const pending = (availIdx - this.#lastAvail) & 0xffff;
+    if (pending > this.size) {
+      throw new VirtioError(
+        `available index ${availIdx} is ${pending} entries ahead of ${this.#lastAvail}, more than the queue's ${this.size}`,
+      );
+    }
+    const slot = this.#lastAvail & (this.size - 1);
+    this.#lastAvail = (this.#lastAvail + 1) & 0xffff;
+    const head = this.#avail.getUint16(4 + 2 * slot, true);
+    this.#walk(head);
+    return true;
+  }
+
+  /** Follows the chain starting at `head` into {@linkcode chain}. */
+  #walk(head: number): void {
+    const chain = this.chain;
+    const capacity = chain.buffers.length;
+    chain.head = head;
+    chain.count = 0;
+    chain.readableBytes = 0;
+    chain.writableBytes = 0;
+    let table = this.#desc;
+    let tableSize = this.size;
+    // At most one visit per descriptor of the current table: a `next` loop ends here.
+    let budget = tableSize;
+    let inIndirect = false;
+    let index = head;
+    for (;;) {
+      if (index >= tableSize) {
+        throw new VirtioError(
+          `descriptor index ${index} past the ${
+            inIndirect ? "indirect " : ""
+          }table of ${tableSize}`,
+        );
+      }
+      if (budget-- === 0) {
+        throw new VirtioError(`descriptor chain from ${head} loops or exceeds ${tableSize}`);
+      }
+      const at = 16 * index;
+      const low = table.getUint32(at, true);
+      const high = table.getUint32(at + 4, true);
+      const length = table.getUint32(at + 8, true);
+      const flags = table.getUint16(at + 12, true);
+      const next = table.getUint16(at + 14, true);
+      // Past 2^53 cannot be RAM; treat as outside.
+      const address = high >= 0x200000 ? Number.MAX_SAFE_INTEGER : high * 0x1_0000_0000 + low;
+      if (flags & DescFlags.INDIRECT) {
+        if (!this.#indirect) throw new VirtioError("indirect descriptor not negotiated");
+        if (inIndirect) throw new VirtioError("indirect descriptor inside an indirect table");
+        if (flags & DescFlags.NEXT) throw new VirtioError("indirect descriptor with NEXT set");
+        const entries = length / 16;
+        if (!Number.isInteger(entries) || entries < 1 || entries > MAX_INDIRECT_DESCRIPTORS) {
+          throw new VirtioError(`indirect table of ${length} bytes`);
+        }
+        const bytes = this.#mem.slice(address, length);
+        if (!bytes) {
+          throw new VirtioError(`indirect table ${hex(address)}+${length} outside guest RAM`);
+        }
+        table = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+        tableSize = budget = entries;
+        inIndirect = true;
+        index = 0;
+        continue;
+      }
+      if (length > 0) {
+        const buffer = this.#mem.slice(address, length);
+        if (!buffer) throw new VirtioError(`buffer ${hex(address)}+${length} outside guest RAM`);
+        if (chain.count === capacity) throw new VirtioError("descriptor chain too long");
+        const writable = (flags & DescFlags.WRITE) !== 0;
+        chain.buffers[chain.count] = buffer;
+        chain.writable[chain.count] = writable ? 1 : 0;
+        chain.count++;
+        if (writable) chain.writableBytes += length;
+        else chain.readableBytes += length;
+      }
+      if (!(flags & DescFlags.NEXT)) return;
+      index = next;
+    }
+  }
+
+  /**
+   * Returns the chain with head `head` to the driver, saying `written` bytes
+   * were written into its writable buffers: the element first, then the
+   * index (a release store the driver's vCPUs see after the element).
+   */
+  pushUsed(head: number, written: number): void {
+    const at = 4 + 8 * (this.#nextUsed & (this.size - 1));
+    this.#used.setUint32(at, head, true);
+    this.#used.setUint32(at + 4, written, true);
+    this.#nextUsed = (this.#nextUsed + 1) & 0xffff;
+    Atomics.store(this.#usedIdx, this.#usedIdxAt, this.#nextUsed);
+  }
+}

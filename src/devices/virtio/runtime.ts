@@ -1,0 +1,190 @@
+/**
+ * The virtio devices of a machine: their transports on the bus, their
+ * ioeventfds and irqfds in the VM, and the device thread that serves them
+ * (`worker.ts`, where the design is explained).
+ *
+ * Lifetime: the worker reaches guest RAM by address, so
+ * {@linkcode VirtioRuntime.stop} (which waits until the worker left its
+ * loop) must run before the VM's memory is unmapped; the machine does this in
+ * its `close()`.
+ *
+ * @module
+ */
+
+import { Errno, KvmError } from "../../errors.ts";
+import { EventFd } from "../../kvm/event_fd.ts";
+import type { Vm } from "../../kvm/vm.ts";
+import { MmioReg, VIRTIO_MMIO_SIZE } from "./constants.ts";
+import type { VirtioDeviceSpec, VirtioFront } from "./device.ts";
+import { VirtioMmioTransport } from "./mmio.ts";
+import { frontOf } from "./specs.ts";
+import { createDeviceState, Word } from "./state.ts";
+import { Control, type VirtioWorkerStart } from "./worker.ts";
+
+/** One virtio device of a machine, where it sits. */
+export interface VirtioPlacement {
+  /** The device. */
+  spec: VirtioDeviceSpec;
+  /** Guest physical base of its 4 KiB window. */
+  address: number;
+  /** The IOAPIC input (GSI) of its interrupt. */
+  gsi: number;
+}
+
+/** A started device. */
+export interface VirtioSlot extends VirtioPlacement {
+  /** What the driver is shown. */
+  front: VirtioFront;
+  /** The window, to insert on the MMIO bus at `address` for {@linkcode VIRTIO_MMIO_SIZE} bytes. */
+  transport: VirtioMmioTransport;
+}
+
+/** How long a reset or a stop waits for the device thread. */
+const WAIT_MS = 5000;
+
+/**
+ * Starts the device thread for `placements` in `vm` and makes their
+ * transports.
+ *
+ * @example
+ * ```ts ignore
+ * const runtime = VirtioRuntime.start(vm, ram, [
+ *   { spec: { kind: "rng" }, address: 0xd000_0000, gsi: 16 },
+ * ]);
+ * for (const d of runtime.devices) bus.insert(d.address, VIRTIO_MMIO_SIZE, d.transport);
+ * // ... run the machine, then:
+ * runtime.stop();
+ * ```
+ */
+export class VirtioRuntime {
+  /** The devices, in the order given. */
+  readonly devices: readonly VirtioSlot[];
+  /** Errors the device thread reported (read after the run). */
+  readonly errors: string[] = [];
+  #control = new Int32Array(new SharedArrayBuffer(16));
+  #wake: EventFd;
+  #irqs: EventFd[] = [];
+  #worker: Worker | null = null;
+
+  private constructor(wake: EventFd, devices: VirtioSlot[]) {
+    this.#wake = wake;
+    this.devices = devices;
+  }
+
+  /**
+   * Registers one ioeventfd per device on its `QueueNotify` register (all
+   * signalling the device thread's eventfd) and one irqfd per device on its
+   * GSI (the VM needs its in-kernel irqchip), then starts the worker.
+   * `ram` lists the VM's RAM slots by host address.
+   */
+  static start(
+    vm: Vm,
+    ram: readonly { gpa: number; hostAddress: bigint; size: number }[],
+    placements: readonly VirtioPlacement[],
+  ): VirtioRuntime {
+    const fronts = placements.map((p) => frontOf(p.spec));
+    const wake = EventFd.create({ nonBlocking: false });
+    const slots: VirtioSlot[] = [];
+    const runtime = new VirtioRuntime(wake, slots);
+    try {
+      const states = fronts.map((f) => createDeviceState(f.queueMax.length));
+      placements.forEach((p, i) => {
+        const state = states[i];
+        const link = {
+          notify: () => wake.write(1n),
+          reset: () => runtime.#reset(state),
+        };
+        slots.push({
+          ...p,
+          front: fronts[i],
+          transport: new VirtioMmioTransport(fronts[i], state, link),
+        });
+        vm.registerIoevent(wake, p.address + MmioReg.QUEUE_NOTIFY, { length: 4 });
+        const irq = EventFd.create();
+        runtime.#irqs.push(irq);
+        vm.registerIrqfd(irq, p.gsi);
+      });
+      const worker = new Worker(new URL("./worker.ts", import.meta.url).href, { type: "module" });
+      runtime.#worker = worker;
+      worker.onerror = (event) => {
+        event.preventDefault();
+        runtime.errors.push(`virtio device thread: ${event.message}`);
+      };
+      const start: VirtioWorkerStart = {
+        control: runtime.#control.buffer as SharedArrayBuffer,
+        wakeFd: wake.unsafeFd,
+        ram: [...ram],
+        devices: slots.map((s, i) => ({
+          spec: s.spec,
+          front: s.front,
+          state: states[i].buffer as SharedArrayBuffer,
+          irqFd: runtime.#irqs[i].unsafeFd,
+        })),
+      };
+      worker.postMessage(start);
+      return runtime;
+    } catch (e) {
+      runtime.stop();
+      throw e;
+    }
+  }
+
+  /** Whether the device thread has started serving. */
+  get started(): boolean {
+    return Atomics.load(this.#control, Control.STARTED) !== 0;
+  }
+
+  /** Asks the device thread to reset a device and waits (bounded) until it did. */
+  #reset(state: Int32Array): void {
+    Atomics.store(state, Word.RESET_REQUEST, 1);
+    this.#wake.write(1n);
+    const deadline = performance.now() + WAIT_MS;
+    while (Atomics.load(state, Word.RESET_REQUEST) !== 0) {
+      if (Atomics.load(this.#control, Control.DONE) !== 0 || performance.now() > deadline) {
+        // No device thread to wait for (it failed or stopped): nothing touches the queues.
+        Atomics.store(state, Word.STATUS, 0);
+        Atomics.store(state, Word.RESET_REQUEST, 0);
+        return;
+      }
+      Atomics.wait(state, Word.RESET_REQUEST, 1, 50);
+    }
+  }
+
+  /**
+   * Stops the device thread: waits (bounded) until it left its loop and
+   * closed the image files, then terminates it and closes the eventfds.
+   * Idempotent.
+   */
+  stop(): void {
+    const worker = this.#worker;
+    this.#worker = null;
+    if (worker) {
+      Atomics.store(this.#control, Control.STOP, 1);
+      this.#wake.write(1n);
+      const deadline = performance.now() + WAIT_MS;
+      // A worker that never started (still loading) has nothing mapped: terminating it is enough.
+      while (
+        Atomics.load(this.#control, Control.STARTED) !== 0 &&
+        Atomics.load(this.#control, Control.DONE) === 0 && performance.now() < deadline
+      ) {
+        Atomics.wait(this.#control, Control.DONE, 0, 50);
+      }
+      worker.terminate();
+      if (
+        Atomics.load(this.#control, Control.STARTED) !== 0 &&
+        Atomics.load(this.#control, Control.DONE) === 0
+      ) {
+        throw new KvmError(
+          "stop virtio devices",
+          Errno.ETIMEDOUT,
+          "the device thread did not stop",
+        );
+      }
+    }
+    for (const irq of this.#irqs) irq.close();
+    this.#irqs = [];
+    this.#wake.close();
+  }
+}
+
+export { VIRTIO_MMIO_SIZE };

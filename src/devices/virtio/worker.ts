@@ -1,0 +1,100 @@
+/**
+ * The virtio device thread: a Worker that serves every virtio device's
+ * queues of one machine. Not part of the public API: `VirtioRuntime`
+ * (`runtime.ts`) starts it.
+ *
+ * Why a thread of its own: the machine runs its bootstrap vCPU synchronously
+ * on the calling thread, so device work done there (a disk read) would stop
+ * that vCPU, and a kick handled there would need a vCPU exit to user space.
+ * Instead the guest's `QueueNotify` writes signal one eventfd in the kernel
+ * (an ioeventfd for every device's notify register), the vCPU resumes at
+ * once, and this thread, blocked in `read(2)` of that eventfd through the
+ * shim, wakes and serves every ready queue (a few index reads per device).
+ * Interrupts go back through each device's irqfd, also without the vCPU
+ * thread. Guest RAM is shared by address (the same mappings the VM uses).
+ *
+ * @module
+ */
+
+import { native } from "../../ffi/library.ts";
+import type { VirtioDeviceSpec, VirtioFront } from "./device.ts";
+import { VirtioMemory } from "./memory.ts";
+import { type RunnerDevice, VirtioRunner } from "./runner.ts";
+import { createBackend } from "./specs.ts";
+
+/** Word offsets of the runtime's control block. */
+export const Control = {
+  /** Set by the machine: leave the loop. */
+  STOP: 0,
+  /** Set by the worker once it serves. */
+  STARTED: 1,
+  /** Set by the worker when it left (served or failed). */
+  DONE: 2,
+  /** Set by the worker when it failed (its error in the worker's `onerror`). */
+  FAILED: 3,
+} as const;
+
+/** The start message. */
+export interface VirtioWorkerStart {
+  /** The control block (`Control` words). */
+  control: SharedArrayBuffer;
+  /** The blocking eventfd every device's ioeventfd signals. */
+  wakeFd: number;
+  /** Guest RAM: host addresses of the VM's memory slots. */
+  ram: { gpa: number; hostAddress: bigint; size: number }[];
+  /** The devices. */
+  devices: {
+    spec: VirtioDeviceSpec;
+    front: VirtioFront;
+    state: SharedArrayBuffer;
+    irqFd: number;
+  }[];
+}
+
+interface WorkerScope {
+  onmessage: ((event: MessageEvent<VirtioWorkerStart>) => void) | null;
+}
+const scope = globalThis as unknown as WorkerScope;
+const EINTR = 4;
+const EAGAIN = 11;
+
+function serve(msg: VirtioWorkerStart): void {
+  const control = new Int32Array(msg.control);
+  const lib = native();
+  let runner: VirtioRunner | undefined;
+  try {
+    const memory = new VirtioMemory(msg.ram.map((r) => ({
+      gpa: r.gpa,
+      bytes: new Uint8Array(
+        Deno.UnsafePointerView.getArrayBuffer(Deno.UnsafePointer.create(r.hostAddress)!, r.size),
+      ),
+    })));
+    const devices: RunnerDevice[] = msg.devices.map((d) => ({
+      front: d.front,
+      state: new Int32Array(d.state),
+      backend: createBackend(d.spec),
+      interrupt: () => void lib.kvm_write_u64(d.irqFd, 1n),
+      onError: (message) => console.error(`virtio ${d.spec.kind}: driver error: ${message}`),
+    }));
+    runner = new VirtioRunner(memory, devices);
+    Atomics.store(control, Control.STARTED, 1);
+    Atomics.notify(control, Control.STARTED);
+    const counter = new BigUint64Array(1);
+    for (;;) {
+      if (Atomics.load(control, Control.STOP) !== 0) break;
+      runner.service();
+      // Blocks until a kick, a reset request or the stop (all write the eventfd).
+      const r = lib.kvm_read_u64(msg.wakeFd, counter);
+      if (r < 0 && r !== -EINTR && r !== -EAGAIN) throw new Error(`read wake eventfd: errno ${-r}`);
+    }
+  } catch (e) {
+    Atomics.store(control, Control.FAILED, 1);
+    throw e;
+  } finally {
+    runner?.close();
+    Atomics.store(control, Control.DONE, 1);
+    Atomics.notify(control, Control.DONE);
+  }
+}
+
+scope.onmessage = (event) => serve(event.data);

@@ -1,0 +1,286 @@
+// The virtio-mmio transport and the split virtqueue, driven by a fake driver
+// over a plain Uint8Array guest RAM: registers as the spec lays them out,
+// feature negotiation, and every malformed queue or chain ending in
+// DEVICE_NEEDS_RESET (never an exception, a hang or a write outside RAM).
+
+import { deepStrictEqual, strictEqual } from "node:assert/strict";
+import {
+  INT_CONFIG,
+  INT_VRING,
+  MmioReg,
+  Status,
+  VIRTIO_F_VERSION_1,
+  VIRTIO_RING_F_INDIRECT_DESC,
+} from "../../src/devices/virtio/constants.ts";
+import type { VirtioBackend } from "../../src/devices/virtio/device.ts";
+import { VirtioMemory } from "../../src/devices/virtio/memory.ts";
+import { DescriptorChain, type SplitQueue } from "../../src/devices/virtio/queue.ts";
+import { rngFront } from "../../src/devices/virtio/rng.ts";
+import { FakeDriver, RAM_BASE, RAM_SIZE } from "./virtio_driver.ts";
+
+/** A backend that records each chain (buffer lengths and directions) and uses it with 0 bytes. */
+class Recorder implements VirtioBackend {
+  chains: { head: number; bufs: [number, boolean][] }[] = [];
+  resets = 0;
+  process(_index: number, queue: SplitQueue): boolean {
+    let any = false;
+    while (queue.pop()) {
+      const c = queue.chain;
+      const bufs: [number, boolean][] = [];
+      for (let i = 0; i < c.count; i++) bufs.push([c.buffers[i].length, c.writable[i] === 1]);
+      this.chains.push({ head: c.head, bufs });
+      queue.pushUsed(c.head, c.writableBytes);
+      any = true;
+    }
+    return any;
+  }
+  reset() {
+    this.resets++;
+  }
+  close() {}
+}
+
+function driver(): { d: FakeDriver; rec: Recorder } {
+  const rec = new Recorder();
+  return { d: new FakeDriver(rngFront(), rec), rec };
+}
+
+const NEEDS_RESET = Status.DEVICE_NEEDS_RESET;
+
+Deno.test("virtio-mmio: identification registers (magic 'virt', version 2, device id, vendor)", () => {
+  const { d } = driver();
+  strictEqual(d.read32(MmioReg.MAGIC), 0x74726976);
+  strictEqual(d.read32(MmioReg.VERSION), 2);
+  strictEqual(d.read32(MmioReg.DEVICE_ID), 4);
+  strictEqual(d.read32(MmioReg.QUEUE_NUM_MAX), 64);
+  d.write32(MmioReg.QUEUE_SEL, 1); // no second queue
+  strictEqual(d.read32(MmioReg.QUEUE_NUM_MAX), 0);
+  // A 2-byte register read is not a register access: it reads 0.
+  const two = new Uint8Array(2);
+  d.transport.read(MmioReg.MAGIC, two);
+  deepStrictEqual([...two], [0, 0]);
+});
+
+Deno.test("virtio-mmio: FEATURES_OK stays only for a subset of the offer with VERSION_1", () => {
+  const { d } = driver();
+  const offered = d.deviceFeatures();
+  strictEqual(offered & VIRTIO_F_VERSION_1, VIRTIO_F_VERSION_1);
+  // Legacy driver (no VERSION_1): refused.
+  strictEqual(d.init({ features: 0n }) & Status.FEATURES_OK, 0);
+  // A feature the device did not offer: refused.
+  strictEqual(d.init({ features: offered | 1n << 40n }) & Status.FEATURES_OK, 0);
+  // The offer itself: accepted, the device runs.
+  const status = d.init();
+  strictEqual(
+    status & (Status.FEATURES_OK | Status.DRIVER_OK),
+    Status.FEATURES_OK | Status.DRIVER_OK,
+  );
+});
+
+Deno.test("virtqueue: direct chains are read in order with their directions and returned on the used ring", () => {
+  const { d, rec } = driver();
+  d.init();
+  const a = d.submit([{ read: new Uint8Array(16) }, { write: 512 }, { write: 1 }]);
+  const b = d.submit([{ write: 8 }]);
+  d.kick();
+  deepStrictEqual(rec.chains, [
+    { head: a.head, bufs: [[16, false], [512, true], [1, true]] },
+    { head: b.head, bufs: [[8, true]] },
+  ]);
+  strictEqual(d.usedIdx, 2);
+  deepStrictEqual(d.usedElem(0), { id: a.head, len: 513 });
+  deepStrictEqual(d.usedElem(1), { id: b.head, len: 8 });
+  strictEqual(d.read32(MmioReg.INTERRUPT_STATUS), INT_VRING);
+  strictEqual(d.interrupts, 1);
+  d.write32(MmioReg.INTERRUPT_ACK, INT_VRING);
+  strictEqual(d.read32(MmioReg.INTERRUPT_STATUS), 0);
+});
+
+Deno.test("virtqueue: an indirect table is followed when negotiated", () => {
+  const { d, rec } = driver();
+  d.init();
+  d.submit([{ read: new Uint8Array(16) }, { write: 100 }, { write: 1 }], { indirect: true });
+  d.kick();
+  deepStrictEqual(rec.chains[0].bufs, [[16, false], [100, true], [1, true]]);
+  strictEqual(d.status & NEEDS_RESET, 0);
+});
+
+Deno.test("virtqueue: the available ring wraps past 2^16 entries", () => {
+  const { d, rec } = driver();
+  d.init({ size: 4 });
+  for (let i = 0; i < 70000; i++) {
+    d.submit([{ write: 4 }]);
+    if (i % 4 === 3) d.kick();
+  }
+  d.kick();
+  strictEqual(rec.chains.length, 70000);
+  strictEqual(d.usedIdx, 70000 & 0xffff);
+  strictEqual(d.status & NEEDS_RESET, 0);
+});
+
+/** Sets the driver up, lets `corrupt` break something, kicks, and checks the device gave up cleanly. */
+function expectNeedsReset(
+  name: string,
+  corrupt: (d: FakeDriver) => void,
+  options: { size?: number; features?: bigint } = {},
+): void {
+  Deno.test(`virtqueue: ${name} → DEVICE_NEEDS_RESET, config interrupt, reset recovers`, () => {
+    const { d, rec } = driver();
+    d.init(options);
+    corrupt(d);
+    d.kick();
+    strictEqual(d.status & NEEDS_RESET, NEEDS_RESET, "NEEDS_RESET set");
+    strictEqual(d.read32(MmioReg.INTERRUPT_STATUS) & INT_CONFIG, INT_CONFIG);
+    strictEqual(d.errors.length, 1, d.errors.join("; "));
+    // Nothing more is served until a reset, even a valid chain.
+    const before = rec.chains.length;
+    d.kick();
+    strictEqual(rec.chains.length, before);
+    // The driver's status writes cannot clear NEEDS_RESET; a reset does, and the device works again.
+    d.write32(MmioReg.STATUS, Status.ACKNOWLEDGE);
+    strictEqual(d.status & NEEDS_RESET, NEEDS_RESET);
+    d.avail = RAM_BASE + 0x4000;
+    d.used = RAM_BASE + 0x5000;
+    d.desc = RAM_BASE;
+    const { d: fresh } = { d };
+    fresh.view.setUint16(fresh.avail - RAM_BASE + 2, 0, true);
+    fresh.view.setUint16(fresh.used - RAM_BASE + 2, 0, true);
+    const status = fresh.init({ size: 8 });
+    strictEqual(status & NEEDS_RESET, 0);
+    fresh.setAvailIdx(0);
+    fresh.submit([{ write: 4 }]);
+    fresh.kick();
+    strictEqual(fresh.usedIdx, 1);
+    strictEqual(fresh.status & NEEDS_RESET, 0);
+  });
+}
+
+expectNeedsReset("a queue size that is not a power of two", (d) => {
+  d.write32(MmioReg.STATUS, 0);
+  d.init({ size: 12 });
+}, { size: 8 });
+expectNeedsReset("a queue size above the maximum", (d) => {
+  d.write32(MmioReg.STATUS, 0);
+  d.init({ size: 128 });
+});
+expectNeedsReset("a used ring past the end of RAM", (d) => {
+  d.write32(MmioReg.STATUS, 0);
+  d.used = RAM_BASE + RAM_SIZE - 8;
+  d.init();
+});
+expectNeedsReset("a descriptor table at 2^64 - 16 (address wrap)", (d) => {
+  d.write32(MmioReg.STATUS, 0);
+  d.init({ size: 1 });
+  // Rewrite while disabled: QUEUE_READY 0, new address, ready again.
+  d.write32(MmioReg.QUEUE_READY, 0);
+  d.write32(MmioReg.QUEUE_DESC_LOW, 0xfffffff0);
+  d.write32(MmioReg.QUEUE_DESC_HIGH, 0xffffffff);
+  d.write32(MmioReg.QUEUE_READY, 1);
+});
+expectNeedsReset("a misaligned used ring", (d) => {
+  d.write32(MmioReg.STATUS, 0);
+  d.used = RAM_BASE + 0x5002;
+  d.init();
+});
+expectNeedsReset("an available index more than a queue ahead", (d) => d.setAvailIdx(17));
+expectNeedsReset("a head index past the table", (d) => d.offer(16));
+expectNeedsReset("a descriptor loop (next pointing back)", (d) => {
+  d.setDesc(0, RAM_BASE + 0x8000, 4, 1, 1);
+  d.setDesc(1, RAM_BASE + 0x8000, 4, 1, 0);
+  d.offer(0);
+});
+expectNeedsReset("a self-loop in an indirect table", (d) => {
+  const table = d.alloc(32);
+  d.setDesc(0, RAM_BASE + 0x8000, 4, 1, 0, table);
+  d.setDesc(0, table, 32, 4, 0);
+  d.offer(0);
+});
+expectNeedsReset("a buffer outside guest RAM", (d) => {
+  d.setDesc(0, RAM_BASE + RAM_SIZE - 4, 8, 2, 0);
+  d.offer(0);
+});
+expectNeedsReset("a buffer at a 64-bit address past 2^53", (d) => {
+  d.setDesc(0, 0, 8, 2, 0);
+  d.view.setBigUint64(d.desc - RAM_BASE, 0xffff_ffff_ffff_f000n, true);
+  d.offer(0);
+});
+expectNeedsReset("a 4 GiB - 1 buffer", (d) => {
+  d.setDesc(0, RAM_BASE, 0xffffffff, 2, 0);
+  d.offer(0);
+});
+expectNeedsReset("an indirect descriptor not negotiated", (d) => {
+  d.submit([{ write: 4 }], { indirect: true });
+}, { features: VIRTIO_F_VERSION_1 });
+expectNeedsReset("an indirect descriptor with NEXT", (d) => {
+  const table = d.alloc(16);
+  d.setDesc(0, RAM_BASE + 0x8000, 4, 2, 0, table);
+  d.setDesc(0, table, 16, 4 | 1, 1);
+  d.offer(0);
+});
+expectNeedsReset("an indirect table inside an indirect table", (d) => {
+  const inner = d.alloc(16);
+  d.setDesc(0, RAM_BASE + 0x8000, 4, 2, 0, inner);
+  const outer = d.alloc(16);
+  d.setDesc(0, inner, 16, 4, 0, outer);
+  d.setDesc(0, outer, 16, 4, 0);
+  d.offer(0);
+});
+expectNeedsReset("an indirect table whose length is not a multiple of 16", (d) => {
+  d.setDesc(0, RAM_BASE + 0x8000, 24, 4, 0);
+  d.offer(0);
+});
+expectNeedsReset("an indirect table of 2^16 entries", (d) => {
+  d.setDesc(0, RAM_BASE, 16 * 65536, 4, 0);
+  d.offer(0);
+});
+
+Deno.test("virtio-mmio: a reset clears status, features, queues and interrupts, and tells the backend", () => {
+  const { d, rec } = driver();
+  d.init();
+  d.submit([{ write: 4 }]);
+  d.kick();
+  const resets = rec.resets;
+  d.write32(MmioReg.STATUS, 0);
+  strictEqual(d.status, 0);
+  strictEqual(d.read32(MmioReg.INTERRUPT_STATUS), 0);
+  strictEqual(d.read32(MmioReg.QUEUE_READY), 0);
+  strictEqual(rec.resets, resets + 1);
+});
+
+Deno.test("virtio-mmio: a live queue's addresses cannot be changed under the device", () => {
+  const { d, rec } = driver();
+  d.init();
+  d.write32(MmioReg.QUEUE_DESC_LOW, 0x1234_0000); // ignored: the queue is ready
+  d.submit([{ write: 4 }]);
+  d.kick();
+  strictEqual(rec.chains.length, 1);
+});
+
+Deno.test("VirtioMemory: ranges must lie whole inside one region, with no wrap", () => {
+  const mem = new VirtioMemory([
+    { gpa: 0, bytes: new Uint8Array(0x1000) },
+    { gpa: 0x1000, bytes: new Uint8Array(0x1000) },
+  ]);
+  strictEqual(mem.slice(0xff0, 16)?.length, 16);
+  strictEqual(mem.slice(0xff0, 32), null); // spans two regions
+  strictEqual(mem.slice(-1, 1), null);
+  strictEqual(mem.slice(Number.MAX_SAFE_INTEGER, 2), null);
+  strictEqual(mem.slice(0x2001, 0), null);
+  strictEqual(mem.word16(0x1001), null);
+});
+
+Deno.test("DescriptorChain.readInto gathers readable bytes across buffers, skipping writable ones", () => {
+  const c = new DescriptorChain(4);
+  c.buffers[0] = new Uint8Array([1, 2, 3]);
+  c.buffers[1] = new Uint8Array([9, 9]);
+  c.writable[1] = 1;
+  c.buffers[2] = new Uint8Array([4, 5, 6]);
+  c.count = 3;
+  const out = new Uint8Array(4);
+  strictEqual(c.readInto(out, 1), 4);
+  deepStrictEqual([...out], [2, 3, 4, 5]);
+});
+
+Deno.test("virtio features: rng offers VERSION_1 and indirect descriptors", () => {
+  strictEqual(rngFront().features, VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC);
+});
