@@ -28,11 +28,11 @@ export const ACPI_TABLES_ADDRESS = 0xf0000;
 /** QEMU's PIIX4 power-management block, whose registers the ports below are. */
 export const ACPI_PM_BASE = 0x600;
 /** The PM1a event registers: status (2 bytes) then enable (2 bytes). */
-export const ACPI_PM1_EVENT_PORT = ACPI_PM_BASE;
+export const ACPI_PM1_EVENT_PORT: number = ACPI_PM_BASE;
 /** The PM1a control register (2 bytes: SCI_EN, SLP_TYP, SLP_EN). */
-export const ACPI_PM1_CONTROL_PORT = ACPI_PM_BASE + 4;
+export const ACPI_PM1_CONTROL_PORT: number = ACPI_PM_BASE + 4;
 /** The PM timer's port (QEMU's PIIX4 places it at +8 in its PM block). */
-export const ACPI_PM_TIMER_PORT = ACPI_PM_BASE + 8;
+export const ACPI_PM_TIMER_PORT: number = ACPI_PM_BASE + 8;
 /** The SCI's ISA interrupt (the FADT's `sci_int`; PIIX4's is 9). */
 export const ACPI_SCI_IRQ = 9;
 /** Size of the FACS (ACPI 2.0 and later: 64 bytes, 64-byte aligned). */
