@@ -8,6 +8,7 @@
 
 import { deepStrictEqual, ok } from "node:assert/strict";
 import { parseBootArgs } from "../../src/cli/boot_linux.ts";
+import { INSTALL_COMMAND } from "../../tools/sandbox/host.ts";
 
 const root = new URL("../../", import.meta.url);
 const readme = Deno.readTextFileSync(new URL("README.md", root));
@@ -154,4 +155,11 @@ Deno.test("README: the permissions line is the one the JSR-import test runs with
     const expected = name === "--allow-net" ? "`--allow-net=127.0.0.1:" : `"${flag}"`;
     ok(test.includes(expected), `tests/kvm/jsr_import_test.ts runs with ${flag}`);
   }
+});
+
+Deno.test("README: the sandbox's apt-get command is the one the tooling runs and prints", () => {
+  const flat = readme.replace(/\s+/g, " ");
+  const install = INSTALL_COMMAND.split(" && ").at(-1)!.replace(/^sudo /, "");
+  ok(install.includes("--no-install-recommends"), install);
+  ok(flat.includes(install), `README.md shows ${install}`);
 });

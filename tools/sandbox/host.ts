@@ -18,10 +18,13 @@ const COMPILER_PACKAGES = ["gcc", "libc6-dev"];
 /** The apt-get arguments: no recommended packages (1.3 GB and 352 packages with them). */
 const APT_INSTALL = ["install", "-y", "-q", "--no-install-recommends"];
 
+/** The shell command that installs `packages` (the package lists first: a fresh image has none). */
+export function installCommand(packages: readonly string[]): string {
+  return `sudo apt-get update && sudo apt-get ${APT_INSTALL.join(" ")} ${packages.join(" ")}`;
+}
+
 /** The command that installs everything the sandbox needs on Debian or Ubuntu. */
-export const INSTALL_COMMAND = `sudo apt-get ${APT_INSTALL.join(" ")} ${
-  [...PACKAGES, ...COMPILER_PACKAGES].join(" ")
-}`;
+export const INSTALL_COMMAND: string = installCommand([...PACKAGES, ...COMPILER_PACKAGES]);
 
 /** The kernel the guest boots, with the modules that give it `/dev/kvm`. */
 export interface GuestKernel {
@@ -258,11 +261,7 @@ async function aptGet(args: string[]): Promise<void> {
  */
 export async function aptInstall(packages: string[], why: string): Promise<void> {
   if (Deno.uid() !== 0 || !(await which("apt-get"))) {
-    throw new Error(
-      `${why}. Install the packages with: sudo apt-get ${APT_INSTALL.join(" ")} ${
-        packages.join(" ")
-      }`,
-    );
+    throw new Error(`${why}. Install the packages with: ${installCommand(packages)}`);
   }
   console.error(
     `${why}: installing ${packages.join(" ")} with apt-get (a minute or more; output in a log)`,
@@ -271,6 +270,16 @@ export async function aptInstall(packages: string[], why: string): Promise<void>
   await aptGet(["update", "-q"]);
   await aptGet([...APT_INSTALL, ...packages]);
   console.error(`installed in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+}
+
+/** Which of the sandbox's packages provide what {@link findHost} misses (all when unsure). */
+async function missingSandboxPackages(): Promise<string[]> {
+  const missing: string[] = [];
+  if (!(await which("qemu-system-x86_64"))) missing.push("qemu-system-x86");
+  if (typeof (await findKernel()) === "string") missing.push("linux-image-amd64");
+  if (!(await findBusybox().then(() => true, () => false))) missing.push("busybox-static");
+  if (!(await which("cpio"))) missing.push("cpio");
+  return missing.length > 0 ? missing : [...PACKAGES];
 }
 
 /**
@@ -282,7 +291,11 @@ export async function ensureSandboxPackages(): Promise<void> {
   const first = await sandboxAvailable();
   const needCompiler = !(await which("cc"));
   if (first.ok && !needCompiler) return;
-  const packages = [...(first.ok ? [] : PACKAGES), ...(needCompiler ? COMPILER_PACKAGES : [])];
+  // Only what is missing: installing linux-image-amd64 where a kernel is present upgrades it.
+  const packages = [
+    ...(first.ok ? [] : await missingSandboxPackages()),
+    ...(needCompiler ? COMPILER_PACKAGES : []),
+  ];
   const why = first.ok
     ? "sandbox: no C compiler (cc) to build the native shim"
     : `sandbox: ${first.reason}${needCompiler ? ", and no C compiler (cc)" : ""}`;

@@ -77,7 +77,6 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-/** Writes the per-run archive (init, run.sh, project) after the copied base archive. */
 /**
  * The guest has no C compiler: build the project's shim on the host when its
  * build is missing or older than its source, so the guest loads it.
@@ -93,6 +92,7 @@ async function ensureShimBuilt(root: string): Promise<void> {
   console.error(`sandbox: built the native shim on the host (${output})`);
 }
 
+/** Writes the per-run archive (init, run.sh, project) after the copied base archive. */
 async function appendRunArchive(
   initrd: string,
   opts: SandboxOptions,
