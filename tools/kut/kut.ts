@@ -11,7 +11,7 @@
  *
  * ```sh
  * deno task kut [--filter RE] [--timeout S] [--subset ci] [--json] [--all]
- *               [--build DIR] [--only ours|qemu] [--log DIR]
+ *               [--build DIR] [--only ours|qemu] [--log DIR] [--help]
  * deno task kut --render results.json   # the table of an earlier --json run
  * ```
  *
@@ -67,6 +67,8 @@ export const CI_SUBSET = [
   "vmexit_cpuid",
   "hypercall",
   "tsc_adjust",
+  "realmode",
+  "s3",
 ];
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -253,7 +255,7 @@ export async function runOurs(
   };
 }
 
-/** Runs one entry on QEMU with KVM, as `x86/run` does (less its test devices). */
+/** Runs one entry on QEMU with KVM, as `x86/run` does (less `pci-testdev`). */
 export async function runQemu(
   suite: string,
   e: KutEntry,
@@ -269,6 +271,9 @@ export async function runQemu(
     "-nodefaults",
     "-global",
     "kvm-pit.lost_tick_policy=discard",
+    // x86/run's devices, less pci-testdev (this VMM has no PCI): both VMMs offer the same ports.
+    "-device",
+    "pc-testdev",
     "-device",
     "isa-debug-exit,iobase=0xf4,iosize=0x4",
     "-display",
@@ -365,6 +370,23 @@ function kvmDescription(): string {
   return `/dev/kvm via ${module}, host kernel ${Deno.osRelease()}`;
 }
 
+/** What `--help` prints. */
+export const USAGE =
+  `deno task kut [options]: kvm-unit-tests (x86) on this VMM and on QEMU, same KVM
+
+  --filter RE       only entries whose name matches RE
+  --timeout S       per entry and VMM, at most the entry's own timeout (default 45)
+  --subset ci       the fixed quick subset: ${CI_SUBSET.join(", ")}
+  --only ours|qemu  run one side only
+  --all             include the nodefault group
+  --json            print the results as JSON (progress on stderr)
+  --render FILE     print the table of an earlier --json run
+  --build DIR       use this kvm-unit-tests build (x86/*.flat) instead of .cache/kut
+  --log DIR         where the per-run logs go (default .cache/kut/logs)
+  --help            this text
+
+Exit code: 0 when we pass every entry QEMU passes, 1 otherwise, 2 on a usage error.`;
+
 /** The CLI. Returns the exit code: 0 when we pass every entry QEMU passes. */
 export async function main(argv: string[]): Promise<number> {
   const opts = {
@@ -382,7 +404,10 @@ export async function main(argv: string[]): Promise<number> {
     if (!m) throw new Error(`unknown argument ${argv[i]}`);
     const key = m[1];
     const value = () => m[2] ?? argv[++i];
-    if (key === "filter") opts.filter = value();
+    if (key === "help") {
+      console.log(USAGE);
+      return 0;
+    } else if (key === "filter") opts.filter = value();
     else if (key === "timeout") opts.timeout = Number(value());
     else if (key === "subset") opts.subset = value();
     else if (key === "json") opts.json = true;
