@@ -1,0 +1,252 @@
+// Fuzz targets of the virtio layer (issue 16): the split-virtqueue parser,
+// the virtio-mmio registers, and each device (block, rng) behind them, all
+// driven in-process through the fake driver of the unit tests over a plain
+// guest RAM. The devices never throw for anything a driver does: a malformed
+// queue or chain ends in DEVICE_NEEDS_RESET, a malformed request in an error
+// status, so no error type is allowed here; anything thrown is a finding.
+
+import { BlockBackend, blockFront } from "../../src/devices/virtio/block.ts";
+import { MmioReg, Status, VIRTIO_F_VERSION_1 } from "../../src/devices/virtio/constants.ts";
+import type { VirtioBackend } from "../../src/devices/virtio/device.ts";
+import type { SplitQueue } from "../../src/devices/virtio/queue.ts";
+import { RngBackend, rngFront } from "../../src/devices/virtio/rng.ts";
+import { type Buf, FakeDriver, RAM_BASE, RAM_SIZE } from "../unit/virtio_driver.ts";
+import type { Prng } from "./prng.ts";
+import type { FuzzTarget } from "./targets.ts";
+
+function expect(condition: boolean, message: string): void {
+  if (!condition) throw new Error(`invariant broken: ${message}`);
+}
+
+/** Pops every chain and returns it unwritten: the parser alone. */
+class Sink implements VirtioBackend {
+  popped = 0;
+  process(_index: number, queue: SplitQueue): boolean {
+    let any = false;
+    while (queue.pop()) {
+      const c = queue.chain;
+      expect(c.count <= c.buffers.length, "chain count past its capacity");
+      for (let i = 0; i < c.count; i++) {
+        const b = c.buffers[i];
+        expect(b.buffer === queueRam(), "a buffer outside the guest RAM's buffer");
+      }
+      queue.pushUsed(c.head, 0);
+      this.popped++;
+      any = true;
+    }
+    return any;
+  }
+  reset() {}
+  close() {}
+}
+
+// Everything a driver lays out sits in the first WINDOW bytes, so a snapshot of them shows
+// any write the device was not allowed to make.
+const WINDOW = 0x10000;
+const sink = new Sink();
+let parserDriver: FakeDriver | undefined;
+function queueRam(): ArrayBufferLike {
+  return parserDriver!.ram.buffer;
+}
+
+const SIZES = [0, 1, 2, 3, 4, 8, 16, 32, 64, 65, 128, 256, 0x8000, 0xffffffff];
+
+/** A guest address: mostly inside the window, sometimes at edges or anywhere. */
+function address(rng: Prng, align: number): number {
+  if (rng.chance(0.85)) return RAM_BASE + Math.floor(rng.below(WINDOW - 64) / align) * align;
+  return rng.pick([
+    () => 0,
+    () => RAM_BASE - 16,
+    () => RAM_BASE + RAM_SIZE - 16,
+    () => RAM_BASE + RAM_SIZE,
+    () => rng.u32(),
+    () => Number(rng.interesting64() & 0x1f_ffff_ffff_ffffn),
+  ])();
+}
+
+function randomDescriptors(rng: Prng, d: FakeDriver, table: number, count: number): void {
+  if (table < RAM_BASE || table + 16 * count > RAM_BASE + WINDOW) return;
+  for (let i = 0; i < count; i++) {
+    const len = rng.chance(0.8) ? rng.below(4096) : rng.interesting32();
+    const next = rng.chance(0.8) ? rng.below(Math.max(count, 1)) : rng.below(0x10000);
+    let flags = rng.below(8);
+    if (rng.chance(0.3)) flags &= ~4;
+    d.setDesc(i, address(rng, 1), len, flags, next, table);
+  }
+}
+
+const parserTarget: FuzzTarget = {
+  name: "virtq",
+  allowed: [],
+  run(rng) {
+    const d = parserDriver ??= new FakeDriver(rngFront(), sink);
+    d.ram.fill(0, 0, WINDOW);
+    d.desc = rng.chance(0.9) ? RAM_BASE : address(rng, rng.pick([1, 16]));
+    d.avail = rng.chance(0.9) ? RAM_BASE + 0x4000 : address(rng, rng.pick([1, 2]));
+    d.used = rng.chance(0.9) ? RAM_BASE + 0x5000 : address(rng, rng.pick([1, 4]));
+    const size = rng.chance(0.7) ? rng.pick([1, 2, 4, 8, 16, 32, 64]) : rng.pick(SIZES);
+    const features = rng.chance(0.5) ? d.deviceFeatures() : VIRTIO_F_VERSION_1;
+    d.init({ size, features });
+    const count = Math.min(size, 64);
+    randomDescriptors(rng, d, d.desc, count);
+    // A few indirect tables in the heap area the descriptors may point at.
+    for (let t = 0; t < 3; t++) randomDescriptors(rng, d, RAM_BASE + 0x8000 + t * 0x400, 16);
+    const availAt = d.avail - RAM_BASE;
+    const inWindow = d.avail >= RAM_BASE && d.avail + 6 + 2 * count <= RAM_BASE + WINDOW;
+    if (inWindow) {
+      for (let i = 0; i < count; i++) {
+        const head = rng.chance(0.9) ? rng.below(count) : rng.below(0x10000);
+        d.view.setUint16(availAt + 4 + 2 * i, head, true);
+      }
+      d.view.setUint16(
+        availAt + 2,
+        rng.chance(0.8) ? rng.below(count + 1) : rng.below(0x10000),
+        true,
+      );
+    }
+    const before = d.ram.slice(0, WINDOW);
+    const popped = sink.popped;
+    d.kick();
+    d.kick();
+    const needsReset = (d.status & Status.DEVICE_NEEDS_RESET) !== 0;
+    expect(needsReset || sink.popped - popped <= 0x10000, "more chains than the ring holds");
+    // Only the used ring may have changed.
+    const usedStart = d.used - RAM_BASE;
+    const usedEnd = usedStart + 6 + 8 * size;
+    for (let i = 0; i < WINDOW; i++) {
+      if (d.ram[i] !== before[i] && (i < usedStart || i >= usedEnd)) {
+        expect(
+          false,
+          `device wrote guest RAM at ${(RAM_BASE + i).toString(16)}, outside its used ring`,
+        );
+      }
+    }
+  },
+};
+
+const mmioTarget: FuzzTarget = {
+  name: "virtio-mmio",
+  allowed: [],
+  run(rng) {
+    const d = parserDriver ??= new FakeDriver(rngFront(), sink);
+    d.ram.fill(0, 0, WINDOW);
+    d.desc = RAM_BASE;
+    d.avail = RAM_BASE + 0x4000;
+    d.used = RAM_BASE + 0x5000;
+    if (rng.chance(0.7)) d.init({ size: rng.pick([1, 2, 4, 8, 16]) });
+    const steps = 1 + rng.below(40);
+    const data = new Uint8Array(8);
+    for (let s = 0; s < steps; s++) {
+      const width = rng.pick([1, 2, 4, 4, 4, 8]);
+      const offset = rng.chance(0.8) ? 4 * rng.below(0x50) : rng.below(0x1000);
+      const view = data.subarray(0, width);
+      if (rng.chance(0.5)) d.transport.read(offset, view);
+      else {
+        new DataView(data.buffer).setUint32(0, rng.interesting32(), true);
+        d.transport.write(offset, view);
+      }
+    }
+    d.transport.read(MmioReg.MAGIC, data.subarray(0, 4));
+    expect(new DataView(data.buffer).getUint32(0, true) === 0x74726976, "magic changed");
+  },
+};
+
+// One image for the block target, created on first use and removed at exit.
+let blockDriver: FakeDriver | undefined;
+let imagePath = "";
+const IMAGE_SECTORS = 64;
+
+function blockSetup(): FakeDriver {
+  if (blockDriver) return blockDriver;
+  imagePath = Deno.makeTempFileSync({ prefix: "virtio-fuzz-", suffix: ".img" });
+  Deno.writeFileSync(imagePath, new Uint8Array(IMAGE_SECTORS * 512));
+  globalThis.addEventListener("unload", () => Deno.removeSync(imagePath));
+  const spec = { kind: "block" as const, path: imagePath };
+  blockDriver = new FakeDriver(blockFront(spec), new BlockBackend(spec));
+  return blockDriver;
+}
+
+function randomRequest(rng: Prng): Buf[] {
+  const h = new Uint8Array(16);
+  const v = new DataView(h.buffer);
+  v.setUint32(0, rng.chance(0.85) ? rng.pick([0, 1, 4, 8]) : rng.interesting32(), true);
+  v.setBigUint64(
+    8,
+    rng.chance(0.8) ? BigInt(rng.below(IMAGE_SECTORS + 4)) : rng.interesting64(),
+    true,
+  );
+  const bufs: Buf[] = [{ read: rng.chance(0.9) ? h : h.subarray(0, rng.below(16)) }];
+  const n = rng.below(4);
+  for (let i = 0; i < n; i++) {
+    const len = rng.chance(0.7) ? 512 * (1 + rng.below(4)) : rng.below(2048);
+    bufs.push(rng.chance(0.5) ? { write: len } : { read: new Uint8Array(len) });
+  }
+  if (rng.chance(0.9)) bufs.push({ write: rng.chance(0.9) ? 1 : 1 + rng.below(16) });
+  return bufs;
+}
+
+const blockTarget: FuzzTarget = {
+  name: "virtio-blk",
+  allowed: [],
+  run(rng) {
+    const d = blockSetup();
+    d.ram.fill(0, 0, WINDOW);
+    d.init({ size: rng.pick([2, 4, 8, 16]) });
+    const requests = 1 + rng.below(4);
+    const submitted: { addr: number; len: number }[] = [];
+    for (let r = 0; r < requests; r++) {
+      const bufs = randomRequest(rng);
+      const { addrs } = d.submit(bufs, { indirect: rng.chance(0.3) });
+      const last = bufs[bufs.length - 1];
+      if ("write" in last) {
+        submitted.push({ addr: addrs[addrs.length - 1] + last.write - 1, len: 0 });
+      }
+      if (rng.chance(0.1)) {
+        // Corrupt one byte of the descriptor table.
+        d.ram[rng.below(16 * d.size)] = rng.u32() & 0xff;
+      }
+    }
+    d.kick();
+    expect(Deno.statSync(imagePath).size === IMAGE_SECTORS * 512, "the image grew or shrank");
+    if (!(d.status & Status.DEVICE_NEEDS_RESET)) {
+      for (const s of submitted) {
+        const status = d.bytes(s.addr, 1)[0];
+        expect(status <= 2, `status byte ${status}`);
+      }
+    }
+  },
+};
+
+const rngTarget: FuzzTarget = {
+  name: "virtio-rng",
+  allowed: [],
+  run(rng) {
+    const d = rngDriver ??= new FakeDriver(rngFront(), new RngBackend());
+    d.ram.fill(0, 0, WINDOW);
+    d.init({ size: rng.pick([1, 2, 4, 8, 16, 64]) });
+    const requests = 1 + rng.below(4);
+    for (let r = 0; r < requests; r++) {
+      const n = 1 + rng.below(4);
+      const bufs: Buf[] = [];
+      for (let i = 0; i < n; i++) {
+        const len = rng.below(8192);
+        bufs.push(rng.chance(0.8) ? { write: len } : { read: new Uint8Array(len) });
+      }
+      d.submit(bufs, { indirect: rng.chance(0.3) });
+    }
+    d.kick();
+    const used = d.usedIdx;
+    if (!(d.status & Status.DEVICE_NEEDS_RESET)) {
+      for (let i = 0; i < used; i++) expect(d.usedElem(i).len <= 65536, "more than 64 KiB");
+    }
+  },
+};
+let rngDriver: FakeDriver | undefined;
+
+/** The virtio targets, appended to the project's list in targets.ts. */
+export const VIRTIO_TARGETS: readonly FuzzTarget[] = [
+  parserTarget,
+  mmioTarget,
+  blockTarget,
+  rngTarget,
+];
