@@ -117,7 +117,8 @@ export function ensureCacheDir(path: string): string | undefined {
  * Creates a new file in `dir` under a random name (`prefix` + random +
  * `suffix`), exclusively (`O_CREAT | O_EXCL`: an existing file or symlink
  * of that name fails the call, nothing is followed) with mode 0600, writes
- * `data` to it and returns its path.
+ * `data` to it, flushes it to disk (`fdatasync`: a later rename never
+ * exposes a file whose data a crash could lose) and returns its path.
  */
 export function writeExclusive(
   dir: string,
@@ -130,12 +131,37 @@ export function writeExclusive(
   try {
     let written = 0;
     while (written < data.length) written += file.writeSync(data.subarray(written));
+    file.syncDataSync();
   } catch (e) {
     file.close();
     Deno.removeSync(path);
     throw e;
   }
   file.close();
+  return path;
+}
+
+/**
+ * {@linkcode writeExclusive} on Deno's blocking threads: the whole write is
+ * one operation, so it goes on while this thread is busy (building a VM, say).
+ */
+export async function writeExclusiveAsync(
+  dir: string,
+  data: Uint8Array,
+  prefix = ".tmp-",
+  suffix = "",
+): Promise<string> {
+  const path = `${dir}/${prefix}${crypto.randomUUID()}${suffix}`;
+  try {
+    // createNew: O_CREAT | O_EXCL, as above.
+    await Deno.writeFile(path, data, { createNew: true, mode: 0o600 });
+    using file = await Deno.open(path, { write: true });
+    await file.syncData();
+  } catch (e) {
+    // Not someone else's file of that name: ours, partly written.
+    if (!(e instanceof Deno.errors.AlreadyExists)) await Deno.remove(path).catch(() => {});
+    throw e;
+  }
   return path;
 }
 

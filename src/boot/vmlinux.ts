@@ -18,6 +18,7 @@ import {
   untrustedReason,
   userCacheDir,
   writeExclusive,
+  writeExclusiveAsync,
 } from "../cache_dir.ts";
 import { MappedFile } from "../kvm/mapped_file.ts";
 import { Errno } from "../errors.ts";
@@ -25,6 +26,13 @@ import { BootImageError } from "./boot_image_error.ts";
 import { parseBzImage } from "./bzimage.ts";
 import { isElf, parseElfKernel, PT_LOAD } from "./elf.ts";
 import { decompressXz, MAX_OUTPUT, XzError } from "./xz.ts";
+import {
+  type Liblzma,
+  liblzma,
+  LiblzmaError,
+  liblzmaProblem,
+  LZMA_MEMLIMIT_ERROR,
+} from "./xz_native.ts";
 
 /** Boot protocol version that added `payload_offset` and `payload_length`. */
 export const PROTOCOL_PAYLOAD = 0x0208;
@@ -64,13 +72,41 @@ export function bzImagePayload(image: Uint8Array): { format: string; payload: Ui
   return { format: found ? found[0] : "unknown", payload };
 }
 
-/**
- * Decompresses the kernel of an xz-compressed bzImage into its ELF
- * `vmlinux`. Throws a `BootImageError`: `unsupported-payload` for other
- * compressions, `bad-payload` for a corrupt stream or a result that is not a
- * loadable ELF kernel.
- */
-export function extractVmlinux(image: Uint8Array): Uint8Array<ArrayBuffer> {
+/** Which `.xz` decoder unpacked a kernel. */
+export type XzDecoderName = "liblzma" | "typescript";
+
+/** Options of {@linkcode extractVmlinux} (and of the cache functions). */
+export interface ExtractOptions {
+  /**
+   * `"auto"` (the default): the system's liblzma where it loads
+   * (`liblzma` in `xz_native.ts`), else the TypeScript decoder; both give
+   * the same bytes. `"liblzma"` refuses where it is missing;
+   * `"typescript"` never loads a native library.
+   */
+  decoder?: "auto" | XzDecoderName;
+  /**
+   * The most bytes the kernel may unpack to (default and at most
+   * {@linkcode MAX_OUTPUT}): a bzImage that declares more is refused before
+   * anything is decoded or allocated. A VMM passes the guest's RAM size,
+   * which the kernel could not exceed anyway.
+   */
+  maxOutput?: number;
+}
+
+/** A kernel taken out of its bzImage, and how (see {@linkcode extractVmlinuxDetailed}). */
+export interface ExtractedVmlinux {
+  /** The ELF kernel, as the bzImage carries it (not compacted). */
+  vmlinux: Uint8Array<ArrayBuffer>;
+  /** The decoder that unpacked it. */
+  decoder: XzDecoderName;
+  /** Why liblzma was not used, when `decoder` is `"typescript"`. */
+  fallbackReason?: string;
+  /** Milliseconds spent decoding. */
+  decodeMs: number;
+}
+
+/** The xz stream of a bzImage and the size its build appended, checked. */
+function xzPayload(image: Uint8Array, maxOutput: number): { stream: Uint8Array; size: number } {
   const { format, payload } = bzImagePayload(image);
   if (format !== "xz") {
     throw new BootImageError(
@@ -90,16 +126,60 @@ export function extractVmlinux(image: Uint8Array): Uint8Array<ArrayBuffer> {
   // The build appends the decompressed size (le32) after the stream.
   const size = new DataView(payload.buffer, payload.byteOffset + payload.length - 4)
     .getUint32(0, true);
-  let vmlinux: Uint8Array<ArrayBuffer>;
-  try {
-    // The index must declare exactly the size the image states: no larger buffer.
-    vmlinux = decompressXz(payload.subarray(0, payload.length - 4), {
-      maxOutput: Math.min(size, MAX_OUTPUT),
-    });
-  } catch (e) {
-    if (!(e instanceof XzError)) throw e;
-    throw new BootImageError("bad-payload", Errno.EBADMSG, `the kernel's payload: ${e.message}`);
+  if (size > maxOutput) {
+    throw new BootImageError(
+      "file-too-large",
+      Errno.EFBIG,
+      `the kernel unpacks to ${size} bytes, more than the ${maxOutput} allowed`,
+    );
   }
+  return { stream: payload.subarray(0, payload.length - 4), size };
+}
+
+function checkedMaxOutput(options: ExtractOptions): number {
+  const max = options.maxOutput ?? MAX_OUTPUT;
+  if (!Number.isSafeInteger(max) || max < 0 || max > MAX_OUTPUT) {
+    throw new RangeError(`maxOutput ${max} is not an integer 0..${MAX_OUTPUT}`);
+  }
+  return max;
+}
+
+/** liblzma when the options allow and it loads; otherwise why not. */
+function chooseDecoder(options: ExtractOptions): { lib?: Liblzma; reason?: string } {
+  const wanted = options.decoder ?? "auto";
+  if (wanted === "typescript") return { reason: "the TypeScript decoder was asked for" };
+  const lib = liblzma();
+  if (lib) return { lib };
+  if (wanted === "liblzma") {
+    throw new BootImageError(
+      "unsupported-payload",
+      Errno.ENOSYS,
+      `liblzma was asked for: ${liblzmaProblem()}`,
+    );
+  }
+  return { reason: liblzmaProblem() };
+}
+
+/** A decoder's refusal as the loader's error; anything else passes. */
+function payloadError(e: unknown): unknown {
+  return e instanceof XzError
+    ? new BootImageError("bad-payload", Errno.EBADMSG, `the kernel's payload: ${e.message}`)
+    : e;
+}
+
+/** Whether liblzma's refusal leaves the TypeScript decoder a chance (a large dictionary). */
+function typescriptMayDo(e: unknown, options: ExtractOptions): boolean {
+  return (options.decoder ?? "auto") === "auto" && e instanceof LiblzmaError &&
+    e.ret === LZMA_MEMLIMIT_ERROR;
+}
+
+function decodeTypescript(stream: Uint8Array, size: number): Uint8Array<ArrayBuffer> {
+  // The index must declare exactly the size the image states: no larger buffer.
+  return decompressXz(stream, { maxOutput: size });
+}
+
+/** The decoded kernel is what the image declared and a loadable ELF kernel. */
+function checkVmlinux(vmlinux: Uint8Array<ArrayBuffer>, size: number): Uint8Array<ArrayBuffer> {
   if (vmlinux.length !== size || !isElf(vmlinux)) {
     throw new BootImageError(
       "bad-payload",
@@ -112,7 +192,99 @@ export function extractVmlinux(image: Uint8Array): Uint8Array<ArrayBuffer> {
   return vmlinux;
 }
 
-/** Two 32-bit multiplicative hashes over the words of `data`, with its length: a cache key. */
+/** Decodes on this thread: liblzma when given, else (or when it refuses a large dictionary) TypeScript. */
+function decodeHere(
+  stream: Uint8Array,
+  size: number,
+  options: ExtractOptions,
+  lib: Liblzma | undefined,
+  reason: string | undefined,
+): ExtractedVmlinux {
+  const start = performance.now();
+  let vmlinux: Uint8Array<ArrayBuffer>;
+  try {
+    try {
+      vmlinux = lib ? lib.decode(stream, { maxOutput: size }) : decodeTypescript(stream, size);
+    } catch (e) {
+      if (!lib || !typescriptMayDo(e, options)) throw e;
+      reason = (e as Error).message;
+      lib = undefined;
+      vmlinux = decodeTypescript(stream, size);
+    }
+  } catch (e) {
+    throw payloadError(e);
+  }
+  const decodeMs = performance.now() - start;
+  return {
+    vmlinux: checkVmlinux(vmlinux, size),
+    decoder: lib ? "liblzma" : "typescript",
+    ...(lib ? {} : { fallbackReason: reason }),
+    decodeMs,
+  };
+}
+
+/**
+ * {@linkcode extractVmlinux}, saying which decoder ran and for how long.
+ * Throws what it throws.
+ */
+export function extractVmlinuxDetailed(
+  image: Uint8Array,
+  options: ExtractOptions = {},
+): ExtractedVmlinux {
+  const { stream, size } = xzPayload(image, checkedMaxOutput(options));
+  const { lib, reason } = chooseDecoder(options);
+  return decodeHere(stream, size, options, lib, reason);
+}
+
+/**
+ * {@linkcode extractVmlinuxDetailed} with liblzma's work on a thread of
+ * Deno's blocking pool: this thread is free meanwhile (to build the VM).
+ * The TypeScript fallback runs on this thread. `image` must not change until
+ * the promise settles.
+ */
+export async function extractVmlinuxAsync(
+  image: Uint8Array,
+  options: ExtractOptions = {},
+): Promise<ExtractedVmlinux> {
+  const { stream, size } = xzPayload(image, checkedMaxOutput(options));
+  const { lib, reason } = chooseDecoder(options);
+  if (!lib) return decodeHere(stream, size, options, undefined, reason);
+  const start = performance.now();
+  let vmlinux: Uint8Array<ArrayBuffer>;
+  try {
+    vmlinux = await lib.decodeAsync(stream, { maxOutput: size });
+  } catch (e) {
+    if (!typescriptMayDo(e, options)) throw payloadError(e);
+    return decodeHere(stream, size, options, undefined, (e as Error).message);
+  }
+  return {
+    vmlinux: checkVmlinux(vmlinux, size),
+    decoder: "liblzma",
+    decodeMs: performance.now() - start,
+  };
+}
+
+/**
+ * Decompresses the kernel of an xz-compressed bzImage into its ELF
+ * `vmlinux`, with the system's liblzma where it loads and the TypeScript
+ * decoder otherwise (see {@linkcode ExtractOptions}). Throws a
+ * `BootImageError`: `unsupported-payload` for other compressions,
+ * `file-too-large` for a kernel declaring more than `maxOutput` bytes,
+ * `bad-payload` for a corrupt stream or a result that is not a loadable ELF
+ * kernel.
+ */
+export function extractVmlinux(
+  image: Uint8Array,
+  options: ExtractOptions = {},
+): Uint8Array<ArrayBuffer> {
+  return extractVmlinuxDetailed(image, options).vmlinux;
+}
+
+/**
+ * Two 32-bit multiplicative hashes over the words of `data`, with its
+ * length: a quick identity for a file. Not collision-resistant, so not what
+ * the kernel cache is keyed by (that is the bzImage's SHA-256).
+ */
 export function fingerprint(data: Uint8Array): string {
   const bytes = data.byteOffset % 4 === 0 ? data : data.slice();
   const words = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length >>> 2);
@@ -252,8 +424,8 @@ export function compactElf(
   return result;
 }
 
-/** Options of {@linkcode cachedVmlinux}. */
-export interface VmlinuxCacheOptions {
+/** Options of {@linkcode cachedVmlinux} and {@linkcode cachedVmlinuxAsync}. */
+export interface VmlinuxCacheOptions extends ExtractOptions {
   /** Where to keep extracted kernels (default: `kernels/` in the per-user deno-kvm cache). */
   directory?: string;
   /**
@@ -262,6 +434,12 @@ export interface VmlinuxCacheOptions {
    * the result is closed.
    */
   map?: boolean;
+  /**
+   * Told as each step ends (the cache lookup, the decoding and by which
+   * decoder, the compaction, the cache write), with what it took: what
+   * `boot_linux --trace` prints.
+   */
+  onPhase?: (what: string) => void;
 }
 
 /** What {@linkcode cachedVmlinux} returns. */
@@ -278,44 +456,179 @@ export interface CachedVmlinux {
    * be created or written.
    */
   cacheProblem?: string;
+  /** The decoder that unpacked the kernel (when `source` is `"extracted"`). */
+  decoder?: XzDecoderName;
+  /** Why liblzma was not used, when the TypeScript decoder was. */
+  fallbackReason?: string;
   /** Releases the mapping of a mapped kernel (its `vmlinux` view is empty after); a no-op otherwise. */
   close(): void;
   /** Same as `close`, for `using`. */
   [Symbol.dispose](): void;
 }
 
+/** What {@linkcode cachedVmlinuxAsync} returns: the kernel now, its cache entry later. */
+export interface PendingCachedVmlinux extends CachedVmlinux {
+  /**
+   * Settles when the new cache entry is in place (written, flushed to disk
+   * and renamed), at once when there is nothing to write. Resolves to why
+   * the entry could not be written, or undefined; never rejects.
+   */
+  saved: Promise<string | undefined>;
+}
+
 function result(
   vmlinux: Uint8Array,
   source: "cache" | "extracted",
-  path?: string,
+  fields: Partial<Omit<CachedVmlinux, "close" | typeof Symbol.dispose | "vmlinux" | "source">>,
   file?: MappedFile,
-  cacheProblem?: string,
 ): CachedVmlinux {
   const close = () => file?.close();
-  return {
-    vmlinux,
-    source,
-    path,
-    ...(cacheProblem ? { cacheProblem } : {}),
-    close,
-    [Symbol.dispose]: close,
-  };
+  const defined = Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined));
+  return { vmlinux, source, ...defined, close, [Symbol.dispose]: close };
+}
+
+/** Temporary files of entries being written: `.vmlinux-<uuid>.tmp`. */
+const TEMP_PREFIX = ".vmlinux-";
+const TEMP_SUFFIX = ".tmp";
+/**
+ * A temporary file older than this was left by a process that died while
+ * writing (a writer renames its files within seconds); it is removed.
+ */
+const STALE_TEMP_MS = 3600_000;
+
+/** The cache directory and entry for `image`, and the entry if it is there, ours and intact. */
+function lookup(
+  image: Uint8Array,
+  options: VmlinuxCacheOptions,
+): { dir?: string; path?: string; cacheProblem?: string; hit?: CachedVmlinux } {
+  const base = userCacheDir();
+  const dir = options.directory ?? (base ? `${base}/kernels` : undefined);
+  let cacheProblem: string | undefined;
+  if (dir) {
+    try {
+      cacheProblem = ensureCacheDir(dir);
+    } catch (e) {
+      cacheProblem = `cannot create ${dir}: ${e instanceof Error ? e.message : String(e)}`;
+    }
+  }
+  // Keyed by the bzImage's SHA-256: no other image can be made to share an entry.
+  const path = dir && !cacheProblem ? `${dir}/vmlinux-${sha256Hex(image)}.elf` : undefined;
+  if (path && !untrustedReason(path, "file")) {
+    let file: MappedFile | undefined;
+    try {
+      file = options.map ? MappedFile.open(path) : undefined;
+      const cached = readVerified(path, file?.bytes);
+      if (cached) {
+        parseElfKernel(cached);
+        return { dir, path, hit: result(cached, "cache", { path }, file) };
+      }
+      file?.close();
+    } catch {
+      // Unreadable or damaged: extract again.
+      file?.close();
+    }
+  }
+  return { dir: cacheProblem ? undefined : dir, path, cacheProblem };
+}
+
+/** Removes temporary files that a writer which died left behind (see {@linkcode STALE_TEMP_MS}). */
+function sweepStaleTemporaries(dir: string): void {
+  try {
+    const now = Date.now();
+    for (const entry of Deno.readDirSync(dir)) {
+      if (!entry.isFile || !entry.name.startsWith(TEMP_PREFIX)) continue;
+      if (!entry.name.endsWith(TEMP_SUFFIX)) continue;
+      const path = `${dir}/${entry.name}`;
+      const mtime = Deno.lstatSync(path).mtime?.getTime() ?? now;
+      if (now - mtime > STALE_TEMP_MS) Deno.removeSync(path);
+    }
+  } catch {
+    // Best effort: a concurrent writer may have renamed or removed it first.
+  }
+}
+
+function removeQuietly(paths: string[]): void {
+  for (const path of paths) {
+    try {
+      Deno.removeSync(path);
+    } catch {
+      // Renamed already, or never written.
+    }
+  }
+}
+
+/**
+ * Writes a cache entry so that readers, and other writers of the same entry
+ * at the same time, only ever see a whole one: both files are written to
+ * exclusively created temporary files and flushed to disk
+ * (`writeExclusive`), then renamed into place, the kernel first. Two
+ * processes extracting the same bzImage write the same bytes (the decoders
+ * agree byte for byte and the compaction is deterministic), so whichever
+ * rename lands last, the kernel and its hash match; an entry whose hash does
+ * not match is extracted again by the next reader. The directory itself is
+ * not flushed: after a crash an entry may be missing, never partial.
+ */
+function writeEntry(dir: string, path: string, vmlinux: Uint8Array): void {
+  sweepStaleTemporaries(dir);
+  const temporary: string[] = [];
+  try {
+    temporary.push(writeExclusive(dir, vmlinux, TEMP_PREFIX, TEMP_SUFFIX));
+    const hash = new TextEncoder().encode(sha256Hex(vmlinux));
+    temporary.push(writeExclusive(dir, hash, TEMP_PREFIX, TEMP_SUFFIX));
+    Deno.renameSync(temporary[0], path);
+    Deno.renameSync(temporary[1], `${path}.sha256`);
+  } catch (e) {
+    removeQuietly(temporary);
+    throw e;
+  }
+}
+
+/** {@linkcode writeEntry} with the hashing, writing and flushing on Deno's blocking threads. */
+async function writeEntryAsync(dir: string, path: string, vmlinux: Uint8Array): Promise<void> {
+  sweepStaleTemporaries(dir);
+  // Both start now and go on while this thread builds the VM.
+  const digest = crypto.subtle.digest("SHA-256", vmlinux as Uint8Array<ArrayBuffer>);
+  const temporary: string[] = [];
+  try {
+    temporary.push(await writeExclusiveAsync(dir, vmlinux, TEMP_PREFIX, TEMP_SUFFIX));
+    const hex = [...new Uint8Array(await digest)].map((b) => b.toString(16).padStart(2, "0"))
+      .join("");
+    const hash = new TextEncoder().encode(hex);
+    temporary.push(await writeExclusiveAsync(dir, hash, TEMP_PREFIX, TEMP_SUFFIX));
+    await Deno.rename(temporary[0], path);
+    await Deno.rename(temporary[1], `${path}.sha256`);
+  } catch (e) {
+    removeQuietly(temporary);
+    throw e;
+  }
+}
+
+const ms = (since: number) => `${Math.round(performance.now() - since)} ms`;
+
+function describeExtraction(x: ExtractedVmlinux): string {
+  return `decompressed by ${
+    x.decoder === "liblzma" ? `liblzma ${liblzma()?.version}` : "TypeScript"
+  }` +
+    ` in ${Math.round(x.decodeMs)} ms` +
+    (x.fallbackReason ? ` (no liblzma: ${x.fallbackReason})` : "");
 }
 
 /**
  * {@linkcode extractVmlinux}, compacted ({@linkcode compactElf}) and
  * remembered: the first call for a bzImage decompresses it and writes the
  * result into the cache, with its SHA-256 beside it
- * (`vmlinux-<key>.elf.sha256`); later calls read it back. The key is a
- * 64-bit hash of the bzImage and its length.
+ * (`vmlinux-<key>.elf.sha256`); later calls read it back. The key is the
+ * bzImage's SHA-256.
  *
  * The cache is trusted only when it is the current user's: a directory or
  * entry owned by someone else or writable by group or others is not read (nor
  * written, for a directory; `cacheProblem` says why), and an entry whose
  * content does not match its stored SHA-256 (a flipped byte, a truncated
  * file) is extracted again and replaced. Entries are written to exclusively
- * created files under random names and renamed into place. A cache that
- * cannot be written is not an error: the kernel is still returned.
+ * created files under random names, flushed to disk and renamed into place,
+ * so processes extracting the same kernel at once each leave a whole entry.
+ * A cache that cannot be written is not an error: the kernel is still
+ * returned.
  *
  * @example
  * ```ts ignore
@@ -328,51 +641,67 @@ export function cachedVmlinux(
   image: Uint8Array,
   options: VmlinuxCacheOptions = {},
 ): CachedVmlinux {
-  const base = userCacheDir();
-  const dir = options.directory ?? (base ? `${base}/kernels` : undefined);
-  let cacheProblem: string | undefined;
-  if (dir) {
-    try {
-      cacheProblem = ensureCacheDir(dir);
-    } catch (e) {
-      cacheProblem = `cannot create ${dir}: ${e instanceof Error ? e.message : String(e)}`;
-    }
-  }
-  const path = dir && !cacheProblem ? `${dir}/vmlinux-${fingerprint(image)}.elf` : undefined;
-  if (path && !untrustedReason(path, "file")) {
-    let file: MappedFile | undefined;
-    try {
-      file = options.map ? MappedFile.open(path) : undefined;
-      const cached = readVerified(path, file?.bytes);
-      if (cached) {
-        parseElfKernel(cached);
-        return result(cached, "cache", path, file);
-      }
-      file?.close();
-    } catch {
-      // Unreadable or damaged: extract again.
-      file?.close();
-    }
-  }
+  const phase = options.onPhase ?? (() => {});
+  let start = performance.now();
+  const { dir, path, cacheProblem, hit } = lookup(image, options);
+  phase(`kernel cache ${hit ? "hit, SHA-256 checked" : "miss"} (${ms(start)})`);
+  if (hit) return hit;
+  const extracted = extractVmlinuxDetailed(image, options);
+  phase(describeExtraction(extracted));
+  start = performance.now();
   // In place: no 60 MB of garbage for the collector to return while a VM runs.
-  const vmlinux = compactElf(extractVmlinux(image), { inPlace: true });
-  if (!path || !dir) return result(vmlinux, "extracted", undefined, undefined, cacheProblem);
-  const temporary: string[] = [];
+  const vmlinux = compactElf(extracted.vmlinux, { inPlace: true });
+  phase(`kernel compacted to ${vmlinux.length} bytes (${ms(start)})`);
+  const how = { decoder: extracted.decoder, fallbackReason: extracted.fallbackReason };
+  if (!path || !dir) return result(vmlinux, "extracted", { ...how, cacheProblem });
+  start = performance.now();
   try {
-    temporary.push(writeExclusive(dir, vmlinux, ".vmlinux-", ".tmp"));
-    temporary.push(writeExclusive(dir, new TextEncoder().encode(sha256Hex(vmlinux)), ".vmlinux-"));
-    Deno.renameSync(temporary[0], path);
-    Deno.renameSync(temporary[1], `${path}.sha256`);
-    return result(vmlinux, "extracted", path);
+    writeEntry(dir, path, vmlinux);
   } catch (e) {
-    for (const tmp of temporary) {
-      try {
-        Deno.removeSync(tmp);
-      } catch {
-        // Renamed already, or never written.
-      }
-    }
     const problem = `cannot write ${path}: ${e instanceof Error ? e.message : String(e)}`;
-    return result(vmlinux, "extracted", undefined, undefined, problem);
+    return result(vmlinux, "extracted", { ...how, cacheProblem: problem });
   }
+  phase(`kernel cache written (${ms(start)})`);
+  return result(vmlinux, "extracted", { ...how, path });
+}
+
+/**
+ * {@linkcode cachedVmlinux} for a VMM that has other work to do meanwhile:
+ * liblzma decodes on a thread of Deno's blocking pool (the TypeScript
+ * fallback on this thread), and the new cache entry is hashed, written and
+ * flushed in the background; `saved` settles when it is in place. Await
+ * `saved` before the process exits (an unfinished entry is only a temporary
+ * file, removed by a later writer). `image` must not change until the
+ * returned promise settles, nor `vmlinux` until `saved` does.
+ */
+export async function cachedVmlinuxAsync(
+  image: Uint8Array,
+  options: VmlinuxCacheOptions = {},
+): Promise<PendingCachedVmlinux> {
+  const phase = options.onPhase ?? (() => {});
+  let start = performance.now();
+  const { dir, path, cacheProblem, hit } = lookup(image, options);
+  phase(`kernel cache ${hit ? "hit, SHA-256 checked" : "miss"} (${ms(start)})`);
+  if (hit) return { ...hit, saved: Promise.resolve(undefined) };
+  const extracted = await extractVmlinuxAsync(image, options);
+  phase(describeExtraction(extracted));
+  start = performance.now();
+  const vmlinux = compactElf(extracted.vmlinux, { inPlace: true });
+  phase(`kernel compacted to ${vmlinux.length} bytes (${ms(start)})`);
+  const how = { decoder: extracted.decoder, fallbackReason: extracted.fallbackReason };
+  if (!path || !dir) {
+    return {
+      ...result(vmlinux, "extracted", { ...how, cacheProblem }),
+      saved: Promise.resolve(undefined),
+    };
+  }
+  start = performance.now();
+  const saved = writeEntryAsync(dir, path, vmlinux).then(
+    () => {
+      phase(`kernel cache written (${ms(start)}, in the background)`);
+      return undefined;
+    },
+    (e) => `cannot write ${path}: ${e instanceof Error ? e.message : String(e)}`,
+  );
+  return { ...result(vmlinux, "extracted", { ...how, path }), saved };
 }

@@ -495,6 +495,75 @@ export interface DecompressXzOptions {
   maxOutput?: number;
 }
 
+/** What the header, footer and index of one `.xz` stream declare (see {@linkcode xzStreamInfo}). */
+export interface XzStreamInfo {
+  /** The check type (0 none, 1 CRC32, 4 CRC64, 10 SHA-256). */
+  check: number;
+  /** Where the stream ends: the input's length less any trailing stream padding. */
+  streamEnd: number;
+  /** The number of blocks the index lists. */
+  blocks: number;
+  /** The bytes the whole stream decompresses to, by its index. */
+  uncompressedSize: number;
+}
+
+function checkMaxOutput(maxOutput: number | undefined, who: string): number {
+  const max = maxOutput ?? MAX_OUTPUT;
+  if (!Number.isSafeInteger(max) || max < 0 || max > MAX_OUTPUT) {
+    throw new RangeError(`${who}: maxOutput ${max} is not an integer 0..${MAX_OUTPUT}`);
+  }
+  return max;
+}
+
+/**
+ * Checks the stream header, footer and index (magic, flags, their CRC32s)
+ * and returns the index's records, the stream's end and the declared size,
+ * refused past `maxOutput` before any output exists.
+ */
+function readStream(
+  data: Uint8Array,
+  maxOutput: number,
+): { check: number; end: number; records: IndexRecord[]; total: number } {
+  if (data.length < 12 || !same(data, 0, HEADER_MAGIC)) {
+    throw new XzError("no stream header magic");
+  }
+  if (data[6] !== 0 || (data[7] & 0xf0) !== 0) throw new XzError("unsupported stream flags");
+  const r = new Reader(data);
+  if (crc32(data.subarray(6, 8)) !== r.u32(8)) {
+    throw new XzError("the stream header's CRC32 does not match");
+  }
+  let end = data.length;
+  while (
+    end >= 4 && data[end - 1] === 0 && data[end - 2] === 0 && data[end - 3] === 0 &&
+    data[end - 4] === 0
+  ) end -= 4;
+  const records = readIndex(data, 0, end);
+  if (data[end - 4] !== data[6] || data[end - 3] !== data[7]) {
+    throw new XzError("the stream header and footer disagree");
+  }
+  const total = records.reduce((n, rec) => n + rec.uncompressedSize, 0);
+  if (total > maxOutput) {
+    throw new XzError(`the index declares ${total} bytes, more than the ${maxOutput} allowed`);
+  }
+  return { check: data[7] & 0x0f, end, records, total };
+}
+
+/**
+ * Reads what one `.xz` stream (optionally followed by stream padding)
+ * declares, without decoding it: the header, footer and index are checked
+ * (magic, flags, CRC32s), so a size taken from here is the stream's own
+ * claim, which decoders then hold it to. Throws an {@linkcode XzError}, also
+ * when the index declares more than `maxOutput` bytes (default
+ * {@linkcode MAX_OUTPUT}).
+ */
+export function xzStreamInfo(data: Uint8Array, options: DecompressXzOptions = {}): XzStreamInfo {
+  const { check, end, records, total } = readStream(
+    data,
+    checkMaxOutput(options.maxOutput, "xzStreamInfo"),
+  );
+  return { check, streamEnd: end, blocks: records.length, uncompressedSize: total };
+}
+
 /**
  * Decompresses one `.xz` stream (optionally followed by zero stream padding)
  * with LZMA2 and x86 BCJ filters and a CRC32, CRC64 or no check. Throws an
@@ -515,35 +584,12 @@ export function decompressXz(
   data: Uint8Array,
   options: DecompressXzOptions = {},
 ): Uint8Array<ArrayBuffer> {
-  const maxOutput = options.maxOutput ?? MAX_OUTPUT;
-  if (!Number.isSafeInteger(maxOutput) || maxOutput < 0 || maxOutput > MAX_OUTPUT) {
-    throw new RangeError(`decompressXz: maxOutput ${maxOutput} is not an integer 0..${MAX_OUTPUT}`);
-  }
-  if (data.length < 12 || !same(data, 0, HEADER_MAGIC)) {
-    throw new XzError("no stream header magic");
-  }
-  if (data[6] !== 0 || (data[7] & 0xf0) !== 0) throw new XzError("unsupported stream flags");
-  const r = new Reader(data);
-  if (crc32(data.subarray(6, 8)) !== r.u32(8)) {
-    throw new XzError("the stream header's CRC32 does not match");
-  }
-  const check = data[7] & 0x0f;
+  const maxOutput = checkMaxOutput(options.maxOutput, "decompressXz");
+  const { check, end, records, total } = readStream(data, maxOutput);
   if (check !== CHECK_NONE && check !== CHECK_CRC32 && check !== CHECK_CRC64) {
     throw new XzError(`check type ${check} is not supported (only none, CRC32, CRC64)`);
   }
-  let end = data.length;
-  while (
-    end >= 4 && data[end - 1] === 0 && data[end - 2] === 0 && data[end - 3] === 0 &&
-    data[end - 4] === 0
-  ) end -= 4;
-  const records = readIndex(data, 0, end);
-  if (data[end - 4] !== data[6] || data[end - 3] !== data[7]) {
-    throw new XzError("the stream header and footer disagree");
-  }
-  const total = records.reduce((n, rec) => n + rec.uncompressedSize, 0);
-  if (total > maxOutput) {
-    throw new XzError(`the index declares ${total} bytes, more than the ${maxOutput} allowed`);
-  }
+  const r = new Reader(data);
   const out = new Uint8Array(total);
   r.pos = 12;
   let outPos = 0;

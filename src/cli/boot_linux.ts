@@ -33,7 +33,9 @@ import { LinuxMachine } from "../boot/linux.ts";
 import { isMultiboot } from "../boot/multiboot.ts";
 import { MultibootMachine } from "../boot/multiboot_machine.ts";
 import { readImageFile } from "../boot/read_image.ts";
-import { bzImagePayload, type CachedVmlinux, cachedVmlinux } from "../boot/vmlinux.ts";
+import { probeCpu } from "../boot/cpu_probe.ts";
+import { MAX_OUTPUT } from "../boot/xz.ts";
+import { bzImagePayload, cachedVmlinuxAsync, type PendingCachedVmlinux } from "../boot/vmlinux.ts";
 import { ConsoleInput } from "./console_input.ts";
 
 /** The exit codes of {@linkcode main}. */
@@ -292,13 +294,36 @@ async function boot(config: BootConfig): Promise<number> {
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
+  trace("kernel and initrd read");
   // Imported from JSR, the shim's source is fetched (once per process) and compiled (once).
   await loadNative();
+  // A kernel not yet in the cache is decompressed from now on, by liblzma on another thread,
+  // while /dev/kvm is checked, the initramfs built and the CPU probed on this one.
+  const vmlinux = multiboot || config.guestDecompress || !xzBzImage(kernel)
+    ? undefined
+    : cachedVmlinuxAsync(kernel, {
+      map: true, // mapped, not read (the shim maps it): the machine copies it into guest RAM
+      // A kernel larger than the guest's RAM could not boot: nothing larger is decoded.
+      maxOutput: Math.min(config.memorySize, MAX_OUTPUT),
+      onPhase: trace,
+    });
+  // Handled here too, so a failure before it is awaited is not an unhandled rejection.
+  vmlinux?.catch(() => {});
   checkKvm(config.cpus);
-  trace("kernel and initrd read, /dev/kvm checked");
+  trace("/dev/kvm checked");
   return multiboot
     ? await bootMultiboot(config, kernel, initrd)
-    : await bootLinux(config, kernel, initrd, trace);
+    : await bootLinux(config, kernel, initrd, vmlinux, trace);
+}
+
+/** Whether `kernel` is a bzImage with an xz payload (a bzImage the loader refuses is bad input). */
+function xzBzImage(kernel: Uint8Array): boolean {
+  if (isElf(kernel)) return false;
+  try {
+    return bzImagePayload(kernel).format === "xz";
+  } catch (e) {
+    throw badKernel(e);
+  }
 }
 
 const out = new Uint8Array(1);
@@ -362,6 +387,7 @@ async function bootLinux(
   config: BootConfig,
   kernel: Uint8Array,
   givenInitrd: Uint8Array | undefined,
+  pendingVmlinux: Promise<PendingCachedVmlinux> | undefined,
   trace: (what: string) => void,
 ): Promise<number> {
   let initrd = givenInitrd;
@@ -373,7 +399,24 @@ async function bootLinux(
       say("no --initrd and no /bin/busybox: booting without an initrd");
     }
   }
-  const speed = linuxBootPractical();
+  // One Kvm for the speed probe, the CPU probe and the machine (the CPU probe is cached per Kvm).
+  const kvm = Kvm.open();
+  try {
+    return await bootLinuxOn(kvm, config, kernel, initrd, pendingVmlinux, trace);
+  } finally {
+    kvm.close();
+  }
+}
+
+async function bootLinuxOn(
+  kvm: Kvm,
+  config: BootConfig,
+  kernel: Uint8Array,
+  initrd: Uint8Array | undefined,
+  pendingVmlinux: Promise<PendingCachedVmlinux> | undefined,
+  trace: (what: string) => void,
+): Promise<number> {
+  const speed = linuxBootPractical({ kvm });
   trace(`guest speed ${speed.mips.toFixed(1)} MIPS`);
   say(
     `booting ${config.kernel} with ${config.cpus} vCPU(s), ${config.memorySize / MiB} MiB` +
@@ -387,18 +430,25 @@ async function bootLinux(
     );
   }
   let machine: LinuxMachine;
-  let found: CachedVmlinux | undefined;
+  let found: PendingCachedVmlinux | undefined;
   try {
-    if (!config.guestDecompress && !isElf(kernel) && bzImagePayload(kernel).format === "xz") {
-      // Mapped, not read: the machine copies the segments into guest RAM once.
-      found = cachedVmlinux(kernel, { map: true });
+    if (pendingVmlinux) {
+      // While the kernel decompresses, if it does: the probe LinuxMachine.create would run.
+      const probe = probeCpu(kvm);
+      trace(`CPU probed (${probe.ms.toFixed(0)} ms)`);
+      found = await pendingVmlinux;
       if (found.source === "extracted") {
-        say(`decompressed the kernel on the host${found.path ? ` (cached in ${found.path})` : ""}`);
+        say(
+          `decompressed the kernel on the host${
+            found.path ? ` (caching it in ${found.path})` : ""
+          }`,
+        );
       }
       trace(`uncompressed kernel ready (${found.source})`);
     }
     let quiet = true;
     machine = LinuxMachine.create({
+      kvm,
       kernel,
       vmlinux: found?.vmlinux,
       initrd,
@@ -414,6 +464,7 @@ async function bootLinux(
       },
     });
   } catch (e) {
+    await found?.saved; // the cache entry is still good for the next boot
     throw badKernel(e);
   } finally {
     found?.close(); // the machine has its copy in guest RAM
@@ -463,6 +514,9 @@ async function bootLinux(
     if (raw) Deno.stdin.setRaw(false);
     pump?.terminate();
     machine.close();
+    // A new cache entry is written while the machine starts; the process must not end first.
+    const problem = await found?.saved;
+    if (problem) say(`the kernel cache: ${problem}`);
   }
 }
 
