@@ -92,13 +92,38 @@ export {
   bzImagePayload,
   type CachedVmlinux,
   cachedVmlinux,
+  cachedVmlinuxAsync,
   compactElf,
+  type ExtractedVmlinux,
+  type ExtractOptions,
   extractVmlinux,
+  extractVmlinuxAsync,
+  extractVmlinuxDetailed,
   fingerprint,
+  type PendingCachedVmlinux,
   PROTOCOL_PAYLOAD,
   type VmlinuxCacheOptions,
+  type XzDecoderName,
 } from "./boot/vmlinux.ts";
-export { crc32, decompressXz, type DecompressXzOptions, MAX_OUTPUT, XzError } from "./boot/xz.ts";
+export {
+  crc32,
+  decompressXz,
+  type DecompressXzOptions,
+  MAX_OUTPUT,
+  XzError,
+  type XzStreamInfo,
+  xzStreamInfo,
+} from "./boot/xz.ts";
+export {
+  type Liblzma,
+  liblzma,
+  LIBLZMA_ENV,
+  LIBLZMA_MEMLIMIT,
+  LIBLZMA_PATHS,
+  LiblzmaError,
+  liblzmaProblem,
+  LZMA_MEMLIMIT_ERROR,
+} from "./boot/xz_native.ts";
 export { MAX_IMAGE_FILE_SIZE, readImageFile, type ReadImageOptions } from "./boot/read_image.ts";
 export {
   buildInitramfs,
