@@ -1,8 +1,9 @@
 /**
  * The VMM parts built on the core: the kernel loader (bzImage, ELF, vmlinux,
  * xz, boot parameters, Multiboot, initramfs, image files), the x86 platform
- * (CPUID probe, MP table, ACPI tables, guest layout), the devices on one
- * port-I/O bus (16550A UART, legacy ports, debug exit, ACPI PM timer), and the
+ * (CPUID probe, MP table, ACPI tables, guest layout), the devices on the one
+ * bus type for port I/O and MMIO (16550A UART, legacy ports, debug exit, ACPI
+ * PM timer; `busVcpuDevice` puts them in a `KvmContext` worker), and the
  * machines that put them together: {@linkcode LinuxMachine} and
  * {@linkcode MultibootMachine}.
  *
@@ -180,12 +181,19 @@ export {
   linuxBootPractical,
   measureGuestSpeed,
 } from "./boot/guest_speed.ts";
+export { type BusDevice, loadLe, storeLe } from "./devices/bus_device.ts";
 export {
-  IoBus,
-  type IoBusOptions,
-  type PortDevice,
+  Bus,
+  BUS_REPORT_LIMIT,
+  type BusOptions,
+  type BusRange,
+  type BusSpace,
+  describeUnhandled,
+  deviceWindow,
   type UnhandledAccess,
-} from "./devices/io_bus.ts";
+  type UnhandledSummary,
+} from "./devices/bus.ts";
+export { busVcpuDevice, type VcpuDeviceBuses } from "./devices/bus_vcpu_device.ts";
 export {
   COM1_IRQ,
   COM1_PORT,
@@ -196,6 +204,8 @@ export {
 export {
   CmosRtc,
   I8042,
+  I8042_COMMAND,
+  I8042_DATA,
   type LegacyDevices,
   type LegacyDevicesOptions,
   QuietPorts,

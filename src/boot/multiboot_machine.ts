@@ -30,21 +30,16 @@
  */
 
 import type { CpuidEntry } from "../abi/cpuid.ts";
-import { Errno, KvmError } from "../errors.ts";
 import { AcpiPmTimer } from "../devices/acpi_pm_timer.ts";
+import type { Bus } from "../devices/bus.ts";
 import { DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit } from "../devices/debug_exit.ts";
-import { IoBus, type UnhandledAccess } from "../devices/io_bus.ts";
-import { registerLegacyDevices } from "../devices/legacy.ts";
-import { COM1_IRQ, COM1_PORT, Uart16550 } from "../devices/uart_16550.ts";
-import { hex } from "../kvm/constants.ts";
-import { describeInternalError } from "../kvm/dump.ts";
-import { Kvm } from "../kvm/kvm.ts";
+import type { Uart16550 } from "../devices/uart_16550.ts";
+import type { Kvm } from "../kvm/kvm.ts";
 import type { Vcpu } from "../kvm/vcpu.ts";
 import type { Vm } from "../kvm/vm.ts";
-import { type ApHandlers, ApWorkers } from "./ap_runtime.ts";
 import { ACPI_PM_TIMER_PORT, ACPI_TABLES_ADDRESS, buildAcpiTables } from "./acpi.ts";
 import { type CpuProbeReport, probeCpu } from "./cpu_probe.ts";
-import { describeVcpu } from "./mailbox.ts";
+import { checkMachineSize, PcMachine, withKvm } from "./machine.ts";
 import { setupProtectedMode } from "./modes.ts";
 import {
   MULTIBOOT_BOOTLOADER_MAGIC,
@@ -53,8 +48,6 @@ import {
   planMultibootBoot,
   writeMultibootBoot,
 } from "./multiboot.ts";
-import { setupPlatform, setupVcpu } from "./platform.ts";
-import { completeUnemulated } from "./unemulated.ts";
 
 /** Options of {@linkcode MultibootMachine.create}. */
 export interface MultibootMachineOptions {
@@ -123,10 +116,6 @@ export interface MultibootRunOptions {
   timeoutMs?: number;
 }
 
-const MiB = 1024 * 1024;
-/** How long {@linkcode MultibootMachine.run} waits for its AP workers to start. */
-const WORKER_START_TIMEOUT_MS = 60_000;
-
 /** A virtual PC running a Multiboot kernel. */
 export class MultibootMachine {
   /** The KVM system object. */
@@ -134,7 +123,9 @@ export class MultibootMachine {
   /** The VM. */
   readonly vm: Vm;
   /** The port I/O bus with the platform's devices. */
-  readonly bus: IoBus;
+  readonly bus: Bus;
+  /** The MMIO bus (no devices yet: accesses read as all-ones). */
+  readonly mmio: Bus;
   /** COM1. */
   readonly serial: Uart16550;
   /** The debug-exit port. */
@@ -145,107 +136,24 @@ export class MultibootMachine {
   readonly vcpus: readonly Vcpu[];
   /** What the CPU probe found (undefined unless `probeCpu: true`). */
   readonly cpuProbe?: CpuProbeReport;
-  #ownsKvm: boolean;
-  #aps = new ApWorkers();
-  #exit: MultibootExit | null = null;
-  #onUnhandled?: (what: string) => void;
-  #seenMmio = new Set<number>();
-  #running = false;
+  #machine: PcMachine;
 
   private constructor(
-    kvm: Kvm,
-    ownsKvm: boolean,
+    machine: PcMachine,
+    debugExit: DebugExit,
     plan: MultibootBootPlan,
-    options: MultibootMachineOptions,
     probe: CpuProbeReport | undefined,
   ) {
-    this.kvm = kvm;
-    this.#ownsKvm = ownsKvm;
+    this.#machine = machine;
+    this.kvm = machine.kvm;
+    this.vm = machine.vm;
+    this.bus = machine.pio;
+    this.mmio = machine.mmio;
+    this.serial = machine.serial;
+    this.vcpus = machine.vcpus;
+    this.debugExit = debugExit;
     this.plan = plan;
     this.cpuProbe = probe;
-    this.#onUnhandled = options.onUnhandled;
-    const cpus = options.cpus ?? 1;
-    const vm = this.vm = kvm.createVm();
-    try {
-      setupPlatform(vm);
-      const ram = vm.allocateMemory(options.memorySize);
-      vm.setUserMemoryRegion({
-        slot: 0,
-        guestPhysAddr: 0,
-        memorySize: plan.lowMemorySize,
-        memory: ram,
-      });
-      if (plan.highMemorySize > 0) {
-        vm.setUserMemoryRegion({
-          slot: 1,
-          guestPhysAddr: plan.highMemoryStart,
-          memorySize: plan.highMemorySize,
-          memory: ram,
-          offset: plan.lowMemorySize,
-        });
-      }
-      writeMultibootBoot(
-        (address, bytes) => vm.writeGuest(address, bytes),
-        plan,
-        options.modules ?? [],
-        {
-          memoryIsZero: true,
-        },
-      );
-
-      // ACPI: RSDP in the BIOS area (reserved in the memory map), RSDT, FADT (PM timer), MADT.
-      vm.writeGuest(ACPI_TABLES_ADDRESS, buildAcpiTables({ cpus }));
-      this.bus = new IoBus({
-        onUnhandled: (a: UnhandledAccess) =>
-          this.#onUnhandled?.(
-            `port ${hex(a.port)} ${a.direction} (${a.size} byte${a.size > 1 ? "s" : ""})`,
-          ),
-      });
-      this.serial = new Uart16550({
-        output: options.serialOutput,
-        irq: (level) => vm.setIrqLine(COM1_IRQ, level),
-      });
-      this.bus.register(COM1_PORT, 8, this.serial);
-      this.debugExit = new DebugExit((status) =>
-        this.#finish({ reason: "debugExit", status, vcpu: -1 })
-      );
-      this.bus.register(DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, this.debugExit);
-      this.bus.register(ACPI_PM_TIMER_PORT, 4, new AcpiPmTimer());
-      registerLegacyDevices(this.bus, {
-        onReset: () => this.#finish({ reason: "reset", vcpu: -1 }),
-      });
-
-      const supported = kvm.getSupportedCpuid();
-      const tscDeadline = kvm.checkExtension("TSC_DEADLINE_TIMER") > 0;
-      const vcpus: Vcpu[] = [];
-      for (let id = 0; id < cpus; id++) {
-        const vcpu = vm.createVcpu(id);
-        setupVcpu(vcpu, cpus, supported, {
-          tscDeadline,
-          probe,
-          hiddenKvmFeatures: options.hiddenKvmFeatures ?? 0,
-          adjust: options.cpuid,
-        });
-        vcpus.push(vcpu);
-      }
-      this.vcpus = vcpus;
-      const bsp = vcpus[0];
-      // Multiboot machine state (spec 3.2): flat 32-bit protected mode, paging off,
-      // EAX = the loader magic, EBX = the information structure, interrupts off.
-      setupProtectedMode(vm, bsp, { entry: plan.entry });
-      bsp.setRegs(
-        bsp.getRegs().assign({
-          rax: BigInt(MULTIBOOT_BOOTLOADER_MAGIC),
-          rbx: BigInt(plan.infoAddress),
-          rflags: 2n,
-        }),
-      );
-      this.#aps.start(vcpus.slice(1), bsp.kickTarget, kvm.vcpuMmapSize());
-    } catch (e) {
-      this.#aps.stop();
-      vm.close();
-      throw e;
-    }
   }
 
   /**
@@ -256,73 +164,67 @@ export class MultibootMachine {
    */
   static create(options: MultibootMachineOptions): MultibootMachine {
     const cpus = options.cpus ?? 1;
-    if (!Number.isInteger(cpus) || cpus < 1 || cpus > 64) {
-      throw new KvmError("create Multiboot machine", Errno.EINVAL, `cpus ${cpus}: 1 to 64`);
-    }
-    if (options.memorySize % (2 * MiB) !== 0) {
-      throw new KvmError(
-        "create Multiboot machine",
-        Errno.EINVAL,
-        `memory size ${options.memorySize} is not a multiple of 2 MiB`,
-      );
-    }
+    checkMachineSize("Multiboot machine", cpus, options.memorySize);
     const plan = planMultibootBoot(options.kernel, {
       memorySize: options.memorySize,
       cmdline: options.cmdline,
       modules: options.modules,
     });
-    const ownsKvm = options.kvm === undefined;
-    const kvm = options.kvm ?? Kvm.open();
-    try {
+    return withKvm(options.kvm, (kvm, ownsKvm) => {
       const probe = options.probeCpu === true ? probeCpu(kvm) : undefined;
-      return new MultibootMachine(kvm, ownsKvm, plan, options, probe);
-    } catch (e) {
-      if (ownsKvm) kvm.close();
-      throw e;
-    }
+      let debugExit: DebugExit | undefined;
+      const machine = new PcMachine({
+        name: "Multiboot machine",
+        kvm,
+        ownsKvm,
+        cpus,
+        memorySize: options.memorySize,
+        lowMemorySize: plan.lowMemorySize,
+        highMemoryStart: plan.highMemoryStart,
+        highMemorySize: plan.highMemorySize,
+        serialOutput: options.serialOutput,
+        onUnhandled: options.onUnhandled,
+        cpuid: options.cpuid,
+        probe,
+        hiddenKvmFeatures: options.hiddenKvmFeatures ?? 0,
+        writeMemory: (vm) => {
+          writeMultibootBoot(
+            (address, bytes) => vm.writeGuest(address, bytes),
+            plan,
+            options.modules ?? [],
+            { memoryIsZero: true },
+          );
+          // ACPI: RSDP in the BIOS area (reserved in the memory map), RSDT, FADT (PM timer), MADT.
+          vm.writeGuest(ACPI_TABLES_ADDRESS, buildAcpiTables({ cpus }));
+        },
+        addDevices: (pc) => {
+          // The machine names the vCPU whose write it was.
+          debugExit = new DebugExit((status) =>
+            pc.finish({ reason: "debugExit", status, vcpu: -1 })
+          );
+          pc.pio.insert(DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, debugExit);
+          pc.pio.insert(ACPI_PM_TIMER_PORT, 4, new AcpiPmTimer());
+        },
+        enter: (vm, bsp) => {
+          // Multiboot machine state (spec 3.2): flat 32-bit protected mode, paging off,
+          // EAX = the loader magic, EBX = the information structure, interrupts off.
+          setupProtectedMode(vm, bsp, { entry: plan.entry });
+          bsp.setRegs(
+            bsp.getRegs().assign({
+              rax: BigInt(MULTIBOOT_BOOTLOADER_MAGIC),
+              rbx: BigInt(plan.infoAddress),
+              rflags: 2n,
+            }),
+          );
+        },
+      });
+      return new MultibootMachine(machine, debugExit!, plan, probe);
+    });
   }
 
   /** Ends {@linkcode run} after the current exit, with reason `"stopped"`. */
   stop(): void {
-    this.#finish({ reason: "stopped", vcpu: -1 });
-  }
-
-  #finish(exit: MultibootExit): void {
-    if (!this.#exit) this.#exit = exit;
-  }
-
-  /** Names the vCPU whose port write just ended the run through the debug-exit device. */
-  #attribute(vcpu: number): void {
-    const exit = this.#exit as MultibootExit | null;
-    if (exit?.reason === "debugExit" && exit.vcpu === -1) exit.vcpu = vcpu;
-  }
-
-  /** The APs' requests, served on the bootstrap vCPU's thread by the same devices. */
-  #apHandlers: ApHandlers = {
-    io: (vcpu, direction, port, size, count, data) => {
-      this.bus.handle(direction, port, size, count, data);
-      this.#attribute(vcpu);
-    },
-    mmio: (_vcpu, address, isWrite, data) => this.#mmio(address, isWrite, data),
-    tripleFault: (vcpu, detail) => this.#finish({ reason: "tripleFault", vcpu, detail }),
-    systemEvent: (vcpu, type, detail) => this.#systemEvent(type, vcpu, detail),
-    error: (vcpu, detail) => this.#finish({ reason: "error", vcpu, detail }),
-  };
-
-  /** No MMIO devices: reads return all-ones, writes are dropped, each address reported once. */
-  #mmio(address: number, isWrite: boolean, data: Uint8Array): void {
-    if (!isWrite) data.fill(0xff);
-    if (!this.#seenMmio.has(address)) {
-      this.#seenMmio.add(address);
-      this.#onUnhandled?.(`MMIO ${isWrite ? "write" : "read"} at ${hex(address)}`);
-    }
-  }
-
-  #systemEvent(type: number, vcpu: number, detail?: string): void {
-    // KVM_SYSTEM_EVENT_SHUTDOWN = 1, _RESET = 2; anything else (crash...) is an error.
-    if (type === 1) this.#finish({ reason: "poweroff", vcpu });
-    else if (type === 2) this.#finish({ reason: "reset", vcpu });
-    else this.#finish({ reason: "error", vcpu, detail: detail ?? `system event ${type}` });
+    this.#machine.stop();
   }
 
   /**
@@ -332,114 +234,13 @@ export class MultibootMachine {
    * then the bootstrap vCPU runs on this thread, synchronously, bounded by its
    * watchdog (`Vcpu.setWatchdog`) when `timeoutMs` is given. Can be called once.
    */
-  async run(options: MultibootRunOptions = {}): Promise<MultibootExit> {
-    if (this.#running) {
-      throw new KvmError("run Multiboot machine", Errno.EBUSY, "the machine already ran");
-    }
-    const { timeoutMs } = options;
-    if (timeoutMs !== undefined && !(Number.isFinite(timeoutMs) && timeoutMs > 0)) {
-      throw new KvmError(
-        "run Multiboot machine",
-        Errno.EINVAL,
-        `timeoutMs ${timeoutMs}: a positive ms count`,
-      );
-    }
-    this.#running = true;
-    const bsp = this.vcpus[0];
-    bsp.adoptThread();
-    try {
-      await this.#aps.waitReady(
-        "run Multiboot machine",
-        performance.now() + WORKER_START_TIMEOUT_MS,
-      );
-      if (timeoutMs !== undefined) bsp.setWatchdog(timeoutMs);
-      return this.#runBootstrapVcpu(bsp);
-    } finally {
-      try {
-        bsp.setWatchdog(null);
-      } catch {
-        // Closed: nothing to disarm.
-      }
-      this.#aps.stop();
-      const exit = this.#exit as MultibootExit | null;
-      if (
-        exit && exit.reason !== "debugExit" && exit.reason !== "reset" && exit.reason !== "poweroff"
-      ) {
-        for (const error of this.#aps.errors) exit.detail = `${exit.detail ?? ""}\n${error}`;
-      }
-    }
-  }
-
-  #runBootstrapVcpu(bsp: Vcpu): MultibootExit {
-    const hasAps = this.#aps.count > 0;
-    while (this.#exit === null) {
-      let exit;
-      try {
-        exit = bsp.run();
-      } catch (e) {
-        if (e instanceof KvmError && e.errno === Errno.ETIMEDOUT) {
-          this.#finish({ reason: "timeout", vcpu: -1, detail: e.message });
-          break;
-        }
-        throw e;
-      }
-      switch (exit.reason) {
-        case "io":
-          this.bus.handle(exit.direction, exit.port, exit.size, exit.count, exit.data);
-          this.#attribute(0);
-          break;
-        case "mmio":
-          this.#mmio(exit.address, exit.isWrite, exit.data);
-          break;
-        case "interrupted":
-        case "hlt":
-          break;
-        case "shutdown":
-          this.#finish({
-            reason: "tripleFault",
-            vcpu: 0,
-            detail: `vCPU 0: triple fault (KVM_EXIT_SHUTDOWN)\n${describeVcpu(bsp)}`,
-          });
-          break;
-        case "systemEvent":
-          this.#systemEvent(exit.type, 0, `vCPU 0: system event ${exit.type}`);
-          break;
-        case "internalError":
-          if (completeUnemulated(exit, this.vm, bsp)) break;
-          this.#finish({
-            reason: "error",
-            vcpu: 0,
-            detail: `vCPU 0: KVM internal error, ${describeInternalError(exit, this.vm, bsp)}\n${
-              describeVcpu(bsp)
-            }`,
-          });
-          break;
-        case "failEntry":
-          this.#finish({
-            reason: "error",
-            vcpu: 0,
-            detail: `vCPU 0: entry failed, hardware reason ${
-              hex(exit.hardwareEntryFailureReason)
-            }\n${describeVcpu(bsp)}`,
-          });
-          break;
-        default:
-          this.#finish({
-            reason: "error",
-            vcpu: 0,
-            detail: `vCPU 0: unexpected exit ${exit.reason}\n${describeVcpu(bsp)}`,
-          });
-      }
-      if (hasAps) this.#aps.serve(this.#apHandlers);
-    }
-    return this.#exit!;
+  run(options: MultibootRunOptions = {}): Promise<MultibootExit> {
+    return this.#machine.run(options);
   }
 
   /** Closes the VM (and the Kvm object when the machine opened it). Idempotent. */
   close(): void {
-    this.#aps.stop();
-    this.vm.close();
-    if (this.#ownsKvm) this.kvm.close();
+    this.#machine.close();
   }
 
   /** Same as {@linkcode close}, for `using`. */

@@ -10,14 +10,14 @@
  * import { DebugExitDevice } from "@deno-kvm/kvm/vmm";
  * let status = -1;
  * const dev = new DebugExitDevice((s) => status = s);
- * dev.portWrite(0xf4, 4, 0); // the guest's exit(0)
+ * dev.write(0, new Uint8Array(4)); // the guest's exit(0): outl of 0 to port 0xf4
  * console.log(status); // 1
  * ```
  *
  * @module
  */
 
-import type { PortDevice } from "./io_bus.ts";
+import { type BusDevice, loadLe } from "./bus_device.ts";
 
 /** The port kvm-unit-tests (and QEMU's `iobase=0xf4`) use. */
 export const DEBUG_EXIT_PORT = 0xf4;
@@ -32,10 +32,11 @@ export function debugExitStatus(code: number, size = 4): number {
 
 /**
  * The debug-exit port device. Reads return 0 (QEMU's device reads as 0);
- * each write calls `onExit` with {@linkcode debugExitStatus}. Ending the run
- * is the machine's business: the callback should stop its vCPUs.
+ * each write, at any offset, calls `onExit` with {@linkcode debugExitStatus}
+ * of the value written. Ending the run is the machine's business: the
+ * callback should stop its vCPUs.
  */
-export class DebugExit implements PortDevice {
+export class DebugExit implements BusDevice {
   #onExit: (status: number) => void;
   /** The status of the last write, or undefined before any. */
   status: number | undefined;
@@ -46,13 +47,13 @@ export class DebugExit implements PortDevice {
   }
 
   /** Reads as 0. */
-  portRead(): number {
-    return 0;
+  read(_offset: number, data: Uint8Array): void {
+    data.fill(0);
   }
 
   /** Ends the run with status `value << 1 | 1`. */
-  portWrite(_port: number, size: number, value: number): void {
-    this.status = debugExitStatus(value, size);
+  write(_offset: number, data: Uint8Array): void {
+    this.status = debugExitStatus(loadLe(data), data.length);
     this.#onExit(this.status);
   }
 }

@@ -2,34 +2,32 @@
  * The little PC devices a booting Linux kernel touches besides the UART: the
  * i8042 keyboard controller (for its reset line), the CMOS RTC, the PCI
  * configuration ports (answered as "no PCI"), and ports that only need a
- * quiet answer.
+ * quiet answer. Each is a {@linkcode BusDevice}: it sees offsets from where
+ * it is inserted.
  *
  * @module
  */
 
-import type { IoBus, PortDevice } from "./io_bus.ts";
+import { type Bus, deviceWindow } from "./bus.ts";
+import { type BusDevice, storeLe } from "./bus_device.ts";
 
-/** All-ones for a read of `size` bytes: what an empty bus returns. */
-function ones(size: number): number {
-  return size === 4 ? 0xffffffff : size === 2 ? 0xffff : 0xff;
-}
-
-/** A port range that drops writes and reads as `value` (all-ones by default). */
-export class QuietPorts implements PortDevice {
+/** A range that drops writes and reads as `value` (all-ones by default) at every offset. */
+export class QuietPorts implements BusDevice {
   #value: number | undefined;
   /**
    * Creates the device.
-   * @param value what reads return; omitted: all-ones of the access size
+   * @param value what reads return (little-endian, as wide as the access); omitted: all-ones
    */
   constructor(value?: number) {
     this.#value = value;
   }
-  /** Returns the fixed value. */
-  portRead(_port: number, size: number): number {
-    return this.#value ?? ones(size);
+  /** Gives the fixed value. */
+  read(_offset: number, data: Uint8Array): void {
+    if (this.#value === undefined) data.fill(0xff);
+    else storeLe(data, this.#value);
   }
   /** Drops the write. */
-  portWrite(): void {}
+  write(): void {}
 }
 
 /** i8042 status bits. */
@@ -50,6 +48,11 @@ const CMD_KBD_ENABLE = 0xae;
 const CMD_AUX_LOOP = 0xd3;
 const CMD_PULSE_RESET = 0xfe;
 
+/** The i8042's data register, as an offset from its base (port 0x60). */
+export const I8042_DATA = 0;
+/** The i8042's status (read) and command (write) register: offset 4 (port 0x64). */
+export const I8042_COMMAND = 4;
+
 /**
  * The i8042 keyboard controller, reduced to what a guest kernel needs: its
  * self test, the command byte, and the CPU reset line (command `0xfe` on port
@@ -58,16 +61,22 @@ const CMD_PULSE_RESET = 0xfe;
  * Linux gives up on it without waiting for timeouts, and keyboard commands
  * get no answer.
  *
+ * Its registers are at offsets {@linkcode I8042_DATA} (0) and
+ * {@linkcode I8042_COMMAND} (4), as at 0x60 and 0x64; offsets between read
+ * as all-ones. On a PC, port 0x61 between them belongs to the PIT's speaker
+ * gate: {@linkcode registerLegacyDevices} inserts the two registers as two
+ * one-port ranges (see `deviceWindow`).
+ *
  * @example
  * ```ts
- * import { I8042 } from "@deno-kvm/kvm/vmm";
+ * import { I8042, I8042_COMMAND } from "@deno-kvm/kvm/vmm";
  * let reset = false;
  * const kbc = new I8042(() => reset = true);
- * kbc.portWrite(0x64, 1, 0xfe);
+ * kbc.write(I8042_COMMAND, new Uint8Array([0xfe])); // pulse the reset line
  * console.log(reset); // true
  * ```
  */
-export class I8042 implements PortDevice {
+export class I8042 implements BusDevice {
   #onReset: () => void;
   #ctr = 0x61; // keyboard interrupt on, translation on, AUX disabled (as firmware leaves it)
   #status = STATUS_SYS;
@@ -87,17 +96,23 @@ export class I8042 implements PortDevice {
     this.#status |= STATUS_OBF;
   }
 
-  /** Port 0x60 reads the output buffer, 0x64 the status. */
-  portRead(port: number, _size: number): number {
-    if (port === 0x64) return this.#status;
-    this.#status &= ~STATUS_OBF;
-    return this.#output;
+  /** Offset 4 (0x64) reads the status, offset 0 (0x60) the output buffer. */
+  read(offset: number, data: Uint8Array): void {
+    data.fill(0);
+    if (offset === I8042_COMMAND) {
+      data[0] = this.#status;
+    } else if (offset === I8042_DATA) {
+      this.#status &= ~STATUS_OBF;
+      data[0] = this.#output;
+    } else {
+      data.fill(0xff);
+    }
   }
 
-  /** Port 0x64 takes commands, 0x60 their data (or bytes for the keyboard). */
-  portWrite(port: number, _size: number, value: number): void {
-    value &= 0xff;
-    if (port === 0x64) {
+  /** Offset 4 (0x64) takes commands, offset 0 (0x60) their data (or bytes for the keyboard). */
+  write(offset: number, data: Uint8Array): void {
+    const value = data[0];
+    if (offset === I8042_COMMAND) {
       this.#status |= STATUS_CMD;
       this.#pendingCommand = 0;
       switch (value) {
@@ -138,6 +153,7 @@ export class I8042 implements PortDevice {
       }
       return;
     }
+    if (offset !== I8042_DATA) return;
     this.#status &= ~STATUS_CMD;
     const command = this.#pendingCommand;
     this.#pendingCommand = 0;
@@ -154,11 +170,11 @@ function bcd(n: number): number {
 }
 
 /**
- * The CMOS RTC and NVRAM at ports 0x70 (index) and 0x71 (data): the clock
- * reads the host's UTC time in BCD, 24-hour mode; status D reports a valid
- * battery; other NVRAM bytes are plain storage.
+ * The CMOS RTC and NVRAM at offsets 0 (index, port 0x70) and 1 (data, port
+ * 0x71): the clock reads the host's UTC time in BCD, 24-hour mode; status D
+ * reports a valid battery; other NVRAM bytes are plain storage.
  */
-export class CmosRtc implements PortDevice {
+export class CmosRtc implements BusDevice {
   #index = 0;
   #ram = new Uint8Array(128);
   #now: () => Date;
@@ -174,9 +190,13 @@ export class CmosRtc implements PortDevice {
     this.#ram[0x0d] = 0x80; // status D: valid RAM and time
   }
 
-  /** 0x70 reads the index, 0x71 the selected register. */
-  portRead(port: number, _size: number): number {
-    if (port === 0x70) return this.#index;
+  /** Offset 0 (0x70) reads the index, offset 1 (0x71) the selected register. */
+  read(offset: number, data: Uint8Array): void {
+    data.fill(0);
+    data[0] = offset === 0 ? this.#index : this.#register();
+  }
+
+  #register(): number {
     const t = this.#now();
     switch (this.#index) {
       case 0x00:
@@ -202,15 +222,16 @@ export class CmosRtc implements PortDevice {
     }
   }
 
-  /** 0x70 selects a register (bit 7 is the NMI mask), 0x71 writes it. */
-  portWrite(port: number, _size: number, value: number): void {
-    if (port === 0x70) {
+  /** Offset 0 (0x70) selects a register (bit 7 is the NMI mask), offset 1 (0x71) writes it. */
+  write(offset: number, data: Uint8Array): void {
+    const value = data[0];
+    if (offset === 0) {
       this.#index = value & 0x7f;
       return;
     }
     // The clock registers and status C/D are not writable storage here.
     if (this.#index >= 0x0e || this.#index === 0x0a || this.#index === 0x0b) {
-      this.#ram[this.#index] = value & 0xff;
+      this.#ram[this.#index] = value;
     }
   }
 }
@@ -232,29 +253,30 @@ export interface LegacyDevices {
 }
 
 /**
- * Puts the devices a booting Linux expects on a PC onto `bus`: the i8042
+ * Puts the devices a booting Linux expects on a PC onto the port bus `bus`: the i8042
  * (0x60, 0x64), the CMOS RTC (0x70-0x71), and quiet answers on the POST code
  * port 0x80, the 0xed delay port, port 0x92 (A20 gate), the PCI
  * configuration mechanism (0xcf8-0xcff, all-ones: no PCI bus), the second
  * PIC's and the DMA controllers' leftovers, and, without an in-kernel PIT,
  * 0x40-0x43 and 0x61.
  */
-export function registerLegacyDevices(bus: IoBus, options: LegacyDevicesOptions): LegacyDevices {
+export function registerLegacyDevices(bus: Bus, options: LegacyDevicesOptions): LegacyDevices {
   const i8042 = new I8042(options.onReset);
   const cmos = new CmosRtc();
-  bus.register(0x60, 1, i8042);
-  bus.register(0x64, 1, i8042);
-  bus.register(0x70, 2, cmos);
-  bus.register(0x80, 1, new QuietPorts(0)); // POST codes / I/O delay
-  bus.register(0xed, 1, new QuietPorts(0)); // alternative I/O delay port
-  bus.register(0x92, 1, new QuietPorts(0x02)); // system control port A: A20 on
-  bus.register(0xcf8, 8, new QuietPorts()); // PCI config mechanism #1: no host bridge
-  bus.register(0x00, 0x10, new QuietPorts()); // DMA controller 1
-  bus.register(0xc0, 0x20, new QuietPorts()); // DMA controller 2
-  bus.register(0x81, 0xf, new QuietPorts()); // DMA page registers
+  bus.insert(0x60, 1, i8042);
+  // 0x61 between the two registers is the PIT's (in the kernel, or quiet below).
+  bus.insert(0x64, 1, deviceWindow(i8042, I8042_COMMAND));
+  bus.insert(0x70, 2, cmos);
+  bus.insert(0x80, 1, new QuietPorts(0)); // POST codes / I/O delay
+  bus.insert(0xed, 1, new QuietPorts(0)); // alternative I/O delay port
+  bus.insert(0x92, 1, new QuietPorts(0x02)); // system control port A: A20 on
+  bus.insert(0xcf8, 8, new QuietPorts()); // PCI config mechanism #1: no host bridge
+  bus.insert(0x00, 0x10, new QuietPorts()); // DMA controller 1
+  bus.insert(0xc0, 0x20, new QuietPorts()); // DMA controller 2
+  bus.insert(0x81, 0xf, new QuietPorts()); // DMA page registers
   if (options.inKernelPit === false) {
-    bus.register(0x40, 4, new QuietPorts(0));
-    bus.register(0x61, 1, new QuietPorts(0x20));
+    bus.insert(0x40, 4, new QuietPorts(0));
+    bus.insert(0x61, 1, new QuietPorts(0x20));
   }
   return { i8042, cmos };
 }

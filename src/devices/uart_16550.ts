@@ -14,10 +14,13 @@
  * The interrupt output is a level: the device calls `irq(level)` whenever it
  * changes. Give it `(level) => vm.setIrqLine(4, level)`.
  *
+ * The model sees only register offsets 0..7 ({@linkcode BusDevice}): insert
+ * it on a port bus at 0x3f8 (COM1), 0x2f8 (COM2), or on an MMIO bus anywhere.
+ *
  * @module
  */
 
-import type { PortDevice } from "./io_bus.ts";
+import type { BusDevice } from "./bus_device.ts";
 
 /** COM1's base port. */
 export const COM1_PORT = 0x3f8;
@@ -88,8 +91,6 @@ const TRIGGER_LEVELS = [1, 4, 8, 14];
 
 /** Options of {@linkcode Uart16550}. */
 export interface Uart16550Options {
-  /** Base port (default {@linkcode COM1_PORT}). */
-  base?: number;
   /** Receives each transmitted byte (not called in loopback mode). */
   output?: (byte: number) => void;
   /** Called with the new level (true = asserted) each time the interrupt output changes. */
@@ -103,24 +104,24 @@ export interface Uart16550Options {
 }
 
 /**
- * A 16550A UART on eight ports from `base`.
+ * A 16550A UART: eight byte-wide registers at offsets 0..7 of its range.
  *
  * @example
  * ```ts
- * import { IoBus } from "@deno-kvm/kvm/vmm";
- * import { COM1_PORT, Uart16550 } from "@deno-kvm/kvm/vmm";
+ * import { Bus, COM1_PORT, Uart16550 } from "@deno-kvm/kvm/vmm";
  * let text = "";
  * const uart = new Uart16550({ output: (b) => text += String.fromCharCode(b) });
- * const bus = new IoBus();
- * bus.register(COM1_PORT, 8, uart);
- * bus.write(COM1_PORT, 1, 0x68); // THR
+ * const bus = new Bus({ space: "pio" });
+ * bus.insert(COM1_PORT, 8, uart);
+ * const data = new Uint8Array(1);
+ * data[0] = 0x68;
+ * bus.write(COM1_PORT, data); // THR
  * uart.receive(new TextEncoder().encode("x"));
- * console.log(text, bus.read(COM1_PORT + 5, 1).toString(16), bus.read(COM1_PORT, 1)); // h 61 120
+ * bus.read(COM1_PORT + 5, data); // LSR: data ready, transmitter empty
+ * console.log(text, data[0].toString(16)); // h 61
  * ```
  */
-export class Uart16550 implements PortDevice {
-  /** The base port. */
-  readonly base: number;
+export class Uart16550 implements BusDevice {
   #output: (byte: number) => void;
   #irq: (level: boolean) => void;
   #dll = 0x0c; // 9600 baud, as a BIOS leaves it
@@ -143,7 +144,6 @@ export class Uart16550 implements PortDevice {
 
   /** Creates the UART in its reset state. */
   constructor(options: Uart16550Options = {}) {
-    this.base = options.base ?? COM1_PORT;
     this.#output = options.output ?? (() => {});
     this.#irq = options.irq ?? (() => {});
     const capacity = options.inputCapacity ?? UART_INPUT_CAPACITY;
@@ -271,9 +271,16 @@ export class Uart16550 implements PortDevice {
     this.#msr = (inputs & 0xf0) | deltas;
   }
 
-  /** Reads one register; `size` > 1 reads the low byte (8-bit device). */
-  portRead(port: number, _size: number): number {
-    const offset = port - this.base;
+  /**
+   * Reads the register at `offset` into `data[0]`; wider reads see it in
+   * their low byte, zeroes above (an 8-bit device).
+   */
+  read(offset: number, data: Uint8Array): void {
+    data.fill(0);
+    data[0] = this.#readRegister(offset);
+  }
+
+  #readRegister(offset: number): number {
     const dlab = (this.#lcr & LCR_DLAB) !== 0;
     let value: number;
     switch (offset) {
@@ -312,11 +319,10 @@ export class Uart16550 implements PortDevice {
     return value;
   }
 
-  /** Writes one register; `size` > 1 writes the low byte. */
-  portWrite(port: number, _size: number, value: number): void {
-    const offset = port - this.base;
+  /** Writes `data[0]` to the register at `offset` (wider writes: their low byte). */
+  write(offset: number, data: Uint8Array): void {
     const dlab = (this.#lcr & LCR_DLAB) !== 0;
-    value &= 0xff;
+    const value = data[0];
     switch (offset) {
       case RBR_THR_DLL:
         if (dlab) {

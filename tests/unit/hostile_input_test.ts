@@ -7,8 +7,8 @@ import { planLinuxBoot } from "../../src/boot/bzimage.ts";
 import { checkGuestLayout } from "../../src/boot/layout.ts";
 import { readImageFile } from "../../src/boot/read_image.ts";
 import { cachedVmlinux, compactElf, extractVmlinux } from "../../src/boot/vmlinux.ts";
-import { IoBus } from "../../src/devices/io_bus.ts";
-import { COM1_PORT, Uart16550 } from "../../src/devices/uart_16550.ts";
+import { Bus } from "../../src/devices/bus.ts";
+import { Uart16550 } from "../../src/devices/uart_16550.ts";
 import { KvmError } from "../../src/errors.ts";
 import { CoalescedRing } from "../../src/kvm/coalesced_ring.ts";
 import { elfWithNoteSize, tinyBzImage } from "../fuzz/samples.ts";
@@ -18,7 +18,8 @@ const MiB = 1024 * 1024;
 
 Deno.test("hostile: the UART holds at most its capacity, however much is offered", () => {
   const uart = new Uart16550();
-  uart.portWrite(COM1_PORT + 2, 1, 0x01); // FCR: FIFOs on (16 bytes)
+  const byte = new Uint8Array([0x01]);
+  uart.write(2, byte); // FCR: FIFOs on (16 bytes)
   const chunk = new Uint8Array(MiB).fill(0x61);
   let taken = 0;
   // 16 MiB offered to a guest that never reads.
@@ -28,7 +29,7 @@ Deno.test("hostile: the UART holds at most its capacity, however much is offered
   strictEqual(uart.inputRoom, 0);
   strictEqual(uart.receive(chunk), 0, "full: nothing taken");
   // The guest reads 3 bytes; the room comes back for exactly 3 more.
-  for (let i = 0; i < 3; i++) uart.portRead(COM1_PORT, 1);
+  for (let i = 0; i < 3; i++) uart.read(0, byte); // RBR
   strictEqual(uart.inputRoom, 3);
   strictEqual(uart.receive(new TextEncoder().encode("bcdef")), 3, "the caller keeps 'ef'");
 });
@@ -58,24 +59,24 @@ Deno.test("hostile: a bzImage's cmdline_size of 0xffffffff does not let 1 MiB of
   strictEqual(plan.cmdline.length, 0x9fc00 - 0x20000);
 });
 
-Deno.test("hostile: IoBus.handle checks count and size against the data", () => {
-  const bus = new IoBus();
+Deno.test("hostile: Bus.handlePio checks count and size against the data", () => {
+  const bus = new Bus({ space: "pio" });
   let writes = 0;
-  bus.register(0x3f8, 8, { portRead: () => 0x5a, portWrite: () => writes++ });
+  bus.insert(0x3f8, 8, { read: (_offset, data) => data.fill(0x5a), write: () => writes++ });
   const area = new Uint8Array(16).fill(0xee);
   const data = area.subarray(4, 6); // 2 bytes of a larger run area
   for (
     const [size, count] of [[1, 3], [2, 2], [4, 1], [3, 1], [1, -1], [1, 1.5], [1, 2 ** 32]]
   ) {
-    throws(() => bus.handle("in", 0x3f8, size, count, data), (e: unknown) => {
+    throws(() => bus.handlePio("in", 0x3f8, size, count, data), (e: unknown) => {
       ok(e instanceof KvmError && e.code === "EINVAL" && e.operation === "handle port I/O");
       return true;
     });
-    throws(() => bus.handle("out", 0x3f8, size, count, data), KvmError);
+    throws(() => bus.handlePio("out", 0x3f8, size, count, data), KvmError);
   }
   ok(area.every((b) => b === 0xee), "nothing inside or outside data was written");
   strictEqual(writes, 0, "no device saw an access");
-  bus.handle("in", 0x3f8, 1, 2, data);
+  bus.handlePio("in", 0x3f8, 1, 2, data);
   strictEqual(area[4] + area[5] + area[6], 0x5a + 0x5a + 0xee);
 });
 

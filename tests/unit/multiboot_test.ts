@@ -235,8 +235,10 @@ Deno.test("debug exit: a write of code ends with status code << 1 | 1", () => {
   assertEquals(debugExitStatus(0x1ff, 1), 0x1ff); // a byte write keeps 8 bits
   const seen: number[] = [];
   const dev = new DebugExit((s) => seen.push(s));
-  dev.portWrite(0xf4, 4, 1);
+  dev.write(0, new Uint8Array([1, 0, 0, 0])); // outl of 1
   assertEquals(seen, [3]);
   assertEquals(dev.status, 3);
-  assertEquals(dev.portRead(), 0);
+  const data = new Uint8Array(4).fill(0xee);
+  dev.read(0, data);
+  assertEquals([...data], [0, 0, 0, 0]);
 });

@@ -1,0 +1,396 @@
+/**
+ * The PC both machines are made of ({@linkcode PcMachine}): guest RAM in a
+ * low and a high slot, the in-kernel interrupt controllers and PIT, a port
+ * bus and an MMIO bus (`Bus`) with a 16550A on COM1 and the legacy PC
+ * devices, one vCPU per thread (the bootstrap vCPU on the calling thread,
+ * each AP on a Worker through `ApWorkers`), one exit dispatch for every vCPU,
+ * and one exit policy. `LinuxMachine` and `MultibootMachine` add only what
+ * differs: the boot image, the tables, a few devices and the entry state.
+ * Internal to the machines.
+ *
+ * Every device model lives on the calling thread. An AP's port I/O and MMIO
+ * exits are handed over through its mailbox and served here by the same
+ * `Bus.handlePio` / `Bus.handleMmio` as the bootstrap vCPU's.
+ *
+ * @module
+ */
+
+import type { CpuidEntry } from "../abi/cpuid.ts";
+import { Errno, KvmError } from "../errors.ts";
+import { Bus, describeUnhandled } from "../devices/bus.ts";
+import { registerLegacyDevices } from "../devices/legacy.ts";
+import { COM1_IRQ, COM1_PORT, Uart16550 } from "../devices/uart_16550.ts";
+import { hex } from "../kvm/constants.ts";
+import { describeInternalError } from "../kvm/dump.ts";
+import { Kvm } from "../kvm/kvm.ts";
+import type { Vcpu } from "../kvm/vcpu.ts";
+import type { Vm } from "../kvm/vm.ts";
+import { type ApHandlers, ApWorkers, describeVcpu } from "./ap_runtime.ts";
+import type { CpuProbeReport } from "./cpu_probe.ts";
+import { setupPlatform, setupVcpu } from "./platform.ts";
+import { completeUnemulated } from "./unemulated.ts";
+
+/** Why a machine's run ended (each machine documents the ones it can give). */
+export type PcExitReason =
+  | "debugExit"
+  | "reset"
+  | "poweroff"
+  | "tripleFault"
+  | "error"
+  | "stopped"
+  | "timeout";
+
+/** How a machine's run ended. */
+export interface PcExit {
+  /** Why. */
+  reason: PcExitReason;
+  /** With `"debugExit"`: the exit status. */
+  status?: number;
+  /** The vCPU that ended it (-1 when none did). */
+  vcpu: number;
+  /** What happened, for the error reasons, with a register dump. */
+  detail?: string;
+}
+
+/** What {@linkcode PcMachine} is built from. */
+export interface PcMachineConfig {
+  /** The machine's name in errors: `"Linux machine"` gives `"run Linux machine"`. */
+  name: string;
+  /** The KVM system object, and whether the machine closes it. */
+  kvm: Kvm;
+  /** Whether {@linkcode PcMachine.close} closes `kvm`. */
+  ownsKvm: boolean;
+  /** vCPUs (checked by {@linkcode checkMachineSize}). */
+  cpus: number;
+  /** Guest RAM in bytes. */
+  memorySize: number;
+  /** Transparent huge pages for RAM (see `GuestMemoryOptions.hugePages`). */
+  hugePages?: boolean;
+  /** RAM mapped at 0. */
+  lowMemorySize: number;
+  /** Where the rest of RAM is mapped (above the 32-bit MMIO hole). */
+  highMemoryStart: number;
+  /** RAM mapped at `highMemoryStart` (0: none). */
+  highMemorySize: number;
+  /** Receives each byte the guest sends on COM1. */
+  serialOutput?: (byte: number) => void;
+  /** Called for unclaimed ports and MMIO addresses (bounded: see `Bus`). */
+  onUnhandled?: (what: string) => void;
+  /** Adjusts each vCPU's CPUID last. */
+  cpuid?: (entries: CpuidEntry[], vcpuId: number) => CpuidEntry[];
+  /** A CPU probe whose unusable features are hidden. */
+  probe?: CpuProbeReport;
+  /** KVM paravirtual features to hide (see `vcpuCpuid`). */
+  hiddenKvmFeatures?: number;
+  /** Writes the boot image and the firmware tables into RAM (zeroed before). */
+  writeMemory(vm: Vm): void;
+  /** Adds the machine's own devices (the COM1 UART and the legacy ones are in already). */
+  addDevices?(machine: PcMachine): void;
+  /** Sets the bootstrap vCPU's entry state. */
+  enter(vm: Vm, bsp: Vcpu): void;
+}
+
+/** Options of {@linkcode PcMachine.run}. */
+export interface PcRunOptions {
+  /** Ends the run with reason `"timeout"` after this many milliseconds (0 counts as 1). */
+  timeoutMs?: number;
+  /** Called on the run loop's thread after every exit of the bootstrap vCPU (kicks included). */
+  poll?: () => void;
+}
+
+const MiB = 1024 * 1024;
+/** How long {@linkcode PcMachine.run} waits for its AP workers to start (the guest's own bound is `timeoutMs`). */
+const WORKER_START_TIMEOUT_MS = 60_000;
+/** `KVM_SYSTEM_EVENT_SHUTDOWN` and `_RESET`; other types (a crash...) are errors. */
+const SYSTEM_EVENT_SHUTDOWN = 1;
+const SYSTEM_EVENT_RESET = 2;
+
+/**
+ * Checks a machine's vCPU count (1 to 64) and memory size (a multiple of
+ * 2 MiB): a `KvmError` (`EINVAL`, operation `"create <name>"`) before anything
+ * is opened.
+ */
+export function checkMachineSize(name: string, cpus: number, memorySize: number): void {
+  if (!Number.isInteger(cpus) || cpus < 1 || cpus > 64) {
+    throw new KvmError(`create ${name}`, Errno.EINVAL, `cpus ${cpus}: 1 to 64`);
+  }
+  if (memorySize % (2 * MiB) !== 0) {
+    throw new KvmError(
+      `create ${name}`,
+      Errno.EINVAL,
+      `memory size ${memorySize} is not a multiple of 2 MiB`,
+    );
+  }
+}
+
+/**
+ * Calls `build` with `given`, or with a `Kvm` opened for it (closed again
+ * when `build` throws; else the machine owns it: `ownsKvm` true).
+ */
+export function withKvm<T>(given: Kvm | undefined, build: (kvm: Kvm, ownsKvm: boolean) => T): T {
+  const kvm = given ?? Kvm.open();
+  try {
+    return build(kvm, given === undefined);
+  } catch (e) {
+    if (given === undefined) kvm.close();
+    throw e;
+  }
+}
+
+/** The PC under both machines. */
+export class PcMachine {
+  /** The KVM system object. */
+  readonly kvm: Kvm;
+  /** The VM. */
+  readonly vm: Vm;
+  /** The port I/O bus. */
+  readonly pio: Bus;
+  /** The MMIO bus (empty unless a machine adds devices: accesses read as all-ones). */
+  readonly mmio: Bus;
+  /** COM1. */
+  readonly serial: Uart16550;
+  /** vCPUs by id; 0 is the bootstrap processor. */
+  readonly vcpus: readonly Vcpu[];
+  /** Port I/O exits by port, of every vCPU; index 0x10000 counts MMIO exits. */
+  readonly exitsByPort: Uint32Array = new Uint32Array(0x10001);
+  #name: string;
+  #ownsKvm: boolean;
+  #aps = new ApWorkers();
+  #exit: PcExit | null = null;
+  #running = false;
+
+  /** Builds the machine (see {@linkcode PcMachineConfig}); on failure closes what it made. */
+  constructor(config: PcMachineConfig) {
+    this.kvm = config.kvm;
+    this.#name = config.name;
+    this.#ownsKvm = config.ownsKvm;
+    const { cpus, onUnhandled } = config;
+    const vm = this.vm = config.kvm.createVm();
+    try {
+      setupPlatform(vm);
+      const ram = vm.allocateMemory(config.memorySize, { hugePages: config.hugePages });
+      vm.setUserMemoryRegion({
+        slot: 0,
+        guestPhysAddr: 0,
+        memorySize: config.lowMemorySize,
+        memory: ram,
+      });
+      if (config.highMemorySize > 0) {
+        vm.setUserMemoryRegion({
+          slot: 1,
+          guestPhysAddr: config.highMemoryStart,
+          memorySize: config.highMemorySize,
+          memory: ram,
+          offset: config.lowMemorySize,
+        });
+      }
+      config.writeMemory(vm);
+
+      const report = onUnhandled &&
+        ((a: Parameters<typeof describeUnhandled>[0]) => onUnhandled(describeUnhandled(a)));
+      this.pio = new Bus({ space: "pio", onUnhandled: report });
+      this.mmio = new Bus({ space: "mmio", onUnhandled: report });
+      this.serial = new Uart16550({
+        output: config.serialOutput,
+        irq: (level) => vm.setIrqLine(COM1_IRQ, level),
+      });
+      this.pio.insert(COM1_PORT, 8, this.serial);
+      registerLegacyDevices(this.pio, {
+        onReset: () => this.finish({ reason: "reset", vcpu: -1 }),
+      });
+      config.addDevices?.(this);
+
+      const supported = config.kvm.getSupportedCpuid();
+      const tscDeadline = config.kvm.checkExtension("TSC_DEADLINE_TIMER") > 0;
+      const vcpus: Vcpu[] = [];
+      for (let id = 0; id < cpus; id++) {
+        const vcpu = vm.createVcpu(id);
+        setupVcpu(vcpu, cpus, supported, {
+          tscDeadline,
+          probe: config.probe,
+          hiddenKvmFeatures: config.hiddenKvmFeatures,
+          adjust: config.cpuid,
+        });
+        vcpus.push(vcpu);
+      }
+      this.vcpus = vcpus;
+      const bsp = vcpus[0];
+      config.enter(vm, bsp);
+      // Workers take a while to load: start them now, while the caller finishes its setup.
+      this.#aps.start(vcpus.slice(1), bsp.kickTarget, config.kvm.vcpuMmapSize());
+    } catch (e) {
+      this.#aps.stop();
+      vm.close();
+      throw e;
+    }
+  }
+
+  /**
+   * Ends the run with `exit` after the current exit (the first reason wins).
+   * A device that ends the run during a vCPU's access gives `vcpu: -1`; the
+   * dispatch then names that vCPU.
+   */
+  finish(exit: PcExit): void {
+    if (!this.#exit) this.#exit = exit;
+  }
+
+  /** Ends {@linkcode run} after the current exit, with reason `"stopped"`. */
+  stop(): void {
+    this.finish({ reason: "stopped", vcpu: -1 });
+  }
+
+  /** Port I/O of `vcpu`, from any thread's exit: the one PIO dispatch. */
+  #pio(
+    vcpu: number,
+    direction: "in" | "out",
+    port: number,
+    size: number,
+    count: number,
+    data: Uint8Array,
+  ): void {
+    const running = this.#exit === null;
+    this.pio.handlePio(direction, port, size, count, data);
+    this.exitsByPort[port]++;
+    this.#attribute(running, vcpu);
+  }
+
+  /** MMIO of `vcpu`, from any thread's exit: the one MMIO dispatch. */
+  #mmioAccess(vcpu: number, address: number, isWrite: boolean, data: Uint8Array): void {
+    const running = this.#exit === null;
+    this.mmio.handleMmio(address, isWrite, data);
+    this.exitsByPort[0x10000]++;
+    this.#attribute(running, vcpu);
+  }
+
+  /** Names `vcpu` in an exit a device just made (a debug-exit write, a keyboard-controller reset). */
+  #attribute(wasRunning: boolean, vcpu: number): void {
+    const exit = this.#exit;
+    if (wasRunning && exit !== null && exit.vcpu === -1) exit.vcpu = vcpu;
+  }
+
+  #systemEvent(type: number, vcpu: number, detail?: string): void {
+    if (type === SYSTEM_EVENT_SHUTDOWN) this.finish({ reason: "poweroff", vcpu });
+    else if (type === SYSTEM_EVENT_RESET) this.finish({ reason: "reset", vcpu });
+    else this.finish({ reason: "error", vcpu, detail: detail ?? `system event ${type}` });
+  }
+
+  /** The APs' requests, served on the bootstrap vCPU's thread by the same dispatch. */
+  #apHandlers: ApHandlers = {
+    io: (vcpu, direction, port, size, count, data) =>
+      this.#pio(vcpu, direction, port, size, count, data),
+    mmio: (vcpu, address, isWrite, data) => this.#mmioAccess(vcpu, address, isWrite, data),
+    tripleFault: (vcpu, detail) => this.finish({ reason: "tripleFault", vcpu, detail }),
+    systemEvent: (vcpu, type, detail) => this.#systemEvent(type, vcpu, detail),
+    error: (vcpu, detail) => this.finish({ reason: "error", vcpu, detail }),
+  };
+
+  /**
+   * Runs the machine until something ends the run. It first waits (on the
+   * event loop) until every AP's worker runs (a worker that fails to start
+   * rejects with a `KvmError` saying why): workers starting while the guest
+   * runs disturb it, and Linux gives an AP 10 s to answer INIT/SIPI. Then
+   * the bootstrap vCPU runs on this thread, synchronously, bounded by its
+   * watchdog (`Vcpu.setWatchdog`) when `timeoutMs` is given. Can be called once.
+   */
+  async run(options: PcRunOptions = {}): Promise<PcExit> {
+    const operation = `run ${this.#name}`;
+    if (this.#running) throw new KvmError(operation, Errno.EBUSY, "the machine already ran");
+    const { timeoutMs } = options;
+    if (timeoutMs !== undefined && !(Number.isFinite(timeoutMs) && timeoutMs >= 0)) {
+      throw new KvmError(operation, Errno.EINVAL, `timeoutMs ${timeoutMs}: a finite ms count`);
+    }
+    this.#running = true;
+    const bsp = this.vcpus[0];
+    bsp.adoptThread();
+    try {
+      await this.#aps.waitReady(operation, performance.now() + WORKER_START_TIMEOUT_MS);
+      // The watchdog kicks this thread when the time is up: bsp.run() then throws ETIMEDOUT.
+      if (timeoutMs !== undefined) bsp.setWatchdog(Math.max(1, timeoutMs));
+      return this.#runBootstrapVcpu(bsp, options.poll);
+    } finally {
+      if (timeoutMs !== undefined && !bsp.closed) bsp.setWatchdog(null);
+      this.#aps.stop();
+      const exit = this.#exit as PcExit | null;
+      if (exit?.reason === "timeout" && this.#aps.count > 0) {
+        // The APs are out of KVM_RUN now (the stuck ones left out), so their registers can be read.
+        exit.detail += this.#aps.describeStopped();
+      }
+      if (
+        exit && exit.reason !== "debugExit" && exit.reason !== "reset" && exit.reason !== "poweroff"
+      ) {
+        for (const error of this.#aps.errors) exit.detail = `${exit.detail ?? ""}\n${error}`;
+      }
+    }
+  }
+
+  /** The run loop proper: the bootstrap vCPU on this thread, until something ends the run. */
+  #runBootstrapVcpu(bsp: Vcpu, poll: (() => void) | undefined): PcExit {
+    const hasAps = this.#aps.count > 0;
+    while (this.#exit === null) {
+      let exit;
+      try {
+        exit = bsp.run();
+      } catch (e) {
+        if (!(e instanceof KvmError) || e.errno !== Errno.ETIMEDOUT) throw e;
+        this.finish({ reason: "timeout", vcpu: -1, detail: describeVcpu(bsp) });
+        break;
+      }
+      switch (exit.reason) {
+        case "io":
+          this.#pio(0, exit.direction, exit.port, exit.size, exit.count, exit.data);
+          break;
+        case "mmio":
+          this.#mmioAccess(0, exit.address, exit.isWrite, exit.data);
+          break;
+        case "interrupted":
+        case "hlt":
+          break;
+        case "shutdown":
+          this.finish({
+            reason: "tripleFault",
+            vcpu: 0,
+            detail: `vCPU 0: triple fault (KVM_EXIT_SHUTDOWN)\n${describeVcpu(bsp)}`,
+          });
+          break;
+        case "systemEvent":
+          this.#systemEvent(exit.type, 0, `vCPU 0: system event ${exit.type}`);
+          break;
+        case "internalError":
+          if (completeUnemulated(exit, this.vm, bsp)) break;
+          this.finish({
+            reason: "error",
+            vcpu: 0,
+            detail: `vCPU 0: KVM internal error, ${
+              describeInternalError(exit, this.vm, bsp)
+            } (data ${exit.data.map((d) => hex(d)).join(" ")})\n${describeVcpu(bsp)}`,
+          });
+          break;
+        case "failEntry":
+          this.finish({
+            reason: "error",
+            vcpu: 0,
+            detail: `vCPU 0: entry failed, hardware reason ${
+              hex(exit.hardwareEntryFailureReason)
+            }\n${describeVcpu(bsp)}`,
+          });
+          break;
+        default:
+          this.finish({
+            reason: "error",
+            vcpu: 0,
+            detail: `vCPU 0: unexpected exit ${exit.reason}\n${describeVcpu(bsp)}`,
+          });
+      }
+      if (hasAps) this.#aps.serve(this.#apHandlers);
+      if (poll) poll();
+    }
+    return this.#exit!;
+  }
+
+  /** Stops the APs, closes the VM (and the Kvm object when the machine owns it). Idempotent. */
+  close(): void {
+    this.#aps.stop();
+    this.vm.close();
+    if (this.#ownsKvm) this.kvm.close();
+  }
+}
