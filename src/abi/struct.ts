@@ -8,8 +8,18 @@
  * a C program against `<linux/kvm.h>` and checks every size and offset, so a
  * struct added here is verified without touching the test.
  *
+ * Setting a scalar field checks the value against the field's type (an
+ * integer in its range; bigints for the 64-bit types too) and refuses
+ * anything else with one error, a `KvmError` `EINVAL` naming the struct and
+ * the field, instead of the `DataView`'s silent wrap-around or a
+ * `RangeError` from `BigInt()`. `assign()` checks array fields the same way
+ * (the typed arrays themselves, written element by element, wrap as typed
+ * arrays do).
+ *
  * @module
  */
+
+import { Errno, KvmError } from "../errors.ts";
 
 /** Scalar field types, little-endian as on x86-64. */
 export type Scalar = "u8" | "u16" | "u32" | "u64" | "i8" | "i16" | "i32" | "i64";
@@ -82,7 +92,8 @@ export type Plain<F extends Fields> = {
 /** Values accepted by `assign()`: any subset of the fields, nested ones too. */
 export type Assignable<F extends Fields> = {
   [K in keyof F]?: F[K]["type"] extends StructDef<infer N> ? Assignable<N>
-    : F[K]["count"] extends number ? ArrayLike<F[K]["type"] extends "u64" | "i64" ? bigint : number>
+    : F[K]["count"] extends number
+      ? ArrayLike<F[K]["type"] extends "u64" | "i64" ? bigint | number : number>
     : F[K]["type"] extends "u64" | "i64" ? bigint | number
     : number;
 };
@@ -190,7 +201,29 @@ export function defineStruct<const F extends Fields>(
         if (typeof f.type !== "string") {
           (self[name] as Codec).assign(value as Record<string, unknown>);
         } else if (f.count !== undefined) {
-          (self[name] as { set(v: ArrayLike<unknown>): void }).set(value as ArrayLike<unknown>);
+          // Checked whole before any element is stored: a refusal leaves the array as it was.
+          const list = value as ArrayLike<unknown>;
+          if (list === null || typeof list !== "object" || !(list.length <= f.count)) {
+            throw new KvmError(
+              `encode ${cName}`,
+              Errno.EINVAL,
+              `field ${name} takes at most ${f.count} elements, got ${
+                list === null || typeof list !== "object" ? typeof list : list.length
+              }`,
+            );
+          }
+          for (let i = 0; i < list.length; i++) {
+            if (!fitsScalar(f.type, list[i])) refuse(cName, `${name}[${i}]`, f.type, list[i]);
+          }
+          const array = self[name] as { [i: number]: unknown; set(v: ArrayLike<unknown>): void };
+          if (f.type === "u64" || f.type === "i64") {
+            for (let i = 0; i < list.length; i++) {
+              const x = list[i];
+              array[i] = typeof x === "bigint" ? x : BigInt(x as number);
+            }
+          } else {
+            array.set(list);
+          }
         } else {
           self[name] = value;
         }
@@ -228,7 +261,10 @@ export function defineStruct<const F extends Fields>(
       });
       continue;
     }
-    Object.defineProperty(Codec.prototype, name, { ...accessor(f.type, off), enumerable: true });
+    Object.defineProperty(Codec.prototype, name, {
+      ...accessor(f.type, off, cName, name),
+      enumerable: true,
+    });
   }
   Object.defineProperty(Codec, "name", { value: cName });
   return Codec as unknown as StructDef<F>;
@@ -239,7 +275,82 @@ type Accessor = {
   set(this: { view: DataView }, v: number | bigint): void;
 };
 
-function accessor(type: Scalar, off: number): Accessor {
+const U64_MAX = 0xffff_ffff_ffff_ffffn;
+const I64_MIN = -(2n ** 63n);
+const I64_MAX = 2n ** 63n - 1n;
+const TWO_64 = 2 ** 64;
+const TWO_63 = 2 ** 63;
+
+/** What each scalar field accepts, for the error message. */
+const ACCEPTS: Record<Scalar, string> = {
+  u8: "an integer 0..0xff",
+  i8: "an integer -0x80..0x7f",
+  u16: "an integer 0..0xffff",
+  i16: "an integer -0x8000..0x7fff",
+  // JavaScript's bitwise operators give signed 32-bit results (`x | 0x80000000`
+  // is negative), so 32-bit fields take both readings of the same 32 bits.
+  u32: "a 32-bit integer (-0x80000000..0xffffffff)",
+  i32: "a 32-bit integer (-0x80000000..0xffffffff)",
+  u64: "an integer 0..2^64-1 (a bigint or a number)",
+  i64: "an integer -2^63..2^63-1 (a bigint or a number)",
+};
+
+/**
+ * The one refusal of a value a field cannot hold: a {@linkcode KvmError}
+ * (`EINVAL`, operation `encode <struct>`) naming the field. Built only on
+ * failure, so a good value costs its setter no allocation.
+ */
+function refuse(cName: string, field: string, type: Scalar, value: unknown): never {
+  const shown = typeof value === "bigint"
+    ? `${value}n`
+    : typeof value === "string"
+    ? JSON.stringify(value)
+    : String(value);
+  throw new KvmError(
+    `encode ${cName}`,
+    Errno.EINVAL,
+    `field ${field} (${type}) ${shown} is not ${ACCEPTS[type]}`,
+  );
+}
+
+/**
+ * Whether `v` fits a scalar field: an integer (a number, or a bigint for the
+ * 64-bit types) in the field's range; never NaN, ±Infinity, a fraction or
+ * another type. Allocates nothing.
+ */
+export function fitsScalar(type: Scalar, v: unknown): boolean {
+  switch (type) {
+    case "u8":
+      return typeof v === "number" && (v & 0xff) === v;
+    case "i8":
+      return typeof v === "number" && ((v << 24) >> 24) === v;
+    case "u16":
+      return typeof v === "number" && (v & 0xffff) === v;
+    case "i16":
+      return typeof v === "number" && ((v << 16) >> 16) === v;
+    case "u32":
+    case "i32":
+      // `(v | 0) === v` holds for the integers -2^31..2^31-1, `(v >>> 0) === v` for 0..2^32-1.
+      return typeof v === "number" && ((v | 0) === v || (v >>> 0) === v);
+    case "u64":
+      return typeof v === "bigint"
+        ? v >= 0n && v <= U64_MAX
+        : typeof v === "number" && Number.isInteger(v) && v >= 0 && v < TWO_64;
+    case "i64":
+      return typeof v === "bigint"
+        ? v >= I64_MIN && v <= I64_MAX
+        : typeof v === "number" && Number.isInteger(v) && v >= -TWO_63 && v < TWO_63;
+  }
+}
+
+/**
+ * The field's getter and setter. Every setter checks its value with
+ * {@linkcode fitsScalar} first: a value the field cannot hold is refused
+ * (`KvmError` `EINVAL` naming `cName.name`), never wrapped or truncated by
+ * the `DataView` (which would store 300 as 44 and 2^64 as 0).
+ */
+function accessor(type: Scalar, off: number, cName: string, name: string): Accessor {
+  const bad = (v: unknown): never => refuse(cName, name, type, v);
   switch (type) {
     case "u8":
       return {
@@ -247,7 +358,8 @@ function accessor(type: Scalar, off: number): Accessor {
           return this.view.getUint8(off);
         },
         set(v) {
-          this.view.setUint8(off, Number(v));
+          if (typeof v !== "number" || (v & 0xff) !== v) bad(v);
+          this.view.setUint8(off, v as number);
         },
       };
     case "i8":
@@ -256,7 +368,8 @@ function accessor(type: Scalar, off: number): Accessor {
           return this.view.getInt8(off);
         },
         set(v) {
-          this.view.setInt8(off, Number(v));
+          if (typeof v !== "number" || ((v << 24) >> 24) !== v) bad(v);
+          this.view.setInt8(off, v as number);
         },
       };
     case "u16":
@@ -265,7 +378,8 @@ function accessor(type: Scalar, off: number): Accessor {
           return this.view.getUint16(off, true);
         },
         set(v) {
-          this.view.setUint16(off, Number(v), true);
+          if (typeof v !== "number" || (v & 0xffff) !== v) bad(v);
+          this.view.setUint16(off, v as number, true);
         },
       };
     case "i16":
@@ -274,7 +388,8 @@ function accessor(type: Scalar, off: number): Accessor {
           return this.view.getInt16(off, true);
         },
         set(v) {
-          this.view.setInt16(off, Number(v), true);
+          if (typeof v !== "number" || ((v << 16) >> 16) !== v) bad(v);
+          this.view.setInt16(off, v as number, true);
         },
       };
     case "u32":
@@ -283,7 +398,8 @@ function accessor(type: Scalar, off: number): Accessor {
           return this.view.getUint32(off, true);
         },
         set(v) {
-          this.view.setUint32(off, Number(v), true);
+          if (typeof v !== "number" || ((v | 0) !== v && (v >>> 0) !== v)) bad(v);
+          this.view.setUint32(off, v as number, true);
         },
       };
     case "i32":
@@ -292,7 +408,8 @@ function accessor(type: Scalar, off: number): Accessor {
           return this.view.getInt32(off, true);
         },
         set(v) {
-          this.view.setInt32(off, Number(v), true);
+          if (typeof v !== "number" || ((v | 0) !== v && (v >>> 0) !== v)) bad(v);
+          this.view.setInt32(off, v as number, true);
         },
       };
     case "u64":
@@ -301,7 +418,8 @@ function accessor(type: Scalar, off: number): Accessor {
           return this.view.getBigUint64(off, true);
         },
         set(v) {
-          this.view.setBigUint64(off, BigInt.asUintN(64, BigInt(v)), true);
+          if (!fitsScalar("u64", v)) bad(v);
+          this.view.setBigUint64(off, typeof v === "bigint" ? v : BigInt(v), true);
         },
       };
     case "i64":
@@ -310,7 +428,8 @@ function accessor(type: Scalar, off: number): Accessor {
           return this.view.getBigInt64(off, true);
         },
         set(v) {
-          this.view.setBigInt64(off, BigInt.asIntN(64, BigInt(v)), true);
+          if (!fitsScalar("i64", v)) bad(v);
+          this.view.setBigInt64(off, typeof v === "bigint" ? v : BigInt(v), true);
         },
       };
   }
