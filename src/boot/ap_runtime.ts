@@ -1,22 +1,44 @@
 /**
  * The application processors of a machine whose devices live on the calling
- * thread (`LinuxMachine`, `MultibootMachine`): one Worker per AP
- * (`ap_worker.ts`), each with a shared {@linkcode Mailbox}. Internal to the
- * machines.
+ * thread (`LinuxMachine`, `MultibootMachine`), on the library's one
+ * vCPU-on-Worker runtime: the worker module, control block, mailbox codec,
+ * handshake and stop/kick path of `KvmContext` (`src/context/protocol.ts`).
+ * Internal to the machines.
  *
- * An AP's worker posts its port I/O, MMIO and fatal exits in its mailbox and
- * kicks the bootstrap vCPU out of `KVM_RUN`; the machine's run loop then calls
+ * Each AP's worker (with `ap_device.ts` as its only device) posts its port
+ * I/O and MMIO exits, and how its run ended, in its mailbox and kicks the
+ * bootstrap vCPU out of `KVM_RUN`; the machine's run loop, which runs the
+ * bootstrap vCPU synchronously and turns no event loop, then calls
  * {@linkcode ApWorkers.serve}, which hands each waiting request to the
- * machine's handlers and releases the AP. The machine keeps its device wiring
- * and its exit policy; this module owns the workers' lifetime.
+ * machine's handlers and answers it. The machine keeps its device wiring and
+ * its exit policy; this module owns the workers' lifetime, and follows the
+ * lifetime rule (`lifetime.ts`): an AP whose thread cannot be stopped keeps
+ * its hold on its vCPU, so its run area stays mapped (reported, leaked).
  *
  * @module
  */
 
+import {
+  Call,
+  Control,
+  controlBytes,
+  Ctl,
+  ctl,
+  End,
+  forbidStart,
+  type InitMessage,
+  Mailbox,
+  Mb,
+  Reply,
+  signalVcpu,
+  State,
+  VCPU_WORKER_URL,
+  waitForState,
+  type WorkerMessage,
+} from "../context/protocol.ts";
 import { Errno, KvmError } from "../errors.ts";
-import { type KickTarget, Vcpu } from "../kvm/vcpu.ts";
-import type { ApStartMessage } from "./ap_worker.ts";
-import { describeVcpu, Mailbox, MailboxKind, MailboxState } from "./mailbox.ts";
+import { nativePath } from "../ffi/library.ts";
+import type { KickTarget, Vcpu } from "../kvm/vcpu.ts";
 
 /**
  * What the machine does with the APs' requests, on the bootstrap vCPU's
@@ -42,19 +64,32 @@ export interface ApHandlers {
   error(vcpu: number, detail: string): void;
 }
 
+/** The main-thread requests an AP's worker sends: its exits go to the machine's devices. */
+const AP_CALLS = [Call.IN, Call.OUT, Call.MMIO_READ, Call.MMIO_WRITE, Call.HALT, Call.END];
+const AP_DEVICE_URL = new URL("./ap_device.ts", import.meta.url).href;
+/** How long {@linkcode ApWorkers.stop} waits for a started AP's worker to give its vCPU back. */
+const STOP_TIMEOUT_MS = 5_000;
+
 interface Ap {
   vcpu: Vcpu;
+  index: number;
   box: Mailbox;
   worker?: Worker;
+  /** The worker loaded its vCPU and devices ("ready"). */
+  ready: boolean;
   /** Why the worker failed to start, if it did. */
   error?: string;
-  /** Whether the worker never reported its loop's end when stopped. */
+  /** Whether the worker never gave its vCPU back when stopped (its memory is kept). */
   stuck?: boolean;
 }
 
 /** One Worker per application processor, and the mailboxes they share with the bootstrap thread. */
 export class ApWorkers {
   #aps: Ap[] = [];
+  #control: Int32Array<ArrayBufferLike> = new Int32Array(0);
+  #life: Int32Array | undefined;
+  #running = false;
+  #stopped = false;
 
   /** How many APs there are. */
   get count(): number {
@@ -63,42 +98,64 @@ export class ApWorkers {
 
   /**
    * Starts one Worker per AP without waiting for them (a worker takes about a
-   * second to load); {@linkcode waitReady} waits until each has claimed its vCPU.
-   * `vcpus` are the APs (not the bootstrap vCPU); `bsp` is the thread they kick
-   * when a request waits. Call once.
+   * second to load); {@linkcode waitReady} waits until each has claimed its
+   * vCPU and sets them running. `vcpus` are the APs (not the bootstrap vCPU);
+   * `bsp` is the thread they kick when a request waits. Call once.
    */
   start(vcpus: readonly Vcpu[], bsp: KickTarget, mmapSize: number): void {
-    this.#aps = vcpus.map((vcpu) => ({ vcpu, box: new Mailbox() }));
+    const control = new Int32Array(new SharedArrayBuffer(controlBytes(vcpus.length)));
+    control[Ctl.STOP_BY] = -1;
+    this.#control = control;
+    this.#aps = vcpus.map((vcpu, index) => ({ vcpu, index, box: new Mailbox(), ready: false }));
     for (const ap of this.#aps) {
-      const worker = new Worker(new URL("./ap_worker.ts", import.meta.url).href, {
-        type: "module",
-      });
+      const kick = ap.vcpu.kickTarget;
+      this.#life = kick.life;
+      control[ctl(ap.index, Ctl.SLOT)] = kick.slot!;
+      const worker = new Worker(VCPU_WORKER_URL, { type: "module", name: `AP ${ap.vcpu.id}` });
       ap.worker = worker;
       worker.onerror = (event) => {
         event.preventDefault();
         ap.error = `AP worker for vCPU ${ap.vcpu.id}: ${event.message}`;
       };
-      const start: ApStartMessage = {
-        kind: "ap",
-        fd: ap.vcpu.unsafeFd,
-        id: ap.vcpu.id,
-        mmapSize,
-        kick: ap.vcpu.kickTarget,
-        mailbox: ap.box.buffer,
-        bsp,
+      worker.onmessage = (event: MessageEvent<WorkerMessage>) => {
+        const msg = event.data;
+        if (msg.type === "ready") ap.ready = true;
+        else if (msg.type === "initFailed") {
+          ap.error = `AP worker for vCPU ${ap.vcpu.id}: ${msg.error.message}`;
+        }
+        // How a run ended reaches the machine through the mailbox (Call.END), not here.
       };
-      worker.postMessage(start);
+      const init: InitMessage = {
+        type: "init",
+        vcpuId: ap.vcpu.id,
+        index: ap.index,
+        vcpuCount: vcpus.length,
+        fd: ap.vcpu.unsafeFd,
+        mmapSize,
+        kick,
+        libraryPath: nativePath,
+        slots: [],
+        control: control.buffer as SharedArrayBuffer,
+        mailbox: ap.box.buffer,
+        devices: [{ url: AP_DEVICE_URL, options: undefined }],
+        callbacks: AP_CALLS,
+        irqchipInKernel: true,
+        ignoreUnhandledIo: false,
+        server: bsp,
+      };
+      worker.postMessage(init);
     }
   }
 
   /**
-   * Waits on the event loop until every AP's worker has claimed its vCPU. A
-   * worker that fails to load rejects at once with a `KvmError` (EIO) saying
-   * why; past `deadline` (a `performance.now()` time) it rejects with
-   * ETIMEDOUT. `operation` names the caller's operation in the error.
+   * Waits on the event loop until every AP's worker has claimed its vCPU,
+   * then sets them running. A worker that fails to load rejects at once with
+   * a `KvmError` (EIO) saying why; past `deadline` (a `performance.now()`
+   * time) it rejects with ETIMEDOUT. `operation` names the caller's
+   * operation in the error.
    */
   async waitReady(operation: string, deadline: number): Promise<void> {
-    while (!this.#aps.every((ap) => Atomics.load(ap.box.words, Mailbox.THREAD_ID) !== 0)) {
+    while (!this.#aps.every((ap) => ap.ready)) {
       const error = this.#aps.find((ap) => ap.error)?.error;
       if (error || performance.now() > deadline) {
         throw new KvmError(
@@ -109,78 +166,105 @@ export class ApWorkers {
       }
       await new Promise((resolve) => setTimeout(resolve, 2));
     }
+    if (this.#running || this.#stopped) return;
+    this.#running = true;
+    const c = this.#control;
+    for (const ap of this.#aps) {
+      Atomics.store(c, ctl(ap.index, Ctl.CONTROL), Control.RUN);
+      Atomics.store(c, ctl(ap.index, Ctl.STATE), State.RUNNING);
+      ap.worker!.postMessage({ type: "run" });
+    }
   }
 
   /**
-   * Serves every AP whose request waits, then releases it: call from the
+   * Serves every AP whose request waits, then answers it: call from the
    * bootstrap vCPU's loop after each of its exits (a waiting AP kicks it).
    */
   serve(handlers: ApHandlers): void {
     // Indexed, not for-of: this runs after every exit of the bootstrap vCPU.
     for (let i = 0; i < this.#aps.length; i++) {
       const ap = this.#aps[i];
-      const words = ap.box.words;
-      if (Atomics.load(words, MailboxState.INDEX) !== MailboxState.REQUEST) continue;
-      const kind = words[MailboxKind.INDEX];
+      const box = ap.box;
+      if (!box.pending) continue;
+      const w = box.words;
       const id = ap.vcpu.id;
-      if (kind === MailboxKind.IO) {
-        const size = words[Mailbox.SIZE];
-        const count = words[Mailbox.COUNT];
-        handlers.io(
-          id,
-          words[Mailbox.DIRECTION] === 1 ? "out" : "in",
-          words[Mailbox.PORT],
-          size,
-          count,
-          ap.box.data.subarray(0, size * count),
-        );
-      } else if (kind === MailboxKind.MMIO) {
-        const address = (words[Mailbox.PORT] >>> 0) + words[Mailbox.ADDRESS_HIGH] * 0x1_0000_0000;
-        const data = ap.box.data.subarray(0, words[Mailbox.SIZE]);
-        handlers.mmio(id, address, words[Mailbox.DIRECTION] === 1, data);
-      } else if (kind === MailboxKind.FATAL) {
-        const code = words[Mailbox.CODE];
-        const detail = ap.box.text();
-        if (code === Mailbox.FATAL_SHUTDOWN) handlers.tripleFault(id, detail);
-        else if (code === Mailbox.FATAL_SYSTEM_EVENT) {
-          handlers.systemEvent(id, words[Mailbox.EXTRA], detail);
-        } else handlers.error(id, detail);
+      switch (w[Mb.CALL]) {
+        case Call.IN:
+        case Call.OUT: {
+          const size = w[Mb.SIZE];
+          const count = w[Mb.COUNT];
+          const out = w[Mb.CALL] === Call.OUT;
+          handlers.io(id, out ? "out" : "in", w[Mb.A0], size, count, box.bytes(size * count));
+          break;
+        }
+        case Call.MMIO_READ:
+        case Call.MMIO_WRITE: {
+          const address = (w[Mb.A0] >>> 0) + (w[Mb.A1] >>> 0) * 0x1_0000_0000;
+          handlers.mmio(id, address, w[Mb.CALL] === Call.MMIO_WRITE, box.bytes(w[Mb.SIZE]));
+          break;
+        }
+        case Call.HALT:
+          // The in-kernel LAPIC handles HLT; should one come out, the AP just goes on.
+          break;
+        case Call.END:
+          this.#ended(ap, handlers);
+          break;
       }
-      Atomics.store(words, MailboxState.INDEX, MailboxState.REPLY);
-      Atomics.notify(words, MailboxState.INDEX);
+      box.answer(Reply.CONTINUE);
+    }
+  }
+
+  /** An AP's run ended on its own: tell the machine, with the AP's registers. */
+  #ended(ap: Ap, handlers: ApHandlers): void {
+    const w = ap.box.words;
+    // The AP waits for this answer, out of KVM_RUN: its registers can be read.
+    const detail = `${ap.box.text(w[Mb.SIZE])}\n${describeVcpu(ap.vcpu)}`;
+    const id = ap.vcpu.id;
+    switch (w[Mb.A0]) {
+      case End.SHUTDOWN:
+        return handlers.tripleFault(id, detail);
+      case End.SYSTEM_EVENT:
+        return handlers.systemEvent(id, w[Mb.A1], detail);
+      default:
+        return handlers.error(id, detail);
     }
   }
 
   /**
-   * Stops every AP and terminates its worker. An AP in `KVM_RUN` is kicked
-   * until its loop reports it ended (5 s at most); one that never does is
-   * marked stuck: its registers are not read ({@linkcode describeStopped}),
-   * and its vCPU's lifetime record keeps the run area mapped (a leak instead
-   * of a crash). Idempotent.
+   * Stops every AP and ends its worker: synchronous, for a caller that turns
+   * no event loop. A started AP is kicked out of `KVM_RUN` (its waiting
+   * requests answered) until its worker reports it gave its vCPU back (5 s
+   * at most); one that never does is stuck: its registers are not read
+   * ({@linkcode describeStopped}), it is listed in {@linkcode errors} and
+   * {@linkcode leakedVcpus}, and its hold on the vCPU's lifetime record keeps
+   * the run area mapped (a leak instead of a crash). A worker that had not
+   * claimed its vCPU yet never runs it. Idempotent.
    */
   stop(): void {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    const c = this.#control;
+    const life = this.#life;
+    if (!life) return;
+    const deadline = performance.now() + STOP_TIMEOUT_MS;
     for (const ap of this.#aps) {
-      Atomics.store(ap.box.words, Mailbox.STOP, 1);
-      Atomics.notify(ap.box.words, MailboxState.INDEX);
+      signalVcpu(c, life, ap.index, Control.STOP);
+      if (forbidStart(c, ap.index) === 0) {
+        // Never claimed: it gives the vCPU back itself if it gets that far, or holds nothing.
+        ap.worker?.terminate();
+        ap.worker = undefined;
+        continue;
+      }
+      ap.worker?.postMessage({ type: "exit" });
     }
     for (const ap of this.#aps) {
       if (!ap.worker) continue;
-      // -1 keeps a worker that has not claimed its vCPU yet from running it at all.
-      const threadId = Atomics.compareExchange(ap.box.words, Mailbox.THREAD_ID, 0, -1);
-      if (threadId > 0) {
-        // Kick until the loop reports it ended (a kick can land just before KVM_RUN).
-        const target = { ...ap.vcpu.kickTarget, threadId };
-        for (let i = 0; i < 50 && Atomics.load(ap.box.words, Mailbox.DONE) === 0; i++) {
-          try {
-            Vcpu.kick(target);
-          } catch {
-            // The thread is gone (ESRCH): nothing left to stop.
-          }
-          Atomics.wait(ap.box.words, Mailbox.DONE, 0, 100);
-        }
-        // Still in KVM_RUN after 5 s of kicks: reading its registers would block.
-        ap.stuck = Atomics.load(ap.box.words, Mailbox.DONE) === 0;
-      }
+      const done = waitForState(c, ap.index, State.EXITED, deadline, 10, () => {
+        // A request posted before the stop: answered without the machine (it has finished).
+        if (ap.box.pending) ap.box.answer(Reply.STOP);
+        signalVcpu(c, life, ap.index, Control.STOP);
+      });
+      ap.stuck = !done;
       ap.worker.terminate();
       ap.worker = undefined;
     }
@@ -196,8 +280,33 @@ export class ApWorkers {
     return text;
   }
 
-  /** Why workers failed to start (one line each; empty when none did). */
+  /** After {@linkcode stop}: the APs whose thread could not be stopped (their memory is kept). */
+  get leakedVcpus(): number[] {
+    return this.#aps.flatMap((ap) => ap.stuck ? [ap.vcpu.id] : []);
+  }
+
+  /** Why workers failed to start or stop (one line each; empty when none did). */
   get errors(): string[] {
-    return this.#aps.flatMap((ap) => ap.error ? [ap.error] : []);
+    return this.#aps.flatMap((ap) => [
+      ...ap.error ? [ap.error] : [],
+      ...ap.stuck
+        ? [
+          `AP worker for vCPU ${ap.vcpu.id} could not be stopped: its memory stays mapped (leaked, not freed under it)`,
+        ]
+        : [],
+    ]);
+  }
+}
+
+/**
+ * A register dump for a vCPU that stopped unexpectedly (`vcpu.dump()`).
+ * Never throws (a failing read is reported inline). Call only while the
+ * vCPU is not in `KVM_RUN` (the read would wait for it).
+ */
+export function describeVcpu(vcpu: Vcpu): string {
+  try {
+    return vcpu.dump();
+  } catch (e) {
+    return `vCPU ${vcpu.id}: registers unreadable: ${(e as Error).message}`;
   }
 }
