@@ -32,7 +32,7 @@ import { buildInitramfs } from "../boot/initramfs.ts";
 import { LinuxMachine } from "../boot/linux.ts";
 import { isMultiboot } from "../boot/multiboot.ts";
 import { MultibootMachine } from "../boot/multiboot_machine.ts";
-import { readImageFile } from "../boot/read_image.ts";
+import { MAX_IMAGE_FILE_SIZE, readImageFile } from "../boot/read_image.ts";
 import { probeCpu } from "../boot/cpu_probe.ts";
 import { MAX_OUTPUT } from "../boot/xz.ts";
 import { bzImagePayload, cachedVmlinuxAsync, type PendingCachedVmlinux } from "../boot/vmlinux.ts";
@@ -219,10 +219,14 @@ const say = (text: string) => console.error(`${NAME}: ${text}`);
 /** After the guest's output, which may have left the cursor mid-line in raw mode. */
 const sayAfter = (text: string) => console.error(`\r\n${NAME}: ${text}`);
 
-/** Reads a kernel or initrd; a refusal is bad input (exit 2). */
-function readInput(path: string, what: string): Uint8Array {
+/**
+ * Reads a kernel or initrd; a refusal is bad input (exit 2). Neither can be
+ * larger than the guest's RAM (both are placed in it), so a larger file is
+ * refused from its size, before it is read.
+ */
+function readInput(path: string, what: string, memorySize: number): Uint8Array {
   try {
-    return readImageFile(path, { what });
+    return readImageFile(path, { what, maxBytes: Math.min(memorySize, MAX_IMAGE_FILE_SIZE) });
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
@@ -284,8 +288,8 @@ async function boot(config: BootConfig): Promise<number> {
     ? (what: string) => say(`${Math.round(performance.now())} ms ${what}`)
     : () => {};
   trace("arguments parsed (runtime started, modules loaded)");
-  const kernel = readInput(config.kernel, "kernel");
-  const initrd = config.initrd ? readInput(config.initrd, "initrd") : undefined;
+  const kernel = readInput(config.kernel, "kernel", config.memorySize);
+  const initrd = config.initrd ? readInput(config.initrd, "initrd", config.memorySize) : undefined;
   let multiboot: boolean;
   try {
     multiboot = isMultiboot(kernel);

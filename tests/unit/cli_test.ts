@@ -111,6 +111,13 @@ Deno.test("cli: a file that is no kernel, or an initrd that cannot be read, exit
     const initrd = await cli(["--kernel", notKernel, "--initrd", dir]);
     assertEquals(initrd.code, ExitCode.usage);
     assertMatch(initrd.stderr, /initrd .* is a directory/);
+    // Larger than the guest's RAM: refused from its size, before it is read.
+    const big = `${dir}/big.img`;
+    await Deno.writeFile(big, new Uint8Array(0));
+    await Deno.truncate(big, 8 << 20);
+    const large = await cli(["--kernel", notKernel, "--initrd", big, "--memory", "4M"]);
+    assertEquals(large.code, ExitCode.usage);
+    assertMatch(large.stderr, /initrd .* is 8388608 bytes, more than the 4194304 accepted/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
