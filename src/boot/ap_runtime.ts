@@ -24,6 +24,7 @@ import {
   controlBytes,
   Ctl,
   ctl,
+  type DeviceSpec,
   End,
   forbidStart,
   type InitMessage,
@@ -67,8 +68,16 @@ export interface ApHandlers {
 /** The main-thread requests an AP's worker sends: its exits go to the machine's devices. */
 const AP_CALLS = [Call.IN, Call.OUT, Call.MMIO_READ, Call.MMIO_WRITE, Call.HALT, Call.END];
 const AP_DEVICE_URL = new URL("./ap_device.ts", import.meta.url).href;
-/** How long {@linkcode ApWorkers.stop} waits for a started AP's worker to give its vCPU back. */
+/** How long {@linkcode ApWorkers.stop} waits, by default, for the APs' workers to give their vCPUs back. */
 const STOP_TIMEOUT_MS = 5_000;
+
+/** Options of {@linkcode ApWorkers.start} (the machines pass none). */
+export interface ApStartOptions {
+  /** Device modules each AP's worker loads after its own (as `KvmContext`'s `devices`). */
+  devices?: DeviceSpec[];
+  /** How long {@linkcode ApWorkers.stop} waits for the workers (ms, default 5000). */
+  stopTimeoutMs?: number;
+}
 
 interface Ap {
   vcpu: Vcpu;
@@ -90,6 +99,7 @@ export class ApWorkers {
   #life: Int32Array | undefined;
   #running = false;
   #stopped = false;
+  #stopTimeoutMs = STOP_TIMEOUT_MS;
 
   /** How many APs there are. */
   get count(): number {
@@ -102,7 +112,14 @@ export class ApWorkers {
    * vCPU and sets them running. `vcpus` are the APs (not the bootstrap vCPU);
    * `bsp` is the thread they kick when a request waits. Call once.
    */
-  start(vcpus: readonly Vcpu[], bsp: KickTarget, mmapSize: number): void {
+  start(
+    vcpus: readonly Vcpu[],
+    bsp: KickTarget,
+    mmapSize: number,
+    options: ApStartOptions = {},
+  ): void {
+    this.#stopTimeoutMs = options.stopTimeoutMs ?? STOP_TIMEOUT_MS;
+    const devices = [{ url: AP_DEVICE_URL, options: undefined }, ...options.devices ?? []];
     const control = new Int32Array(new SharedArrayBuffer(controlBytes(vcpus.length)));
     control[Ctl.STOP_BY] = -1;
     this.#control = control;
@@ -137,7 +154,7 @@ export class ApWorkers {
         slots: [],
         control: control.buffer as SharedArrayBuffer,
         mailbox: ap.box.buffer,
-        devices: [{ url: AP_DEVICE_URL, options: undefined }],
+        devices,
         callbacks: AP_CALLS,
         irqchipInKernel: true,
         ignoreUnhandledIo: false,
@@ -234,7 +251,7 @@ export class ApWorkers {
    * Stops every AP and ends its worker: synchronous, for a caller that turns
    * no event loop. A started AP is kicked out of `KVM_RUN` (its waiting
    * requests answered) until its worker reports it gave its vCPU back (5 s
-   * at most); one that never does is stuck: its registers are not read
+   * at most, see {@linkcode ApStartOptions.stopTimeoutMs}); one that never does is stuck: its registers are not read
    * ({@linkcode describeStopped}), it is listed in {@linkcode errors} and
    * {@linkcode leakedVcpus}, and its hold on the vCPU's lifetime record keeps
    * the run area mapped (a leak instead of a crash). A worker that had not
@@ -246,7 +263,7 @@ export class ApWorkers {
     const c = this.#control;
     const life = this.#life;
     if (!life) return;
-    const deadline = performance.now() + STOP_TIMEOUT_MS;
+    const deadline = performance.now() + this.#stopTimeoutMs;
     for (const ap of this.#aps) {
       signalVcpu(c, life, ap.index, Control.STOP);
       if (forbidStart(c, ap.index) === 0) {
