@@ -11,7 +11,7 @@
  *
  * ```sh
  * deno task kut [--filter RE] [--timeout S] [--subset ci] [--json] [--all]
- *               [--build DIR] [--only ours|qemu] [--log DIR] [--help]
+ *               [--build DIR] [--only ours|qemu] [--log DIR] [--qemu DIR] [--help]
  * deno task kut --render results.json   # the table of an earlier --json run
  * ```
  *
@@ -23,6 +23,8 @@
  */
 
 import { applicability, expandTestArgs, type KutEntry, parseUnittestsCfg } from "./cfg.ts";
+import { resolve } from "node:path";
+import { bundleCommand } from "./qemu_bundle.ts";
 
 /** The outcome of one run of one entry on one VMM. */
 export type Outcome = "pass" | "fail" | "skip" | "timeout" | "not run";
@@ -255,7 +257,11 @@ export async function runOurs(
   };
 }
 
-/** Runs one entry on QEMU with KVM, as `x86/run` does (less `pci-testdev`). */
+/**
+ * Runs one entry on QEMU with KVM, as `x86/run` does (less `pci-testdev`);
+ * `qemu` is the command that starts QEMU (default: the one on PATH; a
+ * bundle's, see `qemu_bundle.ts`).
+ */
 export async function runQemu(
   suite: string,
   e: KutEntry,
@@ -263,10 +269,11 @@ export async function runQemu(
   envPath: string,
   timeoutS: number,
   log?: string,
+  qemu: string[] = ["qemu-system-x86_64"],
 ): Promise<RunResult> {
   const args = expandTestArgs(e.testArgs);
   const cmd = [
-    "qemu-system-x86_64",
+    ...qemu,
     "-no-reboot",
     "-nodefaults",
     "-global",
@@ -383,6 +390,7 @@ export const USAGE =
   --render FILE     print the table of an earlier --json run
   --build DIR       use this kvm-unit-tests build (x86/*.flat) instead of .cache/kut
   --log DIR         where the per-run logs go (default .cache/kut/logs)
+  --qemu DIR        run QEMU from a bundle made by tools/kut/qemu_bundle.ts (the sandbox has none)
   --help            this text
 
 Exit code: 0 when we pass every entry QEMU passes, 1 otherwise, 2 on a usage error.`;
@@ -397,6 +405,7 @@ export async function main(argv: string[]): Promise<number> {
     all: false,
     build: "",
     only: "",
+    qemu: "",
     log: `${DEFAULT_BUILD}/logs`,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -414,6 +423,7 @@ export async function main(argv: string[]): Promise<number> {
     else if (key === "all") opts.all = true;
     else if (key === "build") opts.build = value();
     else if (key === "only") opts.only = value();
+    else if (key === "qemu") opts.qemu = resolve(value()); // runs cwd is the suite
     else if (key === "log") opts.log = value();
     else if (key === "render") {
       // Re-render a --json result as the table.
@@ -474,6 +484,7 @@ export async function main(argv: string[]): Promise<number> {
         envPath,
         timeoutS,
         `${opts.log}/${e.name}.qemu.log`,
+        opts.qemu ? bundleCommand(opts.qemu) : undefined,
       );
     }
     const show = (r?: RunResult) =>
