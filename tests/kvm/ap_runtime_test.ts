@@ -149,3 +149,44 @@ Deno.test("ApWorkers: a stuck AP is reported and its run area kept mapped (child
   ok(out.includes("stuck AP: leaked vCPU 1") && out.includes("handler state 2 ok"), out);
   ok(out.includes("could not be stopped"), out);
 });
+
+Deno.test("ApWorkers: serving an AP's exits on the bootstrap thread allocates nothing per exit", async () => {
+  // The AP loops on `inc al; out 0x10, al`; the bootstrap vCPU spins in `jmp $` until a kick.
+  using m = machine([0xfe, 0xc0, 0xe6, 0x10, 0xeb, 0xfa]);
+  m.vm.writeGuest(0x2000, [0xeb, 0xfe]);
+  setupRealMode(m.bsp, { entry: 0x2000, stack: 0x7000 });
+  let exits = 0;
+  let sum = 0;
+  const handlers: ApHandlers = {
+    io(_vcpu, _direction, _port, _size, _count, data) {
+      sum += data[0];
+      exits++;
+    },
+    mmio() {},
+    tripleFault() {},
+    systemEvent() {},
+    error() {},
+  };
+  const aps = new ApWorkers();
+  const CHUNK = 1000;
+  const growth: number[] = [];
+  try {
+    aps.start([m.ap], m.bsp.kickTarget, m.kvm.vcpuMmapSize());
+    await aps.waitReady("test", performance.now() + 30_000);
+    for (let c = 0; c < 15; c++) {
+      const target = exits + CHUNK;
+      const before = Deno.memoryUsage().heapUsed;
+      while (exits < target) {
+        m.bsp.run(); // "interrupted": the AP kicked this thread
+        aps.serve(handlers);
+      }
+      if (c >= 3) growth.push(Deno.memoryUsage().heapUsed - before); // after warm-up
+    }
+  } finally {
+    aps.stop();
+  }
+  growth.sort((a, b) => a - b);
+  const perExit = growth[growth.length >> 1] / CHUNK;
+  ok(sum > 0);
+  ok(perExit < 1, `median heap growth ${perExit} bytes per served AP exit`);
+});
