@@ -237,18 +237,20 @@ export function liblzma(): Liblzma | undefined {
     problem = `${LIBLZMA_ENV}=none`;
     return undefined;
   }
-  const failures: string[] = [];
+  const paths: string[] = [];
+  let first: string | undefined;
   for (const path of choice ? [choice] : LIBLZMA_PATHS) {
     try {
       loaded = open(path);
       return loaded;
     } catch (e) {
-      failures.push(`${path}: ${e instanceof Error ? e.message : String(e)}`);
+      paths.push(path);
+      first ??= e instanceof Error ? e.message : String(e);
       // Without FFI permission no other path will do better.
       if (e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied) break;
     }
   }
-  problem = `cannot load liblzma (${failures.join("; ")})`;
+  problem = `cannot load liblzma (tried ${paths.join(", ")}; ${first})`;
   return undefined;
 }
 
