@@ -5,7 +5,12 @@
 
 import { parseArgs } from "node:util";
 import { fuzzTarget, reproduce } from "./fuzz.ts";
-import { TARGETS } from "./targets.ts";
+import { ABI_BOOT_TARGETS } from "./abi_boot_targets.ts";
+import { TARGETS as LOADER_DEVICE_TARGETS } from "./targets.ts";
+import { VIRTIO_TARGETS } from "./virtio_targets.ts";
+
+/** Every target: the loaders and legacy devices, virtio, Multiboot and the struct codecs. */
+const TARGETS = [...LOADER_DEVICE_TARGETS, ...VIRTIO_TARGETS, ...ABI_BOOT_TARGETS];
 
 const { values: args } = parseArgs({
   args: Deno.args,
