@@ -33,6 +33,7 @@ export {
   type MultibootMachineOptions,
   type MultibootRunOptions,
 } from "./boot/multiboot_machine.ts";
+export { type PcExit, type PcExitReason, type PcMachineOptions } from "./boot/machine.ts";
 export { BootImageError, type BootImageProblem } from "./boot/boot_image_error.ts";
 export {
   type BzImage,

@@ -12,7 +12,6 @@
  * @module
  */
 
-import type { CpuidEntry } from "../abi/cpuid.ts";
 import type { Bus } from "../devices/bus.ts";
 import type { Uart16550 } from "../devices/uart_16550.ts";
 import type { Kvm } from "../kvm/kvm.ts";
@@ -25,13 +24,20 @@ import {
   writeLinuxBoot,
   ZERO_PAGE_ADDRESS,
 } from "./bzimage.ts";
-import { checkMachineSize, PcMachine, withKvm } from "./machine.ts";
+import {
+  checkMachineSize,
+  type PcExit,
+  type PcExitReason,
+  PcMachine,
+  type PcMachineOptions,
+  withKvm,
+} from "./machine.ts";
 import { setupLongMode, setupProtectedMode } from "./modes.ts";
 import { buildMpTable, MPTABLE_ADDRESS } from "./mptable.ts";
 import { type CpuProbeReport, linuxClearCpuid, probeCpu } from "./cpu_probe.ts";
 
 /** Options of {@linkcode LinuxMachine.create}. */
-export interface LinuxMachineOptions {
+export interface LinuxMachineOptions extends PcMachineOptions {
   /** The kernel: a bzImage, or an uncompressed ELF `vmlinux` (entered at its 64-bit entry). */
   kernel: Uint8Array;
   /**
@@ -43,26 +49,11 @@ export interface LinuxMachineOptions {
   initrd?: Uint8Array;
   /** The kernel command line (add `console=ttyS0` to see the kernel on the serial port). */
   cmdline?: string;
-  /** Guest RAM in bytes (a multiple of 2 MiB). */
-  memorySize: number;
   /**
    * Back guest RAM with transparent huge pages (default true; see
    * `GuestMemoryOptions.hugePages`).
    */
   hugePages?: boolean;
-  /** vCPUs, 1 to 64 (default 1). */
-  cpus?: number;
-  /** Receives each byte the guest sends on COM1. */
-  serialOutput?: (byte: number) => void;
-  /** Called once per unclaimed port or MMIO address the guest touches. */
-  onUnhandled?: (what: string) => void;
-  /**
-   * Adjusts each vCPU's CPUID after the platform's own changes (for example to
-   * hide a paravirtual feature): gets the list and the vCPU id, returns the list to set.
-   */
-  cpuid?: (entries: CpuidEntry[], vcpuId: number) => CpuidEntry[];
-  /** The KVM system object to use (default: opens `/dev/kvm`, closed with the machine). */
-  kvm?: Kvm;
   /**
    * Probe which CPU features this KVM can really execute and hide the others
    * from the guest (default true; see `probeCpu`, cached per `Kvm`). Where
@@ -73,29 +64,16 @@ export interface LinuxMachineOptions {
   probeCpu?: boolean;
 }
 
-/** Why {@linkcode LinuxMachine.run} returned. */
-export type MachineExitReason =
-  /** The guest reset the machine (keyboard controller, a reboot). */
-  | "reset"
-  /** The guest asked to power off (a system event). */
-  | "poweroff"
-  /** A triple fault (`KVM_EXIT_SHUTDOWN`). */
-  | "tripleFault"
-  /** KVM could not go on (internal error, failed entry, unexpected exit). */
-  | "error"
-  /** {@linkcode LinuxMachine.stop} was called. */
-  | "stopped"
-  /** The run's `timeoutMs` passed. */
-  | "timeout";
+/**
+ * Why {@linkcode LinuxMachine.run} returned: any {@linkcode PcExitReason}
+ * but `"debugExit"` (this machine has no debug-exit port).
+ */
+export type MachineExitReason = Exclude<PcExitReason, "debugExit">;
 
-/** How a run ended. */
-export interface MachineExit {
+/** How a run of {@linkcode LinuxMachine} ended. */
+export interface MachineExit extends PcExit {
   /** Why. */
   reason: MachineExitReason;
-  /** The vCPU that ended it (-1 when none did). */
-  vcpu: number;
-  /** What happened, for the error reasons, with a register dump. */
-  detail?: string;
 }
 
 /** Options of {@linkcode LinuxMachine.run}. */

@@ -30,30 +30,63 @@ import type { CpuProbeReport } from "./cpu_probe.ts";
 import { setupPlatform, setupVcpu } from "./platform.ts";
 import { completeUnemulated } from "./unemulated.ts";
 
-/** Why a machine's run ended (each machine documents the ones it can give). */
+/** Why a machine's run ended. */
 export type PcExitReason =
+  /** The guest wrote to the debug-exit port (`MultibootMachine`): `status` holds `code << 1 | 1`. */
   | "debugExit"
+  /** The guest reset the machine (keyboard controller, a reboot) or KVM reported a reset event. */
   | "reset"
+  /** The guest asked to power off (a system event). */
   | "poweroff"
+  /** A triple fault (`KVM_EXIT_SHUTDOWN`; some KVMs never report one: then a timeout). */
   | "tripleFault"
+  /** KVM could not go on (internal error, failed entry, unexpected exit). */
   | "error"
+  /** The machine's `stop()` was called. */
   | "stopped"
+  /** The run's `timeoutMs` passed. */
   | "timeout";
 
 /** How a machine's run ended. */
 export interface PcExit {
   /** Why. */
   reason: PcExitReason;
-  /** With `"debugExit"`: the exit status. */
+  /** With `"debugExit"`: the exit status, `code << 1 | 1`. */
   status?: number;
-  /** The vCPU that ended it (-1 when none did). */
+  /**
+   * The vCPU that ended it: the one whose exit or access (a keyboard-controller
+   * reset, a debug-exit write) did; -1 when none did (a timeout, `stop()`).
+   */
   vcpu: number;
   /** What happened, for the error reasons, with a register dump. */
   detail?: string;
 }
 
+/** The options both machines take. */
+export interface PcMachineOptions {
+  /** Guest RAM in bytes (a multiple of 2 MiB). */
+  memorySize: number;
+  /** vCPUs, 1 to 64 (default 1). */
+  cpus?: number;
+  /** Receives each byte the guest sends on COM1. */
+  serialOutput?: (byte: number) => void;
+  /**
+   * Called for unclaimed ports and MMIO addresses: the first 256 distinct ones
+   * of each bus once each, then a count at each power of two (see `Bus`).
+   */
+  onUnhandled?: (what: string) => void;
+  /**
+   * Adjusts each vCPU's CPUID after the platform's own changes (for example to
+   * hide a paravirtual feature): gets the list and the vCPU id, returns the list to set.
+   */
+  cpuid?: (entries: CpuidEntry[], vcpuId: number) => CpuidEntry[];
+  /** The KVM system object to use (default: opens `/dev/kvm`, closed with the machine). */
+  kvm?: Kvm;
+}
+
 /** What {@linkcode PcMachine} is built from. */
-export interface PcMachineConfig {
+export interface PcMachineConfig
+  extends Pick<PcMachineOptions, "memorySize" | "serialOutput" | "onUnhandled" | "cpuid"> {
   /** The machine's name in errors: `"Linux machine"` gives `"run Linux machine"`. */
   name: string;
   /** The KVM system object, and whether the machine closes it. */
@@ -62,8 +95,6 @@ export interface PcMachineConfig {
   ownsKvm: boolean;
   /** vCPUs (checked by {@linkcode checkMachineSize}). */
   cpus: number;
-  /** Guest RAM in bytes. */
-  memorySize: number;
   /** Transparent huge pages for RAM (see `GuestMemoryOptions.hugePages`). */
   hugePages?: boolean;
   /** RAM mapped at 0. */
@@ -72,12 +103,6 @@ export interface PcMachineConfig {
   highMemoryStart: number;
   /** RAM mapped at `highMemoryStart` (0: none). */
   highMemorySize: number;
-  /** Receives each byte the guest sends on COM1. */
-  serialOutput?: (byte: number) => void;
-  /** Called for unclaimed ports and MMIO addresses (bounded: see `Bus`). */
-  onUnhandled?: (what: string) => void;
-  /** Adjusts each vCPU's CPUID last. */
-  cpuid?: (entries: CpuidEntry[], vcpuId: number) => CpuidEntry[];
   /** A CPU probe whose unusable features are hidden. */
   probe?: CpuProbeReport;
   /** KVM paravirtual features to hide (see `vcpuCpuid`). */

@@ -29,7 +29,6 @@
  * @module
  */
 
-import type { CpuidEntry } from "../abi/cpuid.ts";
 import { AcpiPmTimer } from "../devices/acpi_pm_timer.ts";
 import type { Bus } from "../devices/bus.ts";
 import { DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit } from "../devices/debug_exit.ts";
@@ -39,7 +38,14 @@ import type { Vcpu } from "../kvm/vcpu.ts";
 import type { Vm } from "../kvm/vm.ts";
 import { ACPI_PM_TIMER_PORT, ACPI_TABLES_ADDRESS, buildAcpiTables } from "./acpi.ts";
 import { type CpuProbeReport, probeCpu } from "./cpu_probe.ts";
-import { checkMachineSize, PcMachine, withKvm } from "./machine.ts";
+import {
+  checkMachineSize,
+  type PcExit,
+  type PcExitReason,
+  PcMachine,
+  type PcMachineOptions,
+  withKvm,
+} from "./machine.ts";
 import { setupProtectedMode } from "./modes.ts";
 import {
   MULTIBOOT_BOOTLOADER_MAGIC,
@@ -50,23 +56,13 @@ import {
 } from "./multiboot.ts";
 
 /** Options of {@linkcode MultibootMachine.create}. */
-export interface MultibootMachineOptions {
+export interface MultibootMachineOptions extends PcMachineOptions {
   /** The Multiboot kernel (ELF, or any image with the a.out-kludge header fields). */
   kernel: Uint8Array;
   /** The command line; by convention its first word names the kernel. */
   cmdline?: string;
   /** Modules (kvm-unit-tests: its environment file, first). */
   modules?: readonly MultibootModule[];
-  /** Guest RAM in bytes (a multiple of 2 MiB). */
-  memorySize: number;
-  /** vCPUs, 1 to 64 (default 1). */
-  cpus?: number;
-  /** Receives each byte the guest sends on COM1. */
-  serialOutput?: (byte: number) => void;
-  /** Called once per unclaimed port or MMIO address the guest touches. */
-  onUnhandled?: (what: string) => void;
-  /** Adjusts each vCPU's CPUID last (gets the list and the vCPU id, returns the list to set). */
-  cpuid?: (entries: CpuidEntry[], vcpuId: number) => CpuidEntry[];
   /**
    * KVM paravirtual features to hide (bits of leaf 0x40000001 EAX); default 0:
    * all of them offered, as QEMU's `-cpu host` does.
@@ -77,38 +73,13 @@ export interface MultibootMachineOptions {
    * false: the supported CPUID as it is, as QEMU's `-cpu host` offers it.
    */
   probeCpu?: boolean;
-  /** The KVM system object to use (default: opens `/dev/kvm`, closed with the machine). */
-  kvm?: Kvm;
 }
 
-/** Why {@linkcode MultibootMachine.run} returned. */
-export type MultibootExitReason =
-  /** The guest wrote to the debug-exit port: `status` holds `code << 1 | 1`. */
-  | "debugExit"
-  /** The guest reset the machine (keyboard controller) or KVM reported a reset event. */
-  | "reset"
-  /** The guest asked to power off (a system event). */
-  | "poweroff"
-  /** A triple fault (`KVM_EXIT_SHUTDOWN`; some KVMs never report one: then a timeout). */
-  | "tripleFault"
-  /** KVM could not go on (internal error, failed entry, unexpected exit). */
-  | "error"
-  /** {@linkcode MultibootMachine.stop} was called. */
-  | "stopped"
-  /** The run's `timeoutMs` passed. */
-  | "timeout";
+/** Why {@linkcode MultibootMachine.run} returned: any {@linkcode PcExitReason}. */
+export type MultibootExitReason = PcExitReason;
 
-/** How a run ended. */
-export interface MultibootExit {
-  /** Why. */
-  reason: MultibootExitReason;
-  /** With `"debugExit"`: the exit status, `code << 1 | 1`. */
-  status?: number;
-  /** The vCPU that ended it (-1 when none did). */
-  vcpu: number;
-  /** What happened, for the error reasons, with a register dump. */
-  detail?: string;
-}
+/** How a run of {@linkcode MultibootMachine} ended. */
+export type MultibootExit = PcExit;
 
 /** Options of {@linkcode MultibootMachine.run}. */
 export interface MultibootRunOptions {
