@@ -2,6 +2,8 @@
  * The ELF64 reader for uncompressed x86-64 kernels (`vmlinux`, or the payload
  * of a bzImage): the entry point and the loadable segments, checked against
  * the file, so a kernel can be placed at its physical addresses directly.
+ * Also the one program-header walker of the loaders (ELF32 and ELF64): the
+ * Multiboot loader and `compactElf` read their segments with it.
  *
  * @module
  */
@@ -39,6 +41,96 @@ export interface ElfKernel {
   readonly end: number;
 }
 
+/** One entry of an ELF file's program-header table, as {@linkcode elfProgramHeaders} reads it. */
+export interface ElfProgramHeader {
+  /** Its index in the table. */
+  readonly index: number;
+  /** Where the entry itself lies in the file. */
+  readonly at: number;
+  /** `p_type` ({@linkcode PT_LOAD}: a segment to place in memory). */
+  readonly type: number;
+  /** `p_offset`: where the segment's bytes start in the file. */
+  readonly offset: number;
+  /** `p_paddr`. */
+  readonly physicalAddress: number;
+  /** `p_filesz`. */
+  readonly fileSize: number;
+  /** `p_memsz`. */
+  readonly memorySize: number;
+}
+
+/**
+ * The program headers of a little-endian ELF32 or ELF64 file (by `e_ident`'s
+ * class byte; the caller has checked the magic, the class and that the file
+ * holds the ELF header). 64-bit fields become numbers: values past 2^53 are
+ * inexact, and too large for any check they meet. Throws `bad("the program
+ * headers lie outside the file")` when the table does not fit in the file or
+ * its entries are too small; segments' own ranges are the caller's to check
+ * (see {@linkcode loadableSegments}).
+ */
+export function elfProgramHeaders(
+  image: Uint8Array,
+  bad: (detail: string) => Error,
+): ElfProgramHeader[] {
+  const is64 = image[4] === 2;
+  const view = new DataView(image.buffer, image.byteOffset, image.byteLength);
+  const u64 = (at: number) => Number(view.getBigUint64(at, true));
+  const u32 = (at: number) => view.getUint32(at, true);
+  const phoff = is64 ? u64(32) : u32(28);
+  const phentsize = view.getUint16(is64 ? 54 : 42, true);
+  const phnum = view.getUint16(is64 ? 56 : 44, true);
+  if (phentsize < (is64 ? 56 : 32) || phoff + phnum * phentsize > image.length) {
+    throw bad("the program headers lie outside the file");
+  }
+  const headers: ElfProgramHeader[] = [];
+  for (let index = 0; index < phnum; index++) {
+    const at = phoff + index * phentsize;
+    headers.push(
+      is64
+        ? {
+          index,
+          at,
+          type: u32(at),
+          offset: u64(at + 8),
+          physicalAddress: u64(at + 24),
+          fileSize: u64(at + 32),
+          memorySize: u64(at + 40),
+        }
+        : {
+          index,
+          at,
+          type: u32(at),
+          offset: u32(at + 4),
+          physicalAddress: u32(at + 12),
+          fileSize: u32(at + 16),
+          memorySize: u32(at + 20),
+        },
+    );
+  }
+  return headers;
+}
+
+/**
+ * The `PT_LOAD` entries of `headers`, each checked to lie inside `image`
+ * with `p_filesz <= p_memsz` (else `bad("segment N (... bytes at file offset
+ * ...) is truncated")`).
+ */
+export function loadableSegments(
+  image: Uint8Array,
+  headers: readonly ElfProgramHeader[],
+  bad: (detail: string) => Error,
+): ElfProgramHeader[] {
+  const loads = headers.filter((h) => h.type === PT_LOAD);
+  for (const h of loads) {
+    if (h.offset + h.fileSize > image.length || h.fileSize > h.memorySize) {
+      throw bad(
+        `segment ${h.index} (${h.fileSize} bytes at file offset ${hex(h.offset)}) is truncated`,
+      );
+    }
+  }
+  return loads;
+}
+
 /** Whether `image` starts with the ELF magic. */
 export function isElf(image: Uint8Array): boolean {
   return image.length >= 4 && image[0] === 0x7f && image[1] === 0x45 && image[2] === 0x4c &&
@@ -66,30 +158,16 @@ export function parseElfKernel(image: Uint8Array): ElfKernel {
   const machine = view.getUint16(18, true);
   if (machine !== EM_X86_64) throw bad(`machine ${machine} is not x86-64 (${EM_X86_64})`);
   const entry = view.getBigUint64(24, true);
-  const phoff = Number(view.getBigUint64(32, true));
-  const phentsize = view.getUint16(54, true);
-  const phnum = view.getUint16(56, true);
-  if (phentsize < 56 || phoff + phnum * phentsize > image.length) {
-    throw bad("the program headers lie outside the file");
-  }
   const segments: ElfSegment[] = [];
-  for (let i = 0; i < phnum; i++) {
-    const at = phoff + i * phentsize;
-    if (view.getUint32(at, true) !== PT_LOAD) continue;
-    const offset = Number(view.getBigUint64(at + 8, true));
-    const paddr = Number(view.getBigUint64(at + 24, true));
-    const filesz = Number(view.getBigUint64(at + 32, true));
-    const memsz = Number(view.getBigUint64(at + 40, true));
-    if (offset + filesz > image.length || filesz > memsz) {
-      throw bad(`segment ${i} (${filesz} bytes at file offset ${hex(offset)}) is truncated`);
-    }
-    if (paddr < 0x100000 || !Number.isSafeInteger(paddr + memsz)) {
-      throw bad(`segment ${i} has physical address ${hex(paddr)}, below 1 MiB or too high`);
+  for (const h of loadableSegments(image, elfProgramHeaders(image, bad), bad)) {
+    const { index, offset, physicalAddress: paddr, fileSize, memorySize } = h;
+    if (paddr < 0x100000 || !Number.isSafeInteger(paddr + memorySize)) {
+      throw bad(`segment ${index} has physical address ${hex(paddr)}, below 1 MiB or too high`);
     }
     segments.push({
       physicalAddress: paddr,
-      bytes: image.subarray(offset, offset + filesz),
-      memorySize: memsz,
+      bytes: image.subarray(offset, offset + fileSize),
+      memorySize,
     });
   }
   if (segments.length === 0) throw bad("no loadable segment");

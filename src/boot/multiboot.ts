@@ -28,6 +28,7 @@
 
 import { Errno, KvmError } from "../errors.ts";
 import { hex } from "../kvm/constants.ts";
+import { elfProgramHeaders, loadableSegments } from "./elf.ts";
 
 /** The magic number that starts a Multiboot header. */
 export const MULTIBOOT_HEADER_MAGIC = 0x1badb002;
@@ -304,28 +305,13 @@ function parseElfSegments(image: Uint8Array): { entry: number; segments: Multibo
   if (machine !== 3 && machine !== 62) throw badElf(`machine ${machine} is not x86 (3 or 62)`);
   if (is64 && image.length < 64) throw badElf("truncated ELF64 header");
   const entry = is64 ? Number(view.getBigUint64(24, true)) : view.getUint32(24, true);
-  const phoff = is64 ? Number(view.getBigUint64(32, true)) : view.getUint32(28, true);
-  const phentsize = view.getUint16(is64 ? 54 : 42, true);
-  const phnum = view.getUint16(is64 ? 56 : 44, true);
-  if (phentsize < (is64 ? 56 : 32) || phoff + phnum * phentsize > image.length) {
-    throw badElf("the program headers lie outside the file");
-  }
   const segments: MultibootSegment[] = [];
-  for (let i = 0; i < phnum; i++) {
-    const at = phoff + i * phentsize;
-    if (view.getUint32(at, true) !== 1) continue; // PT_LOAD
-    const offset = is64 ? Number(view.getBigUint64(at + 8, true)) : view.getUint32(at + 4, true);
-    const paddr = is64 ? Number(view.getBigUint64(at + 24, true)) : view.getUint32(at + 12, true);
-    const filesz = is64 ? Number(view.getBigUint64(at + 32, true)) : view.getUint32(at + 16, true);
-    const memsz = is64 ? Number(view.getBigUint64(at + 40, true)) : view.getUint32(at + 20, true);
-    if (offset + filesz > image.length || filesz > memsz) {
-      throw badElf(`segment ${i} (${filesz} bytes at file offset ${hex(offset)}) is truncated`);
-    }
-    if (memsz === 0) continue;
+  for (const h of loadableSegments(image, elfProgramHeaders(image, badElf), badElf)) {
+    if (h.memorySize === 0) continue;
     segments.push({
-      address: paddr,
-      bytes: image.subarray(offset, offset + filesz),
-      memorySize: memsz,
+      address: h.physicalAddress,
+      bytes: image.subarray(h.offset, h.offset + h.fileSize),
+      memorySize: h.memorySize,
     });
   }
   if (segments.length === 0) throw badElf("no loadable segment");

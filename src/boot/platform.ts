@@ -11,7 +11,6 @@ import type { CpuidEntry } from "../abi/cpuid.ts";
 import { ApicReg } from "../abi/lapic.ts";
 import type { MsrEntry } from "../abi/msr.ts";
 import { KVM_PIT_SPEAKER_DUMMY } from "../abi/pit.ts";
-import type { Kvm } from "../kvm/kvm.ts";
 import type { Vcpu } from "../kvm/vcpu.ts";
 import type { Vm } from "../kvm/vm.ts";
 import { type CpuProbeReport, hideUnusableFeatures } from "./cpu_probe.ts";
@@ -26,7 +25,7 @@ export const KVM_CPUID_SIGNATURE = 0x40000000;
 /** `KVM_CPUID_FEATURES`: KVM's paravirtual feature bits in EAX. */
 export const KVM_CPUID_FEATURES = 0x40000001;
 
-/** `KVM_FEATURE_*` bits of leaf 0x40000001 EAX used when the kernel's list lacks the leaf. */
+/** `KVM_FEATURE_*` bits of leaf 0x40000001 EAX (offered when the kernel's list lacks the leaf, or hidden). */
 export const KvmFeature = {
   /** kvmclock at the old MSRs. */
   CLOCKSOURCE: 1 << 0,
@@ -38,14 +37,11 @@ export const KvmFeature = {
   STEAL_TIME: 1 << 5,
   /** Paravirtual end of interrupt. */
   PV_EOI: 1 << 6,
+  /** Paravirtual spinlocks (a halted vCPU is woken by a hypercall). */
+  PV_UNHALT: 1 << 7,
   /** The kvmclock's stable bit is reliable. */
   CLOCKSOURCE_STABLE_BIT: 1 << 24,
 } as const;
-
-/** `KVM_FEATURE_PV_EOI` as a bit of leaf 0x40000001 EAX. */
-export const KVM_FEATURE_PV_EOI = 1 << 6;
-/** `KVM_FEATURE_PV_UNHALT` (paravirtual spinlocks) as a bit of leaf 0x40000001 EAX. */
-export const KVM_FEATURE_PV_UNHALT = 1 << 7;
 
 /**
  * KVM features hidden from the guest by default: paravirtual EOI and
@@ -56,7 +52,7 @@ export const KVM_FEATURE_PV_UNHALT = 1 << 7;
  * with the guest's `nopv`) it booted every time. Both only save exits that
  * the in-kernel APIC makes cheap; pass `hiddenKvmFeatures: 0` to offer them.
  */
-export const DEFAULT_HIDDEN_KVM_FEATURES = KVM_FEATURE_PV_EOI | KVM_FEATURE_PV_UNHALT;
+export const DEFAULT_HIDDEN_KVM_FEATURES = KvmFeature.PV_EOI | KvmFeature.PV_UNHALT;
 
 /** MSR numbers set at boot. */
 export const BootMsr = {
@@ -209,9 +205,4 @@ export function setupVcpu(
   const lint1 = lapic.read(ApicReg.LVT_LINT1);
   lapic.write(ApicReg.LVT_LINT1, (lint1 & ~(LVT_DELIVERY_MASK | LVT_MASKED)) | DELIVERY_NMI);
   vcpu.setLapic(lapic);
-}
-
-/** Fetches the supported CPUID once (a convenience for {@linkcode setupVcpu}). */
-export function supportedCpuid(kvm: Kvm): CpuidEntry[] {
-  return [...kvm.getSupportedCpuid()];
 }

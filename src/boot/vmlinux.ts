@@ -24,7 +24,7 @@ import { MappedFile } from "../kvm/mapped_file.ts";
 import { Errno } from "../errors.ts";
 import { BootImageError } from "./boot_image_error.ts";
 import { parseBzImage } from "./bzimage.ts";
-import { isElf, parseElfKernel, PT_LOAD } from "./elf.ts";
+import { elfProgramHeaders, isElf, parseElfKernel, PT_LOAD } from "./elf.ts";
 import { decompressXz, MAX_OUTPUT, XzError } from "./xz.ts";
 import {
   type Liblzma,
@@ -330,22 +330,19 @@ export function compactElf(
   image: Uint8Array,
   options: { inPlace?: boolean } = {},
 ): Uint8Array {
-  parseElfKernel(image);
-  const view = new DataView(image.buffer, image.byteOffset, image.byteLength);
-  const phoff = Number(view.getBigUint64(32, true));
-  const phnum = view.getUint16(56, true);
-  const phentsize = view.getUint16(54, true);
-  const headers = Array.from({ length: phnum }, (_, i): ProgramHeader => {
-    const at = phoff + i * phentsize;
-    return {
-      raw: image.slice(at, at + PHDR_SIZE),
-      type: view.getUint32(at, true),
-      offset: Number(view.getBigUint64(at + 8, true)),
-      fileSize: Number(view.getBigUint64(at + 32, true)),
+  parseElfKernel(image); // checked the header, the table and the loadable segments
+  const bad = (detail: string) => new BootImageError("bad-elf", Errno.ENOEXEC, detail);
+  const headers = elfProgramHeaders(image, bad).map(
+    (h): ProgramHeader => ({
+      raw: image.slice(h.at, h.at + PHDR_SIZE),
+      type: h.type,
+      offset: h.offset,
+      fileSize: h.fileSize,
       keep: 0,
       newOffset: 0,
-    };
-  });
+    }),
+  );
+  const phnum = headers.length;
   // parseElfKernel checked the loadable segments; the others' sizes are
   // checked here, before they size anything (a 1 GiB PT_NOTE in a 100 KB file).
   headers.forEach((h, i) => {
