@@ -43,6 +43,10 @@ export class ConsoleInput {
   /** Creates the ring and the pending buffer (both fixed in size). */
   constructor(options: ConsoleInputOptions) {
     const ringSize = options.ringSize ?? 4096;
+    // The counters wrap at 2^32; indices stay continuous across it only for a power of two.
+    if (!Number.isInteger(ringSize) || ringSize < 1 || (ringSize & (ringSize - 1)) !== 0) {
+      throw new RangeError(`ConsoleInput: ringSize ${ringSize} is not a power of two`);
+    }
     this.ring = new SharedArrayBuffer(8 + ringSize);
     this.#head = new Int32Array(this.ring, 0, 2);
     this.#ringBytes = new Uint8Array(this.ring, 8);
@@ -64,8 +68,12 @@ export class ConsoleInput {
     const size = this.#ringBytes.length;
     let w = Atomics.load(this.#head, 0);
     let n = 0;
-    for (; n < bytes.length && w - Atomics.load(this.#head, 1) < size; n++, w++) {
-      this.#ringBytes[w % size] = bytes[n];
+    for (
+      ;
+      n < bytes.length && ((w - Atomics.load(this.#head, 1)) | 0) < size;
+      n++, w = (w + 1) | 0
+    ) {
+      this.#ringBytes[(w >>> 0) % size] = bytes[n];
     }
     Atomics.store(this.#head, 0, w);
     return n;
@@ -78,13 +86,13 @@ export class ConsoleInput {
     const w = Atomics.load(this.#head, 0);
     let r = Atomics.load(this.#head, 1);
     const pending = this.#pending;
-    for (; r !== w && this.#pendingLength < pending.length; r++) {
-      const b = this.#ringBytes[r % size];
+    for (; r !== w && this.#pendingLength < pending.length; r = (r + 1) | 0) {
+      const b = this.#ringBytes[(r >>> 0) % size];
       if (this.#escape) {
         this.#escape = false;
         if (b === QUIT) {
           this.#quit();
-          r++;
+          r = (r + 1) | 0;
           break;
         }
         if (b === CTRL_A) pending[this.#pendingLength++] = CTRL_A;

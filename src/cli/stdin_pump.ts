@@ -18,15 +18,24 @@ self.onmessage = async (e: MessageEvent<{ ring: SharedArrayBuffer; kick: KickTar
   const { ring, kick } = e.data;
   const head = new Int32Array(ring, 0, 2); // [0] write index, [1] read index
   const bytes = new Uint8Array(ring, 8);
+  // The counters run free and wrap at 2^32 (Int32 storage): distances are
+  // taken `| 0` and indices `>>> 0`, exact across the wrap for a ring whose
+  // size is a power of two (ConsoleInput's rule).
   for await (const chunk of Deno.stdin.readable) {
     for (const b of chunk) {
-      // Full: the guest has not read what it got; its next UART access turns the run loop.
-      while (Atomics.load(head, 0) - Atomics.load(head, 1) >= bytes.length) {
-        await new Promise((r) => setTimeout(r, 5));
+      if (((Atomics.load(head, 0) - Atomics.load(head, 1)) | 0) >= bytes.length) {
+        // Full. The run loop moves ring bytes to the UART only after a vCPU
+        // exit, and an idle guest (HLT in the kernel's LAPIC) has none: kick
+        // it, or a chunk larger than the ring waits here for ever. Then the
+        // guest's next UART access turns the run loop again.
+        kickVcpu(kick);
+        while (((Atomics.load(head, 0) - Atomics.load(head, 1)) | 0) >= bytes.length) {
+          await new Promise((r) => setTimeout(r, 5));
+        }
       }
       const w = Atomics.load(head, 0);
-      bytes[w % bytes.length] = b;
-      Atomics.store(head, 0, w + 1);
+      bytes[(w >>> 0) % bytes.length] = b;
+      Atomics.store(head, 0, (w + 1) | 0);
     }
     kickVcpu(kick);
   }

@@ -12,8 +12,9 @@
 // from a measured exit round trip to stay within a few tens of seconds.
 
 import { ok as assert, strictEqual } from "node:assert/strict";
-import { Kvm, loadNative, setupProtectedMode } from "../../mod.ts";
-import { LinuxMachine, MultibootMachine } from "../../src/vmm.ts";
+import { Kvm, KvmError, loadNative, setupProtectedMode, setupRealMode } from "../../mod.ts";
+import { ConsoleInput } from "../../src/cli/console_input.ts";
+import { LinuxMachine, MultibootMachine, setupPlatform } from "../../src/vmm.ts";
 import { featureTest, lacksCap } from "./kvm_features.ts";
 
 /** Where the Multiboot image loads (and where its header, parameters and code sit). */
@@ -348,10 +349,60 @@ async function child(plan: ScanPlan): Promise<void> {
   console.log(`HOSTILE ${JSON.stringify(report)}`);
 }
 
+/**
+ * The other child: the boot CLI's stdin pump feeding a guest that never exits
+ * on its own (`cli; hlt` with the in-kernel LAPIC: KVM_RUN sleeps in the
+ * kernel). The run loop moves ring bytes on only after an exit, so the bytes
+ * arrive only if the pump kicks the vCPU, also when its ring fills in the
+ * middle of a chunk. Prints how many bytes the "UART" got.
+ */
+async function pumpChild(expected: number): Promise<void> {
+  await loadNative();
+  using kvm = Kvm.open();
+  using vm = kvm.createVm();
+  setupPlatform(vm);
+  const ram = vm.allocateMemory(0x10000);
+  vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0, memorySize: 0x10000, memory: ram });
+  // deno-fmt-ignore
+  ram.bytes.set([
+    0xfa,       // cli
+    0xf4,       // hlt            ; with IF=0 only a kick ends KVM_RUN
+    0xeb, 0xfd, // jmp $-3        ; back to cli
+  ], 0x1000);
+  const vcpu = vm.createVcpu(0);
+  setupRealMode(vcpu, { entry: 0x1000, stack: 0x8000 });
+  let got = 0;
+  const input = new ConsoleInput({
+    receive: (bytes) => (got += bytes.length, bytes.length),
+    quit: () => {},
+  });
+  const pump = new Worker(new URL("../../src/cli/stdin_pump.ts", import.meta.url), {
+    type: "module",
+  });
+  vcpu.adoptThread();
+  pump.postMessage({ ring: input.ring, kick: vcpu.kickTarget });
+  vcpu.setWatchdog(20_000);
+  let outcome = "all bytes";
+  try {
+    while (got < expected) {
+      vcpu.run();
+      input.poll();
+    }
+  } catch (e) {
+    outcome = e instanceof KvmError && e.code === "ETIMEDOUT"
+      ? "the vCPU was never kicked"
+      : `${e}`;
+  }
+  vcpu.setWatchdog(null);
+  console.log(`PUMP ${JSON.stringify({ got, outcome })}`);
+  Deno.exit(0); // the pump may still sit in a read of stdin
+}
+
 if (Deno.args[0] === "--hostile-child") {
   await child(JSON.parse(Deno.args[1]) as ScanPlan);
   Deno.exit(0);
 }
+if (Deno.args[0] === "--pump-child") await pumpChild(Number(Deno.args[1]));
 
 /**
  * Microseconds per port-I/O exit round trip here, guest loop included: a
@@ -562,5 +613,33 @@ featureTest(
     const exit = await machine.run({ timeoutMs: 120_000 });
     strictEqual(exit.reason, "reset", exit.detail);
     assertCapped(counter, "LinuxMachine");
+  },
+);
+
+featureTest(
+  "boot CLI: the stdin pump kicks an idle guest when a chunk is larger than its ring",
+  noIrqchip,
+  async () => {
+    const bytes = 20_000; // five rings' worth, written at once: one chunk or a few
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", import.meta.filename!, "--pump-child", String(bytes)],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+      signal: AbortSignal.timeout(120_000),
+    }).spawn();
+    const writer = child.stdin.getWriter();
+    await writer.write(new Uint8Array(bytes).fill(0x61));
+    await writer.close();
+    const out = await child.output();
+    const stdout = new TextDecoder().decode(out.stdout);
+    const line = stdout.split("\n").find((l) => l.startsWith("PUMP "));
+    assert(
+      line,
+      `the child failed (${out.code}):\n${stdout}\n${new TextDecoder().decode(out.stderr)}`,
+    );
+    const r = JSON.parse(line.slice(5)) as { got: number; outcome: string };
+    strictEqual(r.outcome, "all bytes", `${r.got} of ${bytes} bytes reached the UART`);
+    strictEqual(r.got, bytes);
   },
 );

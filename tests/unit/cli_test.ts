@@ -185,3 +185,21 @@ Deno.test("cli: console input keeps what the UART did not take and offers it aga
   assertEquals(got.slice(-2), [0x01, 0x71]);
   assertEquals(quit, 1);
 });
+
+Deno.test("cli: console input stays in order across the ring counters' 2^32 wrap", () => {
+  const got: number[] = [];
+  const input = new ConsoleInput({
+    receive: (bytes) => (got.push(...bytes), bytes.length),
+    quit: () => {},
+    ringSize: 8,
+  });
+  // Both free-running counters just below the Int32 wrap, as after 2 GiB of input.
+  new Int32Array(input.ring, 0, 2).fill(2 ** 31 - 3);
+  const text = "0123456789abcdefghij";
+  for (let at = 0; at < text.length;) {
+    at += input.push(new TextEncoder().encode(text.slice(at)));
+    input.poll();
+  }
+  assertEquals(String.fromCharCode(...got), text);
+  throws(() => new ConsoleInput({ receive: () => 0, quit: () => {}, ringSize: 6 }), RangeError);
+});
