@@ -4,6 +4,12 @@
  * table for SMP, and one thread per vCPU (the bootstrap vCPU on the calling
  * thread, each application processor on a Worker).
  *
+ * The PC itself (RAM, platform, the port and MMIO buses with their devices,
+ * the vCPU threads, the exit dispatch and policy) is `PcMachine`
+ * (`machine.ts`), shared with `MultibootMachine`; this file adds the Linux
+ * boot protocol: the bzImage or ELF kernel, the zero page and command line,
+ * the MP table and the 64-bit (or 32-bit) entry.
+ *
  * Every device model lives on the calling thread. An AP's I/O exit is handed
  * over through a shared mailbox: the AP's worker kicks the bootstrap vCPU out
  * of `KVM_RUN`, the loop here serves the request, and the AP resumes. Linux
