@@ -171,6 +171,17 @@ export function sha256Hex(data: Uint8Array): string {
 }
 
 /**
+ * {@linkcode sha256Hex} on one of Deno's blocking threads (WebCrypto's
+ * digest): only the copy of `data` it takes runs on this thread.
+ */
+export async function sha256HexAsync(data: Uint8Array): Promise<string> {
+  const digest = new Uint8Array(
+    await crypto.subtle.digest("SHA-256", data as Uint8Array<ArrayBuffer>),
+  );
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
  * Whether `path` holds exactly the bytes whose {@linkcode sha256Hex} is
  * stored in `path + ".sha256"` (both files ours, see
  * {@linkcode untrustedReason}). Returns the verified bytes, or undefined when

@@ -15,6 +15,7 @@ import {
   ensureCacheDir,
   readVerified,
   sha256Hex,
+  sha256HexAsync,
   untrustedReason,
   userCacheDir,
   writeExclusive,
@@ -493,24 +494,32 @@ const TEMP_SUFFIX = ".tmp";
  */
 const STALE_TEMP_MS = 3600_000;
 
+/** The cache directory to use, or why none can be. */
+function cacheDirectory(options: VmlinuxCacheOptions): { dir?: string; cacheProblem?: string } {
+  const base = userCacheDir();
+  const dir = options.directory ?? (base ? `${base}/kernels` : undefined);
+  if (!dir) return {};
+  let cacheProblem: string | undefined;
+  try {
+    cacheProblem = ensureCacheDir(dir);
+  } catch (e) {
+    cacheProblem = `cannot create ${dir}: ${e instanceof Error ? e.message : String(e)}`;
+  }
+  return cacheProblem ? { cacheProblem } : { dir };
+}
+
+/** A cache entry's file: keyed by the bzImage's SHA-256, so no other image can share it. */
+const entryPath = (dir: string, imageSha256: string) => `${dir}/vmlinux-${imageSha256}.elf`;
+
 /** The cache directory and entry for `image`, and the entry if it is there, ours and intact. */
 function lookup(
   image: Uint8Array,
   options: VmlinuxCacheOptions,
 ): { dir?: string; path?: string; cacheProblem?: string; hit?: CachedVmlinux } {
-  const base = userCacheDir();
-  const dir = options.directory ?? (base ? `${base}/kernels` : undefined);
-  let cacheProblem: string | undefined;
-  if (dir) {
-    try {
-      cacheProblem = ensureCacheDir(dir);
-    } catch (e) {
-      cacheProblem = `cannot create ${dir}: ${e instanceof Error ? e.message : String(e)}`;
-    }
-  }
-  // Keyed by the bzImage's SHA-256: no other image can be made to share an entry.
-  const path = dir && !cacheProblem ? `${dir}/vmlinux-${sha256Hex(image)}.elf` : undefined;
-  if (path && !untrustedReason(path, "file")) {
+  const { dir, cacheProblem } = cacheDirectory(options);
+  if (!dir) return { cacheProblem };
+  const path = entryPath(dir, sha256Hex(image));
+  if (!untrustedReason(path, "file")) {
     let file: MappedFile | undefined;
     try {
       file = options.map ? MappedFile.open(path) : undefined;
@@ -525,7 +534,39 @@ function lookup(
       file?.close();
     }
   }
-  return { dir: cacheProblem ? undefined : dir, path, cacheProblem };
+  return { dir, path };
+}
+
+/**
+ * {@linkcode lookup} with both SHA-256s (the bzImage's, the entry's) computed
+ * on Deno's blocking threads: in the sandbox's emulator hashing the 35 MB
+ * entry takes seconds, which the VMM's own start-up then hides.
+ */
+async function lookupAsync(
+  image: Uint8Array,
+  options: VmlinuxCacheOptions,
+): Promise<{ dir?: string; path?: string; cacheProblem?: string; hit?: CachedVmlinux }> {
+  const { dir, cacheProblem } = cacheDirectory(options);
+  if (!dir) return { cacheProblem };
+  const path = entryPath(dir, await sha256HexAsync(image));
+  const hashPath = `${path}.sha256`;
+  if (!untrustedReason(path, "file") && !untrustedReason(hashPath, "file")) {
+    let file: MappedFile | undefined;
+    try {
+      file = options.map ? MappedFile.open(path) : undefined;
+      const cached = file?.bytes ?? await Deno.readFile(path);
+      const stored = (await Deno.readTextFile(hashPath)).trim();
+      if (await sha256HexAsync(cached) === stored) {
+        parseElfKernel(cached);
+        return { dir, path, hit: result(cached, "cache", { path }, file) };
+      }
+      file?.close();
+    } catch {
+      // Unreadable or damaged: extract again.
+      file?.close();
+    }
+  }
+  return { dir, path };
 }
 
 /** Removes temporary files that a writer which died left behind (see {@linkcode STALE_TEMP_MS}). */
@@ -584,13 +625,11 @@ function writeEntry(dir: string, path: string, vmlinux: Uint8Array): void {
 async function writeEntryAsync(dir: string, path: string, vmlinux: Uint8Array): Promise<void> {
   sweepStaleTemporaries(dir);
   // Both start now and go on while this thread builds the VM.
-  const digest = crypto.subtle.digest("SHA-256", vmlinux as Uint8Array<ArrayBuffer>);
+  const digest = sha256HexAsync(vmlinux);
   const temporary: string[] = [];
   try {
     temporary.push(await writeExclusiveAsync(dir, vmlinux, TEMP_PREFIX, TEMP_SUFFIX));
-    const hex = [...new Uint8Array(await digest)].map((b) => b.toString(16).padStart(2, "0"))
-      .join("");
-    const hash = new TextEncoder().encode(hex);
+    const hash = new TextEncoder().encode(await digest);
     temporary.push(await writeExclusiveAsync(dir, hash, TEMP_PREFIX, TEMP_SUFFIX));
     await Deno.rename(temporary[0], path);
     await Deno.rename(temporary[1], `${path}.sha256`);
@@ -677,7 +716,7 @@ export async function cachedVmlinuxAsync(
 ): Promise<PendingCachedVmlinux> {
   const phase = options.onPhase ?? (() => {});
   let start = performance.now();
-  const { dir, path, cacheProblem, hit } = lookup(image, options);
+  const { dir, path, cacheProblem, hit } = await lookupAsync(image, options);
   phase(`kernel cache ${hit ? "hit, SHA-256 checked" : "miss"} (${ms(start)})`);
   if (hit) return { ...hit, saved: Promise.resolve(undefined) };
   const extracted = await extractVmlinuxAsync(image, options);

@@ -10,6 +10,7 @@ import { hostKernelPath } from "../../src/boot/initramfs.ts";
 import {
   bzImagePayload,
   cachedVmlinux,
+  cachedVmlinuxAsync,
   compactElf,
   extractVmlinux,
 } from "../../src/boot/vmlinux.ts";
@@ -132,4 +133,27 @@ Deno.test({
       Deno.removeSync(dir, { recursive: true });
     }
   },
+});
+
+Deno.test("vmlinux cache: the background lookup verifies a hit and replaces a damaged entry", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "vmlinux-async-" });
+  try {
+    const image = tinyBzImage();
+    const first = await cachedVmlinuxAsync(image, { directory: dir });
+    strictEqual(first.source, "extracted");
+    strictEqual(await first.saved, undefined, "written");
+    const hit = await cachedVmlinuxAsync(image, { directory: dir });
+    strictEqual(hit.source, "cache");
+    strictEqual(sha256(hit.vmlinux), sha256(first.vmlinux));
+    const bytes = Deno.readFileSync(first.path!);
+    bytes[bytes.length - 20] ^= 0x01; // still a loadable ELF: only the hash can tell
+    Deno.writeFileSync(first.path!, bytes);
+    const again = await cachedVmlinuxAsync(image, { directory: dir });
+    strictEqual(again.source, "extracted", "the damaged entry was not used");
+    await again.saved;
+    strictEqual(sha256(again.vmlinux), sha256(first.vmlinux));
+    strictEqual((await cachedVmlinuxAsync(image, { directory: dir })).source, "cache");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });
