@@ -32,7 +32,7 @@ export class FakeDriver {
   desc = RAM_BASE;
   avail = RAM_BASE + 0x4000;
   used = RAM_BASE + 0x5000;
-  #heap = RAM_BASE + 0x8000;
+  #heap = RAM_BASE + 0x40000;
   #nextDesc = 0;
   #availIdx = 0;
   #reg = new Uint8Array(4);
@@ -71,7 +71,7 @@ export class FakeDriver {
   }
 
   /** The Linux driver's sequence: negotiate `features` (default: all offered), set queue 0 up, DRIVER_OK. */
-  init(options: { size?: number; features?: bigint } = {}): number {
+  init(options: { size?: number; features?: bigint; queues?: number } = {}): number {
     this.write32(MmioReg.STATUS, 0);
     this.write32(MmioReg.STATUS, Status.ACKNOWLEDGE);
     this.write32(MmioReg.STATUS, Status.ACKNOWLEDGE | Status.DRIVER);
@@ -86,8 +86,46 @@ export class FakeDriver {
     if (!(status & Status.FEATURES_OK)) return status;
     this.size = options.size ?? Math.min(16, this.read32(MmioReg.QUEUE_NUM_MAX));
     this.setupQueue(0, this.size);
+    for (let q = 1; q < (options.queues ?? 1); q++) {
+      this.useQueue(q);
+      this.setupQueue(q, this.size);
+    }
+    this.useQueue(0);
     this.write32(MmioReg.STATUS, base | Status.FEATURES_OK | Status.DRIVER_OK);
     return this.read32(MmioReg.STATUS);
+  }
+
+  #queues = new Map<
+    number,
+    { desc: number; avail: number; used: number; next: number; idx: number }
+  >();
+  #current = 0;
+
+  /**
+   * Makes queue `q` the one submit/offer/kick/used* act on; a queue first
+   * used gets its own areas (0x10000 bytes further per queue index).
+   */
+  useQueue(q: number): void {
+    this.#queues.set(this.#current, {
+      desc: this.desc,
+      avail: this.avail,
+      used: this.used,
+      next: this.#nextDesc,
+      idx: this.#availIdx,
+    });
+    const saved = this.#queues.get(q) ?? {
+      desc: RAM_BASE + 0x10000 * q,
+      avail: RAM_BASE + 0x10000 * q + 0x4000,
+      used: RAM_BASE + 0x10000 * q + 0x5000,
+      next: 0,
+      idx: 0,
+    };
+    this.desc = saved.desc;
+    this.avail = saved.avail;
+    this.used = saved.used;
+    this.#nextDesc = saved.next;
+    this.#availIdx = saved.idx;
+    this.#current = q;
   }
 
   setupQueue(index: number, size: number): void {
@@ -105,7 +143,7 @@ export class FakeDriver {
   /** Bytes from the bump heap (16-byte aligned). */
   alloc(length: number): number {
     const size = Math.ceil(Math.max(length, 1) / 16) * 16;
-    if (this.#heap + size > RAM_BASE + RAM_SIZE) this.#heap = RAM_BASE + 0x8000; // wrap the test heap
+    if (this.#heap + size > RAM_BASE + RAM_SIZE) this.#heap = RAM_BASE + 0x40000; // wrap the test heap
     const at = this.#heap;
     this.#heap += size;
     return at;
@@ -182,7 +220,7 @@ export class FakeDriver {
   }
 
   kick(): void {
-    this.write32(MmioReg.QUEUE_NOTIFY, 0);
+    this.write32(MmioReg.QUEUE_NOTIFY, this.#current);
   }
 
   get usedIdx(): number {

@@ -8,6 +8,8 @@
  * @module
  */
 
+import type { KickTarget } from "../../kvm/kick.ts";
+import type { ConsoleRings } from "./console.ts";
 import type { SplitQueue } from "./queue.ts";
 
 /** A block device backed by a raw image file. */
@@ -28,8 +30,18 @@ export interface RngSpec {
   kind: "rng";
 }
 
+/** A console (the guest's `hvc0`) whose bytes cross threads in shared rings. */
+export interface ConsoleSpec {
+  /** Which device. */
+  kind: "console";
+  /** The rings (from `createConsoleRings`; the machine keeps a `ConsoleHost` on them). */
+  rings: ConsoleRings;
+  /** The thread to kick when output arrives (the machine's vCPU loop drains it). */
+  kick?: KickTarget;
+}
+
 /** A serializable description of one virtio device. */
-export type VirtioDeviceSpec = BlockSpec | RngSpec;
+export type VirtioDeviceSpec = BlockSpec | RngSpec | ConsoleSpec;
 
 /** What the transport shows the driver. */
 export interface VirtioFront {

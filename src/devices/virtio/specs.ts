@@ -8,6 +8,8 @@
 import { BlockBackend, blockFront } from "./block.ts";
 import type { VirtioBackend, VirtioDeviceSpec, VirtioFront } from "./device.ts";
 import { RngBackend, rngFront } from "./rng.ts";
+import { ConsoleBackend, consoleFront } from "./console.ts";
+import { Vcpu } from "../../kvm/vcpu.ts";
 
 /** What the driver of `spec`'s device is shown (a block device stats its file). */
 export function frontOf(spec: VirtioDeviceSpec): VirtioFront {
@@ -16,15 +18,27 @@ export function frontOf(spec: VirtioDeviceSpec): VirtioFront {
       return blockFront(spec);
     case "rng":
       return rngFront();
+    case "console":
+      return consoleFront();
   }
 }
 
-/** The backend serving `spec`'s queues (a block device opens its file). */
-export function createBackend(spec: VirtioDeviceSpec): VirtioBackend {
+/**
+ * The backend serving `spec`'s queues (a block device opens its file);
+ * `stopping` tells a backend that waits (the console, for room) to give up.
+ */
+export function createBackend(
+  spec: VirtioDeviceSpec,
+  stopping: () => boolean = () => false,
+): VirtioBackend {
   switch (spec.kind) {
     case "block":
       return new BlockBackend(spec);
     case "rng":
       return new RngBackend();
+    case "console": {
+      const kick = spec.kick;
+      return new ConsoleBackend(spec.rings, () => kick && Vcpu.kick(kick), stopping);
+    }
   }
 }

@@ -72,7 +72,7 @@ function serve(msg: VirtioWorkerStart): void {
     const devices: RunnerDevice[] = msg.devices.map((d) => ({
       front: d.front,
       state: new Int32Array(d.state),
-      backend: createBackend(d.spec),
+      backend: createBackend(d.spec, () => Atomics.load(control, Control.STOP) !== 0),
       interrupt: () => void lib.kvm_write_u64(d.irqFd, 1n),
       onError: (message) => console.error(`virtio ${d.spec.kind}: driver error: ${message}`),
     }));
