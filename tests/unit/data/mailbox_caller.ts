@@ -2,13 +2,19 @@
 // one byte of data each), then posts the byte each answer left in the data area.
 import { Call, Mailbox } from "../../../src/context/protocol.ts";
 
-self.onmessage = (e: MessageEvent<SharedArrayBuffer>) => {
+interface WorkerScope {
+  onmessage: ((event: MessageEvent<SharedArrayBuffer>) => void) | null;
+  postMessage(message: unknown): void;
+}
+const scope = globalThis as unknown as WorkerScope;
+
+scope.onmessage = (e) => {
   const box = new Mailbox(e.data);
   const replies: number[] = [];
-  self.postMessage("ready");
+  scope.postMessage("ready");
   for (let i = 1; i <= 5; i++) {
     box.call(Call.IN, i, 0, 1, 1, undefined);
     replies.push(box.data[0]);
   }
-  self.postMessage(replies);
+  scope.postMessage(replies);
 };
