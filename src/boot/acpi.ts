@@ -56,6 +56,8 @@ export interface AcpiOptions {
   pm1EventPort?: number;
   /** See {@linkcode pm1EventPort}. */
   pm1ControlPort?: number;
+  /** Guest physical address of a DSDT placed by the caller (`buildDsdt`); the FADT points at it. */
+  dsdt?: number;
 }
 
 /** Where {@linkcode buildAcpiTables} put each table (guest physical addresses). */
@@ -147,6 +149,7 @@ export function buildAcpiTables(options: AcpiOptions): Uint8Array {
   const fadtBody = new Uint8Array(FADT_LENGTH - 36);
   const f = new DataView(fadtBody.buffer);
   f.setUint32(36 - 36, layout.facs, true); // firmware_ctrl
+  f.setUint32(40 - 36, options.dsdt ?? 0, true); // dsdt
   f.setUint16(46 - 36, ACPI_SCI_IRQ, true); // sci_int
   f.setUint32(56 - 36, pm1Event, true); // pm1a_evt_blk
   f.setUint32(64 - 36, pm1Control, true); // pm1a_cnt_blk

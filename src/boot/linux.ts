@@ -18,7 +18,14 @@
  * @module
  */
 
+import { AcpiPm1 } from "../devices/acpi_pm1.ts";
+import { AcpiPmTimer } from "../devices/acpi_pm_timer.ts";
 import type { Bus } from "../devices/bus.ts";
+import { Errno, KvmError } from "../errors.ts";
+import { ConsoleHost, createConsoleRings } from "../devices/virtio/console.ts";
+import { VIRTIO_MMIO_SIZE } from "../devices/virtio/constants.ts";
+import type { VirtioDeviceSpec } from "../devices/virtio/device.ts";
+import { type VirtioPlacement, VirtioRuntime } from "../devices/virtio/runtime.ts";
 import type { Uart16550 } from "../devices/uart_16550.ts";
 import type { Kvm } from "../kvm/kvm.ts";
 import type { KickTarget, Vcpu } from "../kvm/vcpu.ts";
@@ -40,6 +47,14 @@ import {
 } from "./machine.ts";
 import { setupLongMode, setupProtectedMode } from "./modes.ts";
 import { buildMpTable, MPTABLE_ADDRESS } from "./mptable.ts";
+import {
+  ACPI_PM1_EVENT_PORT,
+  ACPI_PM_TIMER_PORT,
+  ACPI_SCI_IRQ,
+  ACPI_TABLES_ADDRESS,
+  buildAcpiTables,
+} from "./acpi.ts";
+import { buildDsdt } from "./aml.ts";
 import { type CpuProbeReport, linuxClearCpuid, probeCpu } from "./cpu_probe.ts";
 
 /** Options of {@linkcode LinuxMachine.create}. */
@@ -68,7 +83,38 @@ export interface LinuxMachineOptions extends PcMachineOptions {
    * supported CPUID as it is.
    */
   probeCpu?: boolean;
+  /**
+   * virtio-blk disks on raw image files, the guest's `/dev/vda`, `/dev/vdb`...
+   * (the guest needs the `virtio_mmio` and `virtio_blk` modules).
+   */
+  disks?: readonly VirtioDisk[];
+  /** A virtio entropy device (`/dev/hwrng`; module `virtio-rng`). */
+  rng?: boolean;
+  /**
+   * `"virtio"` adds a virtio console, the guest's `hvc0` (module
+   * `virtio_console`; boot with `console=hvc0`), whose output goes to
+   * `serialOutput` like COM1's; input through {@linkcode LinuxMachine.virtioConsole}.
+   * Default `"serial"`: COM1 only.
+   */
+  console?: "serial" | "virtio";
 }
+
+/** One virtio disk of {@linkcode LinuxMachineOptions.disks}. */
+export interface VirtioDisk {
+  /** The raw image file; its size (whole 512-byte sectors) is the disk's. */
+  path: string;
+  /** The guest cannot write (`VIRTIO_BLK_F_RO`; the file is opened read-only). */
+  readOnly?: boolean;
+}
+
+/** Where the first virtio-mmio window sits (in the 32-bit MMIO hole); the next follow every 4 KiB. */
+export const VIRTIO_MMIO_BASE = 0xd000_0000;
+/** The first virtio device's interrupt (IOAPIC input); the next follow, up to GSI 23. */
+export const VIRTIO_FIRST_GSI = 16;
+/** Most virtio devices on one machine: IOAPIC inputs 16-23. */
+export const VIRTIO_MAX_DEVICES = 8;
+/** Where the DSDT goes, after the ACPI tables in the BIOS area. */
+const DSDT_ADDRESS = ACPI_TABLES_ADDRESS + 0x800;
 
 /**
  * Why {@linkcode LinuxMachine.run} returned: any {@linkcode PcExitReason}
@@ -135,10 +181,26 @@ export class LinuxMachine {
    * its port I/O. Index 0x10000 counts MMIO exits.
    */
   readonly exitsByPort: Uint32Array;
+  /**
+   * The virtio devices (undefined without any): their transports sit on
+   * {@linkcode mmio}, their work on a device thread.
+   */
+  readonly virtio?: VirtioRuntime;
+  /** The virtio console's host side (with `console: "virtio"`): queue input with `input()`. */
+  readonly virtioConsole?: ConsoleHost;
   #machine: PcMachine;
+  #consoleSink?: (bytes: Uint8Array) => void;
 
-  private constructor(machine: PcMachine, plan: LinuxBootPlan, probe: CpuProbeReport | undefined) {
+  private constructor(
+    machine: PcMachine,
+    plan: LinuxBootPlan,
+    probe: CpuProbeReport | undefined,
+    virtio?: { runtime: VirtioRuntime; console?: ConsoleHost; sink?: (bytes: Uint8Array) => void },
+  ) {
     this.#machine = machine;
+    this.virtio = virtio?.runtime;
+    this.virtioConsole = virtio?.console;
+    this.#consoleSink = virtio?.sink;
     this.kvm = machine.kvm;
     this.vm = machine.vm;
     this.bus = machine.pio;
@@ -168,6 +230,29 @@ export class LinuxMachine {
         vmlinux: options.vmlinux,
       });
     let plan = planWith(options.cmdline);
+    const consoleRings = options.console === "virtio" ? createConsoleRings() : undefined;
+    const specs: VirtioDeviceSpec[] = [
+      ...(options.disks ?? []).map((d, i): VirtioDeviceSpec => ({
+        kind: "block",
+        path: d.path,
+        readOnly: d.readOnly,
+        id: `vd${String.fromCharCode(97 + i)}`,
+      })),
+      ...(options.rng ? [{ kind: "rng" } as const] : []),
+      ...(consoleRings ? [{ kind: "console", rings: consoleRings } as const] : []),
+    ];
+    if (specs.length > VIRTIO_MAX_DEVICES) {
+      throw new KvmError(
+        "create Linux machine",
+        Errno.EINVAL,
+        `${specs.length} virtio devices: at most ${VIRTIO_MAX_DEVICES}`,
+      );
+    }
+    const placements: VirtioPlacement[] = specs.map((spec, i) => ({
+      spec,
+      address: VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE,
+      gsi: VIRTIO_FIRST_GSI + i,
+    }));
     return withKvm(options.kvm, (kvm, ownsKvm) => {
       let probe: CpuProbeReport | undefined;
       if (options.probeCpu !== false) {
@@ -192,6 +277,32 @@ export class LinuxMachine {
         writeMemory: (vm) => {
           writeLinuxBoot(vm, plan, { memoryIsZero: true });
           vm.writeGuest(MPTABLE_ADDRESS, buildMpTable(cpus));
+          if (placements.length > 0) {
+            // ACPI describes the virtio-mmio devices (Debian's kernels cannot take them from the
+            // command line) and gives the guest its power-off: \_S5 and the PM1a registers.
+            vm.writeGuest(ACPI_TABLES_ADDRESS, buildAcpiTables({ cpus, dsdt: DSDT_ADDRESS }));
+            vm.writeGuest(
+              DSDT_ADDRESS,
+              buildDsdt({
+                virtio: placements.map((p) => ({ ...p, size: VIRTIO_MMIO_SIZE })),
+                s5SlpTyp: 0,
+              }),
+            );
+          }
+        },
+        addDevices: placements.length === 0 ? undefined : (pc) => {
+          pc.pio.insert(ACPI_PM_TIMER_PORT, 4, new AcpiPmTimer());
+          pc.pio.insert(
+            ACPI_PM1_EVENT_PORT,
+            6,
+            new AcpiPm1({
+              // S5 (and S4, which QEMU treats alike) powers off; nothing here can suspend.
+              onSleep: (state) => {
+                if (state !== "S3") pc.finish({ reason: "poweroff", vcpu: -1 });
+              },
+              sci: (level) => pc.vm.setIrqLine(ACPI_SCI_IRQ, level),
+            }),
+          );
         },
         enter: (vm, bsp) => {
           if (plan.entryMode === "64") {
@@ -204,7 +315,34 @@ export class LinuxMachine {
           bsp.setRegs(bsp.getRegs().assign({ rsi: BigInt(ZERO_PAGE_ADDRESS), rflags: 2n }));
         },
       });
-      return new LinuxMachine(machine, plan, probe);
+      if (placements.length === 0) return new LinuxMachine(machine, plan, probe);
+      let runtime: VirtioRuntime | undefined;
+      try {
+        // After the vCPUs exist: the console kicks the bootstrap vCPU's thread when output waits.
+        const bsp = machine.vcpus[0].kickTarget;
+        for (const p of placements) if (p.spec.kind === "console") p.spec.kick = bsp;
+        const ram = [...machine.vm.memorySlots.values()].map((s) => ({
+          gpa: s.guestPhysAddr,
+          hostAddress: s.userspaceAddr,
+          size: s.memorySize,
+        }));
+        runtime = VirtioRuntime.start(machine.vm, ram, placements);
+        for (const d of runtime.devices) {
+          machine.mmio.insert(d.address, VIRTIO_MMIO_SIZE, d.transport);
+        }
+        const serial = options.serialOutput;
+        return new LinuxMachine(machine, plan, probe, {
+          runtime,
+          console: consoleRings && new ConsoleHost(consoleRings, () => runtime!.wake()),
+          sink: serial && ((bytes) => {
+            for (const b of bytes) serial(b);
+          }),
+        });
+      } catch (e) {
+        runtime?.stop();
+        machine.close();
+        throw e;
+      }
     });
   }
 
@@ -227,12 +365,37 @@ export class LinuxMachine {
    * (use `poll` and kicks to interact). Can be called once.
    */
   async run(options: LinuxRunOptions = {}): Promise<MachineExit> {
-    // No debug-exit device here: the exit is one of MachineExitReason's.
-    return await this.#machine.run(options) as MachineExit;
+    const host = this.virtioConsole;
+    const sink = this.#consoleSink;
+    const poll = options.poll;
+    // The virtio console's output is drained on this thread (the device thread kicks it).
+    const drain = host && sink
+      ? () => {
+        host.drain(sink);
+        poll?.();
+      }
+      : poll;
+    try {
+      // No debug-exit device here: the exit is one of MachineExitReason's.
+      const exit = await this.#machine.run({ ...options, poll: drain }) as MachineExit;
+      if (this.virtio && this.virtio.errors.length > 0 && exit.reason === "error") {
+        exit.detail = `${exit.detail ?? ""}\n${this.virtio.errors.join("\n")}`;
+      }
+      return exit;
+    } finally {
+      if (host && sink) host.drain(sink);
+    }
   }
 
-  /** Closes the VM (and the Kvm object when the machine opened it). Idempotent. */
+  /**
+   * Stops the virtio device thread (it reaches guest RAM by address, so it
+   * must be gone before the RAM is unmapped), then closes the VM (and the Kvm
+   * object when the machine opened it). Idempotent. When the device thread
+   * does not stop, throws a `KvmError` (`ETIMEDOUT`) and leaves the VM open
+   * rather than unmap memory under it.
+   */
   close(): void {
+    this.virtio?.stop();
     this.#machine.close();
   }
 

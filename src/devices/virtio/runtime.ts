@@ -129,6 +129,11 @@ export class VirtioRuntime {
     }
   }
 
+  /** Wakes the device thread to look at every queue (after host input, for example). */
+  wake(): void {
+    if (this.#worker) this.#wake.write(1n);
+  }
+
   /** Whether the device thread has started serving. */
   get started(): boolean {
     return Atomics.load(this.#control, Control.STARTED) !== 0;
