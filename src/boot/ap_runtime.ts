@@ -27,12 +27,15 @@ import {
   type DeviceSpec,
   End,
   forbidStart,
+  heldBy,
   type InitMessage,
   Mailbox,
   Mb,
+  releaseHolds,
   Reply,
   signalVcpu,
   State,
+  threadExists,
   VCPU_WORKER_URL,
   waitForState,
   type WorkerMessage,
@@ -82,6 +85,8 @@ export interface ApStartOptions {
 interface Ap {
   vcpu: Vcpu;
   index: number;
+  /** The vCPU's entry in the VM's lifetime record. */
+  entry: number;
   box: Mailbox;
   worker?: Worker;
   /** The worker loaded its vCPU and devices ("ready"). */
@@ -123,7 +128,13 @@ export class ApWorkers {
     const control = new Int32Array(new SharedArrayBuffer(controlBytes(vcpus.length)));
     control[Ctl.STOP_BY] = -1;
     this.#control = control;
-    this.#aps = vcpus.map((vcpu, index) => ({ vcpu, index, box: new Mailbox(), ready: false }));
+    this.#aps = vcpus.map((vcpu, index) => ({
+      vcpu,
+      index,
+      entry: vcpu.kickTarget.slot!,
+      box: new Mailbox(),
+      ready: false,
+    }));
     for (const ap of this.#aps) {
       const kick = ap.vcpu.kickTarget;
       this.#life = kick.life;
@@ -251,11 +262,13 @@ export class ApWorkers {
    * Stops every AP and ends its worker: synchronous, for a caller that turns
    * no event loop. A started AP is kicked out of `KVM_RUN` (its waiting
    * requests answered) until its worker reports it gave its vCPU back (5 s
-   * at most, see {@linkcode ApStartOptions.stopTimeoutMs}); one that never does is stuck: its registers are not read
-   * ({@linkcode describeStopped}), it is listed in {@linkcode errors} and
-   * {@linkcode leakedVcpus}, and its hold on the vCPU's lifetime record keeps
-   * the run area mapped (a leak instead of a crash). A worker that had not
-   * claimed its vCPU yet never runs it. Idempotent.
+   * at most, {@linkcode ApStartOptions.stopTimeoutMs}). A worker that died
+   * has its holds given back once its thread is gone. One whose thread stays
+   * is stuck: its registers are not read ({@linkcode describeStopped}), it is
+   * listed in {@linkcode errors} and {@linkcode leakedVcpus}, and its hold on
+   * the vCPU's lifetime record keeps the run area mapped (a leak instead of a
+   * crash). A worker that had not claimed its vCPU yet never runs it.
+   * Idempotent.
    */
   stop(): void {
     if (this.#stopped) return;
@@ -276,14 +289,22 @@ export class ApWorkers {
     }
     for (const ap of this.#aps) {
       if (!ap.worker) continue;
-      const done = waitForState(c, ap.index, State.EXITED, deadline, 10, () => {
+      const tid = Atomics.load(c, ctl(ap.index, Ctl.TID));
+      const exited = waitForState(c, ap.index, State.EXITED, deadline, 10, () => {
         // A request posted before the stop: answered without the machine (it has finished).
         if (ap.box.pending) ap.box.answer(Reply.STOP);
         signalVcpu(c, life, ap.index, Control.STOP);
+        return !threadExists(tid); // the worker died (an uncaught error): nothing more will come
       });
-      ap.stuck = !done;
       ap.worker.terminate();
       ap.worker = undefined;
+      if (exited) continue;
+      // The lifetime rule (protocol.ts): its holds are given back for it only once its thread
+      // is provably gone; a thread that stays keeps them, and the memory it may touch.
+      const holder = heldBy(c, life, ap.entry, ap.index);
+      if (holder === 0) continue;
+      if (holder > 0 && threadGoneWithin(holder, 500)) releaseHolds(life, ap.entry);
+      else ap.stuck = true;
     }
   }
 
@@ -313,6 +334,15 @@ export class ApWorkers {
         : [],
     ]);
   }
+}
+
+/** Whether kernel thread `tid` ends within `ms` (blocking: the machines turn no event loop here). */
+function threadGoneWithin(tid: number, ms: number): boolean {
+  const sleep = new Int32Array(new SharedArrayBuffer(4));
+  for (const end = performance.now() + ms; performance.now() < end; Atomics.wait(sleep, 0, 0, 10)) {
+    if (!threadExists(tid)) return true;
+  }
+  return !threadExists(tid);
 }
 
 /**

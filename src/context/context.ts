@@ -29,7 +29,6 @@ import { loadNative, nativePath } from "../ffi/library.ts";
 import { hex } from "../kvm/constants.ts";
 import type { GuestMemory } from "../kvm/guest_memory.ts";
 import { Kvm } from "../kvm/kvm.ts";
-import { Entry, VmLife } from "../kvm/lifetime.ts";
 import type { KickTarget, Vcpu } from "../kvm/vcpu.ts";
 import type { Vm } from "../kvm/vm.ts";
 import {
@@ -40,15 +39,18 @@ import {
   ctl,
   type DeviceSpec,
   forbidStart,
+  heldBy,
   kickVcpuThread,
   Mailbox,
   Mb,
   type PlainError,
   type PostedStop,
+  releaseHolds,
   Reply,
   signalVcpu,
   type SlotInfo,
   State,
+  threadExists,
   VCPU_WORKER_URL,
   type WorkerMessage,
 } from "./protocol.ts";
@@ -723,25 +725,16 @@ export class KvmContext implements AsyncDisposable {
       }
       slot.worker.terminate();
     }
-    // A worker that did not exit cleanly still holds its vCPU's entry in the lifetime
-    // record (its adopted vCPU, its guest-RAM views): give them back for it only once
-    // its thread is gone. A thread that stays (stuck in native code) keeps them, and
-    // with them the memory it may touch.
+    // A worker that did not exit cleanly may still hold its vCPU's entry in the lifetime
+    // record (its adopted vCPU, its guest-RAM views): give them back for it only once its
+    // thread is gone. A thread that stays (stuck in native code) keeps them, and with them
+    // the memory it may touch.
     for (const slot of this.#slots) {
       if (slot.cleanExit || !slot.kick.life) continue;
-      const life = new VmLife(slot.kick.life);
-      const entry = slot.kick.slot!;
-      if (!life.leaseHeld(entry, Entry.ADOPTED) && !life.leaseHeld(entry, Entry.RAM)) continue;
-      const tid = life.runner(entry);
-      if (tid > 0 && tid !== Atomics.load(this.#control, ctl(slot.index, Ctl.TID))) {
-        // The lease was taken but the thread id not published yet: no proof it is gone.
-        this.#leaked.push(slot.id);
-      } else if (tid > 0 && await threadGone(tid)) {
-        life.releaseLease(entry, Entry.ADOPTED);
-        life.releaseLease(entry, Entry.RAM);
-      } else {
-        this.#leaked.push(slot.id);
-      }
+      const tid = heldBy(this.#control, slot.kick.life, slot.kick.slot!, slot.index);
+      if (tid === 0) continue;
+      if (tid > 0 && await threadGone(tid)) releaseHolds(slot.kick.life, slot.kick.slot!);
+      else this.#leaked.push(slot.id);
     }
     if (this.#leaked.length > 0) {
       console.warn(
@@ -842,11 +835,7 @@ async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {
 /** Whether kernel thread `tid` of this process exits within 2 s. */
 async function threadGone(tid: number): Promise<boolean> {
   for (let i = 0; i < 200; i++) {
-    try {
-      Deno.statSync(`/proc/self/task/${tid}`);
-    } catch {
-      return true;
-    }
+    if (!threadExists(tid)) return true;
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
   return false;

@@ -19,6 +19,7 @@
 
 import { Errno, KvmError } from "../errors.ts";
 import { type KickTarget, kickVcpu } from "../kvm/kick.ts";
+import { Entry, VmLife } from "../kvm/lifetime.ts";
 
 /** The worker module every vCPU runs on. */
 export const VCPU_WORKER_URL: string = new URL("./vcpu_worker.ts", import.meta.url).href;
@@ -304,7 +305,8 @@ export function forbidStart(control: Int32Array, index: number): number {
  * Waits (blocking the calling thread, at most until `deadline`, a
  * `performance.now()` time) until vCPU `index`'s worker stored `state`;
  * `tick` runs every `stepMs` meanwhile (answering a request, kicking
- * again). Returns whether it got there.
+ * again) and ends the wait early by returning true. Returns whether the
+ * state was reached.
  */
 export function waitForState(
   control: Int32Array,
@@ -312,15 +314,52 @@ export function waitForState(
   state: number,
   deadline: number,
   stepMs: number,
-  tick: () => void,
+  tick: () => boolean | void,
 ): boolean {
   const at = ctl(index, Ctl.STATE);
   for (let s = Atomics.load(control, at); s !== state; s = Atomics.load(control, at)) {
-    if (performance.now() >= deadline) return false;
-    tick();
+    if (performance.now() >= deadline || tick() === true) return false;
     Atomics.wait(control, at, s, stepMs);
   }
   return true;
+}
+
+/** Whether kernel thread `tid` of this process still exists. */
+export function threadExists(tid: number): boolean {
+  try {
+    Deno.statSync(`/proc/self/task/${tid}`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The lifetime rule for a worker that did not report
+ * {@linkcode State.EXITED}: what it may still hold of vCPU `index` (its
+ * adopted vCPU, its guest-RAM views; `entry` is the vCPU's entry in the
+ * VM's record `life`). Returns 0 when it holds nothing, the thread whose end
+ * proves it is done (then {@linkcode releaseHolds} for it), or -1 when
+ * nothing can prove it (the hold was taken but the thread never claimed the
+ * vCPU): the holds stay, and with them the memory (a leak, not a crash).
+ */
+export function heldBy(
+  control: Int32Array,
+  life: Int32Array,
+  entry: number,
+  index: number,
+): number {
+  const record = new VmLife(life);
+  if (!record.leaseHeld(entry, Entry.ADOPTED) && !record.leaseHeld(entry, Entry.RAM)) return 0;
+  const tid = record.runner(entry);
+  return tid > 0 && tid === Atomics.load(control, ctl(index, Ctl.TID)) ? tid : -1;
+}
+
+/** Gives back, for a worker whose thread is gone ({@linkcode heldBy}), the holds it left. */
+export function releaseHolds(life: Int32Array, entry: number): void {
+  const record = new VmLife(life);
+  record.releaseLease(entry, Entry.ADOPTED);
+  record.releaseLease(entry, Entry.RAM);
 }
 
 /** A guest RAM slot as posted to a worker (addresses as bigints: pointers cannot be posted). */

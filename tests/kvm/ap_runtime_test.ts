@@ -8,6 +8,7 @@
 import { deepStrictEqual, ok, rejects, strictEqual } from "node:assert/strict";
 import { Kvm, KvmError, setupRealMode, type Vcpu } from "../../mod.ts";
 import { type ApHandlers, ApWorkers } from "../../src/boot/ap_runtime.ts";
+import { VmLife } from "../../src/kvm/lifetime.ts";
 
 const ENTRY = 0x1000;
 const RAM = 0x80000; // 512 KiB: 0xd0000 is not RAM, so an access there is MMIO
@@ -124,6 +125,27 @@ Deno.test("ApWorkers: a worker that cannot start rejects waitReady with EIO sayi
     aps.stop();
   }
   deepStrictEqual(aps.leakedVcpus, [], "the worker gave its vCPU back");
+});
+
+Deno.test("ApWorkers: the holds of a worker that died are given back once its thread is gone", async () => {
+  using m = machine(IO_GUEST);
+  const life = m.ap.kickTarget.life!;
+  const aps = new ApWorkers();
+  try {
+    aps.start([m.ap], m.bsp.kickTarget, m.kvm.vcpuMmapSize(), {
+      devices: [{
+        url: new URL("./context/test_device.ts", import.meta.url).href,
+        // An uncaught error from a timer once the worker is idle: the worker dies.
+        options: { shared: new SharedArrayBuffer(64), crashWorker: true },
+      }],
+    });
+    await aps.waitReady("test", performance.now() + 30_000).catch(() => {});
+  } finally {
+    aps.stop();
+  }
+  deepStrictEqual(aps.leakedVcpus, []);
+  m.vm.close();
+  ok(new VmLife(life).vmReleased, "no hold was left: the VM's fd and memory are released");
 });
 
 Deno.test("ApWorkers: stop() before the workers started leaves nothing running", () => {
