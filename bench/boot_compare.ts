@@ -27,7 +27,8 @@
  * deno run -A tools/sandbox/sandbox.ts --include .cache/qemu-sandbox -- deno run -A --no-check bench/boot_compare.ts
  * ```
  *
- * `KVM_BOOT_BENCH_RUNS` (default 3) sets the rounds; each process is killed after 90 s.
+ * `KVM_BOOT_BENCH_RUNS` (default 3) sets the rounds; each process is killed after
+ * `KVM_BOOT_BENCH_KILL_S` (default 90) seconds.
  * A script, not a `deno bench` file (it times whole processes), hence not named `*_bench.ts`.
  *
  * @module
@@ -41,6 +42,8 @@ const MARKER = "BOOT-BENCH-INIT";
 const INIT = `#!/bin/busybox sh\n/bin/busybox echo ${MARKER}\n/bin/busybox reboot -f\n`;
 const CMDLINE = "console=ttyS0 panic=-1 pci=off quiet";
 const QEMU_DIR = new URL("../.cache/qemu-sandbox/", import.meta.url).pathname;
+/** Seconds after which a boot counts as hung and is killed. */
+const KILL_S = Number(Deno.env.get("KVM_BOOT_BENCH_KILL_S") ?? 90);
 
 async function prepareQemu(): Promise<void> {
   const run = (cmd: string, args: string[]) =>
@@ -90,7 +93,7 @@ async function time(
     stderr: "piped",
   }).spawn();
   // A hung guest must not hang the benchmark.
-  const timer = setTimeout(() => child.kill("SIGKILL"), 90_000);
+  const timer = setTimeout(() => child.kill("SIGKILL"), KILL_S * 1000);
   let marker = -1;
   let firstByte = -1;
   let text = "";

@@ -487,14 +487,18 @@ export interface CachedVmlinux {
   [Symbol.dispose](): void;
 }
 
-/** What {@linkcode cachedVmlinuxAsync} returns: the kernel now, its cache entry later. */
+/** What {@linkcode cachedVmlinuxAsync} returns: the kernel now, its cache entry when asked. */
 export interface PendingCachedVmlinux extends CachedVmlinux {
   /**
-   * Settles when the new cache entry is in place (written, flushed to disk
-   * and renamed), at once when there is nothing to write. Resolves to why
-   * the entry could not be written, or undefined; never rejects.
+   * Writes the new cache entry (hashed, written and flushed to disk on
+   * Deno's blocking threads, then renamed into place) and settles when it is
+   * in place; at once when there is nothing to write. The first call starts
+   * it, later calls return the same promise. Resolves to why the entry could
+   * not be written, or undefined; never rejects. The caller chooses when:
+   * after its guest has booted, say, since on a host with few CPUs the work
+   * would slow the guest down. `vmlinux` must not change until it settles.
    */
-  saved: Promise<string | undefined>;
+  save(): Promise<string | undefined>;
 }
 
 function result(
@@ -662,6 +666,8 @@ async function writeEntryAsync(dir: string, path: string, vmlinux: Uint8Array): 
   }
 }
 
+const nothingToSave = () => Promise.resolve(undefined);
+
 const ms = (since: number) => `${Math.round(performance.now() - since)} ms`;
 
 function describeExtraction(x: ExtractedVmlinux): string {
@@ -726,12 +732,11 @@ export function cachedVmlinux(
 
 /**
  * {@linkcode cachedVmlinux} for a VMM that has other work to do meanwhile:
- * liblzma decodes on a thread of Deno's blocking pool (the TypeScript
- * fallback on this thread), and the new cache entry is hashed, written and
- * flushed in the background; `saved` settles when it is in place. Await
- * `saved` before the process exits (an unfinished entry is only a temporary
- * file, removed by a later writer). `image` must not change until the
- * returned promise settles, nor `vmlinux` until `saved` does.
+ * the lookup's hashes and liblzma's decoding run on Deno's blocking threads
+ * (the TypeScript fallback on this thread), and the new cache entry is
+ * written when the caller calls `save()` (see
+ * {@linkcode PendingCachedVmlinux.save}): call it, and await it, before the
+ * process exits. `image` must not change until the returned promise settles.
  */
 export async function cachedVmlinuxAsync(
   image: Uint8Array,
@@ -741,7 +746,7 @@ export async function cachedVmlinuxAsync(
   let start = performance.now();
   const { dir, path, cacheProblem, hit } = await lookupAsync(image, options);
   phase(`kernel cache ${hit ? "hit, SHA-256 checked" : "miss"} (${ms(start)})`);
-  if (hit) return { ...hit, saved: Promise.resolve(undefined) };
+  if (hit) return { ...hit, save: nothingToSave };
   const extracted = await extractVmlinuxAsync(image, options);
   phase(describeExtraction(extracted));
   start = performance.now();
@@ -751,21 +756,20 @@ export async function cachedVmlinuxAsync(
   if (!path || !dir) {
     return {
       ...result(vmlinux, "extracted", { ...how, cacheProblem }),
-      saved: Promise.resolve(undefined),
+      save: nothingToSave,
     };
   }
-  // Started at the next turn of the event loop: after the caller's synchronous work (building
-  // the VM), while it waits (for its vCPU workers, say), since the hash's copy of its input
-  // runs on this thread.
-  const saved = new Promise((resolve) => setTimeout(resolve, 0)).then(() => {
-    start = performance.now();
-    return writeEntryAsync(dir, path, vmlinux);
-  }).then(
-    () => {
-      phase(`kernel cache written (${ms(start)}, in the background)`);
+  let saving: Promise<string | undefined> | undefined;
+  const save = () =>
+    saving ??= (async () => {
+      const start = performance.now();
+      try {
+        await writeEntryAsync(dir, path, vmlinux);
+      } catch (e) {
+        return `cannot write ${path}: ${e instanceof Error ? e.message : String(e)}`;
+      }
+      phase(`kernel cache written (${ms(start)})`);
       return undefined;
-    },
-    (e) => `cannot write ${path}: ${e instanceof Error ? e.message : String(e)}`,
-  );
-  return { ...result(vmlinux, "extracted", { ...how, path }), saved };
+    })();
+  return { ...result(vmlinux, "extracted", { ...how, path }), save };
 }

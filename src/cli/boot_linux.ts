@@ -468,7 +468,7 @@ async function bootLinuxOn(
       },
     });
   } catch (e) {
-    await found?.saved; // the cache entry is still good for the next boot
+    await found?.save(); // the kernel is still good for the next boot
     throw badKernel(e);
   } finally {
     found?.close(); // the machine has its copy in guest RAM
@@ -518,8 +518,9 @@ async function bootLinuxOn(
     if (raw) Deno.stdin.setRaw(false);
     pump?.terminate();
     machine.close();
-    // A new cache entry is written while the machine starts; the process must not end first.
-    const problem = await found?.saved;
+    // Written now, not while the guest boots: on a host with few CPUs (the sandbox's emulator
+    // has one thread) hashing and writing 35 MB would slow the guest's boot down.
+    const problem = await found?.save();
     if (problem) say(`the kernel cache: ${problem}`);
   }
 }

@@ -23,7 +23,7 @@ for (;;) {
 let found;
 if (mode === "async") {
   found = await cachedVmlinuxAsync(image, { directory });
-  const problem = await found.saved;
+  const problem = await found.save();
   if (problem) throw new Error(problem);
 } else {
   found = cachedVmlinux(image, { directory });

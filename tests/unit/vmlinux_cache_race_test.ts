@@ -141,7 +141,7 @@ Deno.test("vmlinux cache: the background lookup verifies a hit and replaces a da
     const image = tinyBzImage();
     const first = await cachedVmlinuxAsync(image, { directory: dir });
     strictEqual(first.source, "extracted");
-    strictEqual(await first.saved, undefined, "written");
+    strictEqual(await first.save(), undefined, "written");
     const hit = await cachedVmlinuxAsync(image, { directory: dir });
     strictEqual(hit.source, "cache");
     strictEqual(sha256(hit.vmlinux), sha256(first.vmlinux));
@@ -150,7 +150,7 @@ Deno.test("vmlinux cache: the background lookup verifies a hit and replaces a da
     Deno.writeFileSync(first.path!, bytes);
     const again = await cachedVmlinuxAsync(image, { directory: dir });
     strictEqual(again.source, "extracted", "the damaged entry was not used");
-    await again.saved;
+    await again.save();
     strictEqual(sha256(again.vmlinux), sha256(first.vmlinux));
     strictEqual((await cachedVmlinuxAsync(image, { directory: dir })).source, "cache");
   } finally {
