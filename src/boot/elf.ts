@@ -74,9 +74,12 @@ export function elfProgramHeaders(
 ): ElfProgramHeader[] {
   const is64 = image[4] === 2;
   const view = new DataView(image.buffer, image.byteOffset, image.byteLength);
-  const u64 = (at: number) => Number(view.getBigUint64(at, true));
-  const u32 = (at: number) => view.getUint32(at, true);
-  const phoff = is64 ? u64(32) : u32(28);
+  // ELF32 and ELF64 differ in field widths and places (the ELF spec's Elf32_Phdr / Elf64_Phdr).
+  const word = is64
+    ? (at: number) => Number(view.getBigUint64(at, true))
+    : (at: number) => view.getUint32(at, true);
+  const [offsetAt, paddrAt, fileszAt, memszAt] = is64 ? [8, 24, 32, 40] : [4, 12, 16, 20];
+  const phoff = word(is64 ? 32 : 28);
   const phentsize = view.getUint16(is64 ? 54 : 42, true);
   const phnum = view.getUint16(is64 ? 56 : 44, true);
   if (phentsize < (is64 ? 56 : 32) || phoff + phnum * phentsize > image.length) {
@@ -85,27 +88,15 @@ export function elfProgramHeaders(
   const headers: ElfProgramHeader[] = [];
   for (let index = 0; index < phnum; index++) {
     const at = phoff + index * phentsize;
-    headers.push(
-      is64
-        ? {
-          index,
-          at,
-          type: u32(at),
-          offset: u64(at + 8),
-          physicalAddress: u64(at + 24),
-          fileSize: u64(at + 32),
-          memorySize: u64(at + 40),
-        }
-        : {
-          index,
-          at,
-          type: u32(at),
-          offset: u32(at + 4),
-          physicalAddress: u32(at + 12),
-          fileSize: u32(at + 16),
-          memorySize: u32(at + 20),
-        },
-    );
+    headers.push({
+      index,
+      at,
+      type: view.getUint32(at, true),
+      offset: word(at + offsetAt),
+      physicalAddress: word(at + paddrAt),
+      fileSize: word(at + fileszAt),
+      memorySize: word(at + memszAt),
+    });
   }
   return headers;
 }

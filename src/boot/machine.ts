@@ -264,29 +264,6 @@ export class PcMachine {
     this.finish({ reason: "stopped", vcpu: -1 });
   }
 
-  /** Port I/O of `vcpu`, from any thread's exit: the one PIO dispatch. */
-  #pio(
-    vcpu: number,
-    direction: "in" | "out",
-    port: number,
-    size: number,
-    count: number,
-    data: Uint8Array,
-  ): void {
-    const running = this.#exit === null;
-    this.pio.handlePio(direction, port, size, count, data);
-    this.exitsByPort[port]++;
-    this.#attribute(running, vcpu);
-  }
-
-  /** MMIO of `vcpu`, from any thread's exit: the one MMIO dispatch. */
-  #mmioAccess(vcpu: number, address: number, isWrite: boolean, data: Uint8Array): void {
-    const running = this.#exit === null;
-    this.mmio.handleMmio(address, isWrite, data);
-    this.exitsByPort[0x10000]++;
-    this.#attribute(running, vcpu);
-  }
-
   /** Names `vcpu` in an exit a device just made (a debug-exit write, a keyboard-controller reset). */
   #attribute(wasRunning: boolean, vcpu: number): void {
     const exit = this.#exit;
@@ -299,11 +276,24 @@ export class PcMachine {
     else this.finish({ reason: "error", vcpu, detail: detail ?? `system event ${type}` });
   }
 
-  /** The APs' requests, served on the bootstrap vCPU's thread by the same dispatch. */
-  #apHandlers: ApHandlers = {
-    io: (vcpu, direction, port, size, count, data) =>
-      this.#pio(vcpu, direction, port, size, count, data),
-    mmio: (vcpu, address, isWrite, data) => this.#mmioAccess(vcpu, address, isWrite, data),
+  /**
+   * The one exit dispatch: the bootstrap vCPU's loop calls it for its own
+   * exits (vCPU 0) and `ApWorkers.serve` for the APs', on this thread. Made
+   * once per machine; nothing in it allocates per exit.
+   */
+  #dispatch: ApHandlers = {
+    io: (vcpu, direction, port, size, count, data) => {
+      const running = this.#exit === null;
+      this.pio.handlePio(direction, port, size, count, data);
+      this.exitsByPort[port]++;
+      this.#attribute(running, vcpu);
+    },
+    mmio: (vcpu, address, isWrite, data) => {
+      const running = this.#exit === null;
+      this.mmio.handleMmio(address, isWrite, data);
+      this.exitsByPort[0x10000]++;
+      this.#attribute(running, vcpu);
+    },
     tripleFault: (vcpu, detail) => this.finish({ reason: "tripleFault", vcpu, detail }),
     systemEvent: (vcpu, type, detail) => this.#systemEvent(type, vcpu, detail),
     error: (vcpu, detail) => this.finish({ reason: "error", vcpu, detail }),
@@ -351,6 +341,7 @@ export class PcMachine {
   /** The run loop proper: the bootstrap vCPU on this thread, until something ends the run. */
   #runBootstrapVcpu(bsp: Vcpu, poll: (() => void) | undefined): PcExit {
     const hasAps = this.#aps.count > 0;
+    const dispatch = this.#dispatch;
     while (this.#exit === null) {
       let exit;
       try {
@@ -362,51 +353,41 @@ export class PcMachine {
       }
       switch (exit.reason) {
         case "io":
-          this.#pio(0, exit.direction, exit.port, exit.size, exit.count, exit.data);
+          dispatch.io(0, exit.direction, exit.port, exit.size, exit.count, exit.data);
           break;
         case "mmio":
-          this.#mmioAccess(0, exit.address, exit.isWrite, exit.data);
+          dispatch.mmio(0, exit.address, exit.isWrite, exit.data);
           break;
         case "interrupted":
         case "hlt":
           break;
         case "shutdown":
-          this.finish({
-            reason: "tripleFault",
-            vcpu: 0,
-            detail: `vCPU 0: triple fault (KVM_EXIT_SHUTDOWN)\n${describeVcpu(bsp)}`,
-          });
+          dispatch.tripleFault(0, `vCPU 0: triple fault (KVM_EXIT_SHUTDOWN)\n${describeVcpu(bsp)}`);
           break;
         case "systemEvent":
-          this.#systemEvent(exit.type, 0, `vCPU 0: system event ${exit.type}`);
+          dispatch.systemEvent(0, exit.type, `vCPU 0: system event ${exit.type}`);
           break;
         case "internalError":
           if (completeUnemulated(exit, this.vm, bsp)) break;
-          this.finish({
-            reason: "error",
-            vcpu: 0,
-            detail: `vCPU 0: KVM internal error, ${
-              describeInternalError(exit, this.vm, bsp)
-            } (data ${exit.data.map((d) => hex(d)).join(" ")})\n${describeVcpu(bsp)}`,
-          });
+          dispatch.error(
+            0,
+            `vCPU 0: KVM internal error, ${describeInternalError(exit, this.vm, bsp)} (data ${
+              exit.data.map((d) => hex(d)).join(" ")
+            })\n${describeVcpu(bsp)}`,
+          );
           break;
         case "failEntry":
-          this.finish({
-            reason: "error",
-            vcpu: 0,
-            detail: `vCPU 0: entry failed, hardware reason ${
-              hex(exit.hardwareEntryFailureReason)
-            }\n${describeVcpu(bsp)}`,
-          });
+          dispatch.error(
+            0,
+            `vCPU 0: entry failed, hardware reason ${hex(exit.hardwareEntryFailureReason)}\n${
+              describeVcpu(bsp)
+            }`,
+          );
           break;
         default:
-          this.finish({
-            reason: "error",
-            vcpu: 0,
-            detail: `vCPU 0: unexpected exit ${exit.reason}\n${describeVcpu(bsp)}`,
-          });
+          dispatch.error(0, `vCPU 0: unexpected exit ${exit.reason}\n${describeVcpu(bsp)}`);
       }
-      if (hasAps) this.#aps.serve(this.#apHandlers);
+      if (hasAps) this.#aps.serve(dispatch);
       if (poll) poll();
     }
     return this.#exit!;
