@@ -153,11 +153,28 @@ export {
 } from "./boot/platform.ts";
 export { buildMpTable, MPTABLE_ADDRESS } from "./boot/mptable.ts";
 export {
+  ACPI_FACS_SIZE,
+  ACPI_FACS_WAKING_VECTOR_OFFSET,
+  ACPI_PM1_CONTROL_PORT,
+  ACPI_PM1_EVENT_PORT,
+  ACPI_PM_BASE,
   ACPI_PM_TIMER_PORT,
+  ACPI_SCI_IRQ,
   ACPI_TABLES_ADDRESS,
+  type AcpiLayout,
+  acpiLayout,
   type AcpiOptions,
   buildAcpiTables,
 } from "./boot/acpi.ts";
+export {
+  BIOS_PIC_MASTER_BASE,
+  BIOS_PIC_SLAVE_BASE,
+  facsWakingVector,
+  programPicsLikeBios,
+  resumeAtWakingVector,
+  type RtcAlarm,
+  rtcAlarmDelayMs,
+} from "./boot/firmware.ts";
 export { checkGuestLayout, type GuestRegion, type RamRange } from "./boot/layout.ts";
 export {
   CODE_SELECTOR,
@@ -219,6 +236,15 @@ export {
   debugExitStatus,
 } from "./devices/debug_exit.ts";
 export { ACPI_PM_TIMER_HZ, AcpiPmTimer } from "./devices/acpi_pm_timer.ts";
+export { AcpiPm1, type AcpiPm1Options, type AcpiSleepState, Pm1Event } from "./devices/acpi_pm1.ts";
+export {
+  PC_TESTDEV_IRQ_LINES,
+  PC_TESTDEV_IRQ_PORT,
+  PC_TESTDEV_PORT,
+  PC_TESTDEV_PORT_SIZE,
+  PcTestdevIrq,
+  PcTestdevPort,
+} from "./devices/pc_testdev.ts";
 export {
   decodeX86,
   describeX86,

@@ -226,7 +226,8 @@ async function kvmUnitTestsForSandbox(): Promise<
     const suite = await ensureBuild();
     const rel = suite.startsWith(root) ? suite.slice(root.length) : undefined;
     if (!rel) return {};
-    const programs = ["msr", "smptest", "setjmp", "vmexit"].map((p) => `${rel}/x86/${p}.flat`);
+    const programs = ["msr", "smptest", "setjmp", "vmexit", "realmode", "s3"]
+      .map((p) => `${rel}/x86/${p}.flat`);
     return { extraPaths: programs, env: { KUT_BUILD: `/project/${rel}` } };
   } catch (e) {
     console.log(`kvm-unit-tests not built for the sandbox: ${(e as Error).message}`);

@@ -1,9 +1,12 @@
 /**
  * A small PC that boots a Multiboot (v1) kernel, made for test programs such
  * as kvm-unit-tests: guest RAM, the in-kernel interrupt controllers and PIT,
- * a 16550A on COM1, the i8042 reset line, ACPI tables (RSDP, FADT with the
- * PM timer, MADT) with the PM timer, QEMU's `isa-debug-exit` port that
- * ends the run with a status, and one thread per vCPU (the bootstrap vCPU on
+ * a 16550A on COM1, the i8042 reset line, ACPI tables (RSDP, FADT, MADT,
+ * FACS) with the PM timer and the PM1 registers (S3 sleep, resumed at the
+ * FACS's waking vector when the RTC alarm fires; S4/S5 power off), the
+ * 8259s at a BIOS's vectors, QEMU's `isa-debug-exit` port that ends the run
+ * with a status and its `pc-testdev` (IRQ lines at 0x2000, the 0xe0
+ * register), and one thread per vCPU (the bootstrap vCPU on
  * the calling thread; each application processor on a Worker, started by the
  * guest with INIT/SIPI through the in-kernel LAPIC, its port I/O served here
  * through a shared mailbox as in `LinuxMachine`).
@@ -29,15 +32,38 @@
  * @module
  */
 
+import { AcpiPm1, type AcpiSleepState, Pm1Event } from "../devices/acpi_pm1.ts";
 import { AcpiPmTimer } from "../devices/acpi_pm_timer.ts";
 import type { Bus } from "../devices/bus.ts";
 import { DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit } from "../devices/debug_exit.ts";
+import { CmosRtc } from "../devices/legacy.ts";
+import {
+  PC_TESTDEV_IRQ_LINES,
+  PC_TESTDEV_IRQ_PORT,
+  PC_TESTDEV_PORT,
+  PC_TESTDEV_PORT_SIZE,
+  PcTestdevIrq,
+  PcTestdevPort,
+} from "../devices/pc_testdev.ts";
 import type { Uart16550 } from "../devices/uart_16550.ts";
 import type { Kvm } from "../kvm/kvm.ts";
 import type { Vcpu } from "../kvm/vcpu.ts";
 import type { Vm } from "../kvm/vm.ts";
-import { ACPI_PM_TIMER_PORT, ACPI_TABLES_ADDRESS, buildAcpiTables } from "./acpi.ts";
+import {
+  ACPI_PM1_EVENT_PORT,
+  ACPI_PM_TIMER_PORT,
+  ACPI_SCI_IRQ,
+  ACPI_TABLES_ADDRESS,
+  acpiLayout,
+  buildAcpiTables,
+} from "./acpi.ts";
 import { type CpuProbeReport, probeCpu } from "./cpu_probe.ts";
+import {
+  facsWakingVector,
+  programPicsLikeBios,
+  resumeAtWakingVector,
+  rtcAlarmDelayMs,
+} from "./firmware.ts";
 import {
   checkMachineSize,
   type PcExit,
@@ -107,11 +133,20 @@ export class MultibootMachine {
   readonly vcpus: readonly Vcpu[];
   /** What the CPU probe found (undefined unless `probeCpu: true`). */
   readonly cpuProbe?: CpuProbeReport;
+  /** The ACPI PM1a event and control registers (sleep requests). */
+  readonly pm1: AcpiPm1;
   #machine: PcMachine;
+  #facs: number;
+  #sleep: AcpiSleepState | null = null;
+  #deadline = Infinity;
+  #afterExit = () => {
+    if (this.#sleep !== null) this.#sleepAndWake();
+  };
 
   private constructor(
     machine: PcMachine,
     debugExit: DebugExit,
+    pm1: AcpiPm1,
     plan: MultibootBootPlan,
     probe: CpuProbeReport | undefined,
   ) {
@@ -125,6 +160,8 @@ export class MultibootMachine {
     this.debugExit = debugExit;
     this.plan = plan;
     this.cpuProbe = probe;
+    this.pm1 = pm1;
+    this.#facs = acpiLayout({ cpus: machine.vcpus.length }).facs;
   }
 
   /**
@@ -144,6 +181,8 @@ export class MultibootMachine {
     return withKvm(options.kvm, (kvm, ownsKvm) => {
       const probe = options.probeCpu === true ? probeCpu(kvm) : undefined;
       let debugExit: DebugExit | undefined;
+      let pm1: AcpiPm1 | undefined;
+      let sleep: (state: AcpiSleepState) => void = () => {};
       const machine = new PcMachine({
         name: "Multiboot machine",
         kvm,
@@ -175,8 +214,22 @@ export class MultibootMachine {
           );
           pc.pio.insert(DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, debugExit);
           pc.pio.insert(ACPI_PM_TIMER_PORT, 4, new AcpiPmTimer());
+          // The sleep itself waits for the run loop (see #sleepAndWake), after the write's exit.
+          pm1 = new AcpiPm1({
+            onSleep: (state) => sleep(state),
+            sci: (level) => pc.vm.setIrqLine(ACPI_SCI_IRQ, level),
+          });
+          pc.pio.insert(ACPI_PM1_EVENT_PORT, 6, pm1);
+          pc.pio.insert(
+            PC_TESTDEV_IRQ_PORT,
+            PC_TESTDEV_IRQ_LINES,
+            new PcTestdevIrq((irq, level) => pc.vm.setIrqLine(irq, level)),
+          );
+          pc.pio.insert(PC_TESTDEV_PORT, PC_TESTDEV_PORT_SIZE, new PcTestdevPort());
         },
         enter: (vm, bsp) => {
+          // No BIOS ran: the PICs as one leaves them (realmode takes IRQ 11 at vector 0x73).
+          programPicsLikeBios(vm);
           // Multiboot machine state (spec 3.2): flat 32-bit protected mode, paging off,
           // EAX = the loader magic, EBX = the information structure, interrupts off.
           setupProtectedMode(vm, bsp, { entry: plan.entry });
@@ -189,7 +242,9 @@ export class MultibootMachine {
           );
         },
       });
-      return new MultibootMachine(machine, debugExit!, plan, probe);
+      const mb = new MultibootMachine(machine, debugExit!, pm1!, plan, probe);
+      sleep = (state) => mb.#requestSleep(state);
+      return mb;
     });
   }
 
@@ -206,7 +261,67 @@ export class MultibootMachine {
    * watchdog (`Vcpu.setWatchdog`) when `timeoutMs` is given. Can be called once.
    */
   run(options: MultibootRunOptions = {}): Promise<MultibootExit> {
-    return this.#machine.run(options);
+    if (options.timeoutMs !== undefined) this.#deadline = performance.now() + options.timeoutMs;
+    return this.#machine.run({ ...options, poll: this.#afterExit });
+  }
+
+  /** PM1 control's SLP_EN: S4 and S5 power off, as in QEMU; S3 waits for the run loop. */
+  #requestSleep(state: AcpiSleepState): void {
+    if (state === "S3") this.#sleep = state;
+    else this.#machine.finish({ reason: "poweroff", vcpu: -1 });
+  }
+
+  /**
+   * S3, after the exit of the write that asked for it: the machine sleeps
+   * (nothing runs) until its wake event, the RTC alarm, when the guest
+   * enabled it both in the RTC (status B's AIE) and in PM1 (RTC_EN); then
+   * the bootstrap vCPU resumes as a BIOS would resume it, in real mode at
+   * the FACS's waking vector, with WAK_STS and RTC_STS set and the PICs
+   * reprogrammed. No waking vector: the BIOS would boot afresh, a reset. No
+   * wake event before the run's timeout: the run times out asleep, as QEMU
+   * stays suspended. Only a machine without APs can sleep here (waking APs
+   * to wait-for-SIPI is not done): with APs the run ends with an error.
+   */
+  #sleepAndWake(): void {
+    this.#sleep = null;
+    const sleeping = (reason: MultibootExitReason, detail: string) =>
+      this.#machine.finish({ reason, vcpu: 0, detail });
+    if (this.vcpus.length > 1) {
+      sleeping("error", "S3: this machine resumes only a single-vCPU guest");
+      return;
+    }
+    const rtc = this.bus.deviceAt(0x70);
+    let delay = -1;
+    if (rtc instanceof CmosRtc && this.pm1.enabled(Pm1Event.RTC)) {
+      const statusB = rtc.register(0x0b);
+      if (statusB & 0x20) {
+        delay = rtcAlarmDelayMs(new Date(), {
+          seconds: rtc.register(1),
+          minutes: rtc.register(3),
+          hours: rtc.register(5),
+        }, (statusB & 0x04) !== 0);
+      }
+    }
+    const left = this.#deadline - performance.now();
+    const wait = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+    if (delay < 0 || delay > left) {
+      if (left === Infinity) {
+        sleeping("error", "S3 with no wake event enabled (RTC alarm with RTC_EN) and no timeout");
+      } else {
+        wait(Math.max(0, left));
+        sleeping("timeout", "suspended (S3): no wake event before the timeout");
+      }
+      return;
+    }
+    wait(delay);
+    const vector = facsWakingVector(this.vm, this.#facs);
+    if (vector === 0) {
+      this.#machine.finish({ reason: "reset", vcpu: 0 });
+      return;
+    }
+    this.pm1.wake(Pm1Event.RTC);
+    programPicsLikeBios(this.vm);
+    resumeAtWakingVector(this.vcpus[0], vector);
   }
 
   /** Closes the VM (and the Kvm object when the machine opened it). Idempotent. */

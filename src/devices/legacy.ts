@@ -199,6 +199,10 @@ export class CmosRtc implements BusDevice {
   #register(): number {
     const t = this.#now();
     switch (this.#index) {
+      case 0x0a:
+        // UIP: set in each second's last 2 ms (the 244 µs before the update and the update
+        // itself), so a guest can wait for a second to begin (kvm-unit-tests' s3 does).
+        return (this.#ram[0x0a] & 0x7f) | (t.getTime() % 1000 >= 998 ? 0x80 : 0);
       case 0x00:
         return bcd(t.getUTCSeconds());
       case 0x02:
@@ -229,10 +233,16 @@ export class CmosRtc implements BusDevice {
       this.#index = value & 0x7f;
       return;
     }
-    // The clock registers and status C/D are not writable storage here.
-    if (this.#index >= 0x0e || this.#index === 0x0a || this.#index === 0x0b) {
-      this.#ram[this.#index] = value;
+    // The clock registers and status C/D are not writable storage here; the alarm (1, 3, 5) is.
+    const i = this.#index;
+    if (i >= 0x0e || i === 0x0a || i === 0x0b || i === 0x01 || i === 0x03 || i === 0x05) {
+      this.#ram[i] = value;
     }
+  }
+
+  /** The stored value of register `index`: the alarm (1, 3, 5), status B (0x0b), NVRAM. */
+  register(index: number): number {
+    return this.#ram[index & 0x7f];
   }
 }
 
