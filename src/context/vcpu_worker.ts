@@ -158,7 +158,10 @@ class Runner {
    */
   run(counter: { exits: number }): PostedStop {
     const c = this.#control;
+    const controlIndex = ctl(this.index, Ctl.CONTROL);
     const stateIndex = ctl(this.index, Ctl.STATE);
+    const vcpu = this.vcpu;
+    const run = vcpu.runArea;
     const hasPre = this.#preRun.length > 0 || this.#callbacks.has(Call.PRE_RUN);
     const hasPost = this.#postRun.length > 0 || this.#callbacks.has(Call.POST_RUN);
     const hasNmi = this.#pushNmi.length > 0 || this.#callbacks.has(Call.PUSH_NMI);
@@ -166,27 +169,6 @@ class Runner {
       (this.#tryPush.length > 0 || this.#callbacks.has(Call.TRY_PUSH_INTERRUPTS));
     Atomics.store(c, stateIndex, State.RUNNING);
     Atomics.notify(c, stateIndex);
-    // IDLE once the loop is left, so an owner that cannot take messages sees it.
-    try {
-      return this.#loop(counter, hasPre, hasPost, hasNmi, hasPush);
-    } finally {
-      Atomics.store(c, stateIndex, State.IDLE);
-      Atomics.notify(c, stateIndex);
-    }
-  }
-
-  #loop(
-    counter: { exits: number },
-    hasPre: boolean,
-    hasPost: boolean,
-    hasNmi: boolean,
-    hasPush: boolean,
-  ): PostedStop {
-    const c = this.#control;
-    const controlIndex = ctl(this.index, Ctl.CONTROL);
-    const stateIndex = ctl(this.index, Ctl.STATE);
-    const vcpu = this.vcpu;
-    const run = vcpu.runArea;
     for (;;) {
       const command = Atomics.load(c, controlIndex);
       if (command !== Control.RUN) {
