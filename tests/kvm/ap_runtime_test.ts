@@ -190,19 +190,19 @@ Deno.test("ApWorkers: serving an AP's exits on the bootstrap thread allocates no
     error() {},
   };
   const aps = new ApWorkers();
-  const CHUNK = 1000;
+  const CHUNK = 500;
   const growth: number[] = [];
   try {
     aps.start([m.ap], m.bsp.kickTarget, m.kvm.vcpuMmapSize());
     await aps.waitReady("test", performance.now() + 30_000);
-    for (let c = 0; c < 15; c++) {
+    for (let c = 0; c < 10; c++) {
       const target = exits + CHUNK;
       const before = Deno.memoryUsage().heapUsed;
       while (exits < target) {
         m.bsp.run(); // "interrupted": the AP kicked this thread
         aps.serve(handlers);
       }
-      if (c >= 3) growth.push(Deno.memoryUsage().heapUsed - before); // after warm-up
+      if (c >= 2) growth.push(Deno.memoryUsage().heapUsed - before); // after warm-up
     }
   } finally {
     aps.stop();
@@ -210,5 +210,7 @@ Deno.test("ApWorkers: serving an AP's exits on the bootstrap thread allocates no
   growth.sort((a, b) => a - b);
   const perExit = growth[growth.length >> 1] / CHUNK;
   ok(sum > 0);
-  ok(perExit < 1, `median heap growth ${perExit} bytes per served AP exit`);
+  // An object per exit is 12 bytes or more (the previous runtime: 104); what is left is the
+  // sampling's own, per chunk. 5000 exits: within the preload's 120 s bound on a slow KVM.
+  ok(perExit < 4, `median heap growth ${perExit} bytes per served AP exit`);
 });
