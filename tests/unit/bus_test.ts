@@ -165,3 +165,61 @@ Deno.test("bus: deviceWindow shows a device from an offset into its range", () =
   bus.write(0x60, data);
   deepStrictEqual(dev.log, [["read", 4, [5]], ["write", 0, [5]]]);
 });
+
+// The exit dispatch allocates nothing per access: heap growth sampled around
+// chunks of 1000 dispatches (as tests/kvm/hot_path_alloc_test.ts does for the
+// run loop), with a control that allocates one object per access to show the
+// measurement can fail.
+Deno.test("bus: handlePio (single and string I/O) and handleMmio allocate nothing per access", async (t) => {
+  const CHUNK = 1000;
+  const sink: unknown[] = [null];
+  let total = 0;
+  const device: BusDevice = {
+    read: (offset, data) => storeLe(data, offset),
+    write: (_offset, data) => void (total += data[0]),
+  };
+  const pio = new Bus({ space: "pio" });
+  pio.insert(0x3f8, 8, device);
+  const mmio = new Bus({ space: "mmio" });
+  for (let i = 0; i < 32; i++) mmio.insert(0xd000_0000 + i * 0x1000, 0x100, device);
+  const area = new Uint8Array(16);
+  const one = area.subarray(0, 1);
+  const four = area.subarray(0, 4);
+  const eight = area.subarray(0, 8);
+  const chunk = (allocate: boolean) => () => {
+    for (let i = 0; i < CHUNK; i++) {
+      pio.handlePio("out", 0x3f8, 1, 1, one);
+      pio.handlePio("in", 0x3fd, 2, 4, area); // rep insw of 4 words
+      pio.handlePio("out", 0x3f9, 4, 4, area); // rep outsd of 4 dwords
+      mmio.handleMmio(0xd001_f008, false, eight);
+      mmio.handleMmio(0xd000_7004, true, four);
+      if (allocate) sink[0] = { i };
+    }
+  };
+  const measure = (run: () => void, chunks: number) => {
+    const growth: number[] = [];
+    for (let c = 0; c < chunks; c++) {
+      const before = Deno.memoryUsage().heapUsed;
+      run();
+      growth.push(Deno.memoryUsage().heapUsed - before);
+    }
+    growth.sort((a, b) => a - b);
+    return {
+      bytesPerAccess: growth[growth.length >> 1] / CHUNK,
+      collections: growth.filter((g) => g < 0).length,
+    };
+  };
+  await t.step("control: one object per access is seen", () => {
+    const run = chunk(true);
+    measure(run, 10);
+    const seen = measure(run, 20);
+    ok(seen.bytesPerAccess >= 8 || seen.collections >= 2, JSON.stringify(seen));
+  });
+  await t.step("100k dispatches: no growth", () => {
+    const run = chunk(false);
+    measure(run, 10);
+    const seen = measure(run, 100);
+    ok(seen.bytesPerAccess < 1 && seen.collections <= 2, JSON.stringify(seen));
+    ok(total > 0);
+  });
+});
