@@ -71,4 +71,13 @@ export async function main(args: string[]): Promise<number> {
   }
 }
 
-if (import.meta.main) Deno.exit(await main(Deno.args));
+if (import.meta.main) {
+  // An error is exit 2, never Deno's 1 for an uncaught one (1 is the guest's pass).
+  let code = 2;
+  try {
+    code = await main(Deno.args);
+  } catch (e) {
+    console.error(`boot.ts: ${(e as Error).stack ?? e}`);
+  }
+  Deno.exit(code);
+}

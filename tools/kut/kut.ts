@@ -156,9 +156,14 @@ export function environ(smp: number, memoryMiB: number): string {
   ].join("\n");
 }
 
-function classify(code: number | null, timedOut: boolean): Outcome {
+/**
+ * The outcome from the exit code, as `x86/run` reads it (1 pass, 77 skip).
+ * A VMM that failed to start also exits 1 (QEMU on a bad option, Deno on an
+ * uncaught error) but the guest never printed: a pass needs guest output.
+ */
+function classify(code: number | null, timedOut: boolean, guestOutput = true): Outcome {
   if (timedOut) return "timeout";
-  if (code === 1) return "pass";
+  if (code === 1) return guestOutput ? "pass" : "fail";
   if (code === 77) return "skip";
   return "fail";
 }
@@ -187,7 +192,9 @@ async function runBounded(
   cwd: string,
   timeoutS: number,
   log?: string,
-): Promise<{ code: number | null; timedOut: boolean; output: string; seconds: number }> {
+): Promise<
+  { code: number | null; timedOut: boolean; output: string; stdout: string; seconds: number }
+> {
   const start = performance.now();
   const child = new Deno.Command(cmd[0], {
     args: cmd.slice(1),
@@ -206,7 +213,8 @@ async function runBounded(
   const out = await child.output();
   clearTimeout(timer);
   const seconds = (performance.now() - start) / 1000;
-  const output = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  const stdout = new TextDecoder().decode(out.stdout);
+  const output = stdout + new TextDecoder().decode(out.stderr);
   if (log) {
     Deno.writeTextFileSync(
       log,
@@ -217,7 +225,7 @@ async function runBounded(
   }
   // Our boot.ts exits 124 itself at the timeout (its vCPU watchdog fired first).
   if (out.code === 124) timedOut = true;
-  return { code: timedOut ? null : out.code, timedOut, output, seconds };
+  return { code: timedOut ? null : out.code, timedOut, output, stdout, seconds };
 }
 
 /** Runs one entry on our VMM (boot.ts in a child process). */
@@ -250,7 +258,7 @@ export async function runOurs(
   // The guest's own watchdog ends it at timeoutS; the process is killed 10 s later.
   const r = await runBounded(cmd, suite, timeoutS + 10, log);
   return {
-    outcome: classify(r.code, r.timedOut),
+    outcome: classify(r.code, r.timedOut, r.stdout.trim() !== ""),
     code: r.code,
     seconds: r.seconds,
     summary: summaryOf(r.output, r.code, r.timedOut, timeoutS),
@@ -303,7 +311,7 @@ export async function runQemu(
   ];
   const r = await runBounded(cmd, suite, timeoutS, log);
   return {
-    outcome: classify(r.code, r.timedOut),
+    outcome: classify(r.code, r.timedOut, r.stdout.trim() !== ""),
     code: r.code,
     seconds: r.seconds,
     summary: summaryOf(r.output, r.code, r.timedOut, timeoutS),
@@ -423,8 +431,8 @@ export async function main(argv: string[]): Promise<number> {
     else if (key === "all") opts.all = true;
     else if (key === "build") opts.build = value();
     else if (key === "only") opts.only = value();
-    else if (key === "qemu") opts.qemu = resolve(value()); // runs cwd is the suite
-    else if (key === "log") opts.log = value();
+    else if (key === "qemu") opts.qemu = resolve(value()); // the runs' cwd is the suite
+    else if (key === "log") opts.log = resolve(value()); // the runs' cwd is the suite
     else if (key === "render") {
       // Re-render a --json result as the table.
       const saved = JSON.parse(Deno.readTextFileSync(value())) as { kvm: string; rows: Row[] };
