@@ -74,6 +74,9 @@ export function native(): NativeSymbols {
   if (SOURCE_URL.protocol === "file:") {
     const local = LOCAL_BUILD.pathname;
     if (exists(local) && isFresh(local)) return open(local);
+    // No build could be loaded without --allow-ffi: name that flag before the cache asks for
+    // --allow-write (as it did in a fresh clone, where there is no local build yet).
+    requireFfi(cacheDir());
     return open(buildCached(readSource()));
   }
   const dir = cacheDir();
@@ -325,6 +328,13 @@ function present(path: string): boolean {
 
 function describe(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
+}
+
+function requireFfi(dir: string): void {
+  if (Deno.permissions.querySync({ name: "ffi", path: dir }).state === "granted") return;
+  throw new NativeLoadError(
+    `cannot load the native shim from ${dir}: Deno.dlopen needs --allow-ffi (run Deno with --allow-ffi)`,
+  );
 }
 
 function permissionHint(error: unknown, flag: string): string {
