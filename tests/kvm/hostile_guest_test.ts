@@ -46,7 +46,7 @@ const PARAM = {
   rounds: 0x44, // garbage rounds over the device table
   warmup: 0x48, // port reads before the first marker (the VMM's code warms up)
 } as const;
-/** The device table: [first port, port count] pairs of u16, ended by a zero count. */
+/** The device table: [first port u16, port count u16, value mask u32] entries, ended by a zero count. */
 const TABLE = 0x400;
 
 // The program, 32-bit protected mode as Multiboot enters it (paging off, flat
@@ -62,7 +62,7 @@ const CODE: [number, number[]][] = [
   [0x61, [0x49]],                                 // dec ecx
   [0x62, [0x75, 0xfc]],                           // jnz w
   [0x64, [0xb0, 0x31]],                           // mov al, '1'
-  [0x66, [0xe8, 0xfb, 0x00, 0x00, 0x00]],         // call mark              ; 1: warmed up
+  [0x66, [0xe8, 0x04, 0x01, 0x00, 0x00]],         // call mark              ; 1: warmed up
   // Phase 1: every port below portEnd (step portStep) but the debug-exit's 0xf4-0xf7.
   [0x6b, [0x31, 0xdb]],                           // xor ebx, ebx           ; ebx = port
   [0x6d, [0x3b, 0x1d, 0x20, 0x00, 0x10, 0x00]],   // scan: cmp ebx, [portEnd]
@@ -71,7 +71,7 @@ const CODE: [number, number[]][] = [
   [0x77, [0x8d, 0x83, 0x0c, 0xff, 0xff, 0xff]],   // lea eax, [ebx - 0xf4]
   [0x7d, [0x83, 0xf8, 0x04]],                     // cmp eax, 4
   [0x80, [0x72, 0x17]],                           // jb next                ; 0xf4..0xf7: skip
-  [0x82, [0xb8, 0x5a, 0x5a, 0x5a, 0x5a]],         // mov eax, 0x5a5a5a5a    ; never a reset command
+  [0x82, [0xb8, 0x5a, 0x5a, 0x5a, 0x5a]],         // mov eax, 0x5a5a5a5a    ; no reset, no SLP_EN
   [0x87, [0xee]],                                 // out dx, al
   [0x88, [0xec]],                                 // in al, dx
   [0x89, [0xb8, 0x5a, 0x5a, 0x5a, 0x5a]],         // mov eax, 0x5a5a5a5a
@@ -83,7 +83,7 @@ const CODE: [number, number[]][] = [
   [0x99, [0x03, 0x1d, 0x24, 0x00, 0x10, 0x00]],   // next: add ebx, [portStep]
   [0x9f, [0xeb, 0xcc]],                           // jmp scan
   [0xa1, [0xb0, 0x32]],                           // scandone: mov al, '2'
-  [0xa3, [0xe8, 0xbe, 0x00, 0x00, 0x00]],         // call mark
+  [0xa3, [0xe8, 0xc7, 0x00, 0x00, 0x00]],         // call mark
   // Phase 2: mmioCount distinct unbacked addresses, a 4-byte read and a 1-byte write each.
   [0xa8, [0x8b, 0x35, 0x28, 0x00, 0x10, 0x00]],   // mov esi, [mmioBase]
   [0xae, [0x8b, 0x0d, 0x2c, 0x00, 0x10, 0x00]],   // mov ecx, [mmioCount]
@@ -96,7 +96,7 @@ const CODE: [number, number[]][] = [
   [0xc4, [0x49]],                                 // dec ecx
   [0xc5, [0x75, 0xf7]],                           // jnz m
   [0xc7, [0xb0, 0x33]],                           // mmiodone: mov al, '3'
-  [0xc9, [0xe8, 0x98, 0x00, 0x00, 0x00]],         // call mark
+  [0xc9, [0xe8, 0xa1, 0x00, 0x00, 0x00]],         // call mark
   // Phase 3: string I/O at large counts, each running off the end of RAM.
   [0xce, [0xfc]],                                 // cld
   [0xcf, [0x8b, 0x35, 0x34, 0x00, 0x10, 0x00]],   // mov esi, [outsSource]
@@ -108,99 +108,109 @@ const CODE: [number, number[]][] = [
   [0xee, [0xba, 0xf0, 0x02, 0x00, 0x00]],         // mov edx, 0x2f0         ; nothing there
   [0xf3, [0xf3, 0x6c]],                           // rep insb               ; RAM, then MMIO writes
   [0xf5, [0xb0, 0x34]],                           // mov al, '4'
-  [0xf7, [0xe8, 0x6a, 0x00, 0x00, 0x00]],         // call mark
-  // Phase 4: garbage (a linear congruential generator) to every port of the device table, 1/2/4 bytes.
+  [0xf7, [0xe8, 0x73, 0x00, 0x00, 0x00]],         // call mark
+  // Phase 4: garbage (a linear congruential generator) to every port of the device table,
+  // 1/2/4 bytes, each value ANDed with the device's mask (entries: port, count, mask).
   [0xfc, [0xbf, 0x78, 0x56, 0x34, 0x12]],         // mov edi, 0x12345678    ; the LCG's state
   [0x101, [0x8b, 0x2d, 0x44, 0x00, 0x10, 0x00]],  // mov ebp, [rounds]
   [0x107, [0x85, 0xed]],                          // test ebp, ebp
-  [0x109, [0x74, 0x33]],                          // jz gdone
+  [0x109, [0x74, 0x3c]],                          // jz gdone
   [0x10b, [0xbe, 0x00, 0x04, 0x10, 0x00]],        // round: mov esi, TABLE
   [0x110, [0x0f, 0xb7, 0x16]],                    // dev: movzx edx, word [esi]      ; first port
   [0x113, [0x0f, 0xb7, 0x4e, 0x02]],              // movzx ecx, word [esi + 2]       ; count
   [0x117, [0x85, 0xc9]],                          // test ecx, ecx
-  [0x119, [0x74, 0x20]],                          // jz rdone
-  [0x11b, [0xe8, 0x31, 0x00, 0x00, 0x00]],        // port: call rnd
-  [0x120, [0xee]],                                // out dx, al
-  [0x121, [0xec]],                                // in al, dx
-  [0x122, [0xe8, 0x2a, 0x00, 0x00, 0x00]],        // call rnd
-  [0x127, [0x66, 0xef]],                          // out dx, ax
-  [0x129, [0x66, 0xed]],                          // in ax, dx
-  [0x12b, [0xe8, 0x21, 0x00, 0x00, 0x00]],        // call rnd
-  [0x130, [0xef]],                                // out dx, eax
-  [0x131, [0xed]],                                // in eax, dx
-  [0x132, [0x42]],                                // inc edx
-  [0x133, [0x49]],                                // dec ecx
-  [0x134, [0x75, 0xe5]],                          // jnz port
-  [0x136, [0x83, 0xc6, 0x04]],                    // add esi, 4
-  [0x139, [0xeb, 0xd5]],                          // jmp dev
-  [0x13b, [0x4d]],                                // rdone: dec ebp
-  [0x13c, [0x75, 0xcd]],                          // jnz round
-  [0x13e, [0xb0, 0x35]],                          // gdone: mov al, '5'
-  [0x140, [0xe8, 0x21, 0x00, 0x00, 0x00]],        // call mark              ; 5: COM1 still answers
-  [0x145, [0xba, 0xf4, 0x00, 0x00, 0x00]],        // mov edx, 0xf4          ; isa-debug-exit
-  [0x14a, [0xb8, EXIT_CODE, 0x00, 0x00, 0x00]],   // mov eax, EXIT_CODE
-  [0x14f, [0xef]],                                // out dx, eax            ; ends the run
-  [0x150, [0xf4]],                                // hlt
+  [0x119, [0x74, 0x29]],                          // jz rdone
+  [0x11b, [0xe8, 0x3a, 0x00, 0x00, 0x00]],        // port: call rnd
+  [0x120, [0x23, 0x46, 0x04]],                    // and eax, [esi + 4]     ; the device's mask
+  [0x123, [0xee]],                                // out dx, al
+  [0x124, [0xec]],                                // in al, dx
+  [0x125, [0xe8, 0x30, 0x00, 0x00, 0x00]],        // call rnd
+  [0x12a, [0x23, 0x46, 0x04]],                    // and eax, [esi + 4]     ; the device's mask
+  [0x12d, [0x66, 0xef]],                          // out dx, ax
+  [0x12f, [0x66, 0xed]],                          // in ax, dx
+  [0x131, [0xe8, 0x24, 0x00, 0x00, 0x00]],        // call rnd
+  [0x136, [0x23, 0x46, 0x04]],                    // and eax, [esi + 4]     ; the device's mask
+  [0x139, [0xef]],                                // out dx, eax
+  [0x13a, [0xed]],                                // in eax, dx
+  [0x13b, [0x42]],                                // inc edx
+  [0x13c, [0x49]],                                // dec ecx
+  [0x13d, [0x75, 0xdc]],                          // jnz port
+  [0x13f, [0x83, 0xc6, 0x08]],                    // add esi, 8
+  [0x142, [0xeb, 0xcc]],                          // jmp dev
+  [0x144, [0x4d]],                                // rdone: dec ebp
+  [0x145, [0x75, 0xc4]],                          // jnz round
+  [0x147, [0xb0, 0x35]],                          // gdone: mov al, '5'
+  [0x149, [0xe8, 0x21, 0x00, 0x00, 0x00]],        // call mark              ; 5: COM1 still answers
+  [0x14e, [0xba, 0xf4, 0x00, 0x00, 0x00]],        // mov edx, 0xf4          ; isa-debug-exit
+  [0x153, [0xb8, EXIT_CODE, 0x00, 0x00, 0x00]],  // mov eax, EXIT_CODE
+  [0x158, [0xef]],                                // out dx, eax            ; ends the run
+  [0x159, [0xf4]],                                // hlt
   // rnd: eax = the LCG's next value; a low byte of 0xf0+ gets bit 0 set, so that no
   // write to the i8042's 0x64 pulses the reset line (0xfe, 0xf0-0xff even).
-  [0x151, [0x69, 0xff, 0x6d, 0x4e, 0xc6, 0x41]],  // rnd: imul edi, edi, 1103515245
-  [0x157, [0x81, 0xc7, 0x39, 0x30, 0x00, 0x00]],  // add edi, 12345
-  [0x15d, [0x89, 0xf8]],                          // mov eax, edi
-  [0x15f, [0x3c, 0xf0]],                          // cmp al, 0xf0
-  [0x161, [0x72, 0x02]],                          // jb .ret
-  [0x163, [0x0c, 0x01]],                          // or al, 1
-  [0x165, [0xc3]],                                // .ret: ret
+  [0x15a, [0x69, 0xff, 0x6d, 0x4e, 0xc6, 0x41]],  // rnd: imul edi, edi, 1103515245
+  [0x160, [0x81, 0xc7, 0x39, 0x30, 0x00, 0x00]],  // add edi, 12345
+  [0x166, [0x89, 0xf8]],                          // mov eax, edi
+  [0x168, [0x3c, 0xf0]],                          // cmp al, 0xf0
+  [0x16a, [0x72, 0x02]],                          // jb .ret
+  [0x16c, [0x0c, 0x01]],                          // or al, 1
+  [0x16e, [0xc3]],                                // .ret: ret
   // mark: al = the phase; COM1 to 8N1 without loopback or interrupts, then the marker.
-  [0x166, [0x50]],                                // mark: push eax
-  [0x167, [0xba, 0xfb, 0x03, 0x00, 0x00]],        // mov edx, 0x3fb         ; LCR
-  [0x16c, [0xb0, 0x03]],                          // mov al, 3              ; 8N1, DLAB off
-  [0x16e, [0xee]],                                // out dx, al
-  [0x16f, [0xba, 0xfc, 0x03, 0x00, 0x00]],        // mov edx, 0x3fc         ; MCR
-  [0x174, [0x31, 0xc0]],                          // xor eax, eax
-  [0x176, [0xee]],                                // out dx, al             ; loopback off
-  [0x177, [0xba, 0xf9, 0x03, 0x00, 0x00]],        // mov edx, 0x3f9         ; IER
-  [0x17c, [0xee]],                                // out dx, al             ; no interrupts
-  [0x17d, [0xba, 0xf8, 0x03, 0x00, 0x00]],        // mov edx, 0x3f8         ; THR
-  [0x182, [0xb0, 0x02]],                          // mov al, 0x02
-  [0x184, [0xee]],                                // out dx, al
-  [0x185, [0xb0, 0x48]],                          // mov al, 'H'
-  [0x187, [0xee]],                                // out dx, al
-  [0x188, [0xb0, 0x47]],                          // mov al, 'G'
-  [0x18a, [0xee]],                                // out dx, al
-  [0x18b, [0x58]],                                // pop eax
-  [0x18c, [0xee]],                                // out dx, al             ; the phase
-  [0x18d, [0xb0, 0x03]],                          // mov al, 0x03
-  [0x18f, [0xee]],                                // out dx, al
-  [0x190, [0xc3]],                                // ret
+  [0x16f, [0x50]],                                // mark: push eax
+  [0x170, [0xba, 0xfb, 0x03, 0x00, 0x00]],        // mov edx, 0x3fb         ; LCR
+  [0x175, [0xb0, 0x03]],                          // mov al, 3              ; 8N1, DLAB off
+  [0x177, [0xee]],                                // out dx, al
+  [0x178, [0xba, 0xfc, 0x03, 0x00, 0x00]],        // mov edx, 0x3fc         ; MCR
+  [0x17d, [0x31, 0xc0]],                          // xor eax, eax
+  [0x17f, [0xee]],                                // out dx, al             ; loopback off
+  [0x180, [0xba, 0xf9, 0x03, 0x00, 0x00]],        // mov edx, 0x3f9         ; IER
+  [0x185, [0xee]],                                // out dx, al             ; no interrupts
+  [0x186, [0xba, 0xf8, 0x03, 0x00, 0x00]],        // mov edx, 0x3f8         ; THR
+  [0x18b, [0xb0, 0x02]],                          // mov al, 0x02
+  [0x18d, [0xee]],                                // out dx, al
+  [0x18e, [0xb0, 0x48]],                          // mov al, 'H'
+  [0x190, [0xee]],                                // out dx, al
+  [0x191, [0xb0, 0x47]],                          // mov al, 'G'
+  [0x193, [0xee]],                                // out dx, al
+  [0x194, [0x58]],                                // pop eax
+  [0x195, [0xee]],                                // out dx, al             ; the phase
+  [0x196, [0xb0, 0x03]],                          // mov al, 0x03
+  [0x198, [0xee]],                                // out dx, al
+  [0x199, [0xc3]],                                // ret
 ];
 
 /**
  * Every device of the Multiboot machine's platform, ports the VMM serves and
- * ports KVM serves in the kernel alike (plus a few empty neighbours). The
- * debug-exit port is left out: its garbage would end the run, and the guest's
- * last write there is that device's test.
+ * ports KVM serves in the kernel alike (plus a few empty neighbours):
+ * [first port, count, mask of the values written]. Left out or masked is only
+ * what would end or suspend the run, which a guest may ask for: the
+ * debug-exit port (the guest's last write there is that device's test), an
+ * i8042 reset pulse (see rnd) and ACPI sleep (PM1a control's SLP_EN, bit 13
+ * at 0x604: bit 5 of every byte is cleared for the PM1 block).
  */
 // deno-fmt-ignore
-const DEVICES: [number, number][] = [
-  [0x3f8, 8],  // COM1 (16550A)
-  [0x2f8, 8],  // COM2: nothing
-  [0x60, 1],   // i8042 data
-  [0x64, 1],   // i8042 command/status
-  [0x70, 2],   // CMOS/RTC index, data
-  [0x40, 4],   // PIT (in-kernel)
-  [0x61, 1],   // PIT gate / speaker (in-kernel)
-  [0x20, 2],   // master PIC (in-kernel)
-  [0xa0, 2],   // slave PIC (in-kernel)
-  [0x4d0, 2],  // ELCR (in-kernel)
-  [0x80, 1],   // POST codes / I/O delay
-  [0xed, 1],   // alternative I/O delay
-  [0xe9, 1],   // Bochs debug console: nothing
-  [0x92, 1],   // system control port A
-  [0xcf8, 8],  // PCI configuration mechanism #1
-  [0x00, 16],  // DMA controller 1
-  [0xc0, 32],  // DMA controller 2
-  [0x81, 15],  // DMA page registers
-  [0x600, 16], // ACPI PM block, its timer at 0x608
+const DEVICES: [number, number, number?][] = [
+  [0x3f8, 8],              // COM1 (16550A)
+  [0x2f8, 8],              // COM2: nothing
+  [0x60, 1],               // i8042 data
+  [0x64, 1],               // i8042 command/status
+  [0x70, 2],               // CMOS/RTC index, data
+  [0x40, 4],               // PIT (in-kernel)
+  [0x61, 1],               // PIT gate / speaker (in-kernel)
+  [0x20, 2],               // master PIC (in-kernel)
+  [0xa0, 2],               // slave PIC (in-kernel)
+  [0x4d0, 2],              // ELCR (in-kernel)
+  [0x80, 1],               // POST codes / I/O delay
+  [0xed, 1],               // alternative I/O delay
+  [0xe9, 1],               // Bochs debug console: nothing
+  [0x92, 1],               // system control port A
+  [0xcf8, 8],              // PCI configuration mechanism #1
+  [0x00, 16],              // DMA controller 1
+  [0xc0, 32],              // DMA controller 2
+  [0x81, 15],              // DMA page registers
+  [0x600, 6, 0xdfdfdfdf],  // ACPI PM1a event (status, enable) and control: no SLP_EN
+  [0x606, 10],             // the rest of the PM block, the PM timer at 0x608
+  [0xe0, 4],               // pc-testdev scratch register
+  [0x2000, 24],            // pc-testdev IRQ lines (drive the in-kernel IOAPIC/PIC)
 ];
 
 /** How big each phase is. */
@@ -220,7 +230,7 @@ interface ScanPlan {
 
 /** The Multiboot image: header (a.out kludge: the file loads at LOAD as it is), parameters, code, table. */
 function hostileImage(plan: ScanPlan): Uint8Array {
-  const image = new Uint8Array(TABLE + 4 * (DEVICES.length + 1));
+  const image = new Uint8Array(TABLE + 8 * (DEVICES.length + 1));
   const view = new DataView(image.buffer);
   const flags = 1 << 16; // the a.out-kludge address fields are valid
   const magic = 0x1badb002;
@@ -231,9 +241,10 @@ function hostileImage(plan: ScanPlan): Uint8Array {
     view.setUint32(offset, plan[name as keyof ScanPlan], true);
   }
   for (const [offset, bytes] of CODE) image.set(bytes, offset);
-  DEVICES.forEach(([port, count], i) => {
-    view.setUint16(TABLE + 4 * i, port, true);
-    view.setUint16(TABLE + 4 * i + 2, count, true);
+  DEVICES.forEach(([port, count, mask = 0xffffffff], i) => {
+    view.setUint16(TABLE + 8 * i, port, true);
+    view.setUint16(TABLE + 8 * i + 2, count, true);
+    view.setUint32(TABLE + 8 * i + 4, mask, true);
   });
   return image;
 }
