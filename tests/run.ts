@@ -33,6 +33,7 @@ import {
   sandboxAvailable,
 } from "../tools/sandbox/sandbox.ts";
 import { ensureBuild } from "../tools/kut/kut.ts";
+import { buildFixture as buildVirtioFixture } from "./kvm/virtio_linux_fixture.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 const SANITIZE = ["--sanitize-ops", "--sanitize-resources", "--preload", "tests/preload.ts"];
@@ -204,10 +205,13 @@ async function runSandbox(files: string[]): Promise<TargetResult> {
   ]);
   if (check.code !== 0) target.errors.push("type-check failed");
   console.log("\n== KVM integration tests inside the sandbox (QEMU guest with nested kvm-amd)");
+  const kut = await kvmUnitTestsForSandbox();
+  const virtio = await virtioLinuxForSandbox(files);
   const result = await runInSandbox({
     command: ["deno", "test", "-A", "--no-check", ...SANITIZE, ...files],
     timeoutMs: SANDBOX_TIMEOUT_MS,
-    ...await kvmUnitTestsForSandbox(),
+    extraPaths: [...kut.extraPaths ?? [], ...virtio.extraPaths ?? []],
+    env: { ...kut.env, ...virtio.env },
   });
   parse(result.output, target);
   checkExit(target, "sandbox run", { code: result.code, timedOut: result.code === 124 }, 0);
@@ -233,6 +237,27 @@ async function kvmUnitTestsForSandbox(): Promise<
     console.log(`kvm-unit-tests not built for the sandbox: ${(e as Error).message}`);
     return {};
   }
+}
+
+/**
+ * The sandbox guest has neither the kernel's modules nor mkfs.ext4: the
+ * fixture of tests/kvm/virtio_linux_test.ts (initramfs with the virtio and
+ * ext4 modules, an ext4 root image) is built on the host and carried in.
+ */
+async function virtioLinuxForSandbox(
+  files: string[],
+): Promise<{ extraPaths?: string[]; env?: Record<string, string> }> {
+  if (!files.some((f) => f.includes("virtio_linux_test"))) return {};
+  const dir = ".cache/virtio-linux";
+  const built = await buildVirtioFixture(`${root}${dir}`);
+  if (typeof built === "string") {
+    console.log(`virtio Linux fixture not built for the sandbox: ${built}`);
+    return {};
+  }
+  return {
+    extraPaths: [`${dir}/initrd.cpio`, `${dir}/rootfs.ext4`],
+    env: { VIRTIO_LINUX_FIXTURE: `/project/${dir}` },
+  };
 }
 
 function chosenTargets(): ("native" | "sandbox")[] {
