@@ -398,6 +398,7 @@ export const USAGE =
   --render FILE     print the table of an earlier --json run
   --build DIR       use this kvm-unit-tests build (x86/*.flat) instead of .cache/kut
   --log DIR         where the per-run logs go (default .cache/kut/logs)
+  --show            print the log's last 40 lines of every run that did not pass (stderr)
   --qemu DIR        run QEMU from a bundle made by tools/kut/qemu_bundle.ts (the sandbox has none)
   --help            this text
 
@@ -414,6 +415,7 @@ export async function main(argv: string[]): Promise<number> {
     build: "",
     only: "",
     qemu: "",
+    show: false,
     log: `${DEFAULT_BUILD}/logs`,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -431,6 +433,7 @@ export async function main(argv: string[]): Promise<number> {
     else if (key === "all") opts.all = true;
     else if (key === "build") opts.build = value();
     else if (key === "only") opts.only = value();
+    else if (key === "show") opts.show = true;
     else if (key === "qemu") opts.qemu = resolve(value()); // the runs' cwd is the suite
     else if (key === "log") opts.log = resolve(value()); // the runs' cwd is the suite
     else if (key === "render") {
@@ -498,6 +501,14 @@ export async function main(argv: string[]): Promise<number> {
     const show = (r?: RunResult) =>
       r ? `${pad(r.outcome, 7)} ${pad(r.seconds.toFixed(1), 5)} s` : "-";
     progress(`${pad(e.name, 28)} ours ${show(row.ours)}  qemu ${show(row.qemu)}`);
+    if (opts.show) {
+      // Where the logs cannot be read afterwards (the sandbox guest's), the tails are the record.
+      for (const [side, r] of [["ours", row.ours], ["qemu", row.qemu]] as const) {
+        if (!r || r.outcome === "pass") continue;
+        const text = Deno.readTextFileSync(`${opts.log}/${e.name}.${side}.log`);
+        console.error(`--- ${e.name} ${side}:\n${text.split("\n").slice(-40).join("\n")}`);
+      }
+    }
   }
   const kvm = kvmDescription();
   if (opts.json) {
