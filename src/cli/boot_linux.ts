@@ -76,6 +76,14 @@ options:
                        2 MiB, at most this host's RAM (default: ${DEFAULT_MEMORY})
   --cpus N             vCPUs, 1 to ${MAX_CPUS} and the KVM's limit (default: 1)
   --timeout SEC        stop the guest after SEC seconds and exit 124 (default: none)
+  --disk PATH[,ro]     a virtio-blk disk on a raw image file, read-only with ",ro"; repeat
+                       for more (/dev/vda, /dev/vdb...; the guest needs virtio_mmio and
+                       virtio_blk, described to it in ACPI)
+  --rng                a virtio entropy device (/dev/hwrng; module virtio-rng)
+  --console KIND       serial (COM1, default) or virtio (hvc0, module virtio_console):
+                       the terminal is connected to that console
+                       (with virtio devices the default command line leaves out acpi=off,
+                       and with --console virtio it adds console=hvc0)
   --guest-decompress   let the guest decompress an xz bzImage (default: off, the host
                        decompresses it once and caches the result)
   --trace              print when each boot phase ended, on stderr (default: off)
@@ -117,6 +125,20 @@ export interface BootConfig {
   guestDecompress: boolean;
   /** `--trace`. */
   trace: boolean;
+  /** `--disk`, in order. */
+  disks: { path: string; readOnly: boolean }[];
+  /** `--rng`. */
+  rng: boolean;
+  /** `--console`. */
+  console: "serial" | "virtio";
+}
+
+/** The command line when none is given: ACPI on where virtio devices are described in it. */
+export function defaultCmdline(config: Pick<BootConfig, "disks" | "rng" | "console">): string {
+  const virtio = config.disks.length > 0 || config.rng || config.console === "virtio";
+  if (!virtio) return DEFAULT_CMDLINE;
+  const base = DEFAULT_CMDLINE.replace(/\s*acpi=off/, "");
+  return config.console === "virtio" ? `${base} console=hvc0` : base;
 }
 
 /** Parses `512M`, `1G`, `262144K` or a plain number of MiB into bytes. */
@@ -158,6 +180,9 @@ export function parseBootArgs(argv: readonly string[]): BootConfig | "help" | "v
         timeout: { type: "string" },
         "guest-decompress": { type: "boolean", default: false },
         trace: { type: "boolean", default: false },
+        disk: { type: "string", multiple: true, default: [] },
+        rng: { type: "boolean", default: false },
+        console: { type: "string", default: "serial" },
         help: { type: "boolean", short: "h", default: false },
         version: { type: "boolean", default: false },
       },
@@ -193,7 +218,22 @@ export function parseBootArgs(argv: readonly string[]): BootConfig | "help" | "v
       `--memory: ${values.memory} is more than this host's RAM (${Math.floor(host / MiB)} MiB)`,
     );
   }
+  if (values.console !== "serial" && values.console !== "virtio") {
+    throw new UsageError(`--console: ${JSON.stringify(values.console)} is not serial or virtio`);
+  }
+  const disks = values.disk.map((d) => {
+    const readOnly = d.endsWith(",ro");
+    const path = readOnly ? d.slice(0, -3) : d;
+    if (path === "") throw new UsageError(`--disk: ${JSON.stringify(d)} is not PATH[,ro]`);
+    return { path, readOnly };
+  });
+  if (disks.length + (values.rng ? 1 : 0) + (values.console === "virtio" ? 1 : 0) > 8) {
+    throw new UsageError("at most 8 virtio devices (--disk, --rng, --console virtio)");
+  }
   return {
+    disks,
+    rng: values.rng,
+    console: values.console,
     kernel: values.kernel,
     initrd: values.initrd,
     cmdline: values.cmdline,
@@ -282,6 +322,23 @@ export async function main(argv: readonly string[]): Promise<number> {
   }
 }
 
+/** A disk image must be a file of at least one sector, writable unless read-only (exit 2). */
+function checkDisk(disk: { path: string; readOnly: boolean }): void {
+  try {
+    const file = Deno.openSync(disk.path, { read: true, write: !disk.readOnly });
+    try {
+      const stat = file.statSync();
+      if (!stat.isFile || stat.size < 512) {
+        throw new Error("not a regular file of at least one 512-byte sector");
+      }
+    } finally {
+      file.close();
+    }
+  } catch (e) {
+    throw new UsageError(`--disk ${disk.path}: ${(e as Error).message}`);
+  }
+}
+
 async function boot(config: BootConfig): Promise<number> {
   // --trace: when each phase ended, in ms since the process started (on stderr).
   const trace = config.trace
@@ -297,6 +354,10 @@ async function boot(config: BootConfig): Promise<number> {
     if (!multiboot) isElf(kernel) ? parseElfKernel(kernel) : parseBzImage(kernel);
   } catch (e) {
     throw new UsageError((e as Error).message);
+  }
+  for (const disk of config.disks) checkDisk(disk);
+  if (multiboot && (config.disks.length > 0 || config.rng || config.console === "virtio")) {
+    throw new UsageError("--disk, --rng and --console virtio are for Linux kernels");
   }
   trace("kernel and initrd read");
   // Imported from JSR, the shim's source is fetched (once per process) and compiled (once).
@@ -456,7 +517,10 @@ async function bootLinuxOn(
       kernel,
       vmlinux: found?.vmlinux,
       initrd,
-      cmdline: config.cmdline ?? DEFAULT_CMDLINE,
+      cmdline: config.cmdline ?? defaultCmdline(config),
+      disks: config.disks,
+      rng: config.rng,
+      console: config.console,
       memorySize: config.memorySize,
       cpus: config.cpus,
       serialOutput: (byte) => {
@@ -475,7 +539,8 @@ async function bootLinuxOn(
   }
 
   const input = new ConsoleInput({
-    receive: (bytes) => machine.serial.receive(bytes),
+    receive: (bytes) =>
+      machine.virtioConsole ? machine.virtioConsole.input(bytes) : machine.serial.receive(bytes),
     quit: () => machine.stop(),
   });
   const raw = Deno.stdin.isTerminal();
@@ -490,7 +555,9 @@ async function bootLinuxOn(
     const cmdline = new TextDecoder().decode(machine.plan.cmdline).replace(/\0$/, "");
     trace(
       `CPU probe (${probe.ms.toFixed(0)} ms): hidden from the guest: ${probe.unusable.join(", ")}` +
-        (cmdline !== (config.cmdline ?? DEFAULT_CMDLINE) ? `; command line now "${cmdline}"` : ""),
+        (cmdline !== (config.cmdline ?? defaultCmdline(config))
+          ? `; command line now "${cmdline}"`
+          : ""),
     );
   }
   try {
