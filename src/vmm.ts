@@ -25,6 +25,10 @@ export {
   type LinuxRunOptions,
   type MachineExit,
   type MachineExitReason,
+  VIRTIO_FIRST_GSI,
+  VIRTIO_MAX_DEVICES,
+  VIRTIO_MMIO_BASE,
+  type VirtioDisk,
 } from "./boot/linux.ts";
 export {
   type MultibootExit,
@@ -253,3 +257,49 @@ export {
   type X86Mode,
 } from "./kvm/x86_decode.ts";
 export { describeInternalError, instructionAtRip } from "./kvm/dump.ts";
+export { buildDsdt, type DsdtOptions, type DsdtVirtioDevice } from "./boot/aml.ts";
+export {
+  DeviceId as VirtioDeviceId,
+  MmioReg as VirtioMmioReg,
+  Status as VirtioStatus,
+  VIRTIO_F_VERSION_1,
+  VIRTIO_MMIO_SIZE,
+  VIRTIO_RING_F_INDIRECT_DESC,
+} from "./devices/virtio/constants.ts";
+export type {
+  BlockSpec,
+  ConsoleSpec,
+  RngSpec,
+  VirtioBackend,
+  VirtioDeviceSpec,
+  VirtioFront,
+} from "./devices/virtio/device.ts";
+export { type RamRegion, VirtioMemory } from "./devices/virtio/memory.ts";
+export { type VirtioLink, VirtioMmioTransport } from "./devices/virtio/mmio.ts";
+export {
+  DescriptorChain,
+  MAX_INDIRECT_DESCRIPTORS,
+  type QueueConfig,
+  SplitQueue,
+  VirtioError,
+} from "./devices/virtio/queue.ts";
+export { type RunnerDevice, VirtioRunner } from "./devices/virtio/runner.ts";
+export { type VirtioPlacement, VirtioRuntime, type VirtioSlot } from "./devices/virtio/runtime.ts";
+export { createDeviceState } from "./devices/virtio/state.ts";
+export {
+  BlkStatus,
+  BlkType,
+  BlockBackend,
+  blockFront,
+  SECTOR_SIZE,
+} from "./devices/virtio/block.ts";
+export { RNG_MAX_REQUEST, RngBackend, rngFront } from "./devices/virtio/rng.ts";
+export {
+  CONSOLE_RING_BYTES,
+  ConsoleBackend,
+  consoleFront,
+  ConsoleHost,
+  type ConsoleRings,
+  createConsoleRings,
+} from "./devices/virtio/console.ts";
+export { createBackend, frontOf } from "./devices/virtio/specs.ts";
