@@ -253,6 +253,9 @@ async function main(): Promise<void> {
     for (const [name, cmd, args, env] of ways) {
       const t = await time(cmd, args, await env());
       show(`round ${i + 1}, ${name}`, t);
+      if (t.phases.length > 0) {
+        console.log(`  trace: ${t.phases.map(([what, at]) => `${at} ${what}`).join(" | ")}`);
+      }
       results[name].push(t);
     }
   }
