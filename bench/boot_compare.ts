@@ -75,8 +75,10 @@ interface Timing {
   /** Spawn to the process's exit, ms. */
   exit: number;
   code: number;
-  /** `--trace` phases: what ended, at ms since spawn (the CLI's own clock starts a little later). */
+  /** `--trace` phases: what ended (durations left out), at ms since the CLI's clock started. */
   phases: [string, number][];
+  /** The `--trace` lines as printed. */
+  trace: string[];
 }
 
 async function time(
@@ -110,9 +112,12 @@ async function time(
   const errors = await stderr;
   if (marker < 0) console.error(`${cmd}: no marker\n${text.slice(-2000)}\n${errors}`);
   // boot_linux --trace: "boot_linux: 1234 ms what ended"
-  const phases = [...errors.matchAll(/^boot_linux: (\d+) ms (.*)$/gm)]
-    .map((m): [string, number] => [m[2].replace(/\(\d+ ms[^)]*\)|\d+ ms/g, "").trim(), +m[1]]);
-  return { marker, firstByte, exit, code: status.code, phases };
+  const lines = [...errors.matchAll(/^boot_linux: (\d+) ms (.*)$/gm)];
+  const phases = lines.map((
+    m,
+  ): [string, number] => [m[2].replace(/\(\d+ ms[^)]*\)|\d+ ms/g, "").trim(), +m[1]]);
+  const trace = lines.map((m) => `${m[1]} ${m[2]}`);
+  return { marker, firstByte, exit, code: status.code, phases, trace };
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
@@ -253,9 +258,7 @@ async function main(): Promise<void> {
     for (const [name, cmd, args, env] of ways) {
       const t = await time(cmd, args, await env());
       show(`round ${i + 1}, ${name}`, t);
-      if (t.phases.length > 0) {
-        console.log(`  trace: ${t.phases.map(([what, at]) => `${at} ${what}`).join(" | ")}`);
-      }
+      if (t.trace.length > 0) console.log(`  trace: ${t.trace.join(" | ")}`);
       results[name].push(t);
     }
   }
