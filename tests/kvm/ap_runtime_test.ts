@@ -214,3 +214,18 @@ Deno.test("ApWorkers: serving an AP's exits on the bootstrap thread allocates no
   // sampling's own, per chunk. 5000 exits: within the preload's 120 s bound on a slow KVM.
   ok(perExit < 4, `median heap growth ${perExit} bytes per served AP exit`);
 });
+
+Deno.test("ApWorkers: stop() racing the worker (at start, request waiting, while serving; 20 rounds each)", async () => {
+  const script = new URL("./ap/ap_stop_race.ts", import.meta.url).pathname;
+  const { code, signal, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", script],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const out = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+  ok(signal === null, `killed by ${signal}:\n${out}`);
+  strictEqual(code, 0, out);
+  for (const way of ["at start", "request waiting", "while serving"]) {
+    ok(out.includes(`stop ${way}: 20 rounds ok`), out);
+  }
+});
