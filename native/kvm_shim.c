@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -22,7 +23,7 @@
 #define EXPORT __attribute__((visibility("default")))
 
 // Bumped whenever a signature changes, so a stale cached build is detected.
-EXPORT int32_t kvm_shim_version(void) { return 2; }
+EXPORT int32_t kvm_shim_version(void) { return 3; }
 
 EXPORT int32_t kvm_open(const char *path, int32_t flags) {
   int fd = open(path, flags | O_CLOEXEC);
@@ -81,6 +82,24 @@ EXPORT int32_t kvm_read_u64(int32_t fd, uint64_t *value) {
 EXPORT int32_t kvm_write_u64(int32_t fd, uint64_t value) {
   ssize_t n = write(fd, &value, sizeof value);
   return n < 0 ? -errno : (int32_t)n;
+}
+
+// read(2)/write(2) of a buffer: a tap interface's frames (virtio-net).
+EXPORT int32_t kvm_read(int32_t fd, void *buf, uint32_t len) {
+  ssize_t n = read(fd, buf, len);
+  return n < 0 ? -errno : (int32_t)n;
+}
+
+EXPORT int32_t kvm_write(int32_t fd, const void *buf, uint32_t len) {
+  ssize_t n = write(fd, buf, len);
+  return n < 0 ? -errno : (int32_t)n;
+}
+
+// poll(2) over `n` struct pollfd: the virtio device thread waits on its
+// eventfd and its tap interfaces at once. Returns the ready count.
+EXPORT int32_t kvm_poll(void *fds, uint32_t n, int32_t timeout_ms) {
+  int ret = poll((struct pollfd *)fds, (nfds_t)n, timeout_ms);
+  return ret < 0 ? -errno : ret;
 }
 
 EXPORT int32_t kvm_thread_id(void) { return (int32_t)syscall(SYS_gettid); }

@@ -26,6 +26,9 @@ import { ConsoleHost, createConsoleRings } from "../devices/virtio/console.ts";
 import { VIRTIO_MMIO_SIZE } from "../devices/virtio/constants.ts";
 import type { VirtioDeviceSpec } from "../devices/virtio/device.ts";
 import { type VirtioPlacement, VirtioRuntime } from "../devices/virtio/runtime.ts";
+import { defaultMac } from "../devices/virtio/net.ts";
+import { openTap } from "../devices/virtio/tap.ts";
+import { native } from "../ffi/library.ts";
 import type { Uart16550 } from "../devices/uart_16550.ts";
 import type { Kvm } from "../kvm/kvm.ts";
 import type { KickTarget, Vcpu } from "../kvm/vcpu.ts";
@@ -91,6 +94,12 @@ export interface LinuxMachineOptions extends PcMachineOptions {
   /** A virtio entropy device (`/dev/hwrng`; module `virtio-rng`). */
   rng?: boolean;
   /**
+   * virtio-net cards on tap interfaces (`eth0`, `eth1`...; module `virtio_net`,
+   * which needs `net_failover` and `failover`). A missing tap is created, which
+   * needs CAP_NET_ADMIN; configure its host side (address, up) yourself.
+   */
+  net?: readonly VirtioNet[];
+  /**
    * `"virtio"` adds a virtio console, the guest's `hvc0` (module
    * `virtio_console`; boot with `console=hvc0`), whose output goes to
    * `serialOutput` like COM1's; input through {@linkcode LinuxMachine.virtioConsole}.
@@ -105,6 +114,14 @@ export interface VirtioDisk {
   path: string;
   /** The guest cannot write (`VIRTIO_BLK_F_RO`; the file is opened read-only). */
   readOnly?: boolean;
+}
+
+/** One network card of {@linkcode LinuxMachineOptions.net}. */
+export interface VirtioNet {
+  /** The host's tap interface, for example `"tap0"`. */
+  tap: string;
+  /** The card's MAC address (default 52:54:00:12:34:56, the last byte + the card's index). */
+  mac?: Uint8Array;
 }
 
 /** Where the first virtio-mmio window sits (in the 32-bit MMIO hole); the next follow every 4 KiB. */
@@ -239,6 +256,11 @@ export class LinuxMachine {
         id: `vd${String.fromCharCode(97 + i)}`,
       })),
       ...(options.rng ? [{ kind: "rng" } as const] : []),
+      ...(options.net ?? []).map((n, i): VirtioDeviceSpec => ({
+        kind: "net",
+        fd: -1, // opened below, once the other checks passed
+        mac: n.mac ?? defaultMac(i),
+      })),
       ...(consoleRings ? [{ kind: "console", rings: consoleRings } as const] : []),
     ];
     if (specs.length > VIRTIO_MAX_DEVICES) {
@@ -248,102 +270,118 @@ export class LinuxMachine {
         `${specs.length} virtio devices: at most ${VIRTIO_MAX_DEVICES}`,
       );
     }
+    // The taps: opened now (a missing one is an error before any VM exists), owned by the
+    // device thread from its start (closed by it, or by the runtime when it never started).
+    const nets = specs.filter((d) => d.kind === "net");
+    try {
+      nets.forEach((spec, i) => (spec.fd = openTap(options.net![i].tap)));
+    } catch (e) {
+      for (const spec of nets) if (spec.fd >= 0) native().kvm_close(spec.fd);
+      throw e;
+    }
     const placements: VirtioPlacement[] = specs.map((spec, i) => ({
       spec,
       address: VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE,
       gsi: VIRTIO_FIRST_GSI + i,
     }));
-    return withKvm(options.kvm, (kvm, ownsKvm) => {
-      let probe: CpuProbeReport | undefined;
-      if (options.probeCpu !== false) {
-        probe = probeCpu(kvm);
-        const clear = linuxClearCpuid(probe);
-        if (clear) plan = planWith(options.cmdline ? `${options.cmdline} ${clear}` : clear);
-      }
-      const machine = new PcMachine({
-        name: "Linux machine",
-        kvm,
-        ownsKvm,
-        cpus,
-        memorySize: options.memorySize,
-        hugePages: options.hugePages,
-        lowMemorySize: plan.lowMemorySize,
-        highMemoryStart: HIGH_RAM_START,
-        highMemorySize: plan.highMemorySize,
-        serialOutput: options.serialOutput,
-        onUnhandled: options.onUnhandled,
-        cpuid: options.cpuid,
-        probe,
-        writeMemory: (vm) => {
-          writeLinuxBoot(vm, plan, { memoryIsZero: true });
-          vm.writeGuest(MPTABLE_ADDRESS, buildMpTable(cpus));
-          if (placements.length > 0) {
-            // ACPI describes the virtio-mmio devices (Debian's kernels cannot take them from the
-            // command line) and gives the guest its power-off: \_S5 and the PM1a registers.
-            vm.writeGuest(ACPI_TABLES_ADDRESS, buildAcpiTables({ cpus, dsdt: DSDT_ADDRESS }));
-            vm.writeGuest(
-              DSDT_ADDRESS,
-              buildDsdt({
-                virtio: placements.map((p) => ({ ...p, size: VIRTIO_MMIO_SIZE })),
-                s5SlpTyp: 0,
+    let handedOver = false;
+    try {
+      return withKvm(options.kvm, (kvm, ownsKvm) => {
+        let probe: CpuProbeReport | undefined;
+        if (options.probeCpu !== false) {
+          probe = probeCpu(kvm);
+          const clear = linuxClearCpuid(probe);
+          if (clear) plan = planWith(options.cmdline ? `${options.cmdline} ${clear}` : clear);
+        }
+        const machine = new PcMachine({
+          name: "Linux machine",
+          kvm,
+          ownsKvm,
+          cpus,
+          memorySize: options.memorySize,
+          hugePages: options.hugePages,
+          lowMemorySize: plan.lowMemorySize,
+          highMemoryStart: HIGH_RAM_START,
+          highMemorySize: plan.highMemorySize,
+          serialOutput: options.serialOutput,
+          onUnhandled: options.onUnhandled,
+          cpuid: options.cpuid,
+          probe,
+          writeMemory: (vm) => {
+            writeLinuxBoot(vm, plan, { memoryIsZero: true });
+            vm.writeGuest(MPTABLE_ADDRESS, buildMpTable(cpus));
+            if (placements.length > 0) {
+              // ACPI describes the virtio-mmio devices (Debian's kernels cannot take them from the
+              // command line) and gives the guest its power-off: \_S5 and the PM1a registers.
+              vm.writeGuest(ACPI_TABLES_ADDRESS, buildAcpiTables({ cpus, dsdt: DSDT_ADDRESS }));
+              vm.writeGuest(
+                DSDT_ADDRESS,
+                buildDsdt({
+                  virtio: placements.map((p) => ({ ...p, size: VIRTIO_MMIO_SIZE })),
+                  s5SlpTyp: 0,
+                }),
+              );
+            }
+          },
+          addDevices: placements.length === 0 ? undefined : (pc) => {
+            pc.pio.insert(ACPI_PM_TIMER_PORT, 4, new AcpiPmTimer());
+            pc.pio.insert(
+              ACPI_PM1_EVENT_PORT,
+              6,
+              new AcpiPm1({
+                // S5 (and S4, which QEMU treats alike) powers off; nothing here can suspend.
+                onSleep: (state) => {
+                  if (state !== "S3") pc.finish({ reason: "poweroff", vcpu: -1 });
+                },
+                sci: (level) => pc.vm.setIrqLine(ACPI_SCI_IRQ, level),
               }),
             );
-          }
-        },
-        addDevices: placements.length === 0 ? undefined : (pc) => {
-          pc.pio.insert(ACPI_PM_TIMER_PORT, 4, new AcpiPmTimer());
-          pc.pio.insert(
-            ACPI_PM1_EVENT_PORT,
-            6,
-            new AcpiPm1({
-              // S5 (and S4, which QEMU treats alike) powers off; nothing here can suspend.
-              onSleep: (state) => {
-                if (state !== "S3") pc.finish({ reason: "poweroff", vcpu: -1 });
-              },
-              sci: (level) => pc.vm.setIrqLine(ACPI_SCI_IRQ, level),
-            }),
-          );
-        },
-        enter: (vm, bsp) => {
-          if (plan.entryMode === "64") {
-            // Map 4 GiB: the kernel, zero page and command line must be identity mapped.
-            setupLongMode(vm, bsp, { entry: plan.entry, identityMapGiB: 4 });
-          } else {
-            setupProtectedMode(vm, bsp, { entry: plan.entry });
-          }
-          // Boot protocol: RSI (ESI) points to the zero page; interrupts off.
-          bsp.setRegs(bsp.getRegs().assign({ rsi: BigInt(ZERO_PAGE_ADDRESS), rflags: 2n }));
-        },
-      });
-      if (placements.length === 0) return new LinuxMachine(machine, plan, probe);
-      let runtime: VirtioRuntime | undefined;
-      try {
-        // After the vCPUs exist: the console kicks the bootstrap vCPU's thread when output waits.
-        const bsp = machine.vcpus[0].kickTarget;
-        for (const p of placements) if (p.spec.kind === "console") p.spec.kick = bsp;
-        const ram = [...machine.vm.memorySlots.values()].map((s) => ({
-          gpa: s.guestPhysAddr,
-          hostAddress: s.userspaceAddr,
-          size: s.memorySize,
-        }));
-        runtime = VirtioRuntime.start(machine.vm, ram, placements);
-        for (const d of runtime.devices) {
-          machine.mmio.insert(d.address, VIRTIO_MMIO_SIZE, d.transport);
-        }
-        const serial = options.serialOutput;
-        return new LinuxMachine(machine, plan, probe, {
-          runtime,
-          console: consoleRings && new ConsoleHost(consoleRings, () => runtime!.wake()),
-          sink: serial && ((bytes) => {
-            for (const b of bytes) serial(b);
-          }),
+          },
+          enter: (vm, bsp) => {
+            if (plan.entryMode === "64") {
+              // Map 4 GiB: the kernel, zero page and command line must be identity mapped.
+              setupLongMode(vm, bsp, { entry: plan.entry, identityMapGiB: 4 });
+            } else {
+              setupProtectedMode(vm, bsp, { entry: plan.entry });
+            }
+            // Boot protocol: RSI (ESI) points to the zero page; interrupts off.
+            bsp.setRegs(bsp.getRegs().assign({ rsi: BigInt(ZERO_PAGE_ADDRESS), rflags: 2n }));
+          },
         });
-      } catch (e) {
-        runtime?.stop();
-        machine.close();
-        throw e;
-      }
-    });
+        if (placements.length === 0) return new LinuxMachine(machine, plan, probe);
+        let runtime: VirtioRuntime | undefined;
+        try {
+          // After the vCPUs exist: the console kicks the bootstrap vCPU's thread when output waits.
+          const bsp = machine.vcpus[0].kickTarget;
+          for (const p of placements) if (p.spec.kind === "console") p.spec.kick = bsp;
+          const ram = [...machine.vm.memorySlots.values()].map((s) => ({
+            gpa: s.guestPhysAddr,
+            hostAddress: s.userspaceAddr,
+            size: s.memorySize,
+          }));
+          handedOver = true; // the runtime owns the tap fds now, whatever happens
+          runtime = VirtioRuntime.start(machine.vm, ram, placements);
+          for (const d of runtime.devices) {
+            machine.mmio.insert(d.address, VIRTIO_MMIO_SIZE, d.transport);
+          }
+          const serial = options.serialOutput;
+          return new LinuxMachine(machine, plan, probe, {
+            runtime,
+            console: consoleRings && new ConsoleHost(consoleRings, () => runtime!.wake()),
+            sink: serial && ((bytes) => {
+              for (const b of bytes) serial(b);
+            }),
+          });
+        } catch (e) {
+          runtime?.stop();
+          machine.close();
+          throw e;
+        }
+      });
+    } catch (e) {
+      if (!handedOver) { for (const spec of nets) native().kvm_close(spec.fd); }
+      throw e;
+    }
   }
 
   /** The thread running the bootstrap vCPU (valid during {@linkcode run}), to kick. */

@@ -80,6 +80,8 @@ options:
                        for more (/dev/vda, /dev/vdb...; the guest needs virtio_mmio and
                        virtio_blk, described to it in ACPI)
   --rng                a virtio entropy device (/dev/hwrng; module virtio-rng)
+  --net TAP            a virtio-net card on the host's tap interface TAP (created when
+                       missing, as root); repeat for more (eth0, eth1...; module virtio_net)
   --console KIND       serial (COM1, default) or virtio (hvc0, module virtio_console):
                        the terminal is connected to that console
                        (with virtio devices the default command line leaves out acpi=off,
@@ -129,13 +131,18 @@ export interface BootConfig {
   disks: { path: string; readOnly: boolean }[];
   /** `--rng`. */
   rng: boolean;
+  /** `--net`: tap interface names, in order. */
+  net: string[];
   /** `--console`. */
   console: "serial" | "virtio";
 }
 
 /** The command line when none is given: ACPI on where virtio devices are described in it. */
-export function defaultCmdline(config: Pick<BootConfig, "disks" | "rng" | "console">): string {
-  const virtio = config.disks.length > 0 || config.rng || config.console === "virtio";
+export function defaultCmdline(
+  config: Pick<BootConfig, "disks" | "rng" | "console"> & { net?: string[] },
+): string {
+  const virtio = config.disks.length > 0 || config.rng || config.console === "virtio" ||
+    (config.net?.length ?? 0) > 0;
   if (!virtio) return DEFAULT_CMDLINE;
   const base = DEFAULT_CMDLINE.replace(/\s*acpi=off/, "");
   return config.console === "virtio" ? `${base} console=hvc0` : base;
@@ -182,6 +189,7 @@ export function parseBootArgs(argv: readonly string[]): BootConfig | "help" | "v
         trace: { type: "boolean", default: false },
         disk: { type: "string", multiple: true, default: [] },
         rng: { type: "boolean", default: false },
+        net: { type: "string", multiple: true, default: [] },
         console: { type: "string", default: "serial" },
         help: { type: "boolean", short: "h", default: false },
         version: { type: "boolean", default: false },
@@ -227,12 +235,22 @@ export function parseBootArgs(argv: readonly string[]): BootConfig | "help" | "v
     if (path === "") throw new UsageError(`--disk: ${JSON.stringify(d)} is not PATH[,ro]`);
     return { path, readOnly };
   });
-  if (disks.length + (values.rng ? 1 : 0) + (values.console === "virtio" ? 1 : 0) > 8) {
-    throw new UsageError("at most 8 virtio devices (--disk, --rng, --console virtio)");
+  for (const tap of values.net) {
+    if (!/^[\w.-]{1,15}$/.test(tap)) {
+      throw new UsageError(
+        `--net: ${JSON.stringify(tap)} is not an interface name (1-15 characters)`,
+      );
+    }
+  }
+  const count = disks.length + values.net.length + (values.rng ? 1 : 0) +
+    (values.console === "virtio" ? 1 : 0);
+  if (count > 8) {
+    throw new UsageError("at most 8 virtio devices (--disk, --net, --rng, --console virtio)");
   }
   return {
     disks,
     rng: values.rng,
+    net: values.net,
     console: values.console,
     kernel: values.kernel,
     initrd: values.initrd,
@@ -356,8 +374,11 @@ async function boot(config: BootConfig): Promise<number> {
     throw new UsageError((e as Error).message);
   }
   for (const disk of config.disks) checkDisk(disk);
-  if (multiboot && (config.disks.length > 0 || config.rng || config.console === "virtio")) {
-    throw new UsageError("--disk, --rng and --console virtio are for Linux kernels");
+  if (
+    multiboot &&
+    (config.disks.length > 0 || config.net.length > 0 || config.rng || config.console === "virtio")
+  ) {
+    throw new UsageError("--disk, --net, --rng and --console virtio are for Linux kernels");
   }
   trace("kernel and initrd read");
   // Imported from JSR, the shim's source is fetched (once per process) and compiled (once).
@@ -520,6 +541,7 @@ async function bootLinuxOn(
       cmdline: config.cmdline ?? defaultCmdline(config),
       disks: config.disks,
       rng: config.rng,
+      net: config.net.map((tap) => ({ tap })),
       console: config.console,
       memorySize: config.memorySize,
       cpus: config.cpus,

@@ -9,7 +9,7 @@
  */
 
 /** Version the loader expects from `kvm_shim_version()`. */
-export const SHIM_VERSION = 2;
+export const SHIM_VERSION = 3;
 
 /** Symbols of the shim, as given to `Deno.dlopen`. */
 export const symbols = {
@@ -40,6 +40,12 @@ export const symbols = {
   kvm_read_u64: { parameters: ["i32", "buffer"], result: "i32" },
   /** `int32_t kvm_write_u64(int32_t fd, uint64_t value)` */
   kvm_write_u64: { parameters: ["i32", "u64"], result: "i32" },
+  /** `int32_t kvm_read(int32_t fd, void *buf, uint32_t len)`: read(2) of a buffer. */
+  kvm_read: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  /** `int32_t kvm_write(int32_t fd, const void *buf, uint32_t len)`: write(2) of a buffer. */
+  kvm_write: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  /** `int32_t kvm_poll(struct pollfd *fds, uint32_t n, int32_t timeout_ms)`: poll(2). */
+  kvm_poll: { parameters: ["buffer", "u32", "i32"], result: "i32" },
   /** `int32_t kvm_thread_id(void)`: the calling thread's kernel tid. */
   kvm_thread_id: { parameters: [], result: "i32" },
   /** `int32_t kvm_kick_signal(void)`: the signal number used for kicks. */

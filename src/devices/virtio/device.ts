@@ -40,8 +40,18 @@ export interface ConsoleSpec {
   kick?: KickTarget;
 }
 
+/** A network card on a tap interface (opened by the machine: `openTap`). */
+export interface NetSpec {
+  /** Which device. */
+  kind: "net";
+  /** The tap's fd (non-blocking); the device thread owns and closes it. */
+  fd: number;
+  /** The card's MAC address (6 bytes). */
+  mac: Uint8Array;
+}
+
 /** A serializable description of one virtio device. */
-export type VirtioDeviceSpec = BlockSpec | RngSpec | ConsoleSpec;
+export type VirtioDeviceSpec = BlockSpec | RngSpec | ConsoleSpec | NetSpec;
 
 /** What the transport shows the driver. */
 export interface VirtioFront {

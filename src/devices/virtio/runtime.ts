@@ -12,6 +12,7 @@
  */
 
 import { Errno, KvmError } from "../../errors.ts";
+import { native } from "../../ffi/library.ts";
 import { EventFd } from "../../kvm/event_fd.ts";
 import type { Vm } from "../../kvm/vm.ts";
 import { MmioReg, VIRTIO_MMIO_SIZE } from "./constants.ts";
@@ -66,26 +67,43 @@ export class VirtioRuntime {
   #irqs: EventFd[] = [];
   #worker: Worker | null = null;
 
-  private constructor(wake: EventFd, devices: VirtioSlot[]) {
+  #placements: readonly VirtioPlacement[];
+  #closedTaps = false;
+
+  private constructor(
+    wake: EventFd,
+    devices: VirtioSlot[],
+    placements: readonly VirtioPlacement[],
+  ) {
     this.#wake = wake;
     this.devices = devices;
+    this.#placements = placements;
   }
 
   /**
    * Registers one ioeventfd per device on its `QueueNotify` register (all
    * signalling the device thread's eventfd) and one irqfd per device on its
    * GSI (the VM needs its in-kernel irqchip), then starts the worker.
-   * `ram` lists the VM's RAM slots by host address.
+   * `ram` lists the VM's RAM slots by host address. The runtime owns the
+   * net devices' tap fds from this call on (closed on every failure, and
+   * by {@linkcode stop}).
    */
   static start(
     vm: Vm,
     ram: readonly { gpa: number; hostAddress: bigint; size: number }[],
     placements: readonly VirtioPlacement[],
   ): VirtioRuntime {
-    const fronts = placements.map((p) => frontOf(p.spec));
-    const wake = EventFd.create({ nonBlocking: false });
+    let fronts: VirtioFront[];
+    let wake: EventFd;
+    try {
+      fronts = placements.map((p) => frontOf(p.spec));
+      wake = EventFd.create({ nonBlocking: false });
+    } catch (e) {
+      for (const p of placements) if (p.spec.kind === "net") native().kvm_close(p.spec.fd);
+      throw e;
+    }
     const slots: VirtioSlot[] = [];
-    const runtime = new VirtioRuntime(wake, slots);
+    const runtime = new VirtioRuntime(wake, slots, placements);
     try {
       const states = fronts.map((f) => createDeviceState(f.queueMax.length));
       placements.forEach((p, i) => {
@@ -186,6 +204,11 @@ export class VirtioRuntime {
         );
       }
     }
+    if (!this.#closedTaps && Atomics.load(this.#control, Control.STARTED) === 0) {
+      // The device thread never started: the tap fds it would have owned are still open.
+      for (const p of this.#placements) if (p.spec.kind === "net") native().kvm_close(p.spec.fd);
+    }
+    this.#closedTaps = true;
     for (const irq of this.#irqs) irq.close();
     this.#irqs = [];
     this.#wake.close();

@@ -10,6 +10,8 @@ import type { VirtioBackend, VirtioDeviceSpec, VirtioFront } from "./device.ts";
 import { RngBackend, rngFront } from "./rng.ts";
 import { ConsoleBackend, consoleFront } from "./console.ts";
 import { Vcpu } from "../../kvm/vcpu.ts";
+import { NetBackend, netFront } from "./net.ts";
+import { TapPort } from "./tap.ts";
 
 /** What the driver of `spec`'s device is shown (a block device stats its file). */
 export function frontOf(spec: VirtioDeviceSpec): VirtioFront {
@@ -20,6 +22,8 @@ export function frontOf(spec: VirtioDeviceSpec): VirtioFront {
       return rngFront();
     case "console":
       return consoleFront();
+    case "net":
+      return netFront(spec.mac);
   }
 }
 
@@ -40,5 +44,7 @@ export function createBackend(
       const kick = spec.kick;
       return new ConsoleBackend(spec.rings, () => kick && Vcpu.kick(kick), stopping);
     }
+    case "net":
+      return new NetBackend(new TapPort(spec.fd));
   }
 }

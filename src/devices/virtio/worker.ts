@@ -57,6 +57,7 @@ interface WorkerScope {
 const scope = globalThis as unknown as WorkerScope;
 const EINTR = 4;
 const EAGAIN = 11;
+const POLLIN = 1;
 
 function serve(msg: VirtioWorkerStart): void {
   const control = new Int32Array(msg.control);
@@ -80,12 +81,31 @@ function serve(msg: VirtioWorkerStart): void {
     Atomics.store(control, Control.STARTED, 1);
     Atomics.notify(control, Control.STARTED);
     const counter = new BigUint64Array(1);
+    // struct pollfd { int fd; short events; short revents; } for the eventfd and each tap:
+    // a frame arriving on a tap wakes the thread like a kick.
+    const fds = [
+      msg.wakeFd,
+      ...msg.devices.flatMap((d) => d.spec.kind === "net" ? [d.spec.fd] : []),
+    ];
+    const pollfds = new Uint8Array(8 * fds.length);
+    const pv = new DataView(pollfds.buffer);
+    fds.forEach((fd, i) => {
+      pv.setInt32(8 * i, fd, true);
+      pv.setInt16(8 * i + 4, POLLIN, true);
+    });
     for (;;) {
       if (Atomics.load(control, Control.STOP) !== 0) break;
       runner.service();
-      // Blocks until a kick, a reset request or the stop (all write the eventfd).
-      const r = lib.kvm_read_u64(msg.wakeFd, counter);
-      if (r < 0 && r !== -EINTR && r !== -EAGAIN) throw new Error(`read wake eventfd: errno ${-r}`);
+      // Blocks until a kick, a reset request or the stop (all write the eventfd), or a frame.
+      for (let i = 0; i < fds.length; i++) pv.setInt16(8 * i + 6, 0, true);
+      const p = fds.length === 1 ? 1 : lib.kvm_poll(pollfds, fds.length, -1);
+      if (p < 0 && p !== -EINTR) throw new Error(`poll: errno ${-p}`);
+      if (fds.length === 1 || (pv.getInt16(6, true) & POLLIN)) {
+        const r = lib.kvm_read_u64(msg.wakeFd, counter);
+        if (r < 0 && r !== -EINTR && r !== -EAGAIN) {
+          throw new Error(`read wake eventfd: errno ${-r}`);
+        }
+      }
     }
   } catch (e) {
     Atomics.store(control, Control.FAILED, 1);
