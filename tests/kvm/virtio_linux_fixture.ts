@@ -20,6 +20,7 @@ export const MARK = {
   wrote: "VIRTIO-FIXTURE-WROTE",
   readBack: "VIRTIO-FIXTURE-READ-BACK:",
   rng: "VIRTIO-FIXTURE-RNG:",
+  hvc0: "VIRTIO-FIXTURE-HVC0",
   done: "VIRTIO-FIXTURE-DONE",
 } as const;
 
@@ -27,7 +28,14 @@ export const MARK = {
 export const NOTE = "written-on-virtio-blk-by-boot-1";
 
 /** Modules to load, each after its dependencies (modules.dep), the crc32c softdep included. */
-const TARGETS = ["virtio_mmio", "virtio_blk", "virtio-rng", "crc32c_generic", "ext4"];
+const TARGETS = [
+  "virtio_mmio",
+  "virtio_blk",
+  "virtio-rng",
+  "virtio_console",
+  "crc32c_generic",
+  "ext4",
+];
 
 // deno-fmt-ignore
 const INITRAMFS_INIT = [
@@ -58,6 +66,8 @@ const ROOT_INIT = [
   `  mkdir -p /data && echo ${NOTE} > /data/note && sync && echo ${MARK.wrote}`,
   "fi",
   `echo "${MARK.rng} $(cat /sys/class/misc/hw_random/rng_current) $(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' ')"`,
+  "i=0; while [ ! -c /dev/hvc0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done",
+  `echo ${MARK.hvc0} > /dev/hvc0`,
   "mount -o remount,ro / ; sync",
   `echo ${MARK.done}`,
   "poweroff -f",

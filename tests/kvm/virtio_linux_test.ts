@@ -2,7 +2,8 @@
 // loads virtio_mmio, virtio_blk, virtio-rng, crc32c and ext4 (the kernel
 // finds the virtio-mmio devices in the DSDT), mounts /dev/vda (an ext4 image
 // made with `mkfs.ext4 -d`) and switches to it; the disk's /init writes a
-// note, reads 16 bytes from /dev/hwrng and powers off through ACPI (the VM
+// note, reads 16 bytes from /dev/hwrng, writes a line to the virtio console
+// (/dev/hvc0, drained on the machine's thread) and powers off through ACPI (the VM
 // ends with reason "poweroff"). A second boot of the same image reads the
 // note back. The fixture is built by tests/kvm/virtio_linux_fixture.ts (on
 // the host; the runner carries it into the sandbox as VIRTIO_LINUX_FIXTURE).
@@ -59,6 +60,8 @@ async function boot(
     cpus: 1,
     disks: [{ path: disk }],
     rng: true,
+    // hvc0 as a second console: its output reaches serialOutput too.
+    console: "virtio",
     serialOutput: (byte) => {
       text += decoder.decode(new Uint8Array([byte]), { stream: true });
       if (verbose) Deno.stdout.writeSync(new Uint8Array([byte]));
@@ -102,6 +105,7 @@ Deno.test("Linux on a virtio disk: root on ext4 over virtio-blk, a write survive
         new RegExp(`${MARK.rng} virtio_rng\\.\\d+ [0-9a-f]{32}`),
         "virtio-rng gave 16 bytes",
       );
+      ok(first.text.includes(MARK.hvc0), "a line written to /dev/hvc0 reached the host");
       ok(first.text.includes(MARK.done), "init ran to its end");
       strictEqual(
         first.reason,
