@@ -165,8 +165,6 @@ export function openThreadLoops(loopLib: string, block: number): {
     },
     spinJs(n) {
       const t0 = performance.now();
-      // An int32 local: a mutable number read from the closure's context can
-      // reach the FFI call as a heap number, which costs ~0.1 us per call.
       const t = ticks | 0;
       let s = 0;
       for (let i = 0; i < n; i++) s += spin(t);
