@@ -26,10 +26,15 @@ self.onmessage = async (e: MessageEvent<{ ring: SharedArrayBuffer; kick: KickTar
       if (((Atomics.load(head, 0) - Atomics.load(head, 1)) | 0) >= bytes.length) {
         // Full. The run loop moves ring bytes to the UART only after a vCPU
         // exit, and an idle guest (HLT in the kernel's LAPIC) has none: kick
-        // it, or a chunk larger than the ring waits here for ever. Then the
-        // guest's next UART access turns the run loop again.
-        kickVcpu(kick);
-        while (((Atomics.load(head, 0) - Atomics.load(head, 1)) | 0) >= bytes.length) {
+        // it, or a chunk larger than the ring waits here for ever. Kick again
+        // every 50 ms while it stays full: a kick that lands while Vcpu.run()
+        // clears immediate_exit after the previous one is lost.
+        for (
+          let waited = 0;
+          ((Atomics.load(head, 0) - Atomics.load(head, 1)) | 0) >= bytes.length;
+          waited++
+        ) {
+          if (waited % 10 === 0) kickVcpu(kick);
           await new Promise((r) => setTimeout(r, 5));
         }
       }
@@ -37,6 +42,11 @@ self.onmessage = async (e: MessageEvent<{ ring: SharedArrayBuffer; kick: KickTar
       bytes[(w >>> 0) % bytes.length] = b;
       Atomics.store(head, 0, (w + 1) | 0);
     }
-    kickVcpu(kick);
+    // The chunk is in: kick, and again every 50 ms until the run loop took it
+    // (the same lost kick would otherwise leave its tail in the ring).
+    for (let waited = 0; Atomics.load(head, 0) !== Atomics.load(head, 1); waited++) {
+      if (waited % 10 === 0) kickVcpu(kick);
+      await new Promise((r) => setTimeout(r, 5));
+    }
   }
 };
