@@ -73,6 +73,11 @@ export class FakeDriver {
   /** The Linux driver's sequence: negotiate `features` (default: all offered), set queue 0 up, DRIVER_OK. */
   init(options: { size?: number; features?: bigint; queues?: number } = {}): number {
     this.write32(MmioReg.STATUS, 0);
+    // A fresh driver: every queue starts again at index 0 (the device's do after the reset).
+    if (this.#current !== 0) this.useQueue(0);
+    this.#queues.clear();
+    this.#nextDesc = 0;
+    this.#availIdx = 0;
     this.write32(MmioReg.STATUS, Status.ACKNOWLEDGE);
     this.write32(MmioReg.STATUS, Status.ACKNOWLEDGE | Status.DRIVER);
     const features = options.features ?? this.deviceFeatures();
@@ -129,6 +134,12 @@ export class FakeDriver {
   }
 
   setupQueue(index: number, size: number): void {
+    // Zeroed indices, as a driver's freshly allocated rings (where they are in RAM).
+    for (const at of [this.avail + 2, this.used + 2]) {
+      if (at >= RAM_BASE && at + 2 <= RAM_BASE + RAM_SIZE) {
+        this.view.setUint16(at - RAM_BASE, 0, true);
+      }
+    }
     this.write32(MmioReg.QUEUE_SEL, index);
     this.write32(MmioReg.QUEUE_NUM, size);
     this.write32(MmioReg.QUEUE_DESC_LOW, this.desc);
