@@ -143,6 +143,8 @@ export class Vcpu extends OwnedFd {
   #sregs = new KvmSregs();
   #sregsPtr = pointerOf(this.#sregs.bytes);
   readonly #ioctl = native().kvm_ioctl_ptr;
+  /** The fd for run(), -1 once released: the kernel's EBADF replaces a check per exit. */
+  #runFd = -1;
 
   private constructor(
     fd: number,
@@ -180,6 +182,7 @@ export class Vcpu extends OwnedFd {
       throw new KvmError("mmap vCPU run area", -mapped, this.label);
     }
     this.#runAddress = out[0];
+    this.#runFd = fd;
     this.#runBuffer = Deno.UnsafePointerView.getArrayBuffer(
       Deno.UnsafePointer.create(out[0])!,
       mmapSize,
@@ -290,10 +293,13 @@ export class Vcpu extends OwnedFd {
    */
   run(): VcpuExit {
     for (;;) {
-      const result = this.#ioctl(this.fd("KVM_RUN"), Ioctl.KVM_RUN, null);
+      const result = this.#ioctl(this.#runFd, Ioctl.KVM_RUN, null);
       if (result >= 0) return this.#decoder.decode(this.#exitReason[0]);
       if (result === -Errno.EAGAIN) continue;
-      if (result !== -Errno.EINTR) throw new KvmError("KVM_RUN", -result, this.label);
+      if (result !== -Errno.EINTR) {
+        if (this.#runFd < 0) this.fd("KVM_RUN"); // closed: the usual EBADF error
+        throw new KvmError("KVM_RUN", -result, this.label);
+      }
       // A kick sets immediate_exit before its signal; a watchdog signal does not.
       const kicked = this.#runBytes[1] !== 0;
       this.#runBytes[1] = 0;
@@ -1003,6 +1009,7 @@ export class Vcpu extends OwnedFd {
 
   /** Closes what this object owns before its fd. */
   protected override releaseResources(): void {
+    this.#runFd = -1;
     this.#deleteWatchdog();
     const address = this.#runAddress;
     this.#runAddress = 0n;
