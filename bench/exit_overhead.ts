@@ -10,6 +10,8 @@
  *   `deno task bench` compares with);
  * - `cHere`: the same C loop (bench/exit_overhead.c) called once per block
  *   from this Deno process, on the library's vCPU;
+ * - `cOwnVm`: that loop on a VM the C file opens itself (no library object),
+ *   timed inside C;
  * - `bare`: one FFI call per exit (the shim's `kvm_ioctl_ptr`) and typed-array
  *   reads of the run area, no library code;
  * - `library`: case 1's `pioStep` (`Vcpu.run()`, the exit decoder, the
@@ -117,8 +119,10 @@ export function openThreadLoops(loopLib: string, block: number): {
     exit_overhead_c_loop: { parameters: ["i32", "pointer", "i32", "u32"], result: "i64" },
     exit_overhead_spin: { parameters: ["u32"], result: "i32" },
     exit_overhead_spin_loop: { parameters: ["i32", "u32"], result: "i32" },
+    exit_overhead_own_vm_block: { parameters: ["i32"], result: "i64" },
   });
   const { exit_overhead_c_loop: cLoop, exit_overhead_spin: spin } = c.symbols;
+  const ownVmBlock = c.symbols.exit_overhead_own_vm_block;
   const spinLoop = c.symbols.exit_overhead_spin_loop;
   const ioctl = native().kvm_ioctl_ptr;
   const guest = openGuest(PIO_GUEST);
@@ -139,6 +143,11 @@ export function openThreadLoops(loopLib: string, block: number): {
       if (r < 0n) throw new Error(`C loop: ${r}`);
       next = Number(r);
       return t * 1e6 / n;
+    },
+    cOwnVm(n) {
+      const ns = ownVmBlock(n);
+      if (ns < 0n) throw new Error(`C-owned VM: ${ns}`);
+      return Number(ns) / n;
     },
     bare(n) {
       const t0 = performance.now();
