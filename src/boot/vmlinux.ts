@@ -5,8 +5,9 @@
  * host). Extraction is cached per user, keyed by the bzImage's contents.
  *
  * Only xz payloads (Debian, Ubuntu and most distributions' default) are
- * decompressed here; other formats are refused with a clear error, and such
- * kernels still boot the classic way.
+ * decompressed here, by the system's liblzma where it loads (`xz_native.ts`)
+ * and by the TypeScript decoder (`xz.ts`) otherwise; other formats are
+ * refused with a clear error, and such kernels still boot the classic way.
  *
  * @module
  */
@@ -709,7 +710,9 @@ export function cachedVmlinux(
   const phase = options.onPhase ?? (() => {});
   let start = performance.now();
   const { dir, path, cacheProblem, hit } = lookup(image, options);
-  phase(`kernel cache ${hit ? "hit, SHA-256 checked" : "miss"} (${ms(start)})`);
+  phase(
+    `kernel cache ${hit ? "hit, SHA-256 checked" : "miss"} (${ms(start)} after the lookup began)`,
+  );
   if (hit) return hit;
   const extracted = extractVmlinuxDetailed(image, options);
   phase(describeExtraction(extracted));
@@ -745,7 +748,9 @@ export async function cachedVmlinuxAsync(
   const phase = options.onPhase ?? (() => {});
   let start = performance.now();
   const { dir, path, cacheProblem, hit } = await lookupAsync(image, options);
-  phase(`kernel cache ${hit ? "hit, SHA-256 checked" : "miss"} (${ms(start)})`);
+  phase(
+    `kernel cache ${hit ? "hit, SHA-256 checked" : "miss"} (${ms(start)} after the lookup began)`,
+  );
   if (hit) return { ...hit, save: nothingToSave };
   const extracted = await extractVmlinuxAsync(image, options);
   phase(describeExtraction(extracted));
