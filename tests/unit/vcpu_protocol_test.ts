@@ -58,12 +58,14 @@ Deno.test("protocol: the thread handshake lets either the worker or the owner wi
   strictEqual(control[ctl(1, Ctl.TID)], -1);
 });
 
-Deno.test("protocol: waitForState returns true once the state is there, false at its deadline", () => {
+Deno.test("protocol: waitForState returns true once the state is there, false at its deadline or when told", () => {
   const control = new Int32Array(new SharedArrayBuffer(controlBytes(1)));
   let ticks = 0;
   const t0 = performance.now();
-  ok(!waitForState(control, 0, State.EXITED, t0 + 30, 5, () => ticks++));
+  ok(!waitForState(control, 0, State.EXITED, t0 + 30, 5, () => void ticks++));
   ok(ticks >= 2, `tick ran ${ticks} times`);
+  // A tick that returns true ends the wait (the worker's thread is gone: nothing will come).
+  ok(!waitForState(control, 0, State.EXITED, performance.now() + 60_000, 5, () => true));
   Atomics.store(control, ctl(0, Ctl.STATE), State.EXITED);
   ok(waitForState(control, 0, State.EXITED, performance.now() + 30, 5, () => {}));
 });
