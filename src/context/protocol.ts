@@ -155,7 +155,7 @@ export const Mb = {
 } as const;
 
 /** Bytes of one vCPU's mailbox. */
-export const MAILBOX_BYTES = Mb.DATA + Mb.DATA_SIZE;
+export const MAILBOX_BYTES: number = Mb.DATA + Mb.DATA_SIZE;
 
 /**
  * The mailbox codec: the one way both sides read and write a vCPU's mailbox.
