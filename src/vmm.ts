@@ -242,10 +242,13 @@ export {
 export { ACPI_PM_TIMER_HZ, AcpiPmTimer } from "./devices/acpi_pm_timer.ts";
 export { AcpiPm1, type AcpiPm1Options, type AcpiSleepState, Pm1Event } from "./devices/acpi_pm1.ts";
 export {
+  PC_TESTDEV_IOMEM_ADDRESS,
+  PC_TESTDEV_IOMEM_SIZE,
   PC_TESTDEV_IRQ_LINES,
   PC_TESTDEV_IRQ_PORT,
   PC_TESTDEV_PORT,
   PC_TESTDEV_PORT_SIZE,
+  PcTestdevIomem,
   PcTestdevIrq,
   PcTestdevPort,
 } from "./devices/pc_testdev.ts";

@@ -6,7 +6,7 @@
  * FACS's waking vector when the RTC alarm fires; S4/S5 power off), the
  * 8259s at a BIOS's vectors, QEMU's `isa-debug-exit` port that ends the run
  * with a status and its `pc-testdev` (IRQ lines at 0x2000, the 0xe0
- * register), and one thread per vCPU (the bootstrap vCPU on
+ * register, 64 KiB of MMIO memory at 0xff000000), and one thread per vCPU (the bootstrap vCPU on
  * the calling thread; each application processor on a Worker, started by the
  * guest with INIT/SIPI through the in-kernel LAPIC, its port I/O served here
  * through a shared mailbox as in `LinuxMachine`).
@@ -38,10 +38,13 @@ import type { Bus } from "../devices/bus.ts";
 import { DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit } from "../devices/debug_exit.ts";
 import { CmosRtc } from "../devices/legacy.ts";
 import {
+  PC_TESTDEV_IOMEM_ADDRESS,
+  PC_TESTDEV_IOMEM_SIZE,
   PC_TESTDEV_IRQ_LINES,
   PC_TESTDEV_IRQ_PORT,
   PC_TESTDEV_PORT,
   PC_TESTDEV_PORT_SIZE,
+  PcTestdevIomem,
   PcTestdevIrq,
   PcTestdevPort,
 } from "../devices/pc_testdev.ts";
@@ -226,6 +229,7 @@ export class MultibootMachine {
             new PcTestdevIrq((irq, level) => pc.vm.setIrqLine(irq, level)),
           );
           pc.pio.insert(PC_TESTDEV_PORT, PC_TESTDEV_PORT_SIZE, new PcTestdevPort());
+          pc.mmio.insert(PC_TESTDEV_IOMEM_ADDRESS, PC_TESTDEV_IOMEM_SIZE, new PcTestdevIomem());
         },
         enter: (vm, bsp) => {
           // No BIOS ran: the PICs as one leaves them (realmode takes IRQ 11 at vector 0x73).

@@ -9,6 +9,10 @@
  * - {@linkcode PcTestdevPort}, 4 ports at {@linkcode PC_TESTDEV_PORT} (0xe0):
  *   a scratch register that reads back what was last written (`emulator`'s
  *   string I/O checks).
+ * - {@linkcode PcTestdevIomem}, 64 KiB of MMIO at
+ *   {@linkcode PC_TESTDEV_IOMEM_ADDRESS} (0xff000000) that behaves as memory:
+ *   every access exits to the VMM, so KVM's instruction emulator runs on it
+ *   (`lam`, `emulator`: `IORAM_BASE_PHYS`).
  *
  * @example
  * ```ts
@@ -33,6 +37,10 @@ export const PC_TESTDEV_IRQ_LINES = 24;
 export const PC_TESTDEV_PORT = 0xe0;
 /** The scratch register's width in ports. */
 export const PC_TESTDEV_PORT_SIZE = 4;
+/** Guest-physical address of the MMIO memory (in the 32-bit hole, below the BIOS). */
+export const PC_TESTDEV_IOMEM_ADDRESS = 0xff000000;
+/** Its size in bytes. */
+export const PC_TESTDEV_IOMEM_SIZE = 0x10000;
 
 /** The IRQ-line part of `pc-testdev`: writes drive ISA IRQ lines, reads give 0. */
 export class PcTestdevIrq implements BusDevice {
@@ -75,6 +83,26 @@ export class PcTestdevPort implements BusDevice {
   /** Stores `data` at `offset` (bytes past the register's end are dropped). */
   write(offset: number, data: Uint8Array): void {
     for (let i = 0; i < data.length && offset + i < PC_TESTDEV_PORT_SIZE; i++) {
+      this.#bytes[offset + i] = data[i];
+    }
+  }
+}
+
+/** The MMIO part of `pc-testdev`: 64 KiB that read back what was written, zero at first. */
+export class PcTestdevIomem implements BusDevice {
+  #bytes = new Uint8Array(PC_TESTDEV_IOMEM_SIZE);
+
+  /** Copies the bytes at `offset` (bytes past the end read as 0). */
+  read(offset: number, data: Uint8Array): void {
+    for (let i = 0; i < data.length; i++) {
+      const at = offset + i;
+      data[i] = at < PC_TESTDEV_IOMEM_SIZE ? this.#bytes[at] : 0;
+    }
+  }
+
+  /** Stores `data` at `offset` (bytes past the end are dropped). */
+  write(offset: number, data: Uint8Array): void {
+    for (let i = 0; i < data.length && offset + i < PC_TESTDEV_IOMEM_SIZE; i++) {
       this.#bytes[offset + i] = data[i];
     }
   }

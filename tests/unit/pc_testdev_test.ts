@@ -1,6 +1,6 @@
 // QEMU's pc-testdev as the VMM models it (src/devices/pc_testdev.ts): the IRQ
 // lines at 0x2000 + n (kvm-unit-tests' realmode and ioapic drive ISA IRQs
-// with them) and the scratch register at 0xe0.
+// with them), the scratch register at 0xe0 and the MMIO memory (lam).
 
 import { deepStrictEqual } from "node:assert/strict";
 import { PC_TESTDEV_IRQ_LINES, PcTestdevIrq, PcTestdevPort } from "../../src/devices/pc_testdev.ts";
@@ -33,4 +33,18 @@ Deno.test("pc_testdev: the 0xe0 register reads back what was written, per byte l
   const past = new Uint8Array(2);
   dev.read(3, past);
   deepStrictEqual([...past], [0x12, 0]);
+});
+
+Deno.test("pc_testdev: the MMIO memory at 0xff000000 reads back what was written", () => {
+  const mem = new PcTestdevIomem();
+  const q = new Uint8Array(8);
+  mem.read(0x100, q);
+  deepStrictEqual([...q], [0, 0, 0, 0, 0, 0, 0, 0]);
+  mem.write(0x100, new Uint8Array([0xef, 0xcd, 0xab, 0x89, 0x67, 0x45, 0x23, 0x01])); // lam's mov
+  mem.read(0x100, q);
+  deepStrictEqual([...q], [0xef, 0xcd, 0xab, 0x89, 0x67, 0x45, 0x23, 0x01]);
+  const edge = new Uint8Array(4);
+  mem.write(PC_TESTDEV_IOMEM_SIZE - 2, new Uint8Array([1, 2, 3, 4])); // past the end: dropped
+  mem.read(PC_TESTDEV_IOMEM_SIZE - 2, edge);
+  deepStrictEqual([...edge], [1, 2, 0, 0]);
 });
