@@ -3,7 +3,13 @@
 // with them), the scratch register at 0xe0 and the MMIO memory (lam).
 
 import { deepStrictEqual } from "node:assert/strict";
-import { PC_TESTDEV_IRQ_LINES, PcTestdevIrq, PcTestdevPort } from "../../src/devices/pc_testdev.ts";
+import {
+  PC_TESTDEV_IOMEM_SIZE,
+  PC_TESTDEV_IRQ_LINES,
+  PcTestdevIomem,
+  PcTestdevIrq,
+  PcTestdevPort,
+} from "../../src/devices/pc_testdev.ts";
 
 Deno.test("pc_testdev: a write to line n sets IRQ n to the value's truth, any size", () => {
   const calls: [number, boolean][] = [];
