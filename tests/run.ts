@@ -255,7 +255,7 @@ async function virtioLinuxForSandbox(
     return {};
   }
   return {
-    extraPaths: [`${dir}/initrd.cpio`, `${dir}/rootfs.ext4`],
+    extraPaths: [`${dir}/initrd.cpio`, `${dir}/rootfs.ext4`, `${dir}/tun.ko`],
     env: { VIRTIO_LINUX_FIXTURE: `/project/${dir}` },
   };
 }

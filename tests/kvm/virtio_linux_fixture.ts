@@ -21,6 +21,7 @@ export const MARK = {
   readBack: "VIRTIO-FIXTURE-READ-BACK:",
   rng: "VIRTIO-FIXTURE-RNG:",
   hvc0: "VIRTIO-FIXTURE-HVC0",
+  ping: "VIRTIO-FIXTURE-PING:",
   done: "VIRTIO-FIXTURE-DONE",
 } as const;
 
@@ -33,6 +34,7 @@ const TARGETS = [
   "virtio_blk",
   "virtio-rng",
   "virtio_console",
+  "virtio_net",
   "crc32c_generic",
   "ext4",
 ];
@@ -68,6 +70,11 @@ const ROOT_INIT = [
   `echo "${MARK.rng} $(cat /sys/class/misc/hw_random/rng_current) $(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' ')"`,
   "i=0; while [ ! -c /dev/hvc0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done",
   `echo ${MARK.hvc0} > /dev/hvc0`,
+  // With a network card (eth0): the host's side of the tap is 10.203.1.1.
+  "if [ -e /sys/class/net/eth0 ]; then",
+  "  ip addr add 10.203.1.2/24 dev eth0 && ip link set eth0 up",
+  `  echo "${MARK.ping} $(ping -c 3 -W 5 10.203.1.1 | grep 'packet loss')"`,
+  "fi",
   "mount -o remount,ro / ; sync",
   `echo ${MARK.done}`,
   "poweroff -f",
@@ -159,6 +166,9 @@ export async function buildFixture(dir: string): Promise<VirtioLinuxFixture | st
     await Deno.remove(tree, { recursive: true });
   }
   await Deno.writeFile(`${dir}/initrd.cpio`, initrd);
+  // For the host side of the network test where /dev/net/tun needs its module (the sandbox).
+  const tun = moduleLoadOrder(dep, "tun");
+  if (tun) await Deno.writeFile(`${dir}/tun.ko`, await readModule(`${modulesDir}/${tun.at(-1)}`));
   await Deno.writeTextFile(`${dir}/kernel-version`, `${version}\n`);
   return existingFixture(dir)!;
 }

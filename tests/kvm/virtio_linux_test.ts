@@ -3,7 +3,8 @@
 // finds the virtio-mmio devices in the DSDT), mounts /dev/vda (an ext4 image
 // made with `mkfs.ext4 -d`) and switches to it; the disk's /init writes a
 // note, reads 16 bytes from /dev/hwrng, writes a line to the virtio console
-// (/dev/hvc0, drained on the machine's thread) and powers off through ACPI (the VM
+// (/dev/hvc0, drained on the machine's thread), pings the host over a
+// virtio-net card on a tap (where the test runs as root) and powers off through ACPI (the VM
 // ends with reason "poweroff"). A second boot of the same image reads the
 // note back. The fixture is built by tests/kvm/virtio_linux_fixture.ts (on
 // the host; the runner carries it into the sandbox as VIRTIO_LINUX_FIXTURE).
@@ -40,12 +41,47 @@ async function fixture(): Promise<VirtioLinuxFixture | string> {
   return await buildFixture(await Deno.makeTempDir({ prefix: "virtio-linux-" }));
 }
 
-/** Boots once with `disk`; returns the serial console's text and how the run ended. */
+/**
+ * Where this process may create a tap and give it an address (root, `ip`);
+ * loads the fixture's `tun.ko` where `/dev/net/tun` is missing (the sandbox).
+ */
+function tapSupport(fixtureDir: string): boolean {
+  if (Deno.uid() !== 0) return false;
+  const exists = (p: string) => {
+    try {
+      Deno.statSync(p);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  try {
+    if (!exists("/dev/net/tun") && exists(`${fixtureDir}/tun.ko`)) {
+      new Deno.Command("insmod", { args: [`${fixtureDir}/tun.ko`], stderr: "null" }).outputSync();
+    }
+    if (!exists("/dev/net/tun")) return false;
+    return new Deno.Command("ip", { args: ["link"], stdout: "null", stderr: "null" }).outputSync()
+      .success;
+  } catch {
+    return false;
+  }
+}
+
+function ip(...args: string[]): void {
+  const r = new Deno.Command("ip", { args, stdout: "piped", stderr: "piped" }).outputSync();
+  if (!r.success) throw new Error(`ip ${args.join(" ")}: ${new TextDecoder().decode(r.stderr)}`);
+}
+
+/**
+ * Boots once with `disk` (and a network card on the tap `tap`, whose host
+ * side gets 10.203.1.1); returns the serial console's text and how the run ended.
+ */
 async function boot(
   kernel: Uint8Array,
   vmlinux: Uint8Array | undefined,
   initrd: Uint8Array,
   disk: string,
+  tap?: string,
 ): Promise<{ text: string; reason: string; detail?: string }> {
   let text = "";
   const decoder = new TextDecoder();
@@ -62,11 +98,17 @@ async function boot(
     rng: true,
     // hvc0 as a second console: its output reaches serialOutput too.
     console: "virtio",
+    net: tap ? [{ tap }] : undefined,
     serialOutput: (byte) => {
       text += decoder.decode(new Uint8Array([byte]), { stream: true });
       if (verbose) Deno.stdout.writeSync(new Uint8Array([byte]));
     },
   });
+  if (tap) {
+    // The machine created the tap (it lives while the machine does): the host's side.
+    ip("addr", "add", "10.203.1.1/24", "dev", tap);
+    ip("link", "set", tap, "up");
+  }
   const exit = await machine.run({ timeoutMs: BOOT_TIMEOUT_MS });
   return { text, reason: exit.reason, detail: exit.detail };
 }
@@ -92,7 +134,11 @@ Deno.test("Linux on a virtio disk: root on ext4 over virtio-blk, a write survive
     const show = (r: { text: string }) =>
       `serial console (last 3000 characters):\n${r.text.slice(-3000)}`;
 
-    const first = await boot(kernel, vmlinux, initrd, disk);
+    const tap = tapSupport(f.initrd.replace(/\/[^/]*$/, ""))
+      ? `dkvm${Deno.pid % 100000}`
+      : undefined;
+    if (!tap) console.log("no tap (needs root and the ip command): the ping is left out");
+    const first = await boot(kernel, vmlinux, initrd, disk, tap);
     if (first.reason === "timeout" && mips < LINUX_BOOT_MIN_MIPS) {
       return skipWhileRunning(t, `the boot timed out after ${BOOT_TIMEOUT_MS / 1000} s: ${slow}`);
     }
@@ -106,6 +152,9 @@ Deno.test("Linux on a virtio disk: root on ext4 over virtio-blk, a write survive
         "virtio-rng gave 16 bytes",
       );
       ok(first.text.includes(MARK.hvc0), "a line written to /dev/hvc0 reached the host");
+      if (tap) {
+        match(first.text, new RegExp(`${MARK.ping} 3 packets transmitted, 3 packets received`));
+      }
       ok(first.text.includes(MARK.done), "init ran to its end");
       strictEqual(
         first.reason,
