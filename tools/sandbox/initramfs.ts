@@ -13,7 +13,31 @@ import { cacheDir, fingerprint, hashKey, pruneCache } from "./cache.ts";
 import { type HostTools, sharedLibraries } from "./host.ts";
 
 /** Bump when the layout of the base archive changes, to invalidate caches. */
-const FORMAT_VERSION = 1;
+const FORMAT_VERSION = 2;
+
+/**
+ * Libraries the VMM opens with `Deno.dlopen` at run time, which `ldd` of deno does not list: the
+ * system's liblzma decompresses a kernel's xz payload three times faster than the TypeScript
+ * fallback, which matters most under the sandbox's emulator. Carried where the host has them.
+ */
+const RUNTIME_LIBRARIES = [
+  "/usr/lib/x86_64-linux-gnu/liblzma.so.5",
+  "/lib/x86_64-linux-gnu/liblzma.so.5",
+];
+
+/** The first of {@link RUNTIME_LIBRARIES} that exists (one per library name), resolved paths kept. */
+async function runtimeLibraries(): Promise<string[]> {
+  const found = new Map<string, string>();
+  for (const path of RUNTIME_LIBRARIES) {
+    if (found.has(basename(path))) continue;
+    try {
+      if ((await Deno.stat(path)).isFile) found.set(basename(path), path);
+    } catch {
+      // not on this host: the guest uses the fallback
+    }
+  }
+  return [...found.values()];
+}
 
 /** Where guest paths live; `/init` and the run archive rely on these. */
 export const GUEST = {
@@ -30,6 +54,7 @@ export async function baseKey(host: HostTools): Promise<string> {
     await fingerprint(host.kernel.image),
     await fingerprint(host.deno),
     await fingerprint(host.busybox, false),
+    ...await Promise.all((await runtimeLibraries()).map((l) => fingerprint(l))),
     ...await Promise.all(host.kernel.modules.map((m) => fingerprint(m))),
   ]);
 }
@@ -68,8 +93,15 @@ async function writeBase(w: CpioWriter, host: HostTools): Promise<void> {
   }
   // Libraries go to the paths ldd names (the loader to its PT_INTERP path), contents followed
   // through symlinks.
-  for (const lib of await sharedLibraries(host.deno)) {
-    await w.dir(dirname(lib));
+  const libraries = new Set(await sharedLibraries(host.deno));
+  for (const extra of await runtimeLibraries()) {
+    libraries.add(extra);
+    for (const dep of await sharedLibraries(extra)) libraries.add(dep);
+  }
+  const dirs = new Set<string>();
+  for (const lib of libraries) {
+    if (!dirs.has(dirname(lib))) await w.dir(dirname(lib));
+    dirs.add(dirname(lib));
     await w.file(lib, await Deno.readFile(lib), 0o755);
   }
   await w.file(GUEST.deno, await Deno.readFile(host.deno), 0o755);
