@@ -18,7 +18,7 @@
  */
 
 import { hostKernelPath } from "../src/boot/initramfs.ts";
-import { bzImagePayload, compactElf, fingerprint } from "../src/boot/vmlinux.ts";
+import { bzImagePayload, compactElf } from "../src/boot/vmlinux.ts";
 import { decompressXz } from "../src/boot/xz.ts";
 import { liblzma, liblzmaProblem } from "../src/boot/xz_native.ts";
 import { sha256Hex, writeExclusive } from "../src/cache_dir.ts";
@@ -78,7 +78,6 @@ const same = (a: Uint8Array) =>
 
 for (let run = 0; run < runs; run++) {
   console.log(`-- run ${run + 1}`);
-  line("fingerprint of the bzImage (JS, 64-bit)", time(() => fingerprint(image))[1]);
   line("SHA-256 of the bzImage (node:crypto)", time(() => sha256Hex(image))[1]);
   if (lib) {
     const [out, ms] = time(() => lib.decode(stream, { maxOutput: size }));

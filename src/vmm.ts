@@ -105,7 +105,6 @@ export {
   extractVmlinux,
   extractVmlinuxAsync,
   extractVmlinuxDetailed,
-  fingerprint,
   type PendingCachedVmlinux,
   PROTOCOL_PAYLOAD,
   type VmlinuxCacheOptions,

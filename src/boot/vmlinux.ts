@@ -282,26 +282,6 @@ export function extractVmlinux(
   return extractVmlinuxDetailed(image, options).vmlinux;
 }
 
-/**
- * Two 32-bit multiplicative hashes over the words of `data`, with its
- * length: a quick identity for a file. Not collision-resistant, so not what
- * the kernel cache is keyed by (that is the bzImage's SHA-256).
- */
-export function fingerprint(data: Uint8Array): string {
-  const bytes = data.byteOffset % 4 === 0 ? data : data.slice();
-  const words = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length >>> 2);
-  let a = 0x811c9dc5;
-  let b = 0x9747b28c;
-  for (let i = 0; i < words.length; i++) {
-    const w = words[i];
-    a = Math.imul(a ^ w, 0x01000193);
-    b = Math.imul(b ^ w, 0x5bd1e995) ^ (b >>> 15);
-  }
-  for (let i = words.length * 4; i < bytes.length; i++) a = Math.imul(a ^ bytes[i], 0x01000193);
-  const hex = (x: number) => (x >>> 0).toString(16).padStart(8, "0");
-  return `${data.length.toString(16)}-${hex(a)}${hex(b)}`;
-}
-
 const EHDR_SIZE = 64;
 const PHDR_SIZE = 56;
 
