@@ -22,9 +22,10 @@
  */
 
 import { IOAPIC_ADDRESS, LAPIC_ADDRESS } from "./mptable.ts";
+import { ACPI_TABLES_ADDRESS } from "./address_map.ts";
 
-/** Where {@linkcode buildAcpiTables} places the RSDP, followed by the tables (inside the BIOS area). */
-export const ACPI_TABLES_ADDRESS = 0xf0000;
+export { ACPI_TABLES_ADDRESS };
+
 /** QEMU's PIIX4 power-management block, whose registers the ports below are. */
 export const ACPI_PM_BASE = 0x600;
 /** The PM1a event registers: status (2 bytes) then enable (2 bytes). */

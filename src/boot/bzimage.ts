@@ -34,19 +34,24 @@ import {
   writeE820,
   XLF_KERNEL_64,
 } from "./boot_params.ts";
+import {
+  CMDLINE_ADDRESS,
+  EBDA_ADDRESS,
+  HIGH_RAM_START,
+  KERNEL_LOAD_ADDRESS,
+  MMIO_HOLE_START,
+  ZERO_PAGE_ADDRESS,
+} from "./address_map.ts";
 
-/** Guest physical address of the zero page (`struct boot_params`). */
-export const ZERO_PAGE_ADDRESS = 0x7000;
-/** Guest physical address of the kernel command line. */
-export const CMDLINE_ADDRESS = 0x20000;
-/** Where the protected-mode kernel is loaded ("at 1 MiB" in boot.rst). */
-export const KERNEL_LOAD_ADDRESS = 0x100000;
-/** End of conventional RAM: the last KiB below 640 KiB is the EBDA (it holds the MP table). */
-export const EBDA_ADDRESS = 0x9fc00;
-/** Start of the 32-bit PCI/MMIO hole: RAM beyond this moves above 4 GiB. */
-export const MMIO_HOLE_START = 0xc000_0000;
-/** Where RAM above the MMIO hole continues. */
-export const HIGH_RAM_START = 0x1_0000_0000;
+export {
+  CMDLINE_ADDRESS,
+  EBDA_ADDRESS,
+  HIGH_RAM_START,
+  KERNEL_LOAD_ADDRESS,
+  MMIO_HOLE_START,
+  ZERO_PAGE_ADDRESS,
+};
+
 /**
  * The longest command line (with its NUL) the layout holds: from
  * {@linkcode CMDLINE_ADDRESS} to the EBDA (the MP table), whatever a

@@ -59,6 +59,9 @@ import {
 } from "./acpi.ts";
 import { buildDsdt } from "./aml.ts";
 import { type CpuProbeReport, linuxClearCpuid, probeCpu } from "./cpu_probe.ts";
+import { VIRTIO_MMIO_BASE } from "./address_map.ts";
+
+export { VIRTIO_MMIO_BASE };
 
 /** Options of {@linkcode LinuxMachine.create}. */
 export interface LinuxMachineOptions extends PcMachineOptions {
@@ -124,8 +127,6 @@ export interface VirtioNet {
   mac?: Uint8Array;
 }
 
-/** Where the first virtio-mmio window sits (in the 32-bit MMIO hole); the next follow every 4 KiB. */
-export const VIRTIO_MMIO_BASE = 0xd000_0000;
 /** The first virtio device's interrupt (IOAPIC input); the next follow, up to GSI 23. */
 export const VIRTIO_FIRST_GSI = 16;
 /** Most virtio devices on one machine: IOAPIC inputs 16-23. */

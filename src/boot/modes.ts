@@ -31,6 +31,9 @@ import { Errno, KvmError } from "../errors.ts";
 import { hex, PAGE_SIZE } from "../kvm/constants.ts";
 import type { Sregs, Vcpu } from "../kvm/vcpu.ts";
 import type { Vm } from "../kvm/vm.ts";
+import { DEFAULT_GDT_ADDRESS, DEFAULT_PAGE_TABLE_ADDRESS } from "./address_map.ts";
+
+export { DEFAULT_GDT_ADDRESS, DEFAULT_PAGE_TABLE_ADDRESS };
 
 /** CR0.PE: protected mode. */
 export const CR0_PE = 1n << 0n;
@@ -49,10 +52,6 @@ export const EFER_LME = 1n << 8n;
 /** EFER.LMA: long mode active. */
 export const EFER_LMA = 1n << 10n;
 
-/** Default guest physical address of the GDT written by the protected and long mode helpers. */
-export const DEFAULT_GDT_ADDRESS = 0x500;
-/** Default guest physical address of the page tables written by {@linkcode setupLongMode}. */
-export const DEFAULT_PAGE_TABLE_ADDRESS = 0x9000;
 /** Code segment selector (`__BOOT_CS` of the Linux boot protocol). */
 export const CODE_SELECTOR = 0x10;
 /** Data segment selector (`__BOOT_DS` of the Linux boot protocol). */

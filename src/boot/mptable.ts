@@ -8,13 +8,9 @@
  */
 
 import { Errno, KvmError } from "../errors.ts";
+import { IOAPIC_ADDRESS, LAPIC_ADDRESS, MPTABLE_ADDRESS } from "./address_map.ts";
 
-/** Default guest physical address: the EBDA, the last KiB below 640 KiB. */
-export const MPTABLE_ADDRESS = 0x9fc00;
-/** Guest physical address of the local APIC registers. */
-export const LAPIC_ADDRESS = 0xfee00000;
-/** Guest physical address of the I/O APIC registers. */
-export const IOAPIC_ADDRESS = 0xfec00000;
+export { IOAPIC_ADDRESS, LAPIC_ADDRESS, MPTABLE_ADDRESS };
 
 const FLOATING_SIZE = 16;
 const HEADER_SIZE = 44;

@@ -29,6 +29,7 @@
 import { Errno, KvmError } from "../errors.ts";
 import { hex } from "../kvm/constants.ts";
 import { elfProgramHeaders, loadableSegments } from "./elf.ts";
+import { BIOS_AREA_ADDRESS, EBDA_ADDRESS } from "./address_map.ts";
 
 /** The magic number that starts a Multiboot header. */
 export const MULTIBOOT_HEADER_MAGIC = 0x1badb002;
@@ -224,10 +225,6 @@ export interface MultibootBootPlan {
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const GiB = 1024 * MiB;
-/** The top of conventional memory QEMU reports (the EBDA starts here). */
-const LOW_MEMORY_TOP = 0x9fc00;
-/** The BIOS area, reserved in the map. */
-const BIOS_START = 0xf0000;
 const PAGE = 4096;
 
 const alignUp = (n: number, a: number) => Math.ceil(n / a) * a;
@@ -439,9 +436,13 @@ export function planMultibootBoot(
     return out;
   };
   const memoryMap: MultibootMemoryRange[] = [
-    { base: 0, length: LOW_MEMORY_TOP, type: MultibootMemoryType.AVAILABLE },
-    { base: LOW_MEMORY_TOP, length: 0xa0000 - LOW_MEMORY_TOP, type: MultibootMemoryType.RESERVED },
-    { base: BIOS_START, length: 0x100000 - BIOS_START, type: MultibootMemoryType.RESERVED },
+    { base: 0, length: EBDA_ADDRESS, type: MultibootMemoryType.AVAILABLE },
+    { base: EBDA_ADDRESS, length: 0xa0000 - EBDA_ADDRESS, type: MultibootMemoryType.RESERVED },
+    {
+      base: BIOS_AREA_ADDRESS,
+      length: 0x100000 - BIOS_AREA_ADDRESS,
+      type: MultibootMemoryType.RESERVED,
+    },
     { base: MiB, length: lowMemorySize - MiB, type: MultibootMemoryType.AVAILABLE },
   ];
   if (highMemorySize > 0) {
@@ -494,7 +495,7 @@ export function planMultibootBoot(
     MultibootInfoFlag.MEMORY | MultibootInfoFlag.CMDLINE | MultibootInfoFlag.MODS |
       MultibootInfoFlag.MMAP | MultibootInfoFlag.LOADER_NAME,
   );
-  u32(4, LOW_MEMORY_TOP / KiB); // mem_lower: KiB from 0
+  u32(4, EBDA_ADDRESS / KiB); // mem_lower: KiB from 0
   u32(8, (lowMemorySize - MiB) / KiB); // mem_upper: KiB from 1 MiB to the first hole
   u32(12, 0xffffffff); // boot_device: none
   u32(16, infoAddress + cmdlineOffset);

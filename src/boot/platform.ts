@@ -14,11 +14,9 @@ import { KVM_PIT_SPEAKER_DUMMY } from "../abi/pit.ts";
 import type { Vcpu } from "../kvm/vcpu.ts";
 import type { Vm } from "../kvm/vm.ts";
 import { type CpuProbeReport, hideUnusableFeatures } from "./cpu_probe.ts";
+import { IDENTITY_MAP_ADDRESS, TSS_ADDRESS } from "./address_map.ts";
 
-/** Where `KVM_SET_TSS_ADDR` puts the three pages Intel VMX needs (as QEMU does). */
-export const TSS_ADDRESS = 0xfffbd000;
-/** Where `KVM_SET_IDENTITY_MAP_ADDR` puts VMX's real-mode identity page table. */
-export const IDENTITY_MAP_ADDRESS = 0xfffbc000;
+export { IDENTITY_MAP_ADDRESS, TSS_ADDRESS };
 
 /** `KVM_CPUID_SIGNATURE`: the hypervisor leaf, "KVMKVMKVM\0\0\0". */
 export const KVM_CPUID_SIGNATURE = 0x40000000;
