@@ -12,6 +12,9 @@
  * bytes. `DENO_KVM_LIBLZMA` names the library file to load instead, or, set to
  * `none`, forces the fallback.
  *
+ * The library is opened for each decode and closed after it (see `open`):
+ * nothing of it stays loaded between calls, so there is nothing to close.
+ *
  * The output is sized from the stream's own index (checked first with
  * {@linkcode xzStreamInfo}, refused past `maxOutput` before anything is
  * allocated) and liblzma is held to it: it may write no byte past that
@@ -119,7 +122,7 @@ export class LiblzmaError extends XzError {
   }
 }
 
-/** liblzma, loaded: decodes `.xz` streams (see the module's documentation). */
+/** liblzma, found (each decode opens and closes it): decodes `.xz` streams (see the module's documentation). */
 export interface Liblzma {
   /** The file that was loaded (a name the dynamic loader resolved, or a path). */
   readonly path: string;
@@ -180,52 +183,74 @@ function finish(ret: number, call: ReturnType<typeof prepare>): Uint8Array<Array
   return call.output;
 }
 
+/** The arguments of one `lzma_stream_buffer_decode` call, in its order. */
+function args(call: ReturnType<typeof prepare>) {
+  return [
+    call.memlimit,
+    LZMA_TELL_UNSUPPORTED_CHECK,
+    null,
+    call.input,
+    call.inPos,
+    BigInt(call.input.length),
+    call.output,
+    call.outPos,
+    BigInt(call.output.length),
+  ] as const;
+}
+
+/**
+ * Binds liblzma at `path` for the span of one decode. The library is opened
+ * per call and closed after it, so that nothing stays loaded that no one owns
+ * (Deno's resource sanitizer counts a library left open as a leak of whatever
+ * test first decoded): `dlopen` of a library the process already mapped costs
+ * microseconds, a kernel's decode about a second. Calls may overlap; each
+ * holds its own reference, and the loader keeps the code mapped until the
+ * last is closed.
+ */
 function open(path: string): Liblzma {
-  const library = Deno.dlopen(path, SYMBOLS);
-  const { lzma_stream_buffer_decode: decode, lzma_stream_buffer_decode_async: decodeAsync } =
-    library.symbols;
-  const versionPointer = library.symbols.lzma_version_string();
-  const version = versionPointer ? Deno.UnsafePointerView.getCString(versionPointer) : "unknown";
+  // Loaded once here to check that it loads and to read its version, then closed again.
+  const probe = Deno.dlopen(path, SYMBOLS);
+  let version: string;
+  try {
+    const versionPointer = probe.symbols.lzma_version_string();
+    version = versionPointer ? Deno.UnsafePointerView.getCString(versionPointer) : "unknown";
+  } finally {
+    probe.close();
+  }
   return {
     path,
     version,
     decode(data, options = {}) {
       const call = prepare(data, options);
-      const ret = decode(
-        call.memlimit,
-        LZMA_TELL_UNSUPPORTED_CHECK,
-        null,
-        call.input,
-        call.inPos,
-        BigInt(call.input.length),
-        call.output,
-        call.outPos,
-        BigInt(call.output.length),
-      );
+      const library = Deno.dlopen(path, SYMBOLS);
+      let ret: number;
+      try {
+        ret = library.symbols.lzma_stream_buffer_decode(...args(call));
+      } finally {
+        library.close();
+      }
       return finish(ret, call);
     },
     async decodeAsync(data, options = {}) {
       const call = prepare(data, options);
-      // `call` keeps every buffer reachable until the other thread is done with it.
-      const ret = await decodeAsync(
-        call.memlimit,
-        LZMA_TELL_UNSUPPORTED_CHECK,
-        null,
-        call.input,
-        call.inPos,
-        BigInt(call.input.length),
-        call.output,
-        call.outPos,
-        BigInt(call.output.length),
-      );
+      const library = Deno.dlopen(path, SYMBOLS);
+      let ret: number;
+      try {
+        // `call` keeps every buffer reachable until the other thread is done with it,
+        // and the library stays open until then.
+        ret = await library.symbols.lzma_stream_buffer_decode_async(...args(call));
+      } finally {
+        library.close();
+      }
       return finish(ret, call);
     },
   };
 }
 
 /**
- * liblzma, loaded on first use from `DENO_KVM_LIBLZMA` or
- * {@linkcode LIBLZMA_PATHS}; undefined where it cannot be loaded (missing,
+ * liblzma, found on first use from `DENO_KVM_LIBLZMA` or
+ * {@linkcode LIBLZMA_PATHS} (loaded to check it, then closed; each decode
+ * opens and closes it again); undefined where it cannot be loaded (missing,
  * FFI not permitted, `DENO_KVM_LIBLZMA=none`), with the reason in
  * {@linkcode liblzmaProblem}. The answer is remembered for the process.
  */

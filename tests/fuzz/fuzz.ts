@@ -50,11 +50,8 @@ export interface FuzzOptions {
   maxRssBytes?: number;
 }
 
-/** Runs one target; never throws for what the target does. */
+/** Runs one target, then its `close`; never throws for what the target does. */
 export function fuzzTarget(target: FuzzTarget, options: FuzzOptions): TargetReport {
-  const { seed, iterations, first = 0, budgetMs = Infinity } = options;
-  const slowMs = options.slowMs ?? 2000;
-  const maxRss = options.maxRssBytes ?? 2 * 1024 ** 3;
   const report: TargetReport = {
     target: target.name,
     iterations: 0,
@@ -64,6 +61,25 @@ export function fuzzTarget(target: FuzzTarget, options: FuzzOptions): TargetRepo
     ms: 0,
   };
   const start = performance.now();
+  try {
+    runIterations(target, options, report, start);
+  } finally {
+    target.close?.();
+  }
+  report.ms = performance.now() - start;
+  return report;
+}
+
+/** The iterations of {@linkcode fuzzTarget}, recorded in `report`. */
+function runIterations(
+  target: FuzzTarget,
+  options: FuzzOptions,
+  report: TargetReport,
+  start: number,
+): void {
+  const { seed, iterations, first = 0, budgetMs = Infinity } = options;
+  const slowMs = options.slowMs ?? 2000;
+  const maxRss = options.maxRssBytes ?? 2 * 1024 ** 3;
   for (let i = first; i < first + iterations; i++) {
     const rng = Prng.for(seed, target.name, i);
     const t0 = performance.now();
@@ -85,8 +101,6 @@ export function fuzzTarget(target: FuzzTarget, options: FuzzOptions): TargetRepo
     }
     if (performance.now() - start > budgetMs) break;
   }
-  report.ms = performance.now() - start;
-  return report;
 }
 
 /** The command that reproduces a finding. */

@@ -39,6 +39,11 @@ export interface FuzzTarget {
   allowed: readonly (abstract new (...args: never[]) => Error)[];
   /** One iteration. */
   run(rng: Prng): void;
+  /**
+   * Releases what its iterations opened (a file, say), once `fuzzTarget` has
+   * run its last iteration; the next iteration opens them again.
+   */
+  close?(): void;
 }
 
 const MiB = 1024 * 1024;

@@ -165,8 +165,10 @@ const mmioTarget: FuzzTarget = {
   },
 };
 
-// One image for the block target, created on first use and removed at exit.
+// One image for the block target, created on its first iteration; the target's close()
+// closes the backend's file and removes the image (the next run makes them again).
 let blockDriver: FakeDriver | undefined;
+let blockBackend: BlockBackend | undefined;
 let imagePath = "";
 const IMAGE_SECTORS = 64;
 
@@ -174,10 +176,18 @@ function blockSetup(): FakeDriver {
   if (blockDriver) return blockDriver;
   imagePath = Deno.makeTempFileSync({ prefix: "virtio-fuzz-", suffix: ".img" });
   Deno.writeFileSync(imagePath, new Uint8Array(IMAGE_SECTORS * 512));
-  globalThis.addEventListener("unload", () => Deno.removeSync(imagePath));
   const spec = { kind: "block" as const, path: imagePath };
-  blockDriver = new FakeDriver(blockFront(spec), new BlockBackend(spec));
+  blockBackend = new BlockBackend(spec);
+  blockDriver = new FakeDriver(blockFront(spec), blockBackend);
   return blockDriver;
+}
+
+function blockClose(): void {
+  blockBackend?.close();
+  blockBackend = undefined;
+  blockDriver = undefined;
+  if (imagePath) Deno.removeSync(imagePath);
+  imagePath = "";
 }
 
 function randomRequest(rng: Prng): Buf[] {
@@ -202,6 +212,7 @@ function randomRequest(rng: Prng): Buf[] {
 const blockTarget: FuzzTarget = {
   name: "virtio-blk",
   allowed: [],
+  close: blockClose,
   run(rng) {
     const d = blockSetup();
     d.ram.fill(0, 0, WINDOW);
