@@ -4,23 +4,28 @@
  * Search order:
  * 1. the path given to {@linkcode loadNative} or in `DENO_KVM_LIB`;
  * 2. when this module is a `file:` URL, `native/build/libkvm_shim.so` beside
- *    the sources (what `deno task build` produces);
+ *    the sources (what `deno task build` produces), when it is newer than its
+ *    source;
  * 3. otherwise a build in the per-user cache (`$DENO_KVM_CACHE`, or
  *    `$XDG_CACHE_HOME/deno-kvm`, or `~/.cache/deno-kvm`) keyed by the hash of
  *    the C source, compiled with `cc` on first use. The source is read from
- *    disk for a `file:` import and fetched for an `https:` one (JSR), since
- *    `Deno.dlopen` only loads files from the local disk. For a remote import
- *    the key is {@linkcode SHIM_SOURCE_HASH}, known without the source: once
- *    a build is cached, `Kvm.open()` finds it synchronously (no
- *    `loadNative()`) and nothing is fetched again, so later runs work offline.
+ *    disk for a `file:` import (a checkout may have edited it) and otherwise
+ *    taken from {@linkcode SHIM_SOURCE}, shipped inside the module: a JSR
+ *    import needs no network for it, and the first `Kvm.open()` builds the
+ *    shim itself (synchronously). Later runs find the build by
+ *    {@linkcode SHIM_SOURCE_HASH} and work offline without `cc`.
  *
- * A cached build is loaded only when the directory and the file belong to the
- * current user and are not writable by group or others (otherwise loading is
- * refused with the path: someone else could have planted the library), and
- * when its SHA-256 matches the one written beside it at build time (a
- * truncated or altered build is rebuilt, never `dlopen`ed: a truncated
- * library would crash the process with SIGBUS). Builds happen in a fresh
- * private temporary directory, never through predictable names.
+ * {@linkcode loadNative} is optional: it does the same with `cc` running
+ * asynchronously, so a first use does not block the thread while compiling.
+ *
+ * A build (the local one or a cached one) is loaded only when it and its
+ * directory belong to the current user and are not writable by group or
+ * others (otherwise loading is refused with the path: someone else could
+ * have planted the library). A cached build must also match the SHA-256
+ * written beside it at build time (a truncated or altered build is rebuilt,
+ * never `dlopen`ed: a truncated library would crash the process with
+ * SIGBUS). Builds happen in a fresh private temporary directory, never
+ * through predictable names.
  *
  * @module
  */
@@ -35,8 +40,9 @@ import {
 } from "../cache_dir.ts";
 import { type NativeSymbols, SHIM_VERSION, symbols } from "./symbols.ts";
 import { SHIM_SOURCE_HASH } from "./shim_hash.ts";
+import { SHIM_SOURCE } from "./shim_source.ts";
 
-export { SHIM_SOURCE_HASH };
+export { SHIM_SOURCE, SHIM_SOURCE_HASH };
 
 /** Raised when the native shim cannot be found, built or loaded. */
 export class NativeLoadError extends Error {
@@ -62,58 +68,78 @@ export const CC_FLAGS = ["-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror
 let loaded: Deno.DynamicLibrary<typeof symbols> | undefined;
 
 /**
- * The loaded shim, loading it synchronously on first use. Throws a
- * {@linkcode NativeLoadError} when the source would have to be fetched over the
- * network (a JSR import whose cache is cold): call {@linkcode loadNative} first.
+ * The loaded shim, loading it synchronously on first use: from the local
+ * build, the cache, or, on a cold cache, compiled with `cc` right here (the
+ * thread blocks for the compile, about a second, once per shim version).
  */
 export function native(): NativeSymbols {
   if (loaded) return loaded.symbols;
   checkPlatform();
   const explicit = envPath();
   if (explicit) return open(explicit);
-  if (SOURCE_URL.protocol === "file:") {
-    const local = LOCAL_BUILD.pathname;
-    if (exists(local) && isFresh(local)) return open(local);
-    // No build could be loaded without --allow-ffi: name that flag before the cache asks for
-    // --allow-write (as it did in a fresh clone, where there is no local build yet).
-    requireFfi(cacheDir());
-    return open(buildCached(readSource()));
-  }
-  const dir = cacheDir();
-  const cached = cachedBuild(dir, SHIM_SOURCE_HASH);
-  if (cached) return open(cached);
-  throw new NativeLoadError(
-    `no build of the native shim (version ${SHIM_VERSION}) is cached in ${dir}; ` +
-      `it must be fetched from ${SOURCE_URL.href} and compiled once: ` +
-      "call `await loadNative()` before the first `Kvm.open()`, or set DENO_KVM_LIB",
-  );
+  const found = locate();
+  return open(typeof found === "string" ? found : buildSync(found));
 }
 
 /**
- * Loads the shim, fetching and compiling its source when needed. Safe to call
- * more than once; only the first call does work.
+ * Loads the shim, compiling it when needed with `cc` running asynchronously
+ * (the thread stays free). Optional: `Kvm.open()` loads it on first use
+ * anyway. Safe to call more than once; only the first call does work.
  */
 export async function loadNative(options: LoadOptions = {}): Promise<void> {
   if (loaded) return;
   checkPlatform();
   const explicit = options.path ?? envPath();
   if (explicit) return void open(explicit);
-  if (SOURCE_URL.protocol === "file:") return void native();
-  // A build of this shim version is cached: use it, offline.
-  const cached = cachedBuild(cacheDir(), SHIM_SOURCE_HASH);
-  if (cached) return void open(cached);
-  let source: string;
-  try {
-    const response = await fetch(SOURCE_URL);
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    source = await response.text();
-  } catch (cause) {
+  const found = locate();
+  const path = typeof found === "string" ? found : await buildAsync(found);
+  // Another caller may have loaded it while cc ran.
+  if (!loaded) open(path);
+}
+
+/** A build the cache lacks: where it goes, under which key, from which source. */
+interface Build {
+  dir: string;
+  key: string;
+  source: string;
+}
+
+/**
+ * The path of a trusted build to load, or the {@linkcode Build} to make:
+ * the one search both loaders share (see the module's documentation).
+ */
+function locate(): string | Build {
+  if (SOURCE_URL.protocol === "file:") {
+    const local = LOCAL_BUILD.pathname;
+    // No build could be loaded without --allow-ffi: name that flag before the trust check
+    // asks for --allow-sys or the cache for --allow-write (as in a fresh clone).
+    if (exists(local) && isFresh(local)) {
+      requireFfi(local);
+      checkLocalBuild(local);
+      return local;
+    }
+    requireFfi(cacheDir());
+  }
+  const dir = cacheDir();
+  const source = localSource() ?? SHIM_SOURCE;
+  const key = source === SHIM_SOURCE ? SHIM_SOURCE_HASH : shimSourceHash(source);
+  return cachedBuild(dir, key) ?? { dir, key, source };
+}
+
+/**
+ * Refuses the local build `path` unless it and its directory are the
+ * current user's and not writable by group or others: the same trust the
+ * cache demands (a build anyone else could replace would run their code).
+ */
+function checkLocalBuild(path: string): void {
+  const dir = path.slice(0, path.lastIndexOf("/"));
+  const problem = untrustedReason(dir, "directory") ?? untrustedReason(path, "file");
+  if (problem) {
     throw new NativeLoadError(
-      `cannot fetch the native shim's source ${SOURCE_URL.href}: ${describe(cause)}`,
-      { cause },
+      `refusing to load the local native shim ${path}: ${problem}. ` +
+        "Fix its owner and mode (chmod go-w), or remove it and run `deno task build`",
     );
   }
-  open(buildCached(source));
 }
 
 /** Path of the shared library in use, or undefined before loading. */
@@ -158,10 +184,16 @@ function envPath(): string | undefined {
   }
 }
 
-function readSource(): string {
+/**
+ * The shim's source beside this module in a checkout (`file:` import), or
+ * undefined where there is none: then the built-in {@linkcode SHIM_SOURCE}.
+ */
+function localSource(): string | undefined {
+  if (SOURCE_URL.protocol !== "file:") return undefined;
   try {
     return Deno.readTextFileSync(SOURCE_URL);
   } catch (cause) {
+    if (cause instanceof Deno.errors.NotFound) return undefined;
     throw new NativeLoadError(
       `cannot read ${SOURCE_URL.pathname}: ${describe(cause)}${permissionHint(cause, "read")}`,
       { cause },
@@ -190,10 +222,6 @@ function cacheDir(): string {
   return dir;
 }
 
-function buildCached(source: string): string {
-  return cachedShim(source, cacheDir());
-}
-
 /**
  * The path of a verified build of `source` in the cache directory `dir`,
  * compiling it when there is none or the one there fails its SHA-256 check
@@ -204,7 +232,7 @@ function buildCached(source: string): string {
  */
 export function cachedShim(source: string, dir: string): string {
   const hash = shimSourceHash(source);
-  return cachedBuild(dir, hash) ?? buildInCache(source, dir, hash);
+  return cachedBuild(dir, hash) ?? buildSync({ dir, key: hash, source });
 }
 
 /**
@@ -250,7 +278,47 @@ function cachePath(dir: string, hash: string): string {
   return `${dir}/libkvm_shim-${hash}.so`;
 }
 
-function buildInCache(source: string, dir: string, key: string): string {
+/** Runs {@linkcode buildSteps} with `cc` on this thread; returns the build's path. */
+function buildSync(build: Build): string {
+  const steps = buildSteps(build);
+  let step = steps.next();
+  while (!step.done) {
+    try {
+      compile(...step.value);
+    } catch (e) {
+      step = steps.throw(e); // cleans up and rethrows
+      continue;
+    }
+    step = steps.next();
+  }
+  return step.value;
+}
+
+/** Runs {@linkcode buildSteps} with `cc` as a child process awaited; returns the build's path. */
+async function buildAsync(build: Build): Promise<string> {
+  const steps = buildSteps(build);
+  let step = steps.next();
+  while (!step.done) {
+    try {
+      await compileAsync(...step.value);
+    } catch (e) {
+      step = steps.throw(e);
+      continue;
+    }
+    step = steps.next();
+  }
+  return step.value;
+}
+
+/**
+ * The one build into the cache, for both loaders: it yields the
+ * `[source, output]` paths where `cc` must run, so {@linkcode native} runs
+ * it synchronously and {@linkcode loadNative} awaits it, and returns the
+ * verified build's path. Everything happens in a fresh private temporary
+ * directory; the build and its SHA-256 are renamed into place.
+ */
+function* buildSteps(build: Build): Generator<[string, string], string, void> {
+  const { dir, key, source } = build;
   const path = cachePath(dir, key);
   let tmp: string | undefined;
   try {
@@ -258,7 +326,7 @@ function buildInCache(source: string, dir: string, key: string): string {
     tmp = Deno.makeTempDirSync({ dir, prefix: ".build-" });
     const src = writeExclusive(tmp, new TextEncoder().encode(source), "kvm_shim-", ".c");
     const lib = `${tmp}/libkvm_shim.so`;
-    compile(src, lib);
+    yield [src, lib];
     const hash = writeExclusive(tmp, new TextEncoder().encode(sha256Hex(Deno.readFileSync(lib))));
     Deno.renameSync(lib, path);
     Deno.renameSync(hash, `${path}.sha256`);
@@ -283,28 +351,62 @@ function buildInCache(source: string, dir: string, key: string): string {
   return path;
 }
 
+function ccCommand(source: string, output: string): Deno.Command {
+  return new Deno.Command("cc", {
+    args: [...CC_FLAGS, "-o", output, source],
+    stdout: "null",
+    stderr: "piped",
+  });
+}
+
 /** Compiles the shim with `cc`; used by the loader and `deno task build`. */
 export function compile(source: string, output: string): void {
   let result: Deno.CommandOutput;
   try {
-    result = new Deno.Command("cc", { args: [...CC_FLAGS, "-o", output, source] }).outputSync();
+    result = ccCommand(source, output).outputSync();
   } catch (cause) {
-    if (cause instanceof Deno.errors.NotFound) {
-      throw new NativeLoadError(
-        "the native shim must be compiled but `cc` is not installed: " +
-          "install a C compiler (Debian: `apt-get install gcc`) or set DENO_KVM_LIB",
-        { cause },
-      );
-    }
-    throw new NativeLoadError(
-      `cannot run cc: ${describe(cause)}${permissionHint(cause, "run=cc")}`,
+    throw ccFailure(cause);
+  }
+  ccDone(source, output, result);
+}
+
+/** {@linkcode compile} with `cc` awaited: the calling thread stays free. */
+export async function compileAsync(source: string, output: string): Promise<void> {
+  let result: Deno.CommandOutput;
+  try {
+    result = await ccCommand(source, output).output();
+  } catch (cause) {
+    throw ccFailure(cause);
+  }
+  ccDone(source, output, result);
+}
+
+function ccFailure(cause: unknown): NativeLoadError {
+  if (cause instanceof Deno.errors.NotFound) {
+    return new NativeLoadError(
+      "the native shim must be compiled but `cc` is not installed: " +
+        "install a C compiler (Debian: `apt-get install gcc`) or set DENO_KVM_LIB",
       { cause },
     );
   }
+  return new NativeLoadError(
+    `cannot run cc: ${describe(cause)}${permissionHint(cause, "run=cc")}`,
+    { cause },
+  );
+}
+
+function ccDone(source: string, output: string, result: Deno.CommandOutput): void {
   if (!result.success) {
     throw new NativeLoadError(
       `cc failed to compile ${source}:\n${new TextDecoder().decode(result.stderr)}`,
     );
+  }
+  // cc creates the file with the umask's mode; the loader refuses a group- or world-writable
+  // build, so drop those bits whatever the umask (002 on some systems).
+  try {
+    Deno.chmodSync(output, 0o755);
+  } catch (cause) {
+    throw new NativeLoadError(`cannot chmod ${output}: ${describe(cause)}`, { cause });
   }
 }
 

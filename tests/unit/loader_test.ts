@@ -62,3 +62,83 @@ Deno.test("a copy without a local build is compiled into the cache; without cc i
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+/** A copy of the sources (no local build) in a fresh directory, removed afterwards. */
+async function withCopy(fn: (dir: string) => Promise<void>, withSource = true) {
+  const dir = await Deno.makeTempDir({ prefix: "kvm-loader-" });
+  try {
+    await Deno.mkdir(`${dir}/native`);
+    if (withSource) await Deno.copyFile(`${root}/native/kvm_shim.c`, `${dir}/native/kvm_shim.c`);
+    await new Deno.Command("cp", { args: ["-r", `${root}/src`, `${root}/mod.ts`, dir] }).output();
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("a local build is loaded only when it and its directory are not group/world-writable", async () => {
+  await withCopy(async (dir) => {
+    const build = `${dir}/native/build`;
+    await Deno.mkdir(build, { mode: 0o755 });
+    await Deno.chmod(build, 0o755);
+    const cc = await new Deno.Command("cc", {
+      args: [
+        "-O2",
+        "-fPIC",
+        "-shared",
+        "-o",
+        `${build}/libkvm_shim.so`,
+        `${dir}/native/kvm_shim.c`,
+      ],
+    }).output();
+    ok(cc.success, new TextDecoder().decode(cc.stderr));
+    // An empty cache: a refused local build must not be quietly replaced by a cached one.
+    const env = { DENO_KVM_CACHE: `${dir}/cache`, DENO_KVM_LIB: "" };
+    const probe = () => runDeno(["eval", "--no-check", "-A", PROBE], env, dir);
+
+    await Deno.chmod(`${build}/libkvm_shim.so`, 0o757);
+    let run = await probe();
+    ok(run.text.includes("NativeLoadError: refusing to load the local native shim"), run.text);
+    ok(run.text.includes("writable by others"), run.text);
+
+    await Deno.chmod(`${build}/libkvm_shim.so`, 0o755);
+    await Deno.chmod(build, 0o775);
+    run = await probe();
+    ok(run.text.includes("refusing to load the local native shim"), run.text);
+    ok(run.text.includes(`${build} is writable by its group`), run.text);
+
+    await Deno.chmod(build, 0o755);
+    if (Deno.uid() === 0) {
+      // Root can hand the file to someone else: another user's build is refused too.
+      await Deno.chown(`${build}/libkvm_shim.so`, 65534, null);
+      run = await probe();
+      ok(run.text.includes("is owned by uid 65534, not by the current user"), run.text);
+      await Deno.chown(`${build}/libkvm_shim.so`, 0, null);
+    }
+    run = await probe();
+    ok(run.text.includes("KvmError: KVM_GET_API_VERSION failed: ENOTTY"), run.text);
+  });
+});
+
+Deno.test("without the C file on disk the built-in source is compiled, by Kvm.open() or loadNative()", async () => {
+  await withCopy(async (dir) => {
+    const { SHIM_SOURCE_HASH } = await import("../../src/ffi/shim_hash.ts");
+    for (const [what, before] of [["sync", ""], ["async", "await loadNative();\n"]]) {
+      const cache = `${dir}/cache-${what}`;
+      const script = `import { loadNative } from "./mod.ts";\n${before}${PROBE}`;
+      const run = await runDeno(
+        ["eval", "--no-check", "-A", script],
+        { DENO_KVM_CACHE: cache, DENO_KVM_LIB: "" },
+        dir,
+      );
+      ok(run.text.includes("KvmError: KVM_GET_API_VERSION failed: ENOTTY"), `${what}: ${run.text}`);
+      const files = [...Deno.readDirSync(cache)].map((e) => e.name).sort();
+      strictEqual(
+        files.join(" "),
+        `libkvm_shim-${SHIM_SOURCE_HASH}.so libkvm_shim-${SHIM_SOURCE_HASH}.so.sha256`,
+        `${what}: the build is keyed by SHIM_SOURCE_HASH`,
+      );
+      strictEqual(Deno.statSync(`${cache}/${files[0]}`).mode! & 0o777, 0o755);
+    }
+  }, false);
+});
