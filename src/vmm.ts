@@ -29,6 +29,7 @@ export {
   VIRTIO_MAX_DEVICES,
   VIRTIO_MMIO_BASE,
   type VirtioDisk,
+  type VirtioNet,
 } from "./boot/linux.ts";
 export {
   type MultibootExit,
@@ -271,6 +272,7 @@ export {
 export type {
   BlockSpec,
   ConsoleSpec,
+  NetSpec,
   RngSpec,
   VirtioBackend,
   VirtioDeviceSpec,
@@ -304,4 +306,13 @@ export {
   type ConsoleRings,
   createConsoleRings,
 } from "./devices/virtio/console.ts";
+export {
+  defaultMac,
+  NET_HEADER_BYTES,
+  NET_MAX_FRAME,
+  NetBackend,
+  netFront,
+  type PacketPort,
+} from "./devices/virtio/net.ts";
+export { openTap, TapPort } from "./devices/virtio/tap.ts";
 export { createBackend, frontOf } from "./devices/virtio/specs.ts";
