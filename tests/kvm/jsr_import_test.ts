@@ -1,16 +1,24 @@
 // Issue 13: the library met the way a JSR user meets it. A local HTTP server
-// serves exactly the published file set (deno.json "publish.include"); a child
-// `deno run` with a fresh DENO_DIR, a fresh DENO_KVM_CACHE, no DENO_KVM_LIB and
-// the README's permissions imports `http://127.0.0.1:<port>/mod.ts`, runs a
-// tiny real-mode guest and a 2-vCPU KvmContext (its Workers load the shim too)
-// and prints what the guests wrote. The first run fetches and compiles the
-// shim (`loadNative()`); later runs, with the server stopped, work offline from
-// the cached shim and Deno's module cache, and `Kvm.open()` needs no
-// `loadNative()` at all.
+// serves exactly the published file set (deno.json "publish.include"); child
+// `deno run`s with a fresh DENO_DIR, a fresh DENO_KVM_CACHE, no DENO_KVM_LIB
+// and the README's permissions import `http://127.0.0.1:<port>/...`:
+// - `mod.ts` with NO `loadNative()` call: the first `Kvm.open()` compiles the
+//   shim from the source shipped inside the module (nothing is fetched for
+//   it) and runs a tiny real-mode guest and a 2-vCPU KvmContext (its Workers
+//   load the shim too);
+// - `src/vmm.ts` (the `./vmm` export), on another empty cache: a 2-vCPU
+//   LinuxMachine whose "kernel" spins forever, run with a 2 s `timeoutMs`
+//   that must fire (reason "timeout") and close cleanly: its AP Worker and
+//   the watchdog must find the shim the main thread built;
+// - `src/cli/boot_linux.ts` (the `./cli` export) prints its `--help`.
+// Later runs, with the server stopped and `cc` off the PATH, work offline
+// from the cached shim and Deno's module cache, with and without
+// `loadNative()`.
 
 import { ok, strictEqual } from "node:assert/strict";
+import { lacksCap } from "./kvm_features.ts";
 
-const name = "jsr import: fetched and compiled once, then offline without loadNative()";
+const name = "jsr import: no loadNative(), compiled once from the shipped source, then offline";
 const root = new URL("../../", import.meta.url);
 
 function skipReason(): string | undefined {
@@ -24,7 +32,7 @@ function skipReason(): string | undefined {
   } catch (e) {
     return `/dev/kvm is not usable: ${e instanceof Error ? e.message : e}`;
   }
-  return undefined;
+  return lacksCap("IRQCHIP"); // LinuxMachine needs the in-kernel interrupt controllers
 }
 
 const reason = skipReason();
@@ -100,8 +108,39 @@ console.log("stops " + result.vcpus.map((v) => v.stop.kind).join(","));
 console.log("vcpus " + seen.sort().join(" "));
 `;
 
+// A 2-vCPU LinuxMachine whose kernel (a minimal ELF entered in 64-bit mode at 2 MiB) spins on
+// `pause; jmp` forever: only the run's timeout ends it, whatever the KVM's speed.
+const LINUX_SCRIPT = (base: string) => `
+import { LinuxMachine } from "${base}/src/vmm.ts";
+
+const LOOP = [0xf3, 0x90, 0xeb, 0xfc]; // pause; jmp back to the pause
+const elf = new Uint8Array(0x100 + LOOP.length);
+const v = new DataView(elf.buffer);
+elf.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1], 0); // ELF, 64-bit, little-endian, version 1
+v.setUint16(16, 2, true); // ET_EXEC
+v.setUint16(18, 62, true); // EM_X86_64
+v.setBigUint64(24, 0x200000n, true); // e_entry
+v.setBigUint64(32, 64n, true); // e_phoff
+v.setUint16(54, 56, true); // e_phentsize
+v.setUint16(56, 1, true); // e_phnum
+v.setUint32(64, 1, true); // PT_LOAD
+v.setBigUint64(64 + 8, 0x100n, true); // p_offset
+v.setBigUint64(64 + 16, 0x200000n, true); // p_vaddr
+v.setBigUint64(64 + 24, 0x200000n, true); // p_paddr
+v.setBigUint64(64 + 32, BigInt(LOOP.length), true); // p_filesz
+v.setBigUint64(64 + 40, BigInt(LOOP.length), true); // p_memsz
+elf.set(LOOP, 0x100);
+{
+  using machine = LinuxMachine.create({ kernel: elf, memorySize: 64 << 20, cpus: 2, probeCpu: false });
+  const exit = await machine.run({ timeoutMs: 2000 });
+  console.log("linux exit " + exit.reason);
+}
+console.log("linux closed");
+`;
+
 interface ChildResult {
   code: number;
+  stdout: string;
   text: string;
 }
 
@@ -122,31 +161,39 @@ Deno.test({ name, ignore: reason !== undefined }, async () => {
     const port = server.addr.port;
     const base = `http://127.0.0.1:${port}`;
     await Deno.writeTextFile(`${temp}/main.ts`, SCRIPT(base));
+    await Deno.writeTextFile(`${temp}/linux.ts`, LINUX_SCRIPT(base));
     await Deno.mkdir(`${temp}/home`);
-    const env = {
-      PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
-      DENO_KVM_CACHE: `${temp}/kvm_cache`,
-    };
-    const child = (mode: "load" | "open") => runChild(temp, port, mode, env.PATH);
-    // Cold cache, no loadNative(): Kvm.open() says what to do.
-    const cold = await child("open");
-    ok(cold.code !== 0, `without loadNative() on a cold cache the child fails:\n${cold.text}`);
-    ok(cold.text.includes("await loadNative()"), `the error says what to do:\n${cold.text}`);
+    const cache = `${temp}/kvm_cache`;
+    const child = (mode: "load" | "open") => runChild(temp, port, ["main.ts", mode], { cache });
 
-    // First run: loadNative() fetches the shim's source and compiles it.
-    expectGuests(await child("load"), "the first run");
-    ok(requests.includes("/native/kvm_shim.c"), "the first run fetched the shim's source");
+    // Empty cache, no loadNative(): Kvm.open() builds the shim from the shipped source.
+    expectGuests(await child("open"), "the first run, without loadNative()");
+    ok(!requests.includes("/native/kvm_shim.c"), `nothing fetched the C file: ${requests}`);
     ok(
-      [...Deno.readDirSync(env.DENO_KVM_CACHE)].some((e) => /^libkvm_shim-\w+\.so$/.test(e.name)),
+      [...Deno.readDirSync(cache)].some((e) => /^libkvm_shim-\w+\.so$/.test(e.name)),
       "the shim is cached",
     );
+
+    // ./vmm on its own empty cache: 2 vCPUs, the timeout fires, everything closes.
+    const linux = await runChild(temp, port, ["linux.ts"], { cache: `${temp}/kvm_cache_linux` });
+    strictEqual(linux.code, 0, `the LinuxMachine child exits 0:\n${linux.text}`);
+    ok(linux.text.includes("linux exit timeout\n"), `the timeout fires:\n${linux.text}`);
+    ok(linux.text.includes("linux closed\n"), `the machine closes:\n${linux.text}`);
+
+    // ./cli: --help on stdout.
+    const help = await runChild(temp, port, [`${base}/src/cli/boot_linux.ts`, "--help"], {
+      cache,
+    });
+    strictEqual(help.code, 0, `cli --help exits 0:\n${help.text}`);
+    ok(help.stdout.includes("--kernel"), `cli --help lists --kernel on stdout:\n${help.text}`);
   } finally {
     await server.shutdown();
   }
   try {
     // Offline: the server is gone and `cc` off the PATH; the same caches serve both runs.
-    const port = /127\.0\.0\.1:(\d+)/.exec(await Deno.readTextFile(`${temp}/main.ts`))![1];
-    const offline = (mode: "load" | "open") => runChild(temp, Number(port), mode, "/nonexistent");
+    const port = Number(/127\.0\.0\.1:(\d+)/.exec(await Deno.readTextFile(`${temp}/main.ts`))![1]);
+    const offline = (mode: "load" | "open") =>
+      runChild(temp, port, ["main.ts", mode], { cache: `${temp}/kvm_cache`, path: "/nonexistent" });
     expectGuests(await offline("open"), "offline, Kvm.open() without loadNative()");
     expectGuests(await offline("load"), "offline, with loadNative()");
   } finally {
@@ -154,12 +201,15 @@ Deno.test({ name, ignore: reason !== undefined }, async () => {
   }
 });
 
-/** `deno run` of the user's script with the README's permissions and fresh caches under `temp`. */
+/**
+ * `deno run` of `args` (a script and its arguments) with the README's permissions, fresh
+ * caches under `temp`, the shim cache `cache`, and `path` as PATH (default: ours, with `cc`).
+ */
 async function runChild(
   temp: string,
   port: number,
-  mode: "load" | "open",
-  path: string,
+  args: string[],
+  { cache, path = Deno.env.get("PATH") ?? "/usr/bin:/bin" }: { cache: string; path?: string },
 ): Promise<ChildResult> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
@@ -171,9 +221,7 @@ async function runChild(
       "--allow-write",
       "--allow-env",
       "--allow-run=cc",
-      `--allow-net=127.0.0.1:${port}`,
-      "main.ts",
-      mode,
+      ...args,
     ],
     cwd: temp,
     clearEnv: true,
@@ -181,13 +229,15 @@ async function runChild(
       PATH: path,
       HOME: `${temp}/home`,
       DENO_DIR: `${temp}/deno_dir`,
-      DENO_KVM_CACHE: `${temp}/kvm_cache`,
+      DENO_KVM_CACHE: cache,
       NO_COLOR: "1",
     },
     stdin: "null",
+    // A wedged child fails the test instead of hanging it.
+    signal: AbortSignal.timeout(300_000),
   }).output();
-  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
-  return { code: out.code, text };
+  const stdout = new TextDecoder().decode(out.stdout);
+  return { code: out.code, stdout, text: stdout + new TextDecoder().decode(out.stderr) };
 }
 
 function expectGuests(run: ChildResult, what: string): void {
