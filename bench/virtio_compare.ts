@@ -1,0 +1,524 @@
+/**
+ * virtio throughput comparison (issue 16): this library's VMM (the boot CLI,
+ * `examples/boot_linux.ts --disk IMG --net TAP`, virtio-mmio described in the
+ * DSDT) against QEMU (`-accel kvm`, `virtio-blk-pci` on the same raw image,
+ * `virtio-net-pci` on a tap; QEMU's devices sit on PCI), in one run, same
+ * kernel (Debian's 6.1, `/vmlinuz`), initramfs, vCPUs and memory. Each boot is
+ * a fresh process; the ways alternate round by round.
+ *
+ * The guest's `/init` (an initramfs only: no root switch) loads the virtio
+ * modules of both transports (virtio_mmio for ours, virtio_pci for QEMU's),
+ * then measures with a small static helper compiled from the C source below
+ * (busybox has no random-read or timed-send applet) and prints
+ * `VBENCH-RESULT` lines on the serial console:
+ * - sequential read: `read(2)` of the whole disk with `O_DIRECT`, 1 MiB at a
+ *   time (three passes; the median), plus busybox
+ *   `dd if=/dev/vda of=/dev/null bs=1M iflag=direct` as a cross-check;
+ * - 4 KiB random reads: `pread(2)` with `O_DIRECT` at random 4 KiB-aligned
+ *   offsets, one at a time (queue depth 1: IOPS = 1 / the round trip guest →
+ *   device → guest), for a fixed time;
+ * - guest-to-host network: a TCP connection from the guest to a listener of
+ *   this script on the tap's host side, 64 KiB writes for a fixed time; the
+ *   figure is the host's (bytes received between the first byte and EOF), the
+ *   guest's own count is printed beside it.
+ *
+ * Both VMMs get 1 vCPU (a nested SMP boot of QEMU hangs in the sandbox now and
+ * then, bench/RESULTS.md, issue 17) and 256 MiB. The command lines differ in
+ * one word: ours boots with `pci=off` (it has no PCI bus), QEMU's without (its
+ * virtio devices are on PCI). QEMU's disk uses its defaults (`cache=writeback`,
+ * `aio=threads`: the host's page cache, as ours); its tap runs without vhost-net.
+ *
+ * Needs /dev/kvm, root (the tap) and QEMU, so it runs in the sandbox with QEMU
+ * and the guest's files carried in (both git-ignored, made by `--prepare` on a
+ * host with QEMU, gcc with a static libc and the kernel's modules):
+ *
+ * ```
+ * deno run -A bench/virtio_compare.ts --prepare
+ * deno run -A tools/sandbox/sandbox.ts --timeout 2400 --include .cache/qemu-sandbox \
+ *   --include .cache/virtio-bench -- deno run -A --no-check bench/virtio_compare.ts
+ * ```
+ *
+ * `KVM_VIRTIO_BENCH_RUNS` (default 2) sets the rounds; each process is killed
+ * after `KVM_VIRTIO_BENCH_KILL_S` (default 480) seconds. Not part of
+ * `deno task bench` (a sandbox run takes many minutes).
+ *
+ * @module
+ */
+
+import { buildCpio } from "../src/boot/cpio.ts";
+import { hostKernelPath } from "../src/boot/initramfs.ts";
+import { moduleLoadOrder } from "../tools/sandbox/host.ts";
+import { readModule } from "../tools/sandbox/initramfs.ts";
+import { buildQemuBundle } from "../tools/kut/qemu_bundle.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+const QEMU_DIR = `${ROOT}.cache/qemu-sandbox`;
+const BENCH_DIR = `${ROOT}.cache/virtio-bench`;
+const KILL_S = Number(Deno.env.get("KVM_VIRTIO_BENCH_KILL_S") ?? 480);
+const RUNS = Number(Deno.env.get("KVM_VIRTIO_BENCH_RUNS") ?? 2);
+const DISK_MIB = 128;
+const RAND_MS = 3000;
+const NET_MS = 4000;
+const PORT = 5201;
+const HOST_IP = "10.203.9.1";
+const GUEST_IP = "10.203.9.2";
+const TAP = "vbench0";
+const CPUS = 1;
+const MEMORY_MIB = 256;
+
+/** Modules for both transports, disk and network, each after its dependencies (modules.dep). */
+const MODULES = ["virtio_mmio", "virtio_pci", "virtio_blk", "virtio_net"];
+
+/** The guest's measuring helper (compiled static by `--prepare`). */
+const HELPER_C = String.raw`
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+static void *aligned(size_t n) {
+  void *p;
+  if (posix_memalign(&p, 4096, n) != 0) { perror("posix_memalign"); exit(1); }
+  memset(p, 0, n);
+  return p;
+}
+
+static int seq(const char *dev) {
+  int fd = open(dev, O_RDONLY | O_DIRECT);
+  if (fd < 0) { perror(dev); return 1; }
+  void *buf = aligned(1 << 20);
+  long long total = 0;
+  double t0 = now();
+  for (;;) {
+    ssize_t r = read(fd, buf, 1 << 20);
+    if (r < 0) { perror("read"); return 1; }
+    if (r == 0) break;
+    total += r;
+  }
+  double dt = now() - t0;
+  printf("VBENCH-RESULT seq bytes=%lld seconds=%.4f MBps=%.1f\n", total, dt, total / dt / 1e6);
+  close(fd);
+  return 0;
+}
+
+static int rnd(const char *dev, int ms) {
+  int fd = open(dev, O_RDONLY | O_DIRECT);
+  if (fd < 0) { perror(dev); return 1; }
+  unsigned long long size = 0;
+  if (ioctl(fd, BLKGETSIZE64, &size) != 0) { perror("BLKGETSIZE64"); return 1; }
+  unsigned long long blocks = size / 4096;
+  void *buf = aligned(4096);
+  unsigned long long x = 0x9e3779b97f4a7c15ull;
+  long long ops = 0;
+  double t0 = now(), t = t0, end = t0 + ms / 1000.0;
+  while (t < end) {
+    x ^= x << 13; x ^= x >> 7; x ^= x << 17; /* xorshift64 */
+    if (pread(fd, buf, 4096, (off_t)((x % blocks) * 4096)) != 4096) { perror("pread"); return 1; }
+    ops++;
+    t = now();
+  }
+  double dt = t - t0;
+  printf("VBENCH-RESULT rand ops=%lld seconds=%.4f IOPS=%.0f latency_us=%.1f\n", ops, dt,
+         ops / dt, dt / ops * 1e6);
+  close(fd);
+  return 0;
+}
+
+static int net(const char *ip, int port, int ms) {
+  struct sockaddr_in a = {0};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  inet_pton(AF_INET, ip, &a.sin_addr);
+  int fd = -1;
+  /* The host side of the tap gets its address only once the VMM created the tap. */
+  for (int i = 0; i < 600; i++) {
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) break;
+    close(fd);
+    fd = -1;
+    usleep(200000);
+  }
+  if (fd < 0) { printf("VBENCH-RESULT net connect-failed\n"); return 1; }
+  static char buf[65536];
+  memset(buf, 0x5a, sizeof buf);
+  long long total = 0;
+  double t0 = now(), t = t0, end = t0 + ms / 1000.0;
+  while (t < end) {
+    ssize_t w = write(fd, buf, sizeof buf);
+    if (w <= 0) { perror("write"); return 1; }
+    total += w;
+    t = now();
+  }
+  close(fd);
+  double dt = now() - t0;
+  printf("VBENCH-RESULT net bytes=%lld seconds=%.4f Mbps=%.1f\n", total, dt, total * 8 / dt / 1e6);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  setvbuf(stdout, NULL, _IONBF, 0);
+  if (argc == 3 && !strcmp(argv[1], "seq")) return seq(argv[2]);
+  if (argc == 4 && !strcmp(argv[1], "rand")) return rnd(argv[2], atoi(argv[3]));
+  if (argc == 5 && !strcmp(argv[1], "net")) return net(argv[2], atoi(argv[3]), atoi(argv[4]));
+  fprintf(stderr, "usage: vbench seq DEV | rand DEV MS | net IP PORT MS\n");
+  return 2;
+}
+`;
+
+// deno-fmt-ignore
+const INIT = [
+  "#!/bin/busybox sh",
+  "/bin/busybox --install -s /bin",
+  "mount -t proc proc /proc",
+  "mount -t sysfs sysfs /sys",
+  "mount -t devtmpfs devtmpfs /dev",
+  "for m in /modules/*.ko; do insmod $m 2>/dev/null || echo \"insmod $m failed\"; done",
+  "i=0; while [ ! -b /dev/vda ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done", // probing is async
+  "i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done",
+  "echo VBENCH-READY $(cat /sys/block/vda/size 2>/dev/null) sectors",
+  "for p in 1 2 3; do /vbench seq /dev/vda; done",
+  "echo \"VBENCH-RESULT dd $(dd if=/dev/vda of=/dev/null bs=1M iflag=direct 2>&1 | tail -n 1)\"",
+  `/vbench rand /dev/vda ${RAND_MS}`,
+  `ip addr add ${GUEST_IP}/24 dev eth0 && ip link set eth0 up`,
+  `/vbench net ${HOST_IP} ${PORT} ${NET_MS}`,
+  "echo VBENCH-DONE",
+  "poweroff -f",
+].join("\n") + "\n";
+
+function run(cmd: string, args: string[]): string {
+  const r = new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).outputSync();
+  if (!r.success) {
+    throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(r.stderr).trim()}`);
+  }
+  return new TextDecoder().decode(r.stdout);
+}
+
+/** Builds `.cache/virtio-bench` (the initramfs, the tun module) and the QEMU bundle if missing. */
+async function prepare(): Promise<void> {
+  const kernel = hostKernelPath();
+  if (!kernel) throw new Error("no kernel image (install linux-image-amd64)");
+  const version = (await Deno.realPath(kernel)).split("/").pop()!.replace(/^vmlinuz-/, "");
+  const modulesDir = `/lib/modules/${version}`;
+  const dep = await Deno.readTextFile(`${modulesDir}/modules.dep`);
+  const order: string[] = [];
+  for (const t of MODULES) {
+    const o = moduleLoadOrder(dep, t);
+    if (!o) throw new Error(`${modulesDir} has no ${t} module`);
+    for (const p of o) if (!order.includes(p)) order.push(p);
+  }
+  await Deno.mkdir(BENCH_DIR, { recursive: true });
+  const src = `${BENCH_DIR}/vbench.c`;
+  await Deno.writeTextFile(src, HELPER_C);
+  run("cc", ["-O2", "-static", "-Wall", "-o", `${BENCH_DIR}/vbench`, src]);
+  const busybox = await Deno.readFile("/bin/busybox");
+  const helper = await Deno.readFile(`${BENCH_DIR}/vbench`);
+  const initrd = await buildCpio(async (w) => {
+    for (const d of ["bin", "dev", "proc", "sys", "modules"]) await w.dir(d);
+    await w.charDevice("dev/console", 5, 1);
+    await w.file("bin/busybox", busybox, 0o755);
+    await w.file("vbench", helper, 0o755);
+    await w.file("init", new TextEncoder().encode(INIT), 0o755);
+    for (const [i, p] of order.entries()) {
+      const name = `${String(i).padStart(2, "0")}-${
+        p.split("/").pop()!.replace(/\.ko(\.\w+)?$/, "")
+      }.ko`;
+      await w.file(`modules/${name}`, await readModule(`${modulesDir}/${p}`), 0o644);
+    }
+  });
+  await Deno.writeFile(`${BENCH_DIR}/initrd.cpio`, initrd);
+  const tun = moduleLoadOrder(dep, "tun");
+  if (tun) {
+    await Deno.writeFile(`${BENCH_DIR}/tun.ko`, await readModule(`${modulesDir}/${tun.at(-1)}`));
+  }
+  try {
+    Deno.statSync(`${QEMU_DIR}/bin/qemu-system-x86_64`);
+  } catch {
+    await buildQemuBundle(QEMU_DIR);
+  }
+  console.log(`prepared ${BENCH_DIR} (modules: ${order.join(" ")}) and ${QEMU_DIR}`);
+}
+
+/** What one boot measured (-1: not reported). */
+interface Figures {
+  /** Sequential read passes, MB/s. */
+  seq: number[];
+  /** busybox dd's status line. */
+  dd: string;
+  iops: number;
+  latencyUs: number;
+  /** Guest-to-host, Mbit/s, counted by the guest. */
+  netGuest: number;
+  /** Guest-to-host, Mbit/s, counted by this script (first byte to EOF). */
+  netHost: number;
+  /** Spawn to the process's exit, s. */
+  seconds: number;
+  code: number;
+  done: boolean;
+}
+
+const exists = (p: string) => {
+  try {
+    Deno.statSync(p);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/** The receiving side of the guests' streams: one connection at a time, each one's Mbit/s. */
+class Receiver {
+  #listener = Deno.listen({ hostname: "0.0.0.0", port: PORT });
+  /** Mbit/s of each finished connection (first byte to EOF), in order. */
+  readonly rates: number[] = [];
+  #loop = this.#accept();
+
+  async #accept(): Promise<void> {
+    const buf = new Uint8Array(256 * 1024);
+    for (;;) {
+      let conn: Deno.Conn;
+      try {
+        conn = await this.#listener.accept();
+      } catch {
+        return; // closed
+      }
+      let bytes = 0;
+      let first = 0;
+      for (;;) {
+        const n = await conn.read(buf).catch(() => null);
+        if (n === null) break;
+        if (bytes === 0) first = performance.now();
+        bytes += n;
+      }
+      const seconds = (performance.now() - first) / 1000;
+      conn.close();
+      this.rates.push(bytes > 0 && seconds > 0 ? bytes * 8 / seconds / 1e6 : -1);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#listener.close();
+    await this.#loop;
+  }
+}
+
+async function boot(
+  name: string,
+  cmd: string,
+  args: string[],
+  env: Record<string, string>,
+  receiver: Receiver,
+): Promise<Figures> {
+  const t0 = performance.now();
+  const child = new Deno.Command(cmd, {
+    args,
+    env,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const timer = setTimeout(() => child.kill("SIGKILL"), KILL_S * 1000);
+  // The VMM creates the tap: give its host side the address once it appears.
+  let addressed = false;
+  const poll = setInterval(() => {
+    if (addressed || !exists(`/sys/class/net/${TAP}`)) return;
+    try {
+      run("ip", ["addr", "add", `${HOST_IP}/24`, "dev", TAP]);
+      run("ip", ["link", "set", TAP, "up"]);
+      addressed = true;
+    } catch (e) {
+      console.error(`${name}: ${(e as Error).message}`);
+    }
+  }, 200);
+  const before = receiver.rates.length;
+  const stderr = new Response(child.stderr).text();
+  let text = "";
+  const decoder = new TextDecoder();
+  for await (const chunk of child.stdout) text += decoder.decode(chunk, { stream: true });
+  const status = await child.status;
+  clearTimeout(timer);
+  clearInterval(poll);
+  const seconds = (performance.now() - t0) / 1000;
+  const errors = await stderr;
+  // The guest closed its end before powering off; the last bytes may still be on their way.
+  for (let i = 0; i < 20 && receiver.rates.length === before; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const netHost = receiver.rates.length > before ? receiver.rates.at(-1)! : -1;
+  const num = (re: RegExp) => Number(re.exec(text)?.[1] ?? -1);
+  const figures: Figures = {
+    seq: [...text.matchAll(/VBENCH-RESULT seq .*MBps=([\d.]+)/g)].map((m) => Number(m[1])),
+    dd: /VBENCH-RESULT dd (.*)/.exec(text)?.[1].trim() ?? "-",
+    iops: num(/VBENCH-RESULT rand .*IOPS=([\d.]+)/),
+    latencyUs: num(/VBENCH-RESULT rand .*latency_us=([\d.]+)/),
+    netGuest: num(/VBENCH-RESULT net .*Mbps=([\d.]+)/),
+    netHost,
+    seconds,
+    code: status.code,
+    done: text.includes("VBENCH-DONE"),
+  };
+  if (!figures.done) {
+    console.error(`${name}: no VBENCH-DONE (code ${status.code})\n${text.slice(-3000)}\n${errors}`);
+  }
+  return figures;
+}
+
+const median = (xs: number[]) => {
+  const ok = xs.filter((x) => x >= 0).sort((a, b) => a - b);
+  return ok.length === 0 ? -1 : ok[ok.length >> 1];
+};
+
+async function main(): Promise<void> {
+  if (Deno.args.includes("--prepare")) return await prepare();
+  const kernel = hostKernelPath() ?? "/boot/vmlinuz";
+  const initrd = `${BENCH_DIR}/initrd.cpio`;
+  if (!exists(initrd) || !exists(`${QEMU_DIR}/bin/qemu-system-x86_64`)) {
+    throw new Error("run `deno run -A bench/virtio_compare.ts --prepare` first (on the host)");
+  }
+  if (!exists("/dev/net/tun") && exists(`${BENCH_DIR}/tun.ko`)) {
+    new Deno.Command("insmod", { args: [`${BENCH_DIR}/tun.ko`], stderr: "null" }).outputSync();
+  }
+  // The disk: DISK_MIB of a repeated random MiB (not sparse, not zeros) in the page cache.
+  const disk = await Deno.makeTempFile({ suffix: ".img" });
+  {
+    const block = new Uint8Array(1 << 20);
+    for (let i = 0; i < block.length; i += 65536) {
+      crypto.getRandomValues(block.subarray(i, i + 65536));
+    }
+    const f = await Deno.open(disk, { write: true });
+    for (let i = 0; i < DISK_MIB; i++) {
+      block[0] = i; // each MiB differs
+      await f.write(block);
+    }
+    f.close();
+  }
+  const base = "console=ttyS0 panic=-1 quiet";
+  const cache = await Deno.makeTempDir({ prefix: "virtio-bench-cache-" });
+  const env: Record<string, string> = { DENO_KVM_CACHE: cache };
+  const lzma = `${QEMU_DIR}/lib/liblzma.so.5`;
+  if (!Deno.env.get("DENO_KVM_LIBLZMA") && exists(lzma)) env.DENO_KVM_LIBLZMA = lzma;
+  const ours = [
+    "run",
+    "-A",
+    "--no-check",
+    `${ROOT}examples/boot_linux.ts`,
+    "--kernel",
+    kernel,
+    "--initrd",
+    initrd,
+    "--cmdline",
+    `${base} pci=off`,
+    "--memory",
+    `${MEMORY_MIB}M`,
+    "--cpus",
+    String(CPUS),
+    "--disk",
+    disk,
+    "--net",
+    TAP,
+  ];
+  const qemu = [
+    "--library-path",
+    `${QEMU_DIR}/lib`,
+    `${QEMU_DIR}/bin/qemu-system-x86_64`,
+    "-L",
+    `${QEMU_DIR}/share`,
+    "-accel",
+    "kvm",
+    // As bench/boot_compare.ts: QEMU's default model minus paravirtual EOI (nested-KVM hangs).
+    "-cpu",
+    "qemu64,-kvm-pv-eoi",
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    "-serial",
+    "stdio",
+    "-no-reboot",
+    "-m",
+    String(MEMORY_MIB),
+    "-smp",
+    String(CPUS),
+    "-kernel",
+    kernel,
+    "-initrd",
+    initrd,
+    "-append",
+    base,
+    "-drive",
+    `file=${disk},format=raw,if=none,id=d0`,
+    "-device",
+    "virtio-blk-pci,drive=d0",
+    "-netdev",
+    `tap,id=n0,ifname=${TAP},script=no,downscript=no`,
+    // No option ROM (the bundle carries no efi-virtio.rom; a -kernel boot needs none).
+    "-device",
+    "virtio-net-pci,netdev=n0,romfile=",
+  ];
+  const ways: [string, string, string[]][] = [
+    ["deno-kvm (virtio-mmio)", Deno.execPath(), ours],
+    ["qemu (virtio-pci)", `${QEMU_DIR}/lib/ld-linux-x86-64.so.2`, qemu],
+  ];
+  const receiver = new Receiver();
+  const results: Record<string, Figures[]> = Object.fromEntries(ways.map(([n]) => [n, []]));
+  const started = new Date().toISOString();
+  try {
+    for (let i = 0; i < RUNS; i++) {
+      // Alternate which goes first, so neither always meets the warmer host.
+      const order = i % 2 === 0 ? ways : [...ways].reverse();
+      for (const [name, cmd, args] of order) {
+        const f = await boot(name, cmd, args, name.startsWith("qemu") ? {} : env, receiver);
+        console.log(
+          `round ${i + 1}, ${name}: seq ${f.seq.join("/")} MB/s; dd: ${f.dd}; ` +
+            `rand ${f.iops} IOPS (${f.latencyUs} us); net host ${f.netHost.toFixed(1)} ` +
+            `guest ${f.netGuest} Mbit/s; ${f.seconds.toFixed(0)} s, code ${f.code}` +
+            (f.done ? "" : ", INCOMPLETE"),
+        );
+        results[name].push(f);
+      }
+    }
+  } finally {
+    await receiver.close();
+    await Deno.remove(disk);
+    await Deno.remove(cache, { recursive: true });
+  }
+  console.log(
+    `\n${started} - ${new Date().toISOString()}, ${RUNS} rounds, ${CPUS} vCPU, ` +
+      `${MEMORY_MIB} MiB, ${DISK_MIB} MiB raw image; medians over the boots (each boot: median of 3 seq passes)`,
+  );
+  const [oursName, qemuName] = ways.map(([n]) => n);
+  const metric = (label: string, pick: (f: Figures) => number, digits = 0) => {
+    const a = median(results[oursName].map(pick));
+    const b = median(results[qemuName].map(pick));
+    const each = (n: string) => results[n].map((f) => pick(f).toFixed(digits)).join(", ");
+    console.log(
+      `${label.padEnd(34)} ${a.toFixed(digits).padStart(9)} ${b.toFixed(digits).padStart(9)} ` +
+        `${a > 0 && b > 0 ? (a / b).toFixed(2) : "-"}`.padStart(7) +
+        `   (ours ${each(oursName)}; qemu ${each(qemuName)})`,
+    );
+  };
+  console.log(`${"metric".padEnd(34)} ${"deno-kvm".padStart(9)} ${"qemu".padStart(9)}   ratio`);
+  metric("sequential read, MB/s", (f) => median(f.seq), 1);
+  metric("4 KiB random read (QD1), IOPS", (f) => f.iops);
+  metric("  its latency, us (lower is better)", (f) => f.latencyUs, 1);
+  metric("guest-to-host TCP, Mbit/s (host)", (f) => f.netHost, 1);
+  metric("guest-to-host TCP, Mbit/s (guest)", (f) => f.netGuest, 1);
+  for (const [name] of ways) {
+    console.log(`${name} dd: ${results[name].map((f) => f.dd).join(" | ")}`);
+  }
+}
+
+if (import.meta.main) await main();
