@@ -20,9 +20,9 @@ const NOT_RUN_BY_CI: Record<string, string> = {
   "deno add jsr:@deno-kvm/kvm":
     "needs jsr.io (CI has no registry access, and the version under test is not published yet); " +
     "tests/kvm/jsr_import_test.ts imports the published file set over HTTP instead",
-  "deno run --allow-ffi --allow-read --allow-write --allow-env --allow-run=cc --allow-net=jsr.io main.ts":
+  "deno run --allow-ffi --allow-read --allow-write --allow-env --allow-run=cc main.ts":
     "a user's main.ts importing from jsr.io; tests/kvm/jsr_import_test.ts runs such a script " +
-    "with these permissions (--allow-net naming its local server instead of jsr.io)",
+    "with these permissions (and --allow-import naming its local server instead of jsr.io)",
   'deno task boot:linux -- --kernel /vmlinuz --initrd initrd.cpio --cmdline "console=ttyS0" --memory 512M --cpus 2':
     "interactive (a shell on the console until you exit it), and a Linux boot takes most of an " +
     "hour on a software KVM such as kvm_pvm; tests/unit/cli_test.ts runs the CLI, " +
