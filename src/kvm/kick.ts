@@ -62,6 +62,9 @@ export function kickVcpu(target: KickTarget): void {
   Atomics.add(life, kicks, 1);
   try {
     if (Atomics.load(life, vcpuWord(slot, Entry.STATE)) !== LifeState.OPEN) return;
+    // Counted before the flag is set: the runner clears the flag, then reads the count
+    // (VmLife.takeKick), so it either sees this kick now or finds the flag set again.
+    Atomics.add(life, vcpuWord(slot, Entry.KICK_SEQ), 1);
     const at = vcpuWord(slot, Entry.ADDR_LO);
     const runAddress = BigInt(life[at] >>> 0) | (BigInt(life[at + 1] >>> 0) << 32n);
     const immediateExit = Deno.UnsafePointer.create(runAddress + 1n);

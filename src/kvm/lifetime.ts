@@ -54,6 +54,15 @@ export const Entry = {
   ADOPTED: 8,
   /** vCPU: 1 while a worker's guest-RAM views hold the entry. */
   RAM: 9,
+  /**
+   * vCPU: kicks sent, counted before each sets immediate_exit. `run()`
+   * compares it with {@linkcode Entry.KICK_SEEN} after clearing the flag, so
+   * a kick landing at any moment is either seen now or leaves the flag set
+   * for the next `KVM_RUN` (see `Vcpu.run`).
+   */
+  KICK_SEQ: 10,
+  /** vCPU: the {@linkcode Entry.KICK_SEQ} that the runner's last "interrupted" answered. */
+  KICK_SEEN: 11,
 } as const;
 
 /** States of an entry. */
@@ -164,6 +173,22 @@ export class VmLife {
     return Atomics.or(this.words, vcpuWord(slot, Entry.STATE), 0) === LifeState.OPEN;
   }
 
+  /**
+   * For the runner of vCPU `slot`, after it cleared immediate_exit: whether a
+   * kick was sent since its last "interrupted" (and marks it answered). The
+   * read is a read-modify-write, so the caller's plain store clearing the flag
+   * is ordered before it: a kick this read misses stores its flag after the
+   * clear, and the next `KVM_RUN` returns at once and sees it.
+   */
+  takeKick(slot: number): boolean {
+    const w = this.words;
+    const seq = Atomics.or(w, vcpuWord(slot, Entry.KICK_SEQ), 0);
+    const seen = vcpuWord(slot, Entry.KICK_SEEN);
+    if (seq === w[seen]) return false;
+    Atomics.store(w, seen, seq);
+    return true;
+  }
+
   /** The run area's address recorded for vCPU `slot`. */
   runAddress(slot: number): bigint {
     return readU64(this.words, vcpuWord(slot, Entry.ADDR_LO));
@@ -230,6 +255,7 @@ export class VmLife {
       const lib = native();
       const runner = Atomics.load(w, base + Entry.RUNNER);
       const tid = runner === lib.kvm_thread_id() ? 0 : runner;
+      Atomics.add(w, base + Entry.KICK_SEQ, 1);
       lib.kvm_kick(tid, Deno.UnsafePointer.create(this.runAddress(slot) + 1n));
     }
     this.#release(base);

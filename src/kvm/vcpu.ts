@@ -300,9 +300,21 @@ export class Vcpu extends OwnedFd {
         if (this.#runFd < 0) this.fd("KVM_RUN"); // closed: the usual EBADF error
         throw new KvmError("KVM_RUN", -result, this.label);
       }
-      // A kick sets immediate_exit before its signal; a watchdog signal does not.
-      const kicked = this.#runBytes[1] !== 0;
-      this.#runBytes[1] = 0;
+      // Was this EINTR a kick, or only the watchdog's (or an unrelated) signal? Reading
+      // the flag, then clearing it, would lose a kick landing in between (its signal
+      // then taken for the watchdog's, KVM_RUN re-entered). A kick counts itself in the
+      // record before it sets the flag; clearing first and reading the count after
+      // means a kick missed here has set the flag again for the next KVM_RUN.
+      let kicked: boolean;
+      if (this.#life !== undefined) {
+        this.#runBytes[1] = 0;
+        kicked = this.#life.takeKick(this.#slot);
+      } else {
+        // No record (a raw adopt): only the flag tells, as a kick through the
+        // owner's record still sets it.
+        kicked = this.#runBytes[1] !== 0;
+        this.#runBytes[1] = 0;
+      }
       // The owner closed an adopted vCPU (it set immediate_exit after marking it closed,
       // so this check, ordered after the store above, cannot miss it).
       if (this.#adopted && this.#leased && !this.#life!.vcpuOpen(this.#slot)) {
