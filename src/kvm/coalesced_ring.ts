@@ -39,6 +39,12 @@ export class CoalescedRing {
   #bytes: Uint8Array;
   #view: DataView;
   #entry: CoalescedWrite = { address: 0, length: 0, pio: false, data: new Uint8Array(0) };
+  /**
+   * The `data` views, made on first use and kept: index `slot * 9 + length`
+   * (lengths 0..8), so a drain after the first use of each pair allocates
+   * nothing (`subarray` per entry made a new view every time).
+   */
+  #views: (Uint8Array | undefined)[] = new Array(COALESCED_RING_ENTRIES * 9).fill(undefined);
 
   /** @internal Wraps the ring page (no copy). */
   constructor(page: Uint8Array) {
@@ -87,7 +93,8 @@ export class CoalescedRing {
 
   /**
    * Calls `visit` for each queued write, oldest first, and consumes them.
-   * Allocates nothing: the entry object and its `data` view are reused.
+   * Allocates nothing once warm: the entry object is reused, and each `data`
+   * view (one per ring slot and length) is made on its first use and kept.
    * Returns the number of writes visited.
    *
    * The work is bounded: at most one ring's worth of entries
@@ -106,17 +113,25 @@ export class CoalescedRing {
     while (n < COALESCED_RING_ENTRIES - 1 && first !== this.#last(first)) {
       const at = HEADER + first * ENTRY;
       const entry = this.#entry;
-      entry.address = Number(view.getBigUint64(at, true));
+      // Two 32-bit reads: getBigUint64 would allocate a BigInt per entry.
+      entry.address = view.getUint32(at + 4, true) * 0x1_0000_0000 + view.getUint32(at, true);
       entry.length = view.getUint32(at + 8, true);
       entry.pio = view.getUint32(at + 12, true) !== 0;
-      entry.data = this.#bytes.subarray(at + 16, at + 16 + Math.min(entry.length, 8));
-      if (entry.data.length < Math.min(entry.length, 8)) {
-        throw new KvmError(
-          "read coalesced ring",
-          Errno.EBADMSG,
-          `entry ${first} ends past the page`,
-        );
+      const length = Math.min(entry.length, 8);
+      const key = first * 9 + length;
+      let data = this.#views[key];
+      if (data === undefined) {
+        data = this.#bytes.subarray(at + 16, at + 16 + length);
+        if (data.length < length) {
+          throw new KvmError(
+            "read coalesced ring",
+            Errno.EBADMSG,
+            `entry ${first} ends past the page`,
+          );
+        }
+        this.#views[key] = data;
       }
+      entry.data = data;
       visit(entry);
       first = (first + 1) % COALESCED_RING_ENTRIES;
       view.setUint32(0, first, true);
