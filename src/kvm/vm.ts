@@ -459,9 +459,36 @@ export class Vm extends OwnedFd {
     );
   }
 
-  /** Copies `data` into guest RAM at `gpa` (see {@linkcode guestMemory}). */
-  writeGuest(gpa: number, data: ArrayLike<number>): void {
-    this.guestMemory(gpa, data.length).set(data);
+  /**
+   * Copies `data` into guest RAM at `gpa` (see {@linkcode guestMemory}).
+   *
+   * A typed array or DataView is written as its bytes, unchecked (a
+   * `Uint16Array` of 2 elements writes 4 bytes). An array of numbers must hold
+   * integers 0..255: anything else (0.5, -1, 256, NaN, a bigint) is a
+   * KvmError(`EINVAL`) naming `data[i]`, and nothing is written (a typed
+   * array's `set` would have stored 0.5 as 0 and -1 as 255).
+   */
+  writeGuest(gpa: number, data: ArrayLike<number> | ArrayBufferView): void {
+    if (ArrayBuffer.isView(data)) {
+      const bytes = data instanceof Uint8Array
+        ? data
+        : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+      this.guestMemory(gpa, bytes.length).set(bytes);
+      return;
+    }
+    const length = data.length;
+    for (let i = 0; i < length; i++) {
+      const value: unknown = data[i];
+      if (typeof value !== "number" || (value & 0xff) !== value) {
+        const shown = typeof value === "bigint" ? `${value}n` : String(value);
+        throw new KvmError(
+          "write guest memory",
+          Errno.EINVAL,
+          `data[${i}] ${shown} is not an integer 0..0xff`,
+        );
+      }
+    }
+    this.guestMemory(gpa, length).set(data);
   }
 
   /** Copies `length` bytes of guest RAM at `gpa` out (see {@linkcode guestMemory}). */
