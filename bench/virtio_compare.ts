@@ -39,7 +39,7 @@
  * ```
  *
  * `KVM_VIRTIO_BENCH_RUNS` (default 2) sets the rounds; each process is killed
- * after `KVM_VIRTIO_BENCH_KILL_S` (default 480) seconds. Not part of
+ * after `KVM_VIRTIO_BENCH_KILL_S` (default 900) seconds. Not part of
  * `deno task bench` (a sandbox run takes many minutes).
  *
  * @module
@@ -54,7 +54,7 @@ import { buildQemuBundle } from "../tools/kut/qemu_bundle.ts";
 const ROOT = new URL("../", import.meta.url).pathname;
 const QEMU_DIR = `${ROOT}.cache/qemu-sandbox`;
 const BENCH_DIR = `${ROOT}.cache/virtio-bench`;
-const KILL_S = Number(Deno.env.get("KVM_VIRTIO_BENCH_KILL_S") ?? 480);
+const KILL_S = Number(Deno.env.get("KVM_VIRTIO_BENCH_KILL_S") ?? 900);
 const RUNS = Number(Deno.env.get("KVM_VIRTIO_BENCH_RUNS") ?? 2);
 const DISK_MIB = 128;
 const RAND_MS = 3000;
@@ -191,10 +191,14 @@ const INIT = [
   "i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done",
   "echo VBENCH-READY $(cat /sys/block/vda/size 2>/dev/null) sectors",
   "for p in 1 2 3; do /vbench seq /dev/vda; done",
-  "echo \"VBENCH-RESULT dd $(dd if=/dev/vda of=/dev/null bs=1M iflag=direct 2>&1 | tail -n 1)\"",
+  // busybox dd prints no rate: its time (busybox time, 10 ms resolution) over the 128 MiB.
+  "echo \"VBENCH-RESULT dd $( (time dd if=/dev/vda of=/dev/null bs=1M iflag=direct) 2>&1 | grep real)\"",
   `/vbench rand /dev/vda ${RAND_MS}`,
   `ip addr add ${GUEST_IP}/24 dev eth0 && ip link set eth0 up`,
-  `/vbench net ${HOST_IP} ${PORT} ${NET_MS}`,
+  `echo "VBENCH-PING $(ping -c 2 -W 5 ${HOST_IP} 2>&1 | grep -E 'loss|round-trip')"`,
+  // A stalled stream must not hold the boot: the helper is killed after 90 s.
+  `timeout 90 /vbench net ${HOST_IP} ${PORT} ${NET_MS} || echo VBENCH-NET-FAILED $?`,
+  "echo \"VBENCH-NETDEV $(grep eth0 /proc/net/dev)\"",
   "echo VBENCH-DONE",
   "poweroff -f",
 ].join("\n") + "\n";
@@ -256,8 +260,12 @@ async function prepare(): Promise<void> {
 interface Figures {
   /** Sequential read passes, MB/s. */
   seq: number[];
-  /** busybox dd's status line. */
+  /** busybox dd's time. */
   dd: string;
+  /** The guest's diagnostic lines (readiness, ping, network failures, eth0 counters). */
+  notes: string[];
+  /** busybox ping's summary (2 pings to the host over the tap). */
+  ping: string;
   iops: number;
   latencyUs: number;
   /** Guest-to-host, Mbit/s, counted by the guest. */
@@ -362,6 +370,8 @@ async function boot(
   const figures: Figures = {
     seq: [...text.matchAll(/VBENCH-RESULT seq .*MBps=([\d.]+)/g)].map((m) => Number(m[1])),
     dd: /VBENCH-RESULT dd (.*)/.exec(text)?.[1].trim() ?? "-",
+    ping: /VBENCH-PING (.*)/.exec(text)?.[1].trim() ?? "-",
+    notes: text.split("\n").filter((l) => /^VBENCH-(READY|PING|NET)/.test(l)).map((l) => l.trim()),
     iops: num(/VBENCH-RESULT rand .*IOPS=([\d.]+)/),
     latencyUs: num(/VBENCH-RESULT rand .*latency_us=([\d.]+)/),
     netGuest: num(/VBENCH-RESULT net .*Mbps=([\d.]+)/),
@@ -487,6 +497,7 @@ async function main(): Promise<void> {
             `guest ${f.netGuest} Mbit/s; ${f.seconds.toFixed(0)} s, code ${f.code}` +
             (f.done ? "" : ", INCOMPLETE"),
         );
+        for (const note of f.notes) console.log(`  ${note}`);
         results[name].push(f);
       }
     }
@@ -518,6 +529,7 @@ async function main(): Promise<void> {
   metric("guest-to-host TCP, Mbit/s (guest)", (f) => f.netGuest, 1);
   for (const [name] of ways) {
     console.log(`${name} dd: ${results[name].map((f) => f.dd).join(" | ")}`);
+    console.log(`${name} ping: ${results[name].map((f) => f.ping).join(" | ")}`);
   }
 }
 
