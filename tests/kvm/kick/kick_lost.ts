@@ -1,11 +1,11 @@
 // Child of ../kick_lost_test.ts: can a kick be lost while the watchdog is armed?
 //
 // The main thread runs a guest that exits forever, with a long watchdog armed
-// (so an EINTR that was not a kick re-enters KVM_RUN). A Worker sends the
-// kick signal without setting immediate_exit, every few microseconds: exactly
-// what the watchdog's timer sends, so run() sees many EINTRs it must re-enter
-// on. Between those it kicks, one kick at a time, and waits for run() to
-// return "interrupted" for it. A kick landing between run() reading immediate_exit
+// (so an EINTR that was not a kick re-enters KVM_RUN). A Worker's timer sends
+// the kick signal without setting immediate_exit, every few microseconds:
+// exactly what the watchdog's timer sends, so run() sees many EINTRs it must
+// re-enter on. Meanwhile the Worker kicks, one kick at a time, and waits for
+// run() to return "interrupted" for it. A kick landing between run() reading immediate_exit
 // and clearing it was lost: run() took its signal for the watchdog's and
 // re-entered, so the kicker waited in vain. Prints one line per round and
 // exits 1 on the first lost kick.
@@ -15,7 +15,7 @@ import { OUT_LOOP } from "../soundness/common.ts";
 const ROUNDS = Number(Deno.args[0] ?? 20);
 const KICKS = Number(Deno.args[1] ?? 500);
 /** Milliseconds between two watchdog-like signals. */
-const GAP_MS = Number(Deno.args[2] ?? 0.002);
+const GAP_MS = Number(Deno.args[2] ?? 0.01);
 
 /** Control words shared with the worker. */
 const STOP = 0, ACKS = 1, LOST = 2, SENT = 3, READY = 4;
