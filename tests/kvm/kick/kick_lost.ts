@@ -16,6 +16,8 @@ const ROUNDS = Number(Deno.args[0] ?? 20);
 const KICKS = Number(Deno.args[1] ?? 500);
 /** Milliseconds between two watchdog-like signals. */
 const GAP_MS = Number(Deno.args[2] ?? 0.01);
+/** Milliseconds a round kicks at most. */
+const BUDGET_MS = Number(Deno.args[3] ?? 4000);
 
 /** Control words shared with the worker. */
 const STOP = 0, ACKS = 1, LOST = 2, SENT = 3, READY = 4;
@@ -36,7 +38,13 @@ for (let round = 0; round < ROUNDS; round++) {
     type: "module",
   });
   const done = new Promise<void>((resolve) => worker.onmessage = () => resolve());
-  worker.postMessage({ target: vcpu.kickTarget, control, kicks: KICKS, gapMs: GAP_MS });
+  worker.postMessage({
+    target: vcpu.kickTarget,
+    control,
+    kicks: KICKS,
+    gapMs: GAP_MS,
+    budgetMs: BUDGET_MS,
+  });
   while (Atomics.load(control, READY) === 0) await new Promise((r) => setTimeout(r, 1));
 
   let exits = 0;
