@@ -34,7 +34,7 @@
  *
  * ```
  * deno run -A bench/virtio_compare.ts --prepare
- * deno run -A tools/sandbox/sandbox.ts --timeout 2400 --include .cache/qemu-sandbox \
+ * deno run -A tools/sandbox/sandbox.ts --timeout 5400 --include .cache/qemu-sandbox \
  *   --include .cache/virtio-bench -- deno run -A --no-check bench/virtio_compare.ts
  * ```
  *
