@@ -145,7 +145,12 @@ Deno.test(`${CYCLES} create/close cycles leak no fd and no mapping`, () => {
   strictEqual(openFds(), fds, "fd count is unchanged");
   const after = mappings();
   strictEqual(after.vcpu, maps.vcpu, "no vCPU run area stays mapped");
-  // V8 maps and unmaps heap pages on its own, so allow a little drift; a leak
-  // of one mapping per cycle would add hundreds.
-  ok(after.all <= maps.all + 20, `mappings ${maps.all} -> ${after.all}`);
+  // V8 maps and unmaps heap pages on its own (21 more were seen once after
+  // 1000 cycles), so allow some drift, well below what a leak of one mapping
+  // per cycle would add (CYCLES).
+  const drift = Math.max(64, CYCLES / 4);
+  ok(
+    after.all <= maps.all + drift,
+    `mappings ${maps.all} -> ${after.all} (drift allowed ${drift})`,
+  );
 });
