@@ -138,7 +138,16 @@ Deno.test("Linux on a virtio disk: root on ext4 over virtio-blk, a write survive
       ? `dkvm${Deno.pid % 100000}`
       : undefined;
     if (!tap) console.log("no tap (needs root and the ip command): the ping is left out");
-    const first = await boot(kernel, vmlinux, initrd, disk, tap);
+    // The sandbox's emulated SVM now and then crashes a guest in its interrupt entry (README,
+    // "Boot time": a lost KERNEL_GS_BASE); as in linux_boot_test, such a boot is tried again
+    // (the first on a fresh copy of the image), at most three times.
+    const crashed = (r: { text: string }) => r.text.includes("Kernel panic");
+    let first = await boot(kernel, vmlinux, initrd, disk, tap);
+    for (let attempt = 2; attempt <= 3 && crashed(first); attempt++) {
+      console.log(`the guest crashed (attempt ${attempt - 1}); booting again`);
+      await Deno.copyFile(f.rootfs, disk);
+      first = await boot(kernel, vmlinux, initrd, disk, tap);
+    }
     if (first.reason === "timeout" && mips < LINUX_BOOT_MIN_MIPS) {
       return skipWhileRunning(t, `the boot timed out after ${BOOT_TIMEOUT_MS / 1000} s: ${slow}`);
     }
@@ -166,7 +175,11 @@ Deno.test("Linux on a virtio disk: root on ext4 over virtio-blk, a write survive
       throw e;
     }
 
-    const second = await boot(kernel, vmlinux, initrd, disk);
+    let second = await boot(kernel, vmlinux, initrd, disk);
+    for (let attempt = 2; attempt <= 3 && crashed(second); attempt++) {
+      console.log(`the guest crashed on the second boot (attempt ${attempt - 1}); booting again`);
+      second = await boot(kernel, vmlinux, initrd, disk);
+    }
     try {
       ok(second.text.includes(`${MARK.readBack} ${NOTE}`), "the second boot read the note back");
       strictEqual(second.reason, "poweroff");
