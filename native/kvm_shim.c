@@ -17,13 +17,14 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
 
 // Bumped whenever a signature changes, so a stale cached build is detected.
-EXPORT int32_t kvm_shim_version(void) { return 3; }
+EXPORT int32_t kvm_shim_version(void) { return 4; }
 
 EXPORT int32_t kvm_open(const char *path, int32_t flags) {
   int fd = open(path, flags | O_CLOEXEC);
@@ -94,6 +95,35 @@ EXPORT int32_t kvm_write(int32_t fd, const void *buf, uint32_t len) {
   ssize_t n = write(fd, buf, len);
   return n < 0 ? -errno : (int32_t)n;
 }
+
+// preadv(2)/pwritev(2)/readv(2)/writev(2) over `n` struct iovec: a virtio
+// request's buffers in guest RAM in one system call (a disk image at `offset`,
+// a tap's frame behind its virtio-net header). The caller bounds `n` by
+// IOV_MAX and every buffer by guest RAM; a short transfer is the caller's to
+// continue. Return the bytes moved; a transfer above 2 GiB is refused by the
+// kernel's MAX_RW_COUNT cap long before int32_t overflows.
+EXPORT int32_t kvm_preadv(int32_t fd, const void *iov, uint32_t n, uint64_t offset) {
+  ssize_t r = preadv(fd, (const struct iovec *)iov, (int)n, (off_t)offset);
+  return r < 0 ? -errno : (int32_t)r;
+}
+
+EXPORT int32_t kvm_pwritev(int32_t fd, const void *iov, uint32_t n, uint64_t offset) {
+  ssize_t r = pwritev(fd, (const struct iovec *)iov, (int)n, (off_t)offset);
+  return r < 0 ? -errno : (int32_t)r;
+}
+
+EXPORT int32_t kvm_readv(int32_t fd, const void *iov, uint32_t n) {
+  ssize_t r = readv(fd, (const struct iovec *)iov, (int)n);
+  return r < 0 ? -errno : (int32_t)r;
+}
+
+EXPORT int32_t kvm_writev(int32_t fd, const void *iov, uint32_t n) {
+  ssize_t r = writev(fd, (const struct iovec *)iov, (int)n);
+  return r < 0 ? -errno : (int32_t)r;
+}
+
+// fdatasync(2): a virtio-blk flush of an image opened with kvm_open.
+EXPORT int32_t kvm_fdatasync(int32_t fd) { return fdatasync(fd) < 0 ? -errno : 0; }
 
 // poll(2) over `n` struct pollfd: the virtio device thread waits on its
 // eventfd and its tap interfaces at once. Returns the ready count.

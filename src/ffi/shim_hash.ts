@@ -9,4 +9,4 @@
  */
 
 /** FNV-1a 64-bit hash (hex) of `native/kvm_shim.c`. */
-export const SHIM_SOURCE_HASH = "1ac95b049bb51bd6";
+export const SHIM_SOURCE_HASH = "0a3d966507ec3952";

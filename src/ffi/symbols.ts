@@ -9,7 +9,7 @@
  */
 
 /** Version the loader expects from `kvm_shim_version()`. */
-export const SHIM_VERSION = 3;
+export const SHIM_VERSION = 4;
 
 /** Symbols of the shim, as given to `Deno.dlopen`. */
 export const symbols = {
@@ -44,6 +44,19 @@ export const symbols = {
   kvm_read: { parameters: ["i32", "buffer", "u32"], result: "i32" },
   /** `int32_t kvm_write(int32_t fd, const void *buf, uint32_t len)`: write(2) of a buffer. */
   kvm_write: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  /**
+   * `int32_t kvm_preadv(int32_t fd, const struct iovec *iov, uint32_t n, uint64_t offset)`:
+   * preadv(2), bytes read (a short count is the caller's to continue).
+   */
+  kvm_preadv: { parameters: ["i32", "buffer", "u32", "u64"], result: "i32" },
+  /** `int32_t kvm_pwritev(int32_t fd, const struct iovec *iov, uint32_t n, uint64_t offset)`: pwritev(2). */
+  kvm_pwritev: { parameters: ["i32", "buffer", "u32", "u64"], result: "i32" },
+  /** `int32_t kvm_readv(int32_t fd, const struct iovec *iov, uint32_t n)`: readv(2). */
+  kvm_readv: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  /** `int32_t kvm_writev(int32_t fd, const struct iovec *iov, uint32_t n)`: writev(2). */
+  kvm_writev: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  /** `int32_t kvm_fdatasync(int32_t fd)`: fdatasync(2). */
+  kvm_fdatasync: { parameters: ["i32"], result: "i32" },
   /** `int32_t kvm_poll(struct pollfd *fds, uint32_t n, int32_t timeout_ms)`: poll(2). */
   kvm_poll: { parameters: ["buffer", "u32", "i32"], result: "i32" },
   /** `int32_t kvm_thread_id(void)`: the calling thread's kernel tid. */

@@ -13,7 +13,7 @@ import {
 } from "../../src/devices/virtio/block.ts";
 import { MmioReg, Status } from "../../src/devices/virtio/constants.ts";
 import { RNG_MAX_REQUEST, RngBackend, rngFront } from "../../src/devices/virtio/rng.ts";
-import { type Buf, FakeDriver } from "./virtio_driver.ts";
+import { type Buf, FakeDriver, RAM_BASE, RAM_SIZE } from "./virtio_driver.ts";
 
 const SECTORS = 64;
 
@@ -161,6 +161,80 @@ Deno.test(
       strictEqual(request(d, bufs).status, expected, name);
     }
     strictEqual(d.status & Status.DEVICE_NEEDS_RESET, 0);
+  }),
+);
+
+Deno.test(
+  "virtio-blk: one preadv/pwritev per request: the header shares a buffer with the data, the status with the last data, 60 one-sector buffers in an indirect table",
+  withDisk(false, (d, path) => {
+    // Write: header and sectors 20..21 in one readable buffer.
+    const joined = new Uint8Array(16 + 1024);
+    joined.set(header(BlkType.OUT, 20));
+    joined.fill(0xcd, 16);
+    strictEqual(request(d, [{ read: joined }, { write: 1 }]).status, BlkStatus.OK);
+    strictEqual(
+      Deno.readFileSync(path).subarray(20 * 512, 22 * 512).every((b) => b === 0xcd),
+      true,
+    );
+    // Read: sector 7 and the status byte in one writable buffer.
+    const r = request(d, [{ read: header(BlkType.IN, 7) }, { write: 513 }]);
+    strictEqual(r.status, BlkStatus.OK);
+    strictEqual(r.len, 513);
+    strictEqual(d.bytes(r.addrs[1], 512).every((b) => b === 7), true);
+    // Read: sectors 1..60, one per buffer, in an indirect table.
+    const bufs: Buf[] = [{ read: header(BlkType.IN, 1) }];
+    for (let i = 0; i < 60; i++) bufs.push({ write: 512 });
+    bufs.push({ write: 1 });
+    const many = request(d, bufs, true);
+    strictEqual(many.status, BlkStatus.OK);
+    strictEqual(many.len, 60 * 512 + 1);
+    for (let i = 0; i < 60; i++) {
+      const expected = i + 1 === 20 || i + 1 === 21 ? 0xcd : i + 1;
+      strictEqual(
+        d.bytes(many.addrs[1 + i], 512).every((b) => b === expected),
+        true,
+        `sector ${i + 1}`,
+      );
+    }
+  }),
+);
+
+Deno.test(
+  "virtio-blk: an image shortened under the device answers IOERR for what is gone (an early end of file), OK before it",
+  withDisk(false, (d, path) => {
+    Deno.truncateSync(path, 10 * SECTOR_SIZE); // the capacity the driver saw stays 64 sectors
+    strictEqual(
+      request(d, [{ read: header(BlkType.IN, 20) }, { write: 512 }, { write: 1 }]).status,
+      BlkStatus.IOERR,
+      "wholly past the new end",
+    );
+    strictEqual(
+      request(d, [{ read: header(BlkType.IN, 9) }, { write: 512 }, { write: 512 }, { write: 1 }])
+        .status,
+      BlkStatus.IOERR,
+      "a short read, then the end of file",
+    );
+    const ok = request(d, [{ read: header(BlkType.IN, 2) }, { write: 512 }, { write: 1 }]);
+    strictEqual(ok.status, BlkStatus.OK);
+    strictEqual(d.bytes(ok.addrs[1], 512).every((b) => b === 2), true);
+    strictEqual(d.status & Status.DEVICE_NEEDS_RESET, 0);
+  }),
+);
+
+Deno.test(
+  "virtio-blk: a data buffer reaching past guest RAM needs a reset, and nothing is read or written",
+  withDisk(false, (d, path) => {
+    const before = Deno.readFileSync(path);
+    const h = d.alloc(16);
+    d.bytes(h, 16).set(header(BlkType.OUT, 0));
+    const status = d.alloc(1);
+    d.setDesc(0, h, 16, 1, 1);
+    d.setDesc(1, RAM_BASE + RAM_SIZE - 256, 512, 1, 2); // 256 bytes in RAM, 256 past its end
+    d.setDesc(2, status, 1, 2, 0);
+    d.offer(0);
+    d.kick();
+    strictEqual(d.status & Status.DEVICE_NEEDS_RESET, Status.DEVICE_NEEDS_RESET);
+    deepStrictEqual(Deno.readFileSync(path), before);
   }),
 );
 

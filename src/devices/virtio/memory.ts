@@ -31,6 +31,8 @@ export interface RamRegion {
 export class VirtioMemory {
   #regions: RamRegion[];
   #u16: Uint16Array[];
+  /** Each region's host address, found on first use (-1 until then): see {@linkcode hostAddress}. */
+  #hosts: number[];
 
   /**
    * Wraps the regions (they must not overlap; each starts at an even guest
@@ -46,6 +48,7 @@ export class VirtioMemory {
       }
       return new Uint16Array(b.buffer, b.byteOffset, b.length >>> 1);
     });
+    this.#hosts = this.#regions.map(() => -1);
   }
 
   /** The regions. */
@@ -73,6 +76,27 @@ export class VirtioMemory {
     if (i < 0) return null;
     const r = this.#regions[i];
     return r.bytes.subarray(gpa - r.gpa, gpa - r.gpa + length);
+  }
+
+  /**
+   * The host address of guest physical `gpa` when `[gpa, gpa + length)` is
+   * guest RAM whole, else -1: what a `struct iovec` handed to the kernel
+   * (`preadv`, `writev`) points at. The range is checked exactly as by
+   * {@linkcode slice}. A region's address is read once (`Deno.UnsafePointer.of`,
+   * which needs `--allow-ffi`); x86-64 user addresses are below 2^47, so a
+   * number holds them exactly.
+   */
+  hostAddress(gpa: number, length: number): number {
+    const i = this.#find(gpa, length);
+    if (i < 0) return -1;
+    let host = this.#hosts[i];
+    if (host < 0) {
+      const r = this.#regions[i];
+      const p = r.bytes.length > 0 ? Deno.UnsafePointer.of(r.bytes) : null;
+      if (p === null) return -1;
+      host = this.#hosts[i] = Number(Deno.UnsafePointer.value(p));
+    }
+    return host + (gpa - this.#regions[i].gpa);
   }
 
   /**

@@ -34,6 +34,10 @@ export class VirtioError extends Error {
 
 /** Most entries of an indirect descriptor table a device accepts (Linux uses far fewer). */
 export const MAX_INDIRECT_DESCRIPTORS = 1024;
+/** `IOV_MAX`: most `struct iovec`s one `readv`/`preadv` call takes on Linux. */
+export const IOV_MAX = 1024;
+/** Bytes of one `struct iovec` (x86-64: `void *iov_base; size_t iov_len`). */
+export const IOVEC_BYTES = 16;
 
 /** Where a driver put a queue, as written to the transport's registers. */
 export interface QueueConfig {
@@ -61,15 +65,59 @@ export class DescriptorChain {
   readonly buffers: Uint8Array[];
   /** Whether each buffer is device-writable. */
   readonly writable: Uint8Array;
+  /** Each buffer's guest physical address (for {@linkcode iovec}). */
+  readonly addresses: Float64Array;
   /** Total bytes of the device-readable buffers. */
   readableBytes = 0;
   /** Total bytes of the device-writable buffers. */
   writableBytes = 0;
 
-  /** A chain that can hold `capacity` buffers. */
-  constructor(capacity: number) {
+  #mem: VirtioMemory | null;
+
+  /** A chain that can hold `capacity` buffers of `mem` (needed by {@linkcode iovec} only). */
+  constructor(capacity: number, mem: VirtioMemory | null = null) {
     this.buffers = new Array<Uint8Array>(capacity);
     this.writable = new Uint8Array(capacity);
+    this.addresses = new Float64Array(capacity);
+    this.#mem = mem;
+  }
+
+  /**
+   * Describes the device-writable (or readable) buffers as `struct iovec`s
+   * for one `preadv`/`readv`-style system call straight into guest RAM,
+   * leaving out the first `skip` and the last `trim` bytes of that direction
+   * (a block request's header and status byte). `iov` holds 32-bit words,
+   * four per entry (base low, base high, length low, length high); nothing
+   * is allocated. Returns the entries written, or -1 when they do not fit
+   * `iov` (at most {@linkcode IOV_MAX} are ever wanted) or a buffer has no
+   * host address (not RAM: cannot happen for a popped chain, checked anyway).
+   */
+  iovec(iov: Uint32Array, writable: boolean, skip: number, trim: number): number {
+    const mem = this.#mem;
+    if (mem === null) return -1;
+    const want = writable ? 1 : 0;
+    const end = (writable ? this.writableBytes : this.readableBytes) - trim;
+    let at = 0; // offset of buffer i in its direction
+    let n = 0;
+    for (let i = 0; i < this.count && at < end; i++) {
+      if (this.writable[i] !== want) continue;
+      const length = this.buffers[i].length;
+      const from = Math.max(skip, at);
+      const to = Math.min(end, at + length);
+      if (from < to) {
+        if (4 * (n + 1) > iov.length) return -1;
+        const gpa = this.addresses[i] + (from - at);
+        const host = mem.hostAddress(gpa, to - from);
+        if (host < 0) return -1;
+        const w = 4 * n++;
+        iov[w] = host >>> 0; // ToUint32 is exact modulo 2^32 for any safe integer
+        iov[w + 1] = Math.floor(host / 0x1_0000_0000);
+        iov[w + 2] = to - from;
+        iov[w + 3] = 0;
+      }
+      at += length;
+    }
+    return n;
   }
 
   /**
@@ -150,7 +198,10 @@ export class SplitQueue {
     // driver left them): the spec has both indices start at 0.
     this.#lastAvail = 0;
     this.#nextUsed = 0;
-    this.chain = new DescriptorChain(config.size + (indirect ? MAX_INDIRECT_DESCRIPTORS : 0));
+    this.chain = new DescriptorChain(
+      config.size + (indirect ? MAX_INDIRECT_DESCRIPTORS : 0),
+      mem,
+    );
   }
 
   /**
@@ -221,6 +272,16 @@ export class SplitQueue {
     return true;
   }
 
+  /**
+   * Puts the chain last popped back at the head of the available ring, as if
+   * it had not been taken (a receive queue's buffers when no frame waited
+   * after all): the next {@linkcode pop} walks it again. Only right after a
+   * `pop` that answered true, with no `pushUsed` between.
+   */
+  unpop(): void {
+    this.#lastAvail = (this.#lastAvail - 1) & 0xffff;
+  }
+
   /** Follows the chain starting at `head` into {@linkcode chain}. */
   #walk(head: number): void {
     const chain = this.chain;
@@ -279,6 +340,7 @@ export class SplitQueue {
         const writable = (flags & DescFlags.WRITE) !== 0;
         chain.buffers[chain.count] = buffer;
         chain.writable[chain.count] = writable ? 1 : 0;
+        chain.addresses[chain.count] = address;
         chain.count++;
         if (writable) chain.writableBytes += length;
         else chain.readableBytes += length;
