@@ -117,7 +117,9 @@ export const pioCase: BenchCase = {
   unit: "exits",
   block: 500,
   blocks: 60,
-  warmup: 3_000,
+  // Enough exits for V8 to compile the loop with TurboFan (until then each FFI
+  // call takes a slower path: ~170 ns more per call, bench/RESULTS.md).
+  warmup: 50_000,
   baseline: { case: "pio", guest: PIO_GUEST },
   open() {
     const guest = openGuest(PIO_GUEST);
@@ -142,7 +144,7 @@ export const mmioCase: BenchCase = {
   unit: "exits",
   block: 500,
   blocks: 60,
-  warmup: 2_000,
+  warmup: 50_000, // as case 1: the loop's TurboFan code, not its first tiers
   baseline: { case: "mmio", guest: MMIO_GUEST },
   open() {
     const guest = openGuest(MMIO_GUEST);

@@ -53,7 +53,7 @@ export const contextWorkerCase: BenchCase = {
   unit: "exits",
   block: 200,
   blocks: 50,
-  warmup: 2_000,
+  warmup: 50_000, // as case 1: the worker loop's TurboFan code, not its first tiers
   baseline: { case: "pio", guest: PIO_GUEST },
   async open(): Promise<BenchFixture> {
     const shared = new SharedArrayBuffer(24);
