@@ -12,6 +12,7 @@ import type { SplitQueue } from "../../src/devices/virtio/queue.ts";
 import { RngBackend, rngFront } from "../../src/devices/virtio/rng.ts";
 import {
   defaultMac,
+  NET_HEADER_BYTES,
   NET_MAX_FRAME,
   NetBackend,
   netFront,
@@ -24,7 +25,15 @@ import {
   ConsoleHost,
   createConsoleRings,
 } from "../../src/devices/virtio/console.ts";
-import { type Buf, FakeDriver, RAM_BASE, RAM_SIZE } from "../unit/virtio_driver.ts";
+import {
+  type Buf,
+  FakeDriver,
+  gather,
+  iovecViews,
+  RAM_BASE,
+  RAM_SIZE,
+  scatter,
+} from "../unit/virtio_driver.ts";
 import type { Prng } from "./prng.ts";
 import type { FuzzTarget } from "./targets.ts";
 
@@ -278,35 +287,60 @@ const rngTarget: FuzzTarget = {
 };
 let rngDriver: FakeDriver | undefined;
 
-/** Frames in from a random source, frames out counted. */
+/**
+ * Frames in from a random source (random headers and lengths, some longer
+ * than the buffers), frames out counted; the iovecs the device hands over
+ * must lie in the fake guest RAM and bound a frame to its maximum.
+ */
 class RandomPort implements PacketPort {
   rng: Prng | undefined;
   sent = 0;
-  receive(buffer: Uint8Array): number {
+  receive(iov: Uint8Array, count: number): number {
     const rng = this.rng;
+    expectInRam(iov, count);
     if (!rng || rng.chance(0.5)) return 0;
-    const n = Math.min(buffer.length, rng.chance(0.9) ? 1 + rng.below(2000) : buffer.length);
-    buffer.fill(rng.u32() & 0xff, 0, n);
-    return n;
+    const room = iovecViews(iov, count).reduce((n, v) => n + v.length, 0);
+    const n = rng.chance(0.1) ? room + 1 + rng.below(100) : 1 + rng.below(Math.max(room, 1));
+    const frame = new Uint8Array(n).fill(rng.u32() & 0xff);
+    frame.set(rng.bytes(Math.min(n, NET_HEADER_BYTES)));
+    return scatter(iov, count, frame);
   }
-  send(frame: Uint8Array): void {
-    expect(frame.length <= NET_MAX_FRAME, `sent a frame of ${frame.length} bytes`);
+  send(iov: Uint8Array, count: number): void {
+    expectInRam(iov, count);
+    const length = gather(iov, count).length;
+    expect(length <= NET_HEADER_BYTES + NET_MAX_FRAME, `sent a frame of ${length} bytes`);
     this.sent++;
   }
+  setOffload(flags: number): void {
+    expect((flags & ~7) === 0, `offload flags ${flags}`);
+  }
   close(): void {}
+}
+
+/** Every iovec inside the fake guest RAM of the net target's driver. */
+function expectInRam(iov: Uint8Array, count: number): void {
+  const ram = netDriver!.ram;
+  const start = Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(ram)));
+  const v = new DataView(iov.buffer, iov.byteOffset, iov.byteLength);
+  for (let i = 0; i < count; i++) {
+    const base = Number(v.getBigUint64(16 * i, true));
+    const length = Number(v.getBigUint64(16 * i + 8, true));
+    expect(base >= start && base + length <= start + ram.length, "an iovec outside guest RAM");
+  }
 }
 const randomPort = new RandomPort();
 let netDriver: FakeDriver | undefined;
 
 /** Random chains on both queues of a two-queue device (receive 0, transmit 1). */
-function randomTwoQueueTraffic(rng: Prng, d: FakeDriver): void {
+function randomTwoQueueTraffic(rng: Prng, d: FakeDriver, randomBytes = false): void {
   for (let r = 0; r < 1 + rng.below(6); r++) {
     const q = rng.below(2);
     d.useQueue(q);
     const bufs: Buf[] = [];
     for (let i = 0; i < 1 + rng.below(3); i++) {
       const len = rng.chance(0.8) ? rng.below(2048) : rng.below(70000);
-      bufs.push(rng.chance(q === 0 ? 0.8 : 0.2) ? { write: len } : { read: new Uint8Array(len) });
+      const read = randomBytes && rng.chance(0.5) ? rng.bytes(len) : new Uint8Array(len);
+      bufs.push(rng.chance(q === 0 ? 0.8 : 0.2) ? { write: len } : { read });
     }
     d.submit(bufs, { indirect: rng.chance(0.3) });
     d.kick();
@@ -322,8 +356,10 @@ const netTarget: FuzzTarget = {
     randomPort.rng = rng;
     d.useQueue(1);
     d.useQueue(0);
-    d.init({ queues: 2, size: rng.pick([2, 4, 8, 16]) });
-    randomTwoQueueTraffic(rng, d);
+    // The offloads offered, or none (random transmit headers then ask for what was not negotiated).
+    const features = rng.chance(0.5) ? d.deviceFeatures() : VIRTIO_F_VERSION_1;
+    d.init({ queues: 2, size: rng.pick([2, 4, 8, 16]), features });
+    randomTwoQueueTraffic(rng, d, true);
     d.runner.service();
     randomPort.rng = undefined;
   },

@@ -250,3 +250,46 @@ export class FakeDriver {
 }
 
 export { VIRTIO_F_VERSION_1 };
+
+/**
+ * The host memory an iovec array points at (16 bytes per entry: base,
+ * length), as a device hands it to a packet port: each entry a view, no copy.
+ */
+export function iovecViews(iov: Uint8Array, count: number): Uint8Array[] {
+  const v = new DataView(iov.buffer, iov.byteOffset, iov.byteLength);
+  const views: Uint8Array[] = [];
+  for (let i = 0; i < count; i++) {
+    const base = v.getBigUint64(16 * i, true);
+    const length = Number(v.getBigUint64(16 * i + 8, true));
+    const p = Deno.UnsafePointer.create(base);
+    views.push(
+      p && length > 0
+        ? new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(p, length))
+        : new Uint8Array(0),
+    );
+  }
+  return views;
+}
+
+/** Copies `data` across the iovecs as far as they reach; returns `data.length` (as a tap's read does). */
+export function scatter(iov: Uint8Array, count: number, data: Uint8Array): number {
+  let done = 0;
+  for (const view of iovecViews(iov, count)) {
+    const n = Math.min(view.length, data.length - done);
+    view.set(data.subarray(done, done + n));
+    done += n;
+  }
+  return data.length;
+}
+
+/** The bytes of the iovecs, concatenated. */
+export function gather(iov: Uint8Array, count: number): Uint8Array {
+  const views = iovecViews(iov, count);
+  const out = new Uint8Array(views.reduce((n, v) => n + v.length, 0));
+  let at = 0;
+  for (const view of views) {
+    out.set(view, at);
+    at += view.length;
+  }
+  return out;
+}

@@ -1,40 +1,76 @@
-// virtio-net against a fake driver and an in-memory packet port: transmitted
-// frames lose their 12-byte virtio header on the way out, received frames
-// gain one (num_buffers 1) and wait for the driver's buffers, too-small
-// buffers drop the frame, never write past them.
+// virtio-net against a fake driver and an in-memory packet port. Frames
+// travel behind their 12-byte virtio header both ways, unchanged (a tap's
+// vnet header has the same layout), gathered and scattered through iovecs
+// into guest RAM: a transmit header may only ask for the offloads the driver
+// negotiated, the port's receive offloads follow the driver's features,
+// received frames wait in the port for the driver's buffers, and a frame
+// that does not fit them whole (or has a header the driver did not accept)
+// is dropped without writing past them.
 
 import { deepStrictEqual, strictEqual } from "node:assert/strict";
-import { MmioReg } from "../../src/devices/virtio/constants.ts";
+import { MmioReg, VIRTIO_F_VERSION_1 } from "../../src/devices/virtio/constants.ts";
 import {
   defaultMac,
   NET_HEADER_BYTES,
+  NET_MAX_FRAME,
   NetBackend,
   netFront,
   type PacketPort,
+  TunOffload,
 } from "../../src/devices/virtio/net.ts";
-import { FakeDriver } from "./virtio_driver.ts";
+import { FakeDriver, gather, scatter } from "./virtio_driver.ts";
 
 class FakePort implements PacketPort {
   sent: number[][] = [];
+  /** Whole frames, header first. */
   inbox: Uint8Array[] = [];
-  receive(buffer: Uint8Array): number {
+  offload: number[] = [];
+  receive(iov: Uint8Array, count: number): number {
     const f = this.inbox.shift();
-    if (!f) return 0;
-    buffer.set(f);
-    return f.length;
+    return f ? scatter(iov, count, f) : 0;
   }
-  send(frame: Uint8Array): void {
-    this.sent.push([...frame]);
+  send(iov: Uint8Array, count: number): void {
+    this.sent.push([...gather(iov, count)]);
+  }
+  setOffload(flags: number): void {
+    this.offload.push(flags);
   }
   close(): void {}
 }
 
-function setup() {
+const F_CSUM = 1n << 0n;
+const F_GUEST_CSUM = 1n << 1n;
+const F_GUEST_TSO4 = 1n << 7n;
+const F_HOST_TSO4 = 1n << 11n;
+
+function setup(features?: bigint) {
   const port = new FakePort();
   const backend = new NetBackend(port);
   const d = new FakeDriver(netFront(defaultMac(0)), backend);
-  d.init({ queues: 2, size: 8 });
+  d.init({ queues: 2, size: 8, features });
   return { d, port, backend };
+}
+
+/** A virtio_net_hdr: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers. */
+function netHeader(
+  h: {
+    flags?: number;
+    gso?: number;
+    hdrLen?: number;
+    gsoSize?: number;
+    start?: number;
+    offset?: number;
+  } = {},
+): Uint8Array {
+  const b = new Uint8Array(NET_HEADER_BYTES);
+  const v = new DataView(b.buffer);
+  b[0] = h.flags ?? 0;
+  b[1] = h.gso ?? 0;
+  v.setUint16(2, h.hdrLen ?? 0, true);
+  v.setUint16(4, h.gsoSize ?? 0, true);
+  v.setUint16(6, h.start ?? 0, true);
+  v.setUint16(8, h.offset ?? 0, true);
+  return b;
 }
 
 Deno.test("virtio-net: the MAC address is in the configuration space", () => {
@@ -45,29 +81,125 @@ Deno.test("virtio-net: the MAC address is in the configuration space", () => {
   deepStrictEqual([...mac], [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
 });
 
-Deno.test("virtio-net: a transmitted frame goes out without its virtio header", () => {
+Deno.test("virtio-net: checksum and TSO offloads are offered both ways; the port's follow the driver's", () => {
+  const { d, port } = setup();
+  const offered = d.deviceFeatures();
+  for (const bit of [0n, 1n, 7n, 8n, 11n, 12n]) {
+    strictEqual(offered & (1n << bit), 1n << bit, `bit ${bit}`);
+  }
+  deepStrictEqual(port.offload, [0, TunOffload.CSUM | TunOffload.TSO4 | TunOffload.TSO6]);
+  d.init({ queues: 2, size: 8, features: VIRTIO_F_VERSION_1 | F_GUEST_CSUM | F_GUEST_TSO4 });
+  deepStrictEqual(
+    port.offload.slice(2),
+    [0, TunOffload.CSUM | TunOffload.TSO4],
+    "reset, then the new driver's",
+  );
+  d.init({ queues: 2, size: 8, features: VIRTIO_F_VERSION_1 | F_GUEST_TSO4 });
+  deepStrictEqual(port.offload.slice(4), [0, 0], "TSO without GUEST_CSUM: none");
+});
+
+Deno.test("virtio-net: a transmitted frame goes out with its virtio header as the driver wrote it", () => {
   const { d, port } = setup();
   d.useQueue(1);
-  const header = new Uint8Array(NET_HEADER_BYTES);
+  const header = netHeader({ flags: 1, gso: 1, hdrLen: 54, gsoSize: 1448, start: 34, offset: 16 });
   d.submit([{ read: header }, { read: new Uint8Array([1, 2, 3]) }, { read: new Uint8Array([4]) }]);
   d.kick();
-  deepStrictEqual(port.sent, [[1, 2, 3, 4]]);
+  deepStrictEqual(port.sent, [[...header, 1, 2, 3, 4]]);
   strictEqual(d.usedIdx, 1);
 });
 
-Deno.test("virtio-net: received frames wait for buffers, then arrive behind a header", () => {
-  const { d, port, backend } = setup();
-  port.inbox.push(new Uint8Array([9, 8, 7]), new Uint8Array(100).fill(5));
-  d.runner.service(); // no receive buffers yet: the first frame is held
-  strictEqual(d.usedIdx, 0);
-  const a = d.submit([{ write: 64 }]);
-  const b = d.submit([{ write: 20 }]); // too small for 12 + 100
+Deno.test("virtio-net: a transmit header asking for what was not negotiated, or malformed, is dropped", () => {
+  const { d, port, backend } = setup(VIRTIO_F_VERSION_1 | F_CSUM);
+  d.useQueue(1);
+  const frame = new Uint8Array(60);
+  const cases: [string, Uint8Array][] = [
+    ["TSO without HOST_TSO4", netHeader({ flags: 1, gso: 1, gsoSize: 1448 })],
+    ["an unknown flag", netHeader({ flags: 2 })],
+    ["UDP fragmentation (never offered)", netHeader({ flags: 1, gso: 3, gsoSize: 1000 })],
+  ];
+  for (const [name, h] of cases) {
+    d.submit([{ read: h }, { read: frame }]);
+    d.kick();
+    strictEqual(port.sent.length, 0, name);
+  }
+  d.submit([{ read: netHeader({ flags: 1, start: 34, offset: 6 }) }, { read: frame }]);
   d.kick();
-  strictEqual(d.usedIdx, 2);
+  strictEqual(port.sent.length, 1, "a partial checksum with VIRTIO_NET_F_CSUM goes");
+  // With HOST_TSO4: a segment needs a size and a partial checksum.
+  const t = setup(VIRTIO_F_VERSION_1 | F_CSUM | F_HOST_TSO4);
+  t.d.useQueue(1);
+  for (const h of [netHeader({ flags: 1, gso: 1 }), netHeader({ gso: 1, gsoSize: 1448 })]) {
+    t.d.submit([{ read: h }, { read: frame }]);
+    t.d.kick();
+  }
+  strictEqual(t.port.sent.length, 0);
+  t.d.submit([{ read: netHeader({ flags: 1, gso: 1, gsoSize: 1448 }) }, { read: frame }]);
+  t.d.kick();
+  strictEqual(t.port.sent.length, 1);
+  strictEqual(backend.dropped, 3);
+  strictEqual(t.backend.dropped, 2);
+});
+
+Deno.test("virtio-net: a transmit chain shorter than the header or longer than 64 KiB + 14 is dropped", () => {
+  const { d, port, backend } = setup();
+  d.useQueue(1);
+  d.submit([{ read: new Uint8Array(NET_HEADER_BYTES - 1) }]);
+  d.submit([{ read: netHeader() }, { read: new Uint8Array(NET_MAX_FRAME + 1) }]);
+  d.submit([{ read: netHeader() }, { read: new Uint8Array(NET_MAX_FRAME) }]);
+  d.kick();
+  strictEqual(d.usedIdx, 3, "every chain returned");
+  strictEqual(backend.dropped, 2);
+  strictEqual(port.sent.length, 1);
+  strictEqual(port.sent[0].length, NET_HEADER_BYTES + NET_MAX_FRAME);
+});
+
+Deno.test("virtio-net: received frames wait in the port for buffers, arrive whole behind num_buffers 1, and a frame too big is dropped", () => {
+  const { d, port, backend } = setup();
+  port.inbox.push(
+    new Uint8Array([...netHeader(), 9, 8, 7]),
+    new Uint8Array(NET_HEADER_BYTES + 100).fill(5),
+  );
+  d.runner.service(); // no receive buffers yet: the frames stay in the port
+  strictEqual(d.usedIdx, 0);
+  strictEqual(port.inbox.length, 2);
+  strictEqual(backend.wantsFrames, false);
+  // A header split over two buffers, then the frame.
+  const a = d.submit([{ write: 5 }, { write: 59 }]);
+  const b = d.submit([{ write: 20 }]); // too small for 12 + 100: that frame is dropped, b kept
+  d.kick();
+  strictEqual(d.usedIdx, 1);
   deepStrictEqual(d.usedElem(0), { id: a.head, len: NET_HEADER_BYTES + 3 });
-  const got = d.bytes(a.addrs[0], NET_HEADER_BYTES + 3);
+  const got = new Uint8Array([...d.bytes(a.addrs[0], 5), ...d.bytes(a.addrs[1], 10)]);
   strictEqual(got[10], 1, "num_buffers = 1");
   deepStrictEqual([...got.subarray(NET_HEADER_BYTES)], [9, 8, 7]);
-  deepStrictEqual(d.usedElem(1), { id: b.head, len: 0 });
   strictEqual(backend.dropped, 1);
+  strictEqual(backend.wantsFrames, true, "b still waits");
+  strictEqual(d.bytes(b.addrs[0] + 20, 1)[0], 0, "nothing past b");
+  port.inbox.push(new Uint8Array([...netHeader(), 1]));
+  d.runner.service(); // as the device thread does when the tap turns readable
+  strictEqual(d.usedIdx, 2);
+  deepStrictEqual(d.usedElem(1), { id: b.head, len: NET_HEADER_BYTES + 1 });
+  strictEqual(backend.wantsFrames, false, "no buffers left");
+});
+
+Deno.test("virtio-net: a received header the driver did not accept is dropped; without GUEST_CSUM the flags are cleared", () => {
+  const { d, port, backend } = setup(VIRTIO_F_VERSION_1);
+  port.inbox.push(
+    new Uint8Array([...netHeader({ flags: 1, gso: 1, gsoSize: 1448 }), 1]), // TSO not accepted
+    new Uint8Array([...netHeader({ flags: 2 }), 2]), // DATA_VALID: cleared
+  );
+  const a = d.submit([{ write: 64 }]);
+  d.kick();
+  strictEqual(d.usedIdx, 1);
+  strictEqual(backend.dropped, 1);
+  const got = d.bytes(a.addrs[0], NET_HEADER_BYTES + 1);
+  strictEqual(got[0], 0, "flags cleared");
+  strictEqual(got[NET_HEADER_BYTES], 2);
+  // A driver that accepts them gets segments with their header unchanged.
+  const t = setup(VIRTIO_F_VERSION_1 | F_GUEST_CSUM | F_GUEST_TSO4);
+  const h = netHeader({ flags: 1, gso: 1, hdrLen: 66, gsoSize: 1448, start: 34, offset: 16 });
+  t.port.inbox.push(new Uint8Array([...h, 7]));
+  const c = t.d.submit([{ write: 64 }]);
+  t.d.kick();
+  deepStrictEqual([...t.d.bytes(c.addrs[0], 10)], [...h.subarray(0, 10)]);
 });

@@ -73,6 +73,11 @@ export interface VirtioBackend {
    * (the device then needs a reset).
    */
   process(index: number, queue: SplitQueue): boolean;
+  /**
+   * The driver set `DRIVER_OK` with `features` negotiated: called once per
+   * driver (after each reset), before its first `process`. Optional.
+   */
+  activate?(features: bigint): void;
   /** Forgets any per-driver state (a device reset). */
   reset(): void;
   /** Releases host resources (files). Idempotent. */

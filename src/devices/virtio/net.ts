@@ -1,44 +1,106 @@
 /**
- * virtio-net (spec 5.1) without offloads: a receive queue (0) the device
- * fills with frames from the host, a transmit queue (1) whose frames it
- * sends, each frame behind the 12-byte `virtio_net_hdr` of virtio 1.x (all
- * zero here: no checksum or segmentation offload, one buffer per frame).
- * The host side is a {@linkcode PacketPort} (a tap interface, see `tap.ts`).
+ * virtio-net (spec 5.1) with checksum and segmentation offloads: a receive
+ * queue (0) the device fills with frames from the host, a transmit queue (1)
+ * whose frames it sends. Every frame travels behind the 12-byte
+ * `virtio_net_hdr` of virtio 1.x (flags, gso_type, hdr_len, gso_size,
+ * csum_start, csum_offset, num_buffers), which is also the layout of a tap's
+ * vnet header (`IFF_VNET_HDR` with `TUNSETVNETHDRSZ` 12): the header passes
+ * between the driver and the host's stack as it is, so a guest may send
+ * 64 KiB TCP segments with their checksums left to the host (and receive
+ * such), one system call per frame, straight from and into guest RAM.
+ *
+ * What the driver controls is checked before it reaches the host: a transmit
+ * header may only ask for the offloads the driver negotiated (else the frame
+ * is dropped), a frame's length is bounded, and a received frame is only
+ * handed over when its header matches what the driver accepted and it fits
+ * the driver's buffers whole. The host side is a {@linkcode PacketPort}
+ * (a tap interface, see `tap.ts`).
  *
  * @module
  */
 
 import { DeviceId, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC } from "./constants.ts";
 import type { VirtioBackend, VirtioFront } from "./device.ts";
-import type { SplitQueue } from "./queue.ts";
+import { IOV_MAX, type SplitQueue } from "./queue.ts";
 
-/** Where frames come from and go to. */
+/**
+ * Where frames come from and go to. A frame is always behind its 12-byte
+ * `virtio_net_hdr` and is moved through `struct iovec`s (16 bytes each:
+ * base, length; little-endian) pointing into guest RAM.
+ */
 export interface PacketPort {
-  /** Reads one waiting frame into `buffer`; returns its length, 0 when none waits. */
-  receive(buffer: Uint8Array): number;
-  /** Sends one frame (dropped when the host cannot take it now). */
-  send(frame: Uint8Array): void;
+  /**
+   * Reads one waiting frame (header first) into the `count` iovecs at `iov`;
+   * returns the frame's whole length, which is more than the iovecs hold
+   * when it was cut short, or 0 when none waits.
+   */
+  receive(iov: Uint8Array, count: number): number;
+  /** Sends one frame (header first) gathered from the `count` iovecs at `iov`; dropped when the host cannot take it. */
+  send(iov: Uint8Array, count: number): void;
+  /**
+   * The offloads the driver accepts in received frames, as `TUN_F_*` bits
+   * ({@linkcode TunOffload}); 0 means whole, checksummed frames only.
+   */
+  setOffload(flags: number): void;
   /** Releases the port. */
   close(): void;
 }
 
+/** `TUN_F_*` bits of `TUNSETOFFLOAD` (`linux/if_tun.h`): what a tap may hand its reader. */
+export const TunOffload = {
+  /** Frames with a partial checksum (`VIRTIO_NET_HDR_F_NEEDS_CSUM`). */
+  CSUM: 0x01,
+  /** TCP over IPv4 segments up to 64 KiB. */
+  TSO4: 0x02,
+  /** TCP over IPv6 segments up to 64 KiB. */
+  TSO6: 0x04,
+} as const;
+
+/** `VIRTIO_NET_F_CSUM`: the driver may send partially checksummed frames. */
+const F_CSUM = 1n << 0n;
+/** `VIRTIO_NET_F_GUEST_CSUM`: the driver accepts partially checksummed frames. */
+const F_GUEST_CSUM = 1n << 1n;
 /** `VIRTIO_NET_F_MAC`: the configuration holds the MAC address. */
 const F_MAC = 1n << 5n;
+/** `VIRTIO_NET_F_GUEST_TSO4`: the driver accepts TCPv4 segments. */
+const F_GUEST_TSO4 = 1n << 7n;
+/** `VIRTIO_NET_F_GUEST_TSO6`: the driver accepts TCPv6 segments. */
+const F_GUEST_TSO6 = 1n << 8n;
+/** `VIRTIO_NET_F_HOST_TSO4`: the driver may send TCPv4 segments. */
+const F_HOST_TSO4 = 1n << 11n;
+/** `VIRTIO_NET_F_HOST_TSO6`: the driver may send TCPv6 segments. */
+const F_HOST_TSO6 = 1n << 12n;
+
+/** `virtio_net_hdr.flags`: `csum_start`/`csum_offset` name a checksum still to fill in. */
+const HDR_F_NEEDS_CSUM = 1;
+/** `virtio_net_hdr.gso_type` values (spec 5.1.6). */
+const GSO_NONE = 0;
+const GSO_TCPV4 = 1;
+const GSO_TCPV6 = 4;
+
 /** Bytes of `virtio_net_hdr` with `num_buffers` (always present in virtio 1.x). */
 export const NET_HEADER_BYTES = 12;
-/** The largest frame carried: 64 KiB (a tap's without offloads is at most its MTU plus 14). */
-export const NET_MAX_FRAME = 65536;
+/**
+ * The largest frame carried, header not counted: a 64 KiB segment (the
+ * most a TSO driver sends, `GSO_LEGACY_MAX_SIZE`) behind its 14-byte
+ * Ethernet header.
+ */
+export const NET_MAX_FRAME: number = 65536 + 14;
 const QUEUE_SIZE = 256;
 const RX = 0;
 const TX = 1;
 
-/** The network card's front: its MAC address, one receive and one transmit queue. */
+/**
+ * The network card's front: its MAC address, one receive and one transmit
+ * queue, and the checksum and TCP segmentation offloads both ways.
+ */
 export function netFront(mac: Uint8Array): VirtioFront {
   const config = new Uint8Array(8); // mac[6], status (unused without VIRTIO_NET_F_STATUS)
   config.set(mac.subarray(0, 6));
   return {
     deviceId: DeviceId.NET,
-    features: VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | F_MAC,
+    features: VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | F_MAC | F_CSUM | F_GUEST_CSUM |
+      F_GUEST_TSO4 | F_GUEST_TSO6 | F_HOST_TSO4 | F_HOST_TSO6,
     queueMax: [QUEUE_SIZE, QUEUE_SIZE],
     config,
   };
@@ -49,19 +111,50 @@ export function defaultMac(index: number): Uint8Array {
   return new Uint8Array([0x52, 0x54, 0x00, 0x12, 0x34, 0x56 + (index & 0x3f)]);
 }
 
-/** Moves frames between a port and the queues. */
+/** The `TUN_F_*` bits for the receive offloads among `features` (a driver's). */
+export function tunOffloadOf(features: bigint): number {
+  if (!(features & F_GUEST_CSUM)) return 0; // segments always come with partial checksums
+  return TunOffload.CSUM | (features & F_GUEST_TSO4 ? TunOffload.TSO4 : 0) |
+    (features & F_GUEST_TSO6 ? TunOffload.TSO6 : 0);
+}
+
+/**
+ * Moves frames between a port and the queues. Allocates nothing per frame:
+ * the iovecs and the header copy are made once.
+ */
 export class NetBackend implements VirtioBackend {
   #port: PacketPort;
-  #frame = new Uint8Array(NET_HEADER_BYTES + NET_MAX_FRAME);
-  /** Length of a received frame still waiting for a receive buffer (in #frame after the header). */
-  #pending = 0;
-  #tx = new Uint8Array(NET_HEADER_BYTES + NET_MAX_FRAME);
-  /** Frames that did not fit their receive buffers, or transmit chains too large. */
+  /** The driver's features (0 until it set `DRIVER_OK`). */
+  #features = 0n;
+  #iov = new Uint32Array(4 * IOV_MAX);
+  #iovBytes = new Uint8Array(this.#iov.buffer);
+  #header = new Uint8Array(NET_HEADER_BYTES);
+  #headerView = new DataView(this.#header.buffer);
+  /** Frames dropped: malformed or oversized transmit chains, received frames that did not fit or were not allowed. */
   dropped = 0;
+  #wantsFrames = false;
 
   /** Serves `port`. */
   constructor(port: PacketPort) {
     this.#port = port;
+  }
+
+  /**
+   * Whether the driver's receive buffers wait for frames, so the port is
+   * worth polling: false from a reset until a receive pass found buffers
+   * left over, and again once a pass used them all. The device thread stops
+   * polling a tap meanwhile (its frames wait in the kernel's queue), which
+   * the driver's next receive-queue kick ends; polling it would wake the
+   * thread in a loop with nowhere to put the frames.
+   */
+  get wantsFrames(): boolean {
+    return this.#wantsFrames;
+  }
+
+  /** Sets the port's receive offloads to what the driver accepted. */
+  activate(features: bigint): void {
+    this.#features = features;
+    this.#port.setOffload(tunOffloadOf(features));
   }
 
   /** Transmits the transmit queue's frames, or fills receive buffers with waiting frames. */
@@ -69,56 +162,136 @@ export class NetBackend implements VirtioBackend {
     return index === TX ? this.#transmit(queue) : index === RX ? this.#receive(queue) : false;
   }
 
+  /**
+   * Whether a transmit header asks only for what the driver negotiated:
+   * a checksum with `VIRTIO_NET_F_CSUM`, TCP segmentation with `HOST_TSO4/6`
+   * (with a segment size and a partial checksum, as spec 5.1.6.2 requires of
+   * the driver). Offsets and lengths inside the frame are the host kernel's to
+   * check (`virtio_net_hdr_to_skb`).
+   */
+  #transmitHeaderAllowed(): boolean {
+    const f = this.#features;
+    const flags = this.#header[0];
+    if (flags & ~HDR_F_NEEDS_CSUM) return false;
+    if ((flags & HDR_F_NEEDS_CSUM) && !(f & F_CSUM)) return false;
+    const gso = this.#header[1];
+    if (gso === GSO_NONE) return true;
+    const allowed = gso === GSO_TCPV4
+      ? (f & F_HOST_TSO4)
+      : gso === GSO_TCPV6
+      ? (f & F_HOST_TSO6)
+      : 0n;
+    return allowed !== 0n && (flags & HDR_F_NEEDS_CSUM) !== 0 &&
+      this.#headerView.getUint16(4, true) !== 0;
+  }
+
   #transmit(queue: SplitQueue): boolean {
     let used = false;
     while (queue.pop()) {
       const chain = queue.chain;
-      if (chain.readableBytes > this.#tx.length || chain.readableBytes < NET_HEADER_BYTES) {
-        this.dropped++;
-      } else {
-        const n = chain.readInto(this.#tx);
-        this.#port.send(this.#tx.subarray(NET_HEADER_BYTES, n));
+      const bytes = chain.readableBytes;
+      let sent = false;
+      if (bytes >= NET_HEADER_BYTES && bytes <= NET_HEADER_BYTES + NET_MAX_FRAME) {
+        chain.readInto(this.#header);
+        if (this.#transmitHeaderAllowed()) {
+          const count = chain.iovec(this.#iov, false, 0, 0);
+          if (count > 0) {
+            this.#port.send(this.#iovBytes, count); // one writev: header and frame as they are
+            sent = true;
+          }
+        }
       }
+      if (!sent) this.dropped++;
       queue.pushUsed(chain.head, 0);
       used = true;
     }
     return used;
   }
 
-  #receive(queue: SplitQueue): boolean {
-    let used = false;
-    for (;;) {
-      if (this.#pending === 0) {
-        this.#pending = this.#port.receive(this.#frame.subarray(NET_HEADER_BYTES));
-        if (this.#pending === 0) return used;
+  /**
+   * Copies the header between `#header` and the first 12 device-writable
+   * bytes of the chain (which may span buffers): `out` true writes it there.
+   */
+  #headerBytes(queue: SplitQueue, out: boolean): void {
+    const chain = queue.chain;
+    let done = 0;
+    for (let i = 0; i < chain.count && done < NET_HEADER_BYTES; i++) {
+      if (!chain.writable[i]) continue;
+      const b = chain.buffers[i];
+      const n = Math.min(b.length, NET_HEADER_BYTES - done);
+      for (let k = 0; k < n; k++) {
+        if (out) b[k] = this.#header[done + k];
+        else this.#header[done + k] = b[k];
       }
-      if (!queue.pop()) return used; // the frame waits for the driver's next buffers
-      const chain = queue.chain;
-      // The header: no offloads; num_buffers (bytes 10-11) = 1.
-      this.#frame.fill(0, 0, NET_HEADER_BYTES);
-      this.#frame[10] = 1;
-      const total = NET_HEADER_BYTES + this.#pending;
-      let written = 0;
-      for (let i = 0; i < chain.count && written < total; i++) {
-        if (!chain.writable[i]) continue;
-        const b = chain.buffers[i];
-        const n = Math.min(b.length, total - written);
-        b.set(this.#frame.subarray(written, written + n));
-        written += n;
-      }
-      if (written < total) {
-        this.dropped++; // too small a buffer: the driver sees no frame
-        written = 0;
-      }
-      queue.pushUsed(chain.head, written);
-      this.#pending = 0;
-      used = true;
+      done += n;
     }
   }
 
-  /** Forgets a frame held for the old driver. */
+  /**
+   * Whether a received frame's header fits what the driver accepted (a tap
+   * whose offloads changed may still hold frames made for the old ones);
+   * without `GUEST_CSUM` the flags are cleared (spec 5.1.6.4: zero flags,
+   * a fully checksummed frame).
+   */
+  #receiveHeaderAllowed(): boolean {
+    const f = this.#features;
+    const h = this.#header;
+    if (!(f & F_GUEST_CSUM)) {
+      h[0] = 0;
+      return h[1] === GSO_NONE;
+    }
+    if (h[1] === GSO_NONE) return true;
+    return (h[1] === GSO_TCPV4 && (f & F_GUEST_TSO4) !== 0n) ||
+      (h[1] === GSO_TCPV6 && (f & F_GUEST_TSO6) !== 0n);
+  }
+
+  #receive(queue: SplitQueue): boolean {
+    let used = false;
+    this.#wantsFrames = false; // until buffers are seen left over below
+    while (queue.pop()) {
+      const chain = queue.chain;
+      const room = chain.writableBytes;
+      const count = room < NET_HEADER_BYTES ? -1 : chain.iovec(this.#iov, true, 0, 0);
+      if (count <= 0) {
+        // Buffers no frame can use (no room for the header): handed back empty.
+        this.dropped++;
+        queue.pushUsed(chain.head, 0);
+        used = true;
+        continue;
+      }
+      // Frames are read straight into the buffers; one that does not fit them
+      // whole or is not allowed is dropped and the next read into the same buffers.
+      for (;;) {
+        const n = this.#port.receive(this.#iovBytes, count);
+        if (n <= 0) {
+          queue.unpop(); // no frame waits: the buffers stay the driver's for the next one
+          this.#wantsFrames = true;
+          return used;
+        }
+        if (n < NET_HEADER_BYTES || n > room) {
+          this.dropped++;
+          continue;
+        }
+        this.#headerBytes(queue, false);
+        if (!this.#receiveHeaderAllowed()) {
+          this.dropped++;
+          continue;
+        }
+        this.#headerView.setUint16(10, 1, true); // num_buffers: one chain per frame
+        this.#headerBytes(queue, true);
+        queue.pushUsed(chain.head, n);
+        used = true;
+        break;
+      }
+    }
+    return used;
+  }
+
+  /** Forgets the old driver's features; the port takes no offloads until the next driver's. */
   reset(): void {
-    this.#pending = 0;
+    this.#features = 0n;
+    this.#wantsFrames = false;
+    this.#port.setOffload(0);
   }
 
   /** Closes the port. */

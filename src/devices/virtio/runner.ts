@@ -40,6 +40,8 @@ interface Served {
   device: RunnerDevice;
   queues: (SplitQueue | null)[];
   epoch: number;
+  /** Whether the backend was told the current driver's features (`activate`). */
+  active: boolean;
 }
 
 /**
@@ -64,6 +66,7 @@ export class VirtioRunner {
       device,
       queues: device.front.queueMax.map(() => null),
       epoch: Atomics.load(device.state, Word.EPOCH),
+      active: false,
     }));
   }
 
@@ -94,6 +97,7 @@ export class VirtioRunner {
   #reset(served: Served): void {
     const s = served.device.state;
     served.queues.fill(null);
+    served.active = false;
     served.device.backend.reset();
     for (let i = 0; i < s.length; i++) {
       if (i !== Word.RESET_REQUEST && i !== Word.EPOCH) Atomics.store(s, i, 0);
@@ -112,6 +116,13 @@ export class VirtioRunner {
       return false;
     }
     let interrupt = false;
+    if (!served.active) {
+      served.active = true;
+      device.backend.activate?.(
+        BigInt(Atomics.load(s, Word.DRIVER_FEATURES_LO) >>> 0) |
+          BigInt(Atomics.load(s, Word.DRIVER_FEATURES_HI) >>> 0) << 32n,
+      );
+    }
     try {
       for (let q = 0; q < served.queues.length; q++) {
         const base = Word.QUEUES + QUEUE_WORDS * q;

@@ -21,6 +21,7 @@ import type { VirtioDeviceSpec, VirtioFront } from "./device.ts";
 import { VirtioMemory } from "./memory.ts";
 import { type RunnerDevice, VirtioRunner } from "./runner.ts";
 import { createBackend } from "./specs.ts";
+import type { NetBackend } from "./net.ts";
 
 /** Word offsets of the runtime's control block. */
 export const Control = {
@@ -83,10 +84,10 @@ function serve(msg: VirtioWorkerStart): void {
     const counter = new BigUint64Array(1);
     // struct pollfd { int fd; short events; short revents; } for the eventfd and each tap:
     // a frame arriving on a tap wakes the thread like a kick.
-    const fds = [
-      msg.wakeFd,
-      ...msg.devices.flatMap((d) => d.spec.kind === "net" ? [d.spec.fd] : []),
-    ];
+    const nets = msg.devices.flatMap((d, i) =>
+      d.spec.kind === "net" ? [{ fd: d.spec.fd, backend: devices[i].backend as NetBackend }] : []
+    );
+    const fds = [msg.wakeFd, ...nets.map((n) => n.fd)];
     const pollfds = new Uint8Array(8 * fds.length);
     const pv = new DataView(pollfds.buffer);
     fds.forEach((fd, i) => {
@@ -96,8 +97,12 @@ function serve(msg: VirtioWorkerStart): void {
     for (;;) {
       if (Atomics.load(control, Control.STOP) !== 0) break;
       runner.service();
-      // Blocks until a kick, a reset request or the stop (all write the eventfd), or a frame.
+      // Blocks until a kick, a reset request or the stop (all write the eventfd), or a frame
+      // for a card with receive buffers (one without waits for its driver's kick).
       for (let i = 0; i < fds.length; i++) pv.setInt16(8 * i + 6, 0, true);
+      for (let i = 0; i < nets.length; i++) {
+        pv.setInt16(8 * (i + 1) + 4, nets[i].backend.wantsFrames ? POLLIN : 0, true);
+      }
       const p = fds.length === 1 ? 1 : lib.kvm_poll(pollfds, fds.length, -1);
       if (p < 0 && p !== -EINTR) throw new Error(`poll: errno ${-p}`);
       if (fds.length === 1 || (pv.getInt16(6, true) & POLLIN)) {
