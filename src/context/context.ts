@@ -49,6 +49,7 @@ import {
   Reply,
   signalVcpu,
   type SlotInfo,
+  spinUntil,
   State,
   threadExists,
   VCPU_WORKER_URL,
@@ -592,8 +593,12 @@ export class KvmContext implements AsyncDisposable {
   async #serveMailbox(slot: VcpuSlot): Promise<void> {
     const box = slot.mailbox;
     while (!this.#closed) {
-      if (!box.pending) {
-        const w = Atomics.waitAsync(box.words, Mb.REQ, Atomics.load(box.words, Mb.ACK));
+      // A worker whose guest exits to the main thread often sends its next
+      // request within an exit's time: poll briefly before sleeping (a wake-up
+      // through the event loop costs more than the exit).
+      const ack = Atomics.load(box.words, Mb.ACK);
+      if (spinUntil(box.words, Mb.REQ, ack + 1 & 0x3fffffff) === ack) {
+        const w = Atomics.waitAsync(box.words, Mb.REQ, ack);
         if (w.async) await w.value;
         continue;
       }
