@@ -243,6 +243,24 @@ const CR0_TS = 1n << 3n;
 
 const cache = new WeakMap<Kvm, CpuProbeReport>();
 
+/**
+ * Makes `report` what {@linkcode probeCpu} returns for `kvm` from now on (unless
+ * asked `fresh`): a report of this host read back from a cache
+ * (`host_probe.ts`), so a machine built on `kvm` does not probe again.
+ */
+export function rememberCpuProbe(kvm: Kvm, report: CpuProbeReport): void {
+  cache.set(kvm, report);
+}
+
+/**
+ * What the probes are, as text: their programs, the bits they decide and the
+ * leaves read. A stored report is of these probes only (part of the key in
+ * `host_probe.ts`): a change to any probe makes every stored report stale.
+ */
+export function probeFingerprint(): string {
+  return JSON.stringify({ probes: PROBES, leaves: FEATURE_LEAVES, cpuid: cpuidProbe(1, 0).code });
+}
+
 function has(entries: readonly CpuidEntry[], bit: CpuidBit): boolean {
   const e = entries.find((x) => x.function === bit.leaf && x.index === bit.index);
   return e !== undefined && ((e[bit.reg] >>> bit.bit) & 1) === 1;

@@ -240,6 +240,8 @@ export class LinuxMachine {
   static create(options: LinuxMachineOptions): LinuxMachine {
     const cpus = options.cpus ?? 1;
     checkMachineSize("Linux machine", cpus, options.memorySize);
+    const phase = options.onPhase ?? (() => {});
+    const planStart = performance.now();
     const planWith = (cmdline?: string) =>
       planLinuxBoot(options.kernel, {
         memorySize: options.memorySize,
@@ -248,6 +250,7 @@ export class LinuxMachine {
         vmlinux: options.vmlinux,
       });
     let plan = planWith(options.cmdline);
+    phase(`boot planned (${Math.round(performance.now() - planStart)} ms)`);
     const consoleRings = options.console === "virtio" ? createConsoleRings() : undefined;
     const specs: VirtioDeviceSpec[] = [
       ...(options.disks ?? []).map((d, i): VirtioDeviceSpec => ({
@@ -307,6 +310,7 @@ export class LinuxMachine {
           serialOutput: options.serialOutput,
           onUnhandled: options.onUnhandled,
           cpuid: options.cpuid,
+          onPhase: options.onPhase,
           probe,
           writeMemory: (vm) => {
             writeLinuxBoot(vm, plan, { memoryIsZero: true });

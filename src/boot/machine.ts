@@ -82,11 +82,18 @@ export interface PcMachineOptions {
   cpuid?: (entries: CpuidEntry[], vcpuId: number) => CpuidEntry[];
   /** The KVM system object to use (default: opens `/dev/kvm`, closed with the machine). */
   kvm?: Kvm;
+  /**
+   * Told as each step of building and starting the machine ends (the VM, RAM, the boot image
+   * written, the devices, the vCPUs, the AP workers started and ready): what `boot_linux
+   * --trace` prints.
+   */
+  onPhase?: (what: string) => void;
 }
 
 /** What {@linkcode PcMachine} is built from. */
 export interface PcMachineConfig
-  extends Pick<PcMachineOptions, "memorySize" | "serialOutput" | "onUnhandled" | "cpuid"> {
+  extends
+    Pick<PcMachineOptions, "memorySize" | "serialOutput" | "onUnhandled" | "cpuid" | "onPhase"> {
   /** The machine's name in errors: `"Linux machine"` gives `"run Linux machine"`. */
   name: string;
   /** The KVM system object, and whether the machine closes it. */
@@ -183,6 +190,7 @@ export class PcMachine {
   #aps = new ApWorkers();
   #exit: PcExit | null = null;
   #running = false;
+  #phase: (what: string) => void;
 
   /** Builds the machine (see {@linkcode PcMachineConfig}); on failure closes what it made. */
   constructor(config: PcMachineConfig) {
@@ -190,9 +198,17 @@ export class PcMachine {
     this.#name = config.name;
     this.#ownsKvm = config.ownsKvm;
     const { cpus, onUnhandled } = config;
+    const phase = this.#phase = config.onPhase ?? (() => {});
+    let start = performance.now();
+    const step = (what: string) => {
+      const now = performance.now();
+      phase(`${what} (${Math.round(now - start)} ms)`);
+      start = now;
+    };
     const vm = this.vm = config.kvm.createVm();
     try {
       setupPlatform(vm);
+      step("VM and interrupt controllers created");
       const ram = vm.allocateMemory(config.memorySize, { hugePages: config.hugePages });
       vm.setUserMemoryRegion({
         slot: 0,
@@ -209,7 +225,9 @@ export class PcMachine {
           offset: config.lowMemorySize,
         });
       }
+      step("guest RAM mapped");
       config.writeMemory(vm);
+      step("boot image and tables written");
 
       const report = onUnhandled &&
         ((a: Parameters<typeof describeUnhandled>[0]) => onUnhandled(describeUnhandled(a)));
@@ -224,6 +242,7 @@ export class PcMachine {
         onReset: () => this.finish({ reason: "reset", vcpu: -1 }),
       });
       config.addDevices?.(this);
+      step("devices added");
 
       const supported = config.kvm.getSupportedCpuid();
       const tscDeadline = config.kvm.checkExtension("TSC_DEADLINE_TIMER") > 0;
@@ -239,10 +258,13 @@ export class PcMachine {
         vcpus.push(vcpu);
       }
       this.vcpus = vcpus;
+      step("vCPUs created, CPUID set");
       const bsp = vcpus[0];
       config.enter(vm, bsp);
+      step("entry state set");
       // Workers take a while to load: start them now, while the caller finishes its setup.
       this.#aps.start(vcpus.slice(1), bsp.kickTarget, config.kvm.vcpuMmapSize());
+      step("AP workers started");
     } catch (e) {
       this.#aps.stop();
       vm.close();
@@ -319,6 +341,7 @@ export class PcMachine {
     bsp.adoptThread();
     try {
       await this.#aps.waitReady(operation, performance.now() + WORKER_START_TIMEOUT_MS);
+      if (this.#aps.count > 0) this.#phase("AP workers ready");
       // The watchdog kicks this thread when the time is up: bsp.run() then throws ETIMEDOUT.
       if (timeoutMs !== undefined) bsp.setWatchdog(Math.max(1, timeoutMs));
       return this.#runBootstrapVcpu(bsp, options.poll);

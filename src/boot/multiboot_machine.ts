@@ -198,6 +198,7 @@ export class MultibootMachine {
         serialOutput: options.serialOutput,
         onUnhandled: options.onUnhandled,
         cpuid: options.cpuid,
+        onPhase: options.onPhase,
         probe,
         hiddenKvmFeatures: options.hiddenKvmFeatures ?? 0,
         writeMemory: (vm) => {

@@ -14,7 +14,6 @@ import {
   compactElf,
   extractVmlinux,
 } from "../../src/boot/vmlinux.ts";
-import { readVerified } from "../../src/cache_dir.ts";
 import { tinyBzImage } from "../fuzz/samples.ts";
 
 const CHILD = new URL("./vmlinux_cache_child.ts", import.meta.url).pathname;
@@ -83,12 +82,16 @@ function checkCache(dir: string, image: Uint8Array, expected: string, reports: R
   ok(reports.every((r) => r.path === path), "one entry name for all");
   deepStrictEqual(
     [...Deno.readDirSync(dir)].map((e) => e.name).sort(),
-    [path.slice(dir.length + 1), `${path.slice(dir.length + 1)}.sha256`],
-    "the kernel and its hash, no temporary files left",
+    [path.slice(dir.length + 1), `${path.slice(dir.length + 1)}.md5`],
+    "the kernel and its check, no temporary files left",
   );
-  const verified = readVerified(path);
-  ok(verified, "the entry matches the SHA-256 beside it");
-  strictEqual(sha256(verified), expected);
+  const stored = Deno.readFileSync(path);
+  strictEqual(
+    Deno.readTextFileSync(`${path}.md5`),
+    `md5 ${createHash("md5").update(stored).digest("hex")} ${stored.length}\n`,
+    "the entry matches the MD5 and size beside it",
+  );
+  strictEqual(sha256(stored), expected);
   const again = cachedVmlinux(image, { directory: dir });
   strictEqual(again.source, "cache", "a later boot reads the entry back");
   strictEqual(sha256(again.vmlinux), expected);
@@ -146,13 +149,32 @@ Deno.test("vmlinux cache: the background lookup verifies a hit and replaces a da
     strictEqual(hit.source, "cache");
     strictEqual(sha256(hit.vmlinux), sha256(first.vmlinux));
     const bytes = Deno.readFileSync(first.path!);
-    bytes[bytes.length - 20] ^= 0x01; // still a loadable ELF: only the hash can tell
+    bytes[bytes.length - 20] ^= 0x01; // still a loadable ELF: only the check can tell
     Deno.writeFileSync(first.path!, bytes);
     const again = await cachedVmlinuxAsync(image, { directory: dir });
     strictEqual(again.source, "extracted", "the damaged entry was not used");
     await again.save();
     strictEqual(sha256(again.vmlinux), sha256(first.vmlinux));
     strictEqual((await cachedVmlinuxAsync(image, { directory: dir })).source, "cache");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("vmlinux cache: an entry of the SHA-256 era (no .md5 beside it) is extracted again and its .sha256 removed", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "vmlinux-old-" });
+  try {
+    const image = tinyBzImage();
+    const first = cachedVmlinux(image, { directory: dir });
+    const name = first.path!.slice(dir.length + 1);
+    // What an older version left: the kernel and its SHA-256, no MD5.
+    Deno.renameSync(`${first.path}.md5`, `${first.path}.sha256`);
+    Deno.writeTextFileSync(`${first.path}.sha256`, sha256(first.vmlinux));
+    const again = await cachedVmlinuxAsync(image, { directory: dir });
+    strictEqual(again.source, "extracted");
+    strictEqual(await again.save(), undefined, "written");
+    deepStrictEqual([...Deno.readDirSync(dir)].map((e) => e.name).sort(), [name, `${name}.md5`]);
+    strictEqual(cachedVmlinux(image, { directory: dir }).source, "cache");
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }

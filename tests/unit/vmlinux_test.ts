@@ -178,13 +178,21 @@ Deno.test({
       Deno.writeFileSync(first.path!, new Uint8Array(10));
       strictEqual(cachedVmlinux(image!, { directory }).source, "extracted");
       strictEqual(Deno.statSync(first.path!).size, first.vmlinux.length);
+      // One bit flipped in the middle, the size unchanged: only the MD5 can tell.
+      const bytes = Deno.readFileSync(first.path!);
+      bytes[bytes.length >> 1] ^= 0x10;
+      Deno.writeFileSync(first.path!, bytes);
+      using flipped = cachedVmlinux(image!, { directory, map: true });
+      strictEqual(flipped.source, "extracted", "a flipped bit in a mapped entry is seen");
+      ok(flipped.vmlinux.every((byte, k) => byte === first.vmlinux[k]), "extracted again");
+      strictEqual(cachedVmlinux(image!, { directory }).source, "cache", "and replaced");
       deepStrictEqual(
         [...Deno.readDirSync(directory)].map((e) => e.name).sort(),
         [
           first.path!.slice(directory.length + 1),
-          `${first.path!.slice(directory.length + 1)}.sha256`,
+          `${first.path!.slice(directory.length + 1)}.md5`,
         ],
-        "the kernel and its hash, no temporary files left",
+        "the kernel and its check, no temporary files left",
       );
     } finally {
       Deno.removeSync(directory, { recursive: true });
