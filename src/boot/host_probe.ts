@@ -23,6 +23,7 @@
 
 import { createHash } from "node:crypto";
 import { ensureCacheDir, untrustedReason, userCacheDir, writeExclusive } from "../cache_dir.ts";
+import type { CpuidEntry } from "../abi/cpuid.ts";
 import type { Kvm } from "../kvm/kvm.ts";
 import {
   type CpuidBit,
@@ -89,9 +90,24 @@ function kvmModules(): string[] {
   return modules.sort();
 }
 
+/**
+ * `entry` without the fields that name the host CPU the caller runs on (KVM
+ * fills them from the CPU that answered the ioctl, so they change from one
+ * process to the next, as seen in the sandbox): leaf 1's initial APIC id, the
+ * x2APIC id of leaves 0xB and 0x1F, and AMD's extended APIC, core and node
+ * ids (leaf 0x8000001E). No probe depends on them.
+ */
+function withoutCpuNumber(entry: CpuidEntry): CpuidEntry {
+  const e = { ...entry };
+  if (e.function === 1) e.ebx &= 0x00ff_ffff;
+  else if (e.function === 0xb || e.function === 0x1f) e.edx = 0;
+  else if (e.function === 0x8000_001e) e.eax = e.ebx = e.ecx = 0;
+  return e;
+}
+
 /** The SHA-256 of everything that decides the probes' answers on this host (see the module doc). */
 export function hostProbeKey(kvm: Kvm): string {
-  const cpuid = kvm.getSupportedCpuid()
+  const cpuid = kvm.getSupportedCpuid().map(withoutCpuNumber)
     .map((e) => [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx].join(","))
     .sort();
   const text = JSON.stringify({

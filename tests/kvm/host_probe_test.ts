@@ -81,3 +81,32 @@ Deno.test("host probe: a damaged, foreign or world-writable record is probed aga
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+const hasTaskset = (() => {
+  try {
+    return new Deno.Command("taskset", { args: ["-c", "0", "true"] }).outputSync().success;
+  } catch {
+    return false;
+  }
+})();
+
+Deno.test({
+  name: "host probe: the key is the same on every host CPU (KVM fills in the caller's APIC id)",
+  ignore: !hasTaskset || navigator.hardwareConcurrency < 2,
+  fn() {
+    const script = `import { hostProbeKey } from "${
+      new URL("../../src/boot/host_probe.ts", import.meta.url).href
+    }"; import { Kvm } from "${new URL("../../src/kvm/kvm.ts", import.meta.url).href}";
+      using kvm = Kvm.open(); console.log(hostProbeKey(kvm));`;
+    const keys = [0, 1].map((cpu) => {
+      const out = new Deno.Command("taskset", {
+        args: ["-c", String(cpu), Deno.execPath(), "eval", script],
+        stderr: "inherit",
+      }).outputSync();
+      strictEqual(out.code, 0, `the key on CPU ${cpu}`);
+      return new TextDecoder().decode(out.stdout).trim();
+    });
+    ok(/^[0-9a-f]{64}$/.test(keys[0]), keys[0]);
+    strictEqual(keys[1], keys[0]);
+  },
+});
