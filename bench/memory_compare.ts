@@ -46,6 +46,8 @@ interface Footprint {
   guestRss: number;
   /** The mappings counted as guest RAM: "start-end size KiB, Rss KiB". */
   guestMappings: string[];
+  /** Rss by kind of mapping (a file's name, or anonymous by size), largest first. */
+  groups: [string, number][];
   threads: number;
 }
 
@@ -56,6 +58,7 @@ function footprint(pid: number): Footprint {
   let pss = 0;
   let guestRss = 0;
   const guestMappings: string[] = [];
+  const groups = new Map<string, number>();
   const guestBytes = MEMORY_MIB * 1024 * 1024;
   // A mapping's header line, then its "Key: value kB" lines.
   for (const block of smaps.split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/)) {
@@ -69,13 +72,25 @@ function footprint(pid: number): Footprint {
     pss += field("Pss");
     const size = end - start;
     const anonymous = inode === "0" && (path === undefined || path === "");
+    let group = path ? path.replace(/.*\//, "") : "";
     if (anonymous && size >= guestBytes && size <= guestBytes + 4 * 1024 * 1024) {
       guestRss += blockRss;
       guestMappings.push(`${range} ${size >> 10} KiB, Rss ${blockRss} KiB`);
+      group = "guest RAM";
+    } else if (anonymous) {
+      group = size >= 32 << 20
+        ? "anonymous, 32 MiB or more"
+        : size >= 4 << 20
+        ? "anonymous, 4-32 MiB"
+        : size >= 1 << 20
+        ? "anonymous, 1-4 MiB"
+        : "anonymous, under 1 MiB";
     }
+    groups.set(group, (groups.get(group) ?? 0) + blockRss);
   }
   const threads = [...Deno.readDirSync(`/proc/${pid}/task`)].length;
-  return { rss, pss, guestRss, guestMappings, threads };
+  const sorted = [...groups].sort((a, b) => b[1] - a[1]);
+  return { rss, pss, guestRss, guestMappings, groups: sorted, threads };
 }
 
 /** Boots one way, measures it once the guest is idle in `/init`, then kills it. */
@@ -202,6 +217,9 @@ async function main(): Promise<void> {
           `beyond guest RAM ${f.rss - f.guestRss} KiB, ${f.threads} threads`,
       );
       for (const m of f.guestMappings) console.log(`  guest RAM mapping: ${m}`);
+      console.log(
+        `  Rss by mapping: ${f.groups.slice(0, 8).map(([g, kib]) => `${g} ${kib}`).join(", ")}`,
+      );
       if (f.guestMappings.length !== 1) {
         console.log(`  (expected one guest RAM mapping, found ${f.guestMappings.length})`);
       }
