@@ -578,18 +578,32 @@ function lookup(
 async function lookupAsync(
   image: Uint8Array,
   options: VmlinuxCacheOptions,
-): Promise<{ dir?: string; path?: string; cacheProblem?: string; hit?: CachedVmlinux }> {
+): Promise<
+  { dir?: string; path?: string; cacheProblem?: string; hit?: CachedVmlinux; steps?: string }
+> {
   const { dir, cacheProblem } = cacheDirectory(options);
   if (!dir) return { cacheProblem };
+  let at = performance.now();
+  const steps: string[] = [];
+  const step = (what: string) => {
+    const now = performance.now();
+    steps.push(`${what} ${Math.round(now - at)} ms`);
+    at = now;
+  };
   const path = entryPath(dir, await sha256HexAsync(image));
+  step("key");
   if (!untrustedReason(path, "file") && !untrustedReason(checkPath(path), "file")) {
     let file: MappedFile | undefined;
     try {
       file = options.map ? MappedFile.open(path) : undefined;
       const cached = file?.bytes ?? await Deno.readFile(path);
-      if (entryIntact(cached, await Deno.readTextFile(checkPath(path)))) {
+      const stored = await Deno.readTextFile(checkPath(path));
+      step(options.map ? "map" : "read");
+      const intact = entryIntact(cached, stored);
+      step("MD5");
+      if (intact) {
         parseElfKernel(cached);
-        return { dir, path, hit: result(cached, "cache", { path }, file) };
+        return { dir, path, hit: result(cached, "cache", { path }, file), steps: steps.join(", ") };
       }
       file?.close();
     } catch {
@@ -597,7 +611,7 @@ async function lookupAsync(
       file?.close();
     }
   }
-  return { dir, path };
+  return { dir, path, steps: steps.join(", ") };
 }
 
 /** Removes temporary files that a writer which died left behind (see {@linkcode STALE_TEMP_MS}). */
@@ -738,27 +752,59 @@ export function cachedVmlinux(
 }
 
 /**
- * {@linkcode cachedVmlinux} for a VMM that has other work to do meanwhile:
- * the lookup's hashes and liblzma's decoding run on Deno's blocking threads
- * (the TypeScript fallback on this thread), and the new cache entry is
- * written when the caller calls `save()` (see
- * {@linkcode PendingCachedVmlinux.save}): call it, and await it, before the
- * process exits. `image` must not change until the returned promise settles.
+ * What {@linkcode lookupVmlinuxAsync} found: the cached kernel, or on a miss
+ * the way to extract it.
  */
-export async function cachedVmlinuxAsync(
+export interface VmlinuxLookup {
+  /** The cached kernel (`source: "cache"`, nothing to save), when the cache held it. */
+  hit?: PendingCachedVmlinux;
+  /**
+   * Decompresses and compacts the kernel (liblzma on a blocking thread) and
+   * returns it with its `save()`; the cached kernel again on a hit. Each
+   * call extracts anew: call it once.
+   */
+  extract(): Promise<PendingCachedVmlinux>;
+}
+
+/**
+ * The first half of {@linkcode cachedVmlinuxAsync}: looks the kernel up
+ * (the bzImage's SHA-256 on a blocking thread, the entry's MD5 here) and
+ * leaves the decision to extract on a miss to the caller. A VMM whose guest
+ * decompresses faster than this host can (a hardware-assisted KVM) boots
+ * the bzImage itself on a miss and extracts for the cache after the run.
+ * `image` must not change until the last promise settles.
+ */
+export async function lookupVmlinuxAsync(
   image: Uint8Array,
   options: VmlinuxCacheOptions = {},
+): Promise<VmlinuxLookup> {
+  const phase = options.onPhase ?? (() => {});
+  const start = performance.now();
+  const { dir, path, cacheProblem, hit, steps } = await lookupAsync(image, options);
+  phase(
+    `kernel cache ${hit ? "hit, MD5 checked" : "miss"} (${ms(start)} after the lookup began${
+      steps ? `: ${steps}` : ""
+    })`,
+  );
+  if (hit) {
+    const found = { ...hit, save: nothingToSave };
+    return { hit: found, extract: () => Promise.resolve(found) };
+  }
+  return { extract: () => extractForCache(image, options, dir, path, cacheProblem) };
+}
+
+/** Extracts and compacts the kernel of a cache miss; `save()` writes it to `path`. */
+async function extractForCache(
+  image: Uint8Array,
+  options: VmlinuxCacheOptions,
+  dir: string | undefined,
+  path: string | undefined,
+  cacheProblem: string | undefined,
 ): Promise<PendingCachedVmlinux> {
   const phase = options.onPhase ?? (() => {});
-  let start = performance.now();
-  const { dir, path, cacheProblem, hit } = await lookupAsync(image, options);
-  phase(
-    `kernel cache ${hit ? "hit, MD5 checked" : "miss"} (${ms(start)} after the lookup began)`,
-  );
-  if (hit) return { ...hit, save: nothingToSave };
   const extracted = await extractVmlinuxAsync(image, options);
   phase(describeExtraction(extracted));
-  start = performance.now();
+  const start = performance.now();
   const vmlinux = compactElf(extracted.vmlinux, { inPlace: true });
   phase(`kernel compacted to ${vmlinux.length} bytes (${ms(start)})`);
   const how = { decoder: extracted.decoder, fallbackReason: extracted.fallbackReason };
@@ -781,4 +827,19 @@ export async function cachedVmlinuxAsync(
       return undefined;
     })();
   return { ...result(vmlinux, "extracted", { ...how, path }), save };
+}
+
+/**
+ * {@linkcode cachedVmlinux} for a VMM that has other work to do meanwhile:
+ * the lookup's hashes and liblzma's decoding run on Deno's blocking threads
+ * (the TypeScript fallback on this thread), and the new cache entry is
+ * written when the caller calls `save()` (see
+ * {@linkcode PendingCachedVmlinux.save}): call it, and await it, before the
+ * process exits. `image` must not change until the returned promise settles.
+ */
+export async function cachedVmlinuxAsync(
+  image: Uint8Array,
+  options: VmlinuxCacheOptions = {},
+): Promise<PendingCachedVmlinux> {
+  return await (await lookupVmlinuxAsync(image, options)).extract();
 }
