@@ -417,8 +417,24 @@ const median = (xs: number[]) => {
   return ok.length === 0 ? -1 : ok[ok.length >> 1];
 };
 
+const HELP =
+  `bench/virtio_compare.ts: virtio disk and network throughput, this VMM against QEMU (issue 16).
+
+  deno run -A bench/virtio_compare.ts --prepare   on the host: QEMU bundle, initramfs, helper
+  deno run -A bench/virtio_compare.ts [--only ours|qemu]
+                                                  the measurements (needs root, /dev/kvm, QEMU):
+                                                  run it in the sandbox, see the module's doc
+  --only ours|qemu   boot only one of the two (a quick look at one side)
+  KVM_VIRTIO_BENCH_RUNS    rounds (default 2)
+  KVM_VIRTIO_BENCH_KILL_S  seconds before a boot is killed (default 1200)`;
+
 async function main(): Promise<void> {
+  if (Deno.args.includes("--help") || Deno.args.includes("-h")) return console.log(HELP);
   if (Deno.args.includes("--prepare")) return await prepare();
+  const only = Deno.args.includes("--only") ? Deno.args[Deno.args.indexOf("--only") + 1] : "";
+  if (only !== "" && only !== "ours" && only !== "qemu") {
+    throw new Error(`--only ${only}: ours or qemu\n${HELP}`);
+  }
   const kernel = hostKernelPath() ?? "/boot/vmlinuz";
   const initrd = `${BENCH_DIR}/initrd.cpio`;
   if (!exists(initrd) || !exists(`${QEMU_DIR}/bin/qemu-system-x86_64`)) {
@@ -504,10 +520,11 @@ async function main(): Promise<void> {
     "-device",
     "virtio-net-pci,netdev=n0,romfile=",
   ];
-  const ways: [string, string, string[]][] = [
+  const all: [string, string, string[]][] = [
     ["deno-kvm (virtio-mmio)", Deno.execPath(), ours],
     ["qemu (virtio-pci)", `${QEMU_DIR}/lib/ld-linux-x86-64.so.2`, qemu],
   ];
+  const ways = all.filter(([n]) => only === "" || n.startsWith(only === "ours" ? "deno" : "qemu"));
   const receiver = new Receiver();
   const results: Record<string, Figures[]> = Object.fromEntries(ways.map(([n]) => [n, []]));
   const started = new Date().toISOString();
@@ -536,11 +553,11 @@ async function main(): Promise<void> {
     `\n${started} - ${new Date().toISOString()}, ${RUNS} rounds, ${CPUS} vCPU, ` +
       `${MEMORY_MIB} MiB, ${DISK_MIB} MiB raw image; medians over the boots (each boot: median of 3 seq passes)`,
   );
-  const [oursName, qemuName] = ways.map(([n]) => n);
+  const [oursName, qemuName] = all.map(([n]) => n);
   const metric = (label: string, pick: (f: Figures) => number, digits = 0) => {
-    const a = median(results[oursName].map(pick));
-    const b = median(results[qemuName].map(pick));
-    const each = (n: string) => results[n].map((f) => pick(f).toFixed(digits)).join(", ");
+    const a = median((results[oursName] ?? []).map(pick));
+    const b = median((results[qemuName] ?? []).map(pick));
+    const each = (n: string) => (results[n] ?? []).map((f) => pick(f).toFixed(digits)).join(", ");
     console.log(
       `${label.padEnd(34)} ${a.toFixed(digits).padStart(9)} ${b.toFixed(digits).padStart(9)} ` +
         `${a > 0 && b > 0 ? (a / b).toFixed(2) : "-"}`.padStart(7) +
