@@ -1,12 +1,17 @@
 // virtio-net on a real tap interface and real KVM: the device's transmit
-// queue sends an ARP request for the host's address out of the tap; the host
-// kernel answers, the device thread (woken by poll on the tap) puts the
-// reply in a receive buffer, behind its virtio header. The queue setup is
-// done from here through the transport, as a driver's MMIO exits would; the
-// guest only kicks (one store to QueueNotify, taken by the ioeventfd).
-// Needs root (a tap is created) and the `ip` command: skips without them.
+// queue sends a frame out of the tap; the host kernel answers, the device
+// thread (woken by poll on the tap) puts the reply in a receive buffer,
+// behind its virtio header. First an ARP request with no offloads; then,
+// with the checksum offload negotiated, an ICMP echo request whose checksum
+// the guest left to the host (the virtio header's NEEDS_CSUM, passed through
+// to the tap's vnet header): the host only answers it if the header got
+// there. The queue setup is done from here through the transport, as a
+// driver's MMIO exits would; the guest only kicks (one store to QueueNotify,
+// taken by the ioeventfd). Needs root (a tap is created) and the `ip`
+// command: skips without them.
 
 import { ok, strictEqual } from "node:assert/strict";
+import type { MemorySlot } from "../../mod.ts";
 import { MmioReg, Status } from "../../src/devices/virtio/constants.ts";
 import { defaultMac, NET_HEADER_BYTES } from "../../src/devices/virtio/net.ts";
 import { VirtioRuntime } from "../../src/devices/virtio/runtime.ts";
@@ -58,115 +63,209 @@ function ip(...args: string[]): void {
   if (!r.success) throw new Error(`ip ${args.join(" ")}: ${new TextDecoder().decode(r.stderr)}`);
 }
 
+/** VIRTIO_F_VERSION_1, and VIRTIO_NET_F_CSUM with VIRTIO_NET_F_GUEST_CSUM (bits 0 and 1). */
+const VERSION_1_HIGH = 1;
+const CSUM_LOW = 0b11;
+
+/**
+ * A card on a fresh tap with both queues of 8 set up by `features` (low and
+ * high words) and eight 2 KiB receive buffers; `send` puts `frame` on the
+ * transmit queue, the guest kicks, and the call returns once the device gave
+ * the buffer back; `reply` waits for a received frame `match` accepts and
+ * returns its offset in RAM (after the virtio header).
+ */
+async function withCard(
+  featuresLow: number,
+  body: (card: {
+    name: string;
+    mac: Uint8Array;
+    slot: MemorySlot;
+    send(frame: number[]): Promise<void>;
+    reply(what: string, match: (at: number, ram: DataView) => boolean): Promise<number>;
+    errors(): string[];
+  }) => Promise<void>,
+): Promise<void> {
+  const name = `dkvm${Deno.pid % 100000}`;
+  const mac = defaultMac(0);
+  const fd = openTap(name); // created here; gone when the fd closes
+  using g = guest(KICK_TX, { irqchip: true, ramSize: 0x40000 });
+  const { vm, vcpu } = g;
+  const slot = vm.memorySlots.get(0)!;
+  const runtime = VirtioRuntime.start(
+    vm,
+    [{ gpa: 0, hostAddress: slot.userspaceAddr, size: slot.memorySize }],
+    [{ spec: { kind: "net", fd, mac }, address: WINDOW, gsi: 16 }],
+  );
+  try {
+    ip("addr", "add", `${HOST_IP.join(".")}/24`, "dev", name);
+    ip("link", "set", name, "up");
+    const t = runtime.devices[0].transport;
+    const reg = new Uint8Array(4);
+    const w32 = (offset: number, value: number) => {
+      new DataView(reg.buffer).setUint32(0, value, true);
+      t.write(offset, reg);
+    };
+    const ram = new DataView(slot.bytes.buffer, slot.bytes.byteOffset, slot.bytes.byteLength);
+    const desc = (base: number, i: number, addr: number, len: number, flags: number) => {
+      ram.setBigUint64(base + 16 * i, BigInt(addr), true);
+      ram.setUint32(base + 16 * i + 8, len, true);
+      ram.setUint16(base + 16 * i + 12, flags, true);
+      ram.setUint16(base + 16 * i + 14, 0, true);
+    };
+    // The driver: the features, both queues of 8, DRIVER_OK.
+    w32(MmioReg.STATUS, Status.ACKNOWLEDGE | Status.DRIVER);
+    w32(MmioReg.DRIVER_FEATURES_SEL, 0);
+    w32(MmioReg.DRIVER_FEATURES, featuresLow);
+    w32(MmioReg.DRIVER_FEATURES_SEL, 1);
+    w32(MmioReg.DRIVER_FEATURES, VERSION_1_HIGH);
+    w32(MmioReg.STATUS, Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK);
+    strictEqual(t.state[0] & Status.FEATURES_OK, Status.FEATURES_OK, "features accepted");
+    for (const [q, area] of [[0, RX], [1, TX]] as const) {
+      w32(MmioReg.QUEUE_SEL, q);
+      w32(MmioReg.QUEUE_NUM, 8);
+      w32(MmioReg.QUEUE_DESC_LOW, area.desc);
+      w32(MmioReg.QUEUE_DRIVER_LOW, area.avail);
+      w32(MmioReg.QUEUE_DEVICE_LOW, area.used);
+      w32(MmioReg.QUEUE_READY, 1);
+    }
+    // Eight 2 KiB receive buffers, posted before DRIVER_OK.
+    for (let i = 0; i < 8; i++) {
+      desc(RX.desc, i, RX_BUFFERS + 2048 * i, 2048, 2);
+      ram.setUint16(RX.avail + 4 + 2 * i, i, true);
+    }
+    ram.setUint16(RX.avail + 2, 8, true);
+    w32(
+      MmioReg.STATUS,
+      Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK,
+    );
+    await body({
+      name,
+      mac,
+      slot,
+      async send(frame) {
+        slot.bytes.set(frame, TX_FRAME);
+        desc(TX.desc, 0, TX_FRAME, frame.length, 0);
+        ram.setUint16(TX.avail + 4, 0, true);
+        ram.setUint16(TX.avail + 2, 1, true);
+        strictEqual(vcpu.run().reason, "io", "the kick did not exit: the next exit is the OUT");
+        await until(
+          () => ram.getUint16(TX.used + 2, true) === 1,
+          "the transmit buffer back",
+          () => `status ${t.state[0]}, device thread: ${runtime.errors.join("; ") || "no error"}`,
+        );
+      },
+      async reply(what, match) {
+        // The host may send other frames first (IPv6 neighbour discovery): look for the one.
+        let found = -1;
+        await until(() => {
+          const n = ram.getUint16(RX.used + 2, true);
+          for (let i = 0; i < n && found < 0; i++) {
+            const id = ram.getUint32(RX.used + 4 + 8 * i, true);
+            const at = RX_BUFFERS + 2048 * id + NET_HEADER_BYTES;
+            if (match(at, ram)) found = at;
+          }
+          return found >= 0;
+        }, what);
+        return found;
+      },
+      errors: () => runtime.errors,
+    });
+  } finally {
+    runtime.stop();
+  }
+}
+
+const NO_TAP = lacksCap("IOEVENTFD") ?? lacksCap("IRQCHIP") ?? lacksCap("IRQFD") ?? tapSupport();
+
 featureTest(
   "virtio-net: an ARP request leaves through the tap, the host's reply arrives in a receive buffer",
-  lacksCap("IOEVENTFD") ?? lacksCap("IRQFD") ?? lacksCap("IRQCHIP") ?? tapSupport(),
-  async () => {
-    const name = `dkvm${Deno.pid % 100000}`;
-    const mac = defaultMac(0);
-    const fd = openTap(name); // created here; gone when the fd closes
-    using g = guest(KICK_TX, { irqchip: true, ramSize: 0x40000 });
-    const { vm, vcpu } = g;
-    const slot = vm.memorySlots.get(0)!;
-    const runtime = VirtioRuntime.start(
-      vm,
-      [{ gpa: 0, hostAddress: slot.userspaceAddr, size: slot.memorySize }],
-      [{ spec: { kind: "net", fd, mac }, address: WINDOW, gsi: 16 }],
-    );
-    try {
-      ip("addr", "add", `${HOST_IP.join(".")}/24`, "dev", name);
-      ip("link", "set", name, "up");
-      const t = runtime.devices[0].transport;
-      const reg = new Uint8Array(4);
-      const w32 = (offset: number, value: number) => {
-        new DataView(reg.buffer).setUint32(0, value, true);
-        t.write(offset, reg);
-      };
-      const ram = new DataView(slot.bytes.buffer, slot.bytes.byteOffset, slot.bytes.byteLength);
-      const desc = (base: number, i: number, addr: number, len: number, flags: number) => {
-        ram.setBigUint64(base + 16 * i, BigInt(addr), true);
-        ram.setUint32(base + 16 * i + 8, len, true);
-        ram.setUint16(base + 16 * i + 12, flags, true);
-        ram.setUint16(base + 16 * i + 14, 0, true);
-      };
-      // The driver: VERSION_1 only, both queues of 8, DRIVER_OK.
-      w32(MmioReg.STATUS, Status.ACKNOWLEDGE | Status.DRIVER);
-      w32(MmioReg.DRIVER_FEATURES_SEL, 1);
-      w32(MmioReg.DRIVER_FEATURES, 1);
-      w32(MmioReg.STATUS, Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK);
-      for (const [q, area] of [[0, RX], [1, TX]] as const) {
-        w32(MmioReg.QUEUE_SEL, q);
-        w32(MmioReg.QUEUE_NUM, 8);
-        w32(MmioReg.QUEUE_DESC_LOW, area.desc);
-        w32(MmioReg.QUEUE_DRIVER_LOW, area.avail);
-        w32(MmioReg.QUEUE_DEVICE_LOW, area.used);
-        w32(MmioReg.QUEUE_READY, 1);
-      }
-      // Eight 2 KiB receive buffers, posted before DRIVER_OK.
-      for (let i = 0; i < 8; i++) {
-        desc(RX.desc, i, RX_BUFFERS + 2048 * i, 2048, 2);
-        ram.setUint16(RX.avail + 4 + 2 * i, i, true);
-      }
-      ram.setUint16(RX.avail + 2, 8, true);
-      w32(
-        MmioReg.STATUS,
-        Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK,
-      );
+  NO_TAP,
+  () =>
+    withCard(0, async ({ mac, slot, send, reply, errors }) => {
       // The frame: virtio header, then Ethernet broadcast + ARP "who has HOST_IP, tell GUEST_IP".
-      const frame = [
+      await send([
         ...new Array(NET_HEADER_BYTES).fill(0),
         ...[0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
         ...mac,
-        0x08,
-        0x06,
-        0,
-        1,
-        0x08,
-        0x00,
-        6,
-        4,
-        0,
-        1,
+        ...[0x08, 0x06], // ARP
+        ...[0, 1, 0x08, 0x00, 6, 4, 0, 1], // Ethernet/IPv4, request
         ...mac,
         ...GUEST_IP,
+        ...[0, 0, 0, 0, 0, 0],
+        ...HOST_IP,
+      ]);
+      const at = await reply(
+        "the host's ARP reply",
+        (at, ram) => ram.getUint16(at + 12) === 0x0806 && ram.getUint16(at + 20) === 2,
+      );
+      const b = slot.bytes;
+      ok(mac.every((x, i) => b[at + i] === x), "addressed to the card's MAC");
+      ok(HOST_IP.every((x, i) => b[at + 28 + i] === x), "the sender is the host's address");
+      strictEqual(b[at - NET_HEADER_BYTES + 10], 1, "num_buffers 1");
+      strictEqual(errors().length, 0);
+    }),
+);
+
+/** The Internet checksum of `bytes` (RFC 1071). */
+function inetChecksum(bytes: number[]): number {
+  let sum = 0;
+  for (let i = 0; i < bytes.length; i += 2) sum += (bytes[i] << 8) | (bytes[i + 1] ?? 0);
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return ~sum & 0xffff;
+}
+
+featureTest(
+  "virtio-net: with the checksum offload, an ICMP echo whose checksum the guest left to the host (NEEDS_CSUM) is answered",
+  NO_TAP,
+  () =>
+    withCard(CSUM_LOW, async ({ name, mac, slot, send, reply, errors }) => {
+      // The host answers without asking who the guest is.
+      const macText = [...mac].map((x) => x.toString(16).padStart(2, "0")).join(":");
+      ip(
+        "neigh",
+        "replace",
+        GUEST_IP.join("."),
+        "lladdr",
+        macText,
+        "dev",
+        name,
+        "nud",
+        "permanent",
+      );
+      const tapMac = Deno.readTextFileSync(`/sys/class/net/${name}/address`).trim().split(":")
+        .map((x) => parseInt(x, 16));
+      const icmp = [8, 0, 0, 0, 0x12, 0x34, 0, 1, ...new Array(8).fill(0x5a)]; // checksum 0: the host's
+      const ipHeader = [
+        0x45,
         0,
         0,
+        20 + icmp.length,
         0,
         0,
+        0x40,
+        0,
+        64,
+        1,
         0,
         0,
+        ...GUEST_IP,
         ...HOST_IP,
       ];
-      slot.bytes.set(frame, TX_FRAME);
-      desc(TX.desc, 0, TX_FRAME, frame.length, 0);
-      ram.setUint16(TX.avail + 4, 0, true);
-      ram.setUint16(TX.avail + 2, 1, true);
-
-      strictEqual(vcpu.run().reason, "io", "the kick did not exit: the next exit is the OUT");
-      await until(
-        () => ram.getUint16(TX.used + 2, true) === 1,
-        "the transmit buffer back",
-        () => `status ${t.state[0]}, device thread: ${runtime.errors.join("; ") || "no error"}`,
+      const sum = inetChecksum(ipHeader);
+      ipHeader[10] = sum >> 8;
+      ipHeader[11] = sum & 0xff;
+      // virtio_net_hdr: NEEDS_CSUM, no GSO, csum_start 34 (Ethernet 14 + IPv4 20), csum_offset 2.
+      const vnet = [1, 0, 0, 0, 0, 0, 34, 0, 2, 0, 0, 0];
+      await send([...vnet, ...tapMac, ...mac, 0x08, 0x00, ...ipHeader, ...icmp]);
+      const at = await reply(
+        "the host's echo reply",
+        (at, ram) =>
+          ram.getUint16(at + 12) === 0x0800 && ram.getUint8(at + 23) === 1 &&
+          ram.getUint8(at + 34) === 0 && ram.getUint16(at + 38) === 0x1234,
       );
-      // The host may send other frames first (IPv6 neighbour discovery): look for the reply.
-      let reply = -1;
-      await until(() => {
-        const n = ram.getUint16(RX.used + 2, true);
-        for (let i = 0; i < n && reply < 0; i++) {
-          const id = ram.getUint32(RX.used + 4 + 8 * i, true);
-          const at = RX_BUFFERS + 2048 * id + NET_HEADER_BYTES;
-          const isArpReply = ram.getUint16(at + 12) === 0x0806 && ram.getUint16(at + 20) === 2;
-          if (isArpReply) reply = at;
-        }
-        return reply >= 0;
-      }, "the host's ARP reply");
       const b = slot.bytes;
-      ok(mac.every((x, i) => b[reply + i] === x), "addressed to the card's MAC");
-      ok(HOST_IP.every((x, i) => b[reply + 28 + i] === x), "the sender is the host's address");
-      strictEqual(b[reply - NET_HEADER_BYTES + 10], 1, "num_buffers 1");
-      strictEqual(runtime.errors.length, 0);
-    } finally {
-      runtime.stop();
-    }
-  },
+      ok(HOST_IP.every((x, i) => b[at + 26 + i] === x), "from the host's address");
+      strictEqual(b[at - NET_HEADER_BYTES + 10], 1, "num_buffers 1");
+      strictEqual(errors().length, 0);
+    }),
 );
