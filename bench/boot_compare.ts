@@ -28,7 +28,11 @@
  * ```
  *
  * `KVM_BOOT_BENCH_RUNS` (default 3) sets the rounds; each process is killed after
- * `KVM_BOOT_BENCH_KILL_S` (default 90) seconds.
+ * `KVM_BOOT_BENCH_KILL_S` (default 90) seconds. `KVM_BOOT_BENCH_BASELINE=DIR`
+ * adds the first and later boot of another checkout of this repository (a
+ * `git worktree` of an older commit with its shim built, carried into the
+ * sandbox with `--include`), run from DIR with a cache of its own: before and
+ * after figures from the same run.
  * A script, not a `deno bench` file (it times whole processes), hence not named `*_bench.ts`.
  *
  * @module
@@ -85,11 +89,13 @@ async function time(
   cmd: string,
   args: string[],
   env: Record<string, string> = {},
+  cwd?: string,
 ): Promise<Timing> {
   const t0 = performance.now();
   const child = new Deno.Command(cmd, {
     args,
     env,
+    cwd,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -146,11 +152,17 @@ async function main(): Promise<void> {
     initrd,
     await buildInitramfs({ busybox: await Deno.readFile("/bin/busybox"), init: INIT }),
   );
-  const ours = (...extra: string[]) => [
+  const baseline = Deno.env.get("KVM_BOOT_BENCH_BASELINE");
+  const baselineRoot = baseline ? await Deno.realPath(baseline) : undefined;
+  const cli = (root?: string) =>
+    root ? `${root}/examples/boot_linux.ts` : new URL("../examples/boot_linux.ts", import.meta.url)
+      .pathname;
+  const ours = (...extra: string[]) => oursFrom(undefined, ...extra);
+  const oursFrom = (root: string | undefined, ...extra: string[]) => [
     "run",
     "-A",
     "--no-check",
-    new URL("../examples/boot_linux.ts", import.meta.url).pathname,
+    cli(root),
     "--kernel",
     kernel,
     "--initrd",
@@ -229,8 +241,19 @@ async function main(): Promise<void> {
     if (source !== "cache") console.error("boot_compare: the first boot did not fill the cache");
     await Deno.writeFile(vmlinuxFile, vmlinux);
   }
-  /** name, command, arguments, environment (made just before each boot). */
-  type Way = [string, string, string[], () => Promise<Record<string, string>>];
+  // The baseline's warm cache, filled by its own first boot (its entries may differ in format).
+  const baselineWarm = baselineRoot ? await freshCache() : "";
+  if (baselineRoot) {
+    const t = await time(
+      Deno.execPath(),
+      oursFrom(baselineRoot),
+      { ...lzmaEnv, DENO_KVM_CACHE: baselineWarm },
+      baselineRoot,
+    );
+    show("baseline, first boot filling its warm cache (not counted)", t);
+  }
+  /** name, command, arguments, environment (made just before each boot), working directory. */
+  type Way = [string, string, string[], () => Promise<Record<string, string>>, string?];
   const none = () => Promise.resolve({});
   const ways: Way[] = [
     [
@@ -247,6 +270,24 @@ async function main(): Promise<void> {
     ],
     ["qemu bzImage", qemuPath, qemu(kernel), none],
   ];
+  if (baselineRoot) {
+    ways.unshift(
+      [
+        "baseline first boot",
+        Deno.execPath(),
+        oursFrom(baselineRoot),
+        async () => ({ ...lzmaEnv, DENO_KVM_CACHE: await freshCache() }),
+        baselineRoot,
+      ],
+      [
+        "baseline later boot",
+        Deno.execPath(),
+        oursFrom(baselineRoot),
+        () => Promise.resolve({ ...lzmaEnv, DENO_KVM_CACHE: baselineWarm }),
+        baselineRoot,
+      ],
+    );
+  }
   if (all) {
     ways.push(
       ["deno-kvm --guest-decompress", Deno.execPath(), ours("--guest-decompress"), none],
@@ -255,8 +296,9 @@ async function main(): Promise<void> {
   }
   const results: Record<string, Timing[]> = Object.fromEntries(ways.map(([n]) => [n, []]));
   for (let i = 0; i < runs; i++) {
-    for (const [name, cmd, args, env] of ways) {
-      const t = await time(cmd, args, await env());
+    console.log(`round ${i + 1}: load average ${Deno.readTextFileSync("/proc/loadavg").trim()}`);
+    for (const [name, cmd, args, env, cwd] of ways) {
+      const t = await time(cmd, args, await env(), cwd);
       show(`round ${i + 1}, ${name}`, t);
       if (t.trace.length > 0) console.log(`  trace: ${t.trace.join(" | ")}`);
       results[name].push(t);
@@ -280,7 +322,7 @@ async function main(): Promise<void> {
   const reference = booted("qemu bzImage");
   if (reference.length > 0) {
     const qemuMedian = median(reference.map((t) => t.marker));
-    for (const name of ["deno-kvm first boot", "deno-kvm later boot"]) {
+    for (const name of ways.map(([n]) => n).filter((n) => !n.startsWith("qemu"))) {
       const ok = booted(name);
       if (ok.length === 0) continue;
       // Round by round: each boot of ours against QEMU's boot of the same round.
@@ -294,7 +336,7 @@ async function main(): Promise<void> {
       );
     }
   }
-  for (const name of ["deno-kvm first boot", "deno-kvm later boot"]) {
+  for (const name of ways.map(([n]) => n).filter((n) => !n.startsWith("qemu"))) {
     const ok = booted(name);
     if (ok.length === 0) continue;
     console.log(`\n${name}: --trace, median time since the CLI started at which each phase ended`);
