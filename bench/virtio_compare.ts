@@ -199,6 +199,9 @@ const INIT = [
   // A stalled stream must not hold the boot: the helper is killed after 90 s.
   `timeout 90 /vbench net ${HOST_IP} ${PORT} ${NET_MS} || echo VBENCH-NET-FAILED $?`,
   "echo \"VBENCH-NETDEV $(grep eth0 /proc/net/dev)\"",
+  // Why a stream is slow: the guest's TCP counters (RetransSegs) and the card's negotiated features.
+  "echo \"VBENCH-NETTCP $(grep Tcp: /proc/net/snmp | tail -1)\"",
+  "for d in /sys/bus/virtio/devices/*; do [ \"$(cat $d/device)\" = 0x0001 ] && echo \"VBENCH-NETFEATURES $(cat $d/features)\"; done",
   "echo VBENCH-DONE",
   "poweroff -f",
 ].join("\n") + "\n";
