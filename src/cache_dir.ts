@@ -10,7 +10,25 @@
  * @module
  */
 
-import { createHash } from "node:crypto";
+import type { Hash } from "node:crypto";
+
+/**
+ * `createHash` of `node:crypto`, loaded on the first hash rather than with
+ * this module: every vCPU Worker imports this module (through the shim
+ * loader) and never hashes, and loading Node's crypto costs a Worker about
+ * 0.45 s of its 1.1 s start in the sandbox's emulator (`bench/RESULTS.md`,
+ * issue 17). `process.getBuiltinModule` (Deno 2.1) imports a built-in
+ * synchronously.
+ */
+function createHash(algorithm: string): Hash {
+  const process = (globalThis as { process?: { getBuiltinModule?(id: string): unknown } })
+    .process;
+  const crypto = process?.getBuiltinModule?.("node:crypto") as
+    | typeof import("node:crypto")
+    | undefined;
+  if (!crypto) throw new Error("hashing needs Deno 2.1 or later (process.getBuiltinModule)");
+  return crypto.createHash(algorithm);
+}
 
 /** The cache directory, or undefined when no variable names one (or env access is denied). */
 export function userCacheDir(): string | undefined {
