@@ -46,6 +46,8 @@ interface Footprint {
   guestRss: number;
   /** The mappings counted as guest RAM: "start-end size KiB, Rss KiB". */
   guestMappings: string[];
+  /** Anonymous mappings of 32 MiB or more, other than guest RAM, with 1 MiB or more resident. */
+  large: string[];
   /** Rss by kind of mapping (a file's name, or anonymous by size), largest first. */
   groups: [string, number][];
   threads: number;
@@ -59,6 +61,7 @@ function footprint(pid: number): Footprint {
   let guestRss = 0;
   const guestMappings: string[] = [];
   const groups = new Map<string, number>();
+  const large: string[] = [];
   const guestBytes = MEMORY_MIB * 1024 * 1024;
   // A mapping's header line, then its "Key: value kB" lines.
   for (const block of smaps.split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/)) {
@@ -87,10 +90,13 @@ function footprint(pid: number): Footprint {
         : "anonymous, under 1 MiB";
     }
     groups.set(group, (groups.get(group) ?? 0) + blockRss);
+    if (group === "anonymous, 32 MiB or more" && blockRss >= 1024) {
+      large.push(`${range} ${size >> 10} KiB, Rss ${blockRss} KiB`);
+    }
   }
   const threads = [...Deno.readDirSync(`/proc/${pid}/task`)].length;
   const sorted = [...groups].sort((a, b) => b[1] - a[1]);
-  return { rss, pss, guestRss, guestMappings, groups: sorted, threads };
+  return { rss, pss, guestRss, guestMappings, large, groups: sorted, threads };
 }
 
 /** Boots one way, measures it once the guest is idle in `/init`, then kills it. */
@@ -192,11 +198,25 @@ async function main(): Promise<void> {
     "-append",
     CMDLINE,
   ];
+  // The floor under any Deno VMM: the runtime alone, idle, and with one Worker (the boot
+  // CLI runs each AP on a Worker), each printing the marker when ready.
+  const bare = await Deno.makeTempFile({ suffix: ".js" });
+  await Deno.writeTextFile(
+    bare,
+    `if (Deno.args[0] === "worker") {
+      const w = new Worker("data:text/javascript,postMessage(1)", { type: "module" });
+      await new Promise((r) => { w.onmessage = r; });
+    }
+    console.log("${MARKER}");
+    setTimeout(() => {}, 600000);`,
+  );
   const ways: [string, string, string[]][] = [
     ["deno-kvm", Deno.execPath(), ours],
     ["qemu", `${QEMU_DIR}lib/ld-linux-x86-64.so.2`, qemu],
+    ["bare deno", Deno.execPath(), ["run", "-A", bare]],
+    ["bare deno + 1 Worker", Deno.execPath(), ["run", "-A", bare, "worker"]],
   ];
-  const results: Record<string, Footprint[]> = { "deno-kvm": [], qemu: [] };
+  const results: Record<string, Footprint[]> = Object.fromEntries(ways.map(([n]) => [n, []]));
   // The first boot fills the kernel cache (the decode's buffers may stay resident): measured,
   // printed, not counted; the rounds measure later boots, as a user's usual one.
   console.log("deno-kvm, first boot filling the cache (not counted)");
@@ -217,6 +237,7 @@ async function main(): Promise<void> {
           `beyond guest RAM ${f.rss - f.guestRss} KiB, ${f.threads} threads`,
       );
       for (const m of f.guestMappings) console.log(`  guest RAM mapping: ${m}`);
+      for (const m of f.large) console.log(`  large anonymous mapping: ${m}`);
       console.log(
         `  Rss by mapping: ${f.groups.slice(0, 8).map(([g, kib]) => `${g} ${kib}`).join(", ")}`,
       );
@@ -246,6 +267,7 @@ async function main(): Promise<void> {
     );
   }
   await Deno.remove(initrd);
+  await Deno.remove(bare);
   await Deno.remove(cache, { recursive: true });
 }
 
