@@ -195,7 +195,7 @@ const INIT = [
   "echo \"VBENCH-RESULT dd $( (time dd if=/dev/vda of=/dev/null bs=1M iflag=direct) 2>&1 | grep real)\"",
   `/vbench rand /dev/vda ${RAND_MS}`,
   `ip addr add ${GUEST_IP}/24 dev eth0 && ip link set eth0 up`,
-  `echo "VBENCH-PING $(ping -c 2 -W 5 ${HOST_IP} 2>&1 | grep -E 'loss|round-trip')"`,
+  `echo "VBENCH-PING $(ping -c 2 -W 5 ${HOST_IP} 2>&1 | grep -E 'loss|round-trip' | tr '\\n' ' ')"`,
   // A stalled stream must not hold the boot: the helper is killed after 90 s.
   `timeout 90 /vbench net ${HOST_IP} ${PORT} ${NET_MS} || echo VBENCH-NET-FAILED $?`,
   "echo \"VBENCH-NETDEV $(grep eth0 /proc/net/dev)\"",
