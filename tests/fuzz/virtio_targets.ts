@@ -48,7 +48,7 @@ class Sink implements VirtioBackend {
     let any = false;
     while (queue.pop()) {
       const c = queue.chain;
-      expect(c.count <= c.writable.length, "chain count past its capacity");
+      expect(c.count <= c.buffers.length, "chain count past its capacity");
       for (let i = 0; i < c.count; i++) {
         const b = c.buffers[i];
         expect(b.buffer === queueRam(), "a buffer outside the guest RAM's buffer");

@@ -122,8 +122,6 @@ export class BlockBackend implements VirtioBackend {
   /** The request's `struct iovec`s, as 32-bit words: room for every buffer a chain can hold. */
   #iov = new Uint32Array(4 * IOV_MAX);
   #iovBytes = new Uint8Array(this.#iov.buffer);
-  /** Chains are read through iovecs: no view per buffer. */
-  readonly bufferViews = false;
 
   /** Opens the image (read-only when the spec says so). */
   constructor(spec: BlockSpec) {
@@ -163,7 +161,7 @@ export class BlockBackend implements VirtioBackend {
     if (last < 0 || !chain.writable[last]) {
       throw new VirtioError("block request without a writable status byte");
     }
-    const statusBuffer = chain.view(last);
+    const statusBuffer = chain.buffers[last];
     let status: number = BlkStatus.IOERR;
     let written = 0;
     if (chain.readInto(this.#header) === 16) {
@@ -193,7 +191,7 @@ export class BlockBackend implements VirtioBackend {
     const chain = queue.chain;
     let header = 16;
     for (let i = 0; i < chain.count; i++) {
-      let b = chain.view(i);
+      let b = chain.buffers[i];
       const writable = chain.writable[i] === 1;
       if (!writable && header > 0) {
         const skip = Math.min(header, b.length);

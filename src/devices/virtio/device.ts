@@ -78,11 +78,6 @@ export interface VirtioBackend {
    * driver (after each reset), before its first `process`. Optional.
    */
   activate?(features: bigint): void;
-  /**
-   * False for a backend that reads its chains through `DescriptorChain.iovec`
-   * and `view` only: its queues then make no view object per buffer. Default true.
-   */
-  readonly bufferViews?: boolean;
   /** Forgets any per-driver state (a device reset). */
   reset(): void;
   /** Releases host resources (files). Idempotent. */

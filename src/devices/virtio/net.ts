@@ -128,8 +128,6 @@ export class NetBackend implements VirtioBackend {
   #features = 0n;
   #iov = new Uint32Array(4 * IOV_MAX);
   #iovBytes = new Uint8Array(this.#iov.buffer);
-  /** Chains are read through iovecs: no view per buffer. */
-  readonly bufferViews = false;
   #header = new Uint8Array(NET_HEADER_BYTES);
   #headerView = new DataView(this.#header.buffer);
   /** Frames dropped: malformed or oversized transmit chains, received frames that did not fit or were not allowed. */
@@ -219,7 +217,7 @@ export class NetBackend implements VirtioBackend {
     let done = 0;
     for (let i = 0; i < chain.count && done < NET_HEADER_BYTES; i++) {
       if (!chain.writable[i]) continue;
-      const b = chain.view(i);
+      const b = chain.buffers[i];
       const n = Math.min(b.length, NET_HEADER_BYTES - done);
       for (let k = 0; k < n; k++) {
         if (out) b[k] = this.#header[done + k];

@@ -53,79 +53,33 @@ export interface QueueConfig {
 
 /**
  * One descriptor chain popped from the available ring: its head index and
- * its buffers in order, each with its guest address, length and direction,
- * and (unless the queue was made without them) a view of guest RAM. One
+ * its buffers in order, each a view of guest RAM with its direction. One
  * object per queue, refilled by every {@linkcode SplitQueue.pop}.
  */
 export class DescriptorChain {
   /** The head descriptor's index (returned on the used ring). */
   head = 0;
-  /** How many buffers the chain holds. */
+  /** How many buffers {@linkcode buffers} holds. */
   count = 0;
-  /**
-   * The buffers as views of guest RAM (the first {@linkcode count} are
-   * valid); zero-length descriptors are skipped. Empty when the queue makes
-   * no views: {@linkcode view} then makes one on demand.
-   */
+  /** The buffers (the first {@linkcode count} are valid); zero-length descriptors are skipped. */
   readonly buffers: Uint8Array[];
   /** Whether each buffer is device-writable. */
   readonly writable: Uint8Array;
-  /** Each buffer's guest physical address. */
+  /** Each buffer's guest physical address (for {@linkcode iovec}). */
   readonly addresses: Float64Array;
-  /** Each buffer's length in bytes. */
-  readonly lengths: Uint32Array;
-  /** Each buffer's host address, or -1 when not looked up (see {@linkcode iovec}). */
-  readonly hosts: Float64Array;
   /** Total bytes of the device-readable buffers. */
   readableBytes = 0;
   /** Total bytes of the device-writable buffers. */
   writableBytes = 0;
-  /** Whether {@linkcode buffers} holds a view of each buffer. */
-  readonly views: boolean;
 
   #mem: VirtioMemory | null;
 
-  /**
-   * A chain that can hold `capacity` buffers of `mem` (needed by
-   * {@linkcode iovec} and a view-less {@linkcode view}); `views` false for
-   * a device that reads its chains through iovecs (no object per buffer).
-   */
-  constructor(capacity: number, mem: VirtioMemory | null = null, views = true) {
-    this.buffers = new Array<Uint8Array>(views ? capacity : 0);
+  /** A chain that can hold `capacity` buffers of `mem` (needed by {@linkcode iovec} only). */
+  constructor(capacity: number, mem: VirtioMemory | null = null) {
+    this.buffers = new Array<Uint8Array>(capacity);
     this.writable = new Uint8Array(capacity);
     this.addresses = new Float64Array(capacity);
-    this.lengths = new Uint32Array(capacity);
-    this.hosts = new Float64Array(capacity).fill(-1);
-    this.views = views;
     this.#mem = mem;
-  }
-
-  /** A view of buffer `i` (one made now when the chain keeps none). */
-  view(i: number): Uint8Array {
-    if (this.views) return this.buffers[i];
-    return this.#mem?.slice(this.addresses[i], this.lengths[i]) ?? new Uint8Array(0);
-  }
-
-  /**
-   * Copies up to `out.length` bytes of the readable buffers, starting
-   * `skip` bytes into them, to `out`; returns how many.
-   */
-  readInto(out: Uint8Array, skip = 0): number {
-    let done = 0;
-    for (let i = 0; i < this.count && done < out.length; i++) {
-      if (this.writable[i]) continue;
-      const length = this.views ? this.buffers[i].length : this.lengths[i];
-      if (skip >= length) {
-        skip -= length;
-        continue;
-      }
-      const b = this.view(i);
-      const n = Math.min(length - skip, out.length - done);
-      out.set(b.subarray(skip, skip + n), done);
-      done += n;
-      skip = 0;
-    }
-    return done;
   }
 
   /**
@@ -147,15 +101,14 @@ export class DescriptorChain {
     let n = 0;
     for (let i = 0; i < this.count && at < end; i++) {
       if (this.writable[i] !== want) continue;
-      const length = this.lengths[i];
+      const length = this.buffers[i].length;
       const from = Math.max(skip, at);
       const to = Math.min(end, at + length);
       if (from < to) {
         if (4 * (n + 1) > iov.length) return -1;
-        let base = this.hosts[i];
-        if (base < 0) base = mem.hostAddress(this.addresses[i], length);
-        if (base < 0) return -1;
-        const host = base + (from - at);
+        const gpa = this.addresses[i] + (from - at);
+        const host = mem.hostAddress(gpa, to - from);
+        if (host < 0) return -1;
         const w = 4 * n++;
         iov[w] = host >>> 0; // ToUint32 is exact modulo 2^32 for any safe integer
         iov[w + 1] = Math.floor(host / 0x1_0000_0000);
@@ -165,6 +118,27 @@ export class DescriptorChain {
       at += length;
     }
     return n;
+  }
+
+  /**
+   * Copies up to `out.length` bytes of the readable buffers, starting
+   * `skip` bytes into them, to `out`; returns how many.
+   */
+  readInto(out: Uint8Array, skip = 0): number {
+    let done = 0;
+    for (let i = 0; i < this.count && done < out.length; i++) {
+      if (this.writable[i]) continue;
+      const b = this.buffers[i];
+      if (skip >= b.length) {
+        skip -= b.length;
+        continue;
+      }
+      const n = Math.min(b.length - skip, out.length - done);
+      out.set(b.subarray(skip, skip + n), done);
+      done += n;
+      skip = 0;
+    }
+    return done;
   }
 }
 
@@ -207,7 +181,6 @@ export class SplitQueue {
     avail: Uint8Array,
     used: Uint8Array,
     indirect: boolean,
-    views: boolean,
   ) {
     this.size = config.size;
     this.#mem = mem;
@@ -228,23 +201,19 @@ export class SplitQueue {
     this.chain = new DescriptorChain(
       config.size + (indirect ? MAX_INDIRECT_DESCRIPTORS : 0),
       mem,
-      views,
     );
   }
 
   /**
    * Checks a driver's queue configuration against guest RAM and the device's
    * maximum size: a {@linkcode VirtioError} names what is wrong.
-   * `indirect` says whether `VIRTIO_RING_F_INDIRECT_DESC` was negotiated;
-   * `views` false makes chains without a view per buffer (see
-   * {@linkcode DescriptorChain}).
+   * `indirect` says whether `VIRTIO_RING_F_INDIRECT_DESC` was negotiated.
    */
   static create(
     mem: VirtioMemory,
     config: QueueConfig,
     maxSize: number,
     indirect: boolean,
-    views = true,
   ): SplitQueue {
     const { size, desc, avail, used } = config;
     if (!isPowerOfTwo(size) || size > maxSize) {
@@ -269,7 +238,7 @@ export class SplitQueue {
         }, size ${size})`,
       );
     }
-    return new SplitQueue(mem, config, d, a, u, indirect, views);
+    return new SplitQueue(mem, config, d, a, u, indirect);
   }
 
   /** The available ring's flags (bit 0: the driver wants no interrupts). */
@@ -316,7 +285,7 @@ export class SplitQueue {
   /** Follows the chain starting at `head` into {@linkcode chain}. */
   #walk(head: number): void {
     const chain = this.chain;
-    const capacity = chain.writable.length;
+    const capacity = chain.buffers.length;
     chain.head = head;
     chain.count = 0;
     chain.readableBytes = 0;
@@ -365,23 +334,13 @@ export class SplitQueue {
         continue;
       }
       if (length > 0) {
-        // One lookup either way: a view, or (view-less chains, read through iovecs) the host address.
-        const c = chain.count;
-        if (chain.views) {
-          const buffer = this.#mem.slice(address, length);
-          if (!buffer) throw new VirtioError(`buffer ${hex(address)}+${length} outside guest RAM`);
-          if (c === capacity) throw new VirtioError("descriptor chain too long");
-          chain.buffers[c] = buffer;
-        } else {
-          const host = this.#mem.hostAddress(address, length);
-          if (host < 0) throw new VirtioError(`buffer ${hex(address)}+${length} outside guest RAM`);
-          if (c === capacity) throw new VirtioError("descriptor chain too long");
-          chain.hosts[c] = host;
-        }
+        const buffer = this.#mem.slice(address, length);
+        if (!buffer) throw new VirtioError(`buffer ${hex(address)}+${length} outside guest RAM`);
+        if (chain.count === capacity) throw new VirtioError("descriptor chain too long");
         const writable = (flags & DescFlags.WRITE) !== 0;
-        chain.writable[c] = writable ? 1 : 0;
-        chain.addresses[c] = address;
-        chain.lengths[c] = length;
+        chain.buffers[chain.count] = buffer;
+        chain.writable[chain.count] = writable ? 1 : 0;
+        chain.addresses[chain.count] = address;
         chain.count++;
         if (writable) chain.writableBytes += length;
         else chain.readableBytes += length;

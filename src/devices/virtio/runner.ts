@@ -166,7 +166,6 @@ export class VirtioRunner {
       },
       device.front.queueMax[q],
       (features & VIRTIO_RING_F_INDIRECT_DESC) !== 0n,
-      device.backend.bufferViews ?? true,
     );
   }
 }
