@@ -188,6 +188,11 @@ export function sha256Hex(data: Uint8Array): string {
   return createHash("sha256").update(data).digest("hex");
 }
 
+/** The MD5 of `data` in hex: the damage check of kernel cache entries (see `boot/vmlinux.ts`). */
+export function md5Hex(data: Uint8Array): string {
+  return createHash("md5").update(data).digest("hex");
+}
+
 /**
  * {@linkcode sha256Hex} on one of Deno's blocking threads (WebCrypto's
  * digest): only the copy of `data` it takes runs on this thread.

@@ -21,8 +21,13 @@
  * @module
  */
 
-import { createHash } from "node:crypto";
-import { ensureCacheDir, untrustedReason, userCacheDir, writeExclusive } from "../cache_dir.ts";
+import {
+  ensureCacheDir,
+  sha256Hex,
+  untrustedReason,
+  userCacheDir,
+  writeExclusive,
+} from "../cache_dir.ts";
 import type { CpuidEntry } from "../abi/cpuid.ts";
 import type { Kvm } from "../kvm/kvm.ts";
 import {
@@ -120,7 +125,7 @@ export function hostProbeKey(kvm: Kvm): string {
     boot: readOr("/proc/sys/kernel/random/boot_id"),
     modules: kvmModules(),
   });
-  return createHash("sha256").update(text).digest("hex");
+  return sha256Hex(new TextEncoder().encode(text));
 }
 
 const isNumber = (x: unknown): x is number => typeof x === "number" && Number.isFinite(x);

@@ -12,9 +12,9 @@
  * @module
  */
 
-import { createHash } from "node:crypto";
 import {
   ensureCacheDir,
+  md5Hex,
   sha256Hex,
   sha256HexAsync,
   untrustedReason,
@@ -537,7 +537,7 @@ const checkPath = (path: string) => `${path}.md5`;
 
 /** The text of an entry's check file. */
 function entryCheck(vmlinux: Uint8Array): string {
-  return `md5 ${createHash("md5").update(vmlinux).digest("hex")} ${vmlinux.length}\n`;
+  return `md5 ${md5Hex(vmlinux)} ${vmlinux.length}\n`;
 }
 
 /** Whether `bytes` are the entry whose check file holds `stored`. */

@@ -31,3 +31,9 @@ export const MAP_POPULATE = 0x8000;
 export const HUGE_PAGE_SIZE = 2 * 1024 * 1024;
 /** madvise(2) advice: back the range with transparent huge pages. */
 export const MADV_HUGEPAGE = 14;
+/** open(2) flags (`fcntl.h`, x86-64): read only, read and write, non-blocking. */
+export const O_RDONLY = 0;
+/** See {@linkcode O_RDONLY}. */
+export const O_RDWR = 2;
+/** See {@linkcode O_RDONLY}. */
+export const O_NONBLOCK = 0o4000;

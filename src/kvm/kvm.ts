@@ -8,7 +8,7 @@ import { Cap, type CapName } from "../abi/capabilities.ts";
 import * as Ioctl from "../abi/ioctls.ts";
 import { Errno, KvmError } from "../errors.ts";
 import { native } from "../ffi/library.ts";
-import { KVM_API_VERSION } from "./constants.ts";
+import { KVM_API_VERSION, O_RDWR } from "./constants.ts";
 import type { CpuidEntry } from "../abi/cpuid.ts"; // (vcpu-api helper)
 import { msrBuffer, type MsrEntry, readMsrBuffer } from "../abi/msr.ts"; // (vcpu-api helper)
 import { hex } from "./constants.ts"; // (vcpu-api helper)
@@ -16,8 +16,6 @@ import { u32 } from "./validate.ts";
 import { getCpuidList } from "./cpuid_list.ts"; // (vcpu-api helper)
 import { OwnedFd, pointerOf } from "./owned_fd.ts";
 import { Vm } from "./vm.ts";
-
-const O_RDWR = 2;
 
 /**
  * Which KVM the host kernel provides, as the host names it: for reports and

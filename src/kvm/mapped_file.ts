@@ -9,9 +9,7 @@
 import { Errno, KvmError, unwrap } from "../errors.ts";
 import { native } from "../ffi/library.ts";
 import { HostMapping } from "./host_mapping.ts";
-import { MAP_POPULATE, MAP_PRIVATE, PROT_READ, PROT_WRITE } from "./constants.ts";
-
-const O_RDONLY = 0;
+import { MAP_POPULATE, MAP_PRIVATE, O_RDONLY, PROT_READ, PROT_WRITE } from "./constants.ts";
 
 /**
  * A private mapping of a whole file. Writes through {@linkcode bytes} go to

@@ -16,8 +16,9 @@
 
 import { DeviceId, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC } from "./constants.ts";
 import type { BlockSpec, VirtioBackend, VirtioFront } from "./device.ts";
-import { IOV_MAX, type SplitQueue, VirtioError } from "./queue.ts";
-import { unwrap } from "../../errors.ts";
+import { advanceIovec, IOV_MAX, type SplitQueue, VirtioError } from "./queue.ts";
+import { Errno, unwrap } from "../../errors.ts";
+import { O_RDONLY, O_RDWR } from "../../kvm/constants.ts";
 import { native } from "../../ffi/library.ts";
 
 /** Sector size of the request protocol. */
@@ -54,28 +55,6 @@ const QUEUE_SIZE = 256;
 const ID_BYTES = 20;
 const IOERROR = -1;
 const UNSUPPORTED = -2;
-
-const O_RDONLY = 0;
-const O_RDWR = 2;
-const EINTR = 4;
-
-/**
- * Drops the first `n` bytes from the `count` iovecs at the start of `iov`
- * (after a short transfer), moving the rest to the front; returns how many
- * remain.
- */
-function advanceIovec(iov: Uint32Array, count: number, n: number): number {
-  let first = 0;
-  while (first < count && n >= iov[4 * first + 2]) n -= iov[4 * first++ + 2];
-  if (first === count) return 0;
-  const w = 4 * first;
-  const base = iov[w] + iov[w + 1] * 0x1_0000_0000 + n;
-  iov[w] = base >>> 0;
-  iov[w + 1] = Math.floor(base / 0x1_0000_0000);
-  iov[w + 2] -= n;
-  iov.copyWithin(0, w, 4 * count);
-  return count - first;
-}
 
 /** The serial a disk reports: the spec's id or the file's name, cut to 20 bytes. */
 export function blockId(spec: BlockSpec): Uint8Array {
@@ -239,7 +218,7 @@ export class BlockBackend implements VirtioBackend {
           const n = reading
             ? lib.kvm_preadv(fd, this.#iovBytes, count, at)
             : lib.kvm_pwritev(fd, this.#iovBytes, count, at);
-          if (n === -EINTR) continue;
+          if (n === -Errno.EINTR) continue;
           if (n <= 0 || n > left) return IOERROR;
           left -= n;
           offset += n;

@@ -39,6 +39,34 @@ export const IOV_MAX = 1024;
 /** Bytes of one `struct iovec` (x86-64: `void *iov_base; size_t iov_len`). */
 export const IOVEC_BYTES = 16;
 
+/**
+ * Writes entry `n` of `iov`, `struct iovec`s as 32-bit words (base low, base
+ * high, length low, length high): `base` is a host address (below 2^53, so a
+ * number holds it exactly), `length` below 2^32.
+ */
+function setIovec(iov: Uint32Array, n: number, base: number, length: number): void {
+  const w = 4 * n;
+  iov[w] = base >>> 0; // ToUint32 is exact modulo 2^32 for any safe integer
+  iov[w + 1] = Math.floor(base / 0x1_0000_0000);
+  iov[w + 2] = length;
+  iov[w + 3] = 0;
+}
+
+/**
+ * Drops the first `n` bytes from the `count` iovecs at the start of `iov`
+ * (after a short transfer), moving the rest to the front; returns how many
+ * remain.
+ */
+export function advanceIovec(iov: Uint32Array, count: number, n: number): number {
+  let first = 0;
+  while (first < count && n >= iov[4 * first + 2]) n -= iov[4 * first++ + 2];
+  if (first === count) return 0;
+  const w = 4 * first;
+  setIovec(iov, first, iov[w] + iov[w + 1] * 0x1_0000_0000 + n, iov[w + 2] - n);
+  iov.copyWithin(0, w, 4 * count);
+  return count - first;
+}
+
 /** Where a driver put a queue, as written to the transport's registers. */
 export interface QueueConfig {
   /** Queue size chosen by the driver (`QueueNum`). */
@@ -109,11 +137,7 @@ export class DescriptorChain {
         const gpa = this.addresses[i] + (from - at);
         const host = mem.hostAddress(gpa, to - from);
         if (host < 0) return -1;
-        const w = 4 * n++;
-        iov[w] = host >>> 0; // ToUint32 is exact modulo 2^32 for any safe integer
-        iov[w + 1] = Math.floor(host / 0x1_0000_0000);
-        iov[w + 2] = to - from;
-        iov[w + 3] = 0;
+        setIovec(iov, n++, host, to - from);
       }
       at += length;
     }

@@ -13,10 +13,9 @@
 
 import { Errno, KvmError, unwrap } from "../../errors.ts";
 import { native } from "../../ffi/library.ts";
+import { O_NONBLOCK, O_RDWR } from "../../kvm/constants.ts";
 import { NET_HEADER_BYTES, type PacketPort } from "./net.ts";
 
-const O_RDWR = 2;
-const O_NONBLOCK = 0o4000;
 /** `TUNSETIFF`: `_IOW('T', 202, int)`. */
 const TUNSETIFF = 0x400454ca;
 const IFF_TAP = 0x0002;

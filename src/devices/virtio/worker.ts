@@ -16,6 +16,7 @@
  * @module
  */
 
+import { Errno } from "../../errors.ts";
 import { native } from "../../ffi/library.ts";
 import type { VirtioDeviceSpec, VirtioFront } from "./device.ts";
 import { VirtioMemory } from "./memory.ts";
@@ -56,8 +57,6 @@ interface WorkerScope {
   onmessage: ((event: MessageEvent<VirtioWorkerStart>) => void) | null;
 }
 const scope = globalThis as unknown as WorkerScope;
-const EINTR = 4;
-const EAGAIN = 11;
 const POLLIN = 1;
 
 function serve(msg: VirtioWorkerStart): void {
@@ -104,10 +103,10 @@ function serve(msg: VirtioWorkerStart): void {
         pv.setInt16(8 * (i + 1) + 4, nets[i].backend.wantsFrames ? POLLIN : 0, true);
       }
       const p = fds.length === 1 ? 1 : lib.kvm_poll(pollfds, fds.length, -1);
-      if (p < 0 && p !== -EINTR) throw new Error(`poll: errno ${-p}`);
+      if (p < 0 && p !== -Errno.EINTR) throw new Error(`poll: errno ${-p}`);
       if (fds.length === 1 || (pv.getInt16(6, true) & POLLIN)) {
         const r = lib.kvm_read_u64(msg.wakeFd, counter);
-        if (r < 0 && r !== -EINTR && r !== -EAGAIN) {
+        if (r < 0 && r !== -Errno.EINTR && r !== -Errno.EAGAIN) {
           throw new Error(`read wake eventfd: errno ${-r}`);
         }
       }
