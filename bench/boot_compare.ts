@@ -40,12 +40,15 @@
 
 import { buildInitramfs } from "../examples/initramfs.ts";
 import { hostKernelPath } from "../src/boot/initramfs.ts";
+import { bundleCommand, carriedLiblzmaEnv, directBootCommand } from "../tools/kut/qemu_bundle.ts";
 import { cachedVmlinux } from "../src/vmm.ts";
 
 const MARKER = "BOOT-BENCH-INIT";
 const INIT = `#!/bin/busybox sh\n/bin/busybox echo ${MARKER}\n/bin/busybox reboot -f\n`;
 const CMDLINE = "console=ttyS0 panic=-1 pci=off quiet";
 const QEMU_DIR = new URL("../.cache/qemu-sandbox/", import.meta.url).pathname;
+/** The same directory as `tools/kut/qemu_bundle.ts` names it (no trailing slash). */
+const QEMU_BUNDLE = QEMU_DIR.replace(/\/$/, "");
 /** Seconds after which a boot counts as hung and is killed. */
 const KILL_S = Number(Deno.env.get("KVM_BOOT_BENCH_KILL_S") ?? 90);
 
@@ -176,37 +179,15 @@ async function main(): Promise<void> {
     "--trace",
     ...extra,
   ];
-  const qemu = (kernelFile: string) => [
-    "--library-path",
-    `${QEMU_DIR}lib`,
-    `${QEMU_DIR}bin/qemu-system-x86_64`,
-    "-L",
-    `${QEMU_DIR}share`,
-    "-accel",
-    "kvm",
-    // QEMU's default CPU model, minus paravirtual EOI: with it, an SMP guest hangs while
-    // bringing up its second CPU on the nested KVM of the sandbox (as this library's VMM did;
-    // see DEFAULT_HIDDEN_KVM_FEATURES in src/boot/platform.ts).
-    "-cpu",
-    "qemu64,-kvm-pv-eoi",
-    "-nodefaults",
-    "-no-user-config",
-    "-display",
-    "none",
-    "-serial",
-    "stdio",
-    "-no-reboot",
-    "-m",
-    "256",
-    "-smp",
-    String(cpus),
-    "-kernel",
-    kernelFile,
-    "-initrd",
-    initrd,
-    "-append",
-    CMDLINE,
-  ];
+  // Without the loader (the way's command): the bundle's arguments after it.
+  const qemu = (kernelFile: string) =>
+    directBootCommand(QEMU_BUNDLE, {
+      kernel: kernelFile,
+      initrd,
+      cmdline: CMDLINE,
+      memoryMiB: 256,
+      cpus,
+    }).slice(1);
   const show = (name: string, t: Timing) =>
     console.log(
       `${name}: marker ${Math.round(t.marker)} ms, first byte ${Math.round(t.firstByte)} ms, ` +
@@ -219,16 +200,8 @@ async function main(): Promise<void> {
   };
   // Ours run with liblzma where the sandbox lacks one: the copy carried in beside QEMU, which
   // links the same library (a Debian host has it anyway: dpkg needs it).
-  const carried = `${QEMU_DIR}lib/liblzma.so.5`;
-  const lzmaEnv: Record<string, string> = {};
-  try {
-    if (!Deno.env.get("DENO_KVM_LIBLZMA") && Deno.statSync(carried).isFile) {
-      lzmaEnv.DENO_KVM_LIBLZMA = carried;
-    }
-  } catch {
-    // Not carried in: the system's, or the TypeScript decoder.
-  }
-  const qemuPath = `${QEMU_DIR}lib/ld-linux-x86-64.so.2`;
+  const lzmaEnv = carriedLiblzmaEnv(QEMU_BUNDLE);
+  const qemuPath = bundleCommand(QEMU_BUNDLE)[0];
   const warm = await freshCache();
   const filling = await time(Deno.execPath(), ours(), { ...lzmaEnv, DENO_KVM_CACHE: warm });
   show("deno-kvm, first boot filling the warm cache (not counted)", filling);

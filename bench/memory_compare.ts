@@ -28,13 +28,14 @@
 
 import { buildInitramfs } from "../examples/initramfs.ts";
 import { hostKernelPath } from "../src/boot/initramfs.ts";
+import { carriedLiblzmaEnv, directBootCommand } from "../tools/kut/qemu_bundle.ts";
 
 const MARKER = "MEMORY-BENCH-INIT";
 const SETTLE_S = 5;
 const INIT = `#!/bin/busybox sh\n/bin/busybox echo ${MARKER}\n/bin/busybox sleep 120\n` +
   "/bin/busybox reboot -f\n";
 const CMDLINE = "console=ttyS0 panic=-1 pci=off quiet";
-const QEMU_DIR = new URL("../.cache/qemu-sandbox/", import.meta.url).pathname;
+const QEMU_DIR = new URL("../.cache/qemu-sandbox", import.meta.url).pathname;
 const KILL_S = Number(Deno.env.get("KVM_MEMORY_BENCH_KILL_S") ?? 600);
 const MEMORY_MIB = 256;
 const CPUS = 2;
@@ -145,15 +146,7 @@ async function main(): Promise<void> {
     await buildInitramfs({ busybox: await Deno.readFile("/bin/busybox"), init: INIT }),
   );
   const cache = await Deno.makeTempDir({ prefix: "memory-bench-cache-" });
-  const env: Record<string, string> = { DENO_KVM_CACHE: cache };
-  const carried = `${QEMU_DIR}lib/liblzma.so.5`;
-  try {
-    if (!Deno.env.get("DENO_KVM_LIBLZMA") && Deno.statSync(carried).isFile) {
-      env.DENO_KVM_LIBLZMA = carried;
-    }
-  } catch {
-    // Not carried in: the system's liblzma, or the TypeScript decoder.
-  }
+  const env: Record<string, string> = { ...carriedLiblzmaEnv(QEMU_DIR), DENO_KVM_CACHE: cache };
   const ours = [
     "run",
     "-A",
@@ -170,34 +163,13 @@ async function main(): Promise<void> {
     "--cpus",
     String(CPUS),
   ];
-  const qemu = [
-    "--library-path",
-    `${QEMU_DIR}lib`,
-    `${QEMU_DIR}bin/qemu-system-x86_64`,
-    "-L",
-    `${QEMU_DIR}share`,
-    "-accel",
-    "kvm",
-    "-cpu",
-    "qemu64,-kvm-pv-eoi", // as bench/boot_compare.ts: the nested KVM's SMP bring-up needs it
-    "-nodefaults",
-    "-no-user-config",
-    "-display",
-    "none",
-    "-serial",
-    "stdio",
-    "-no-reboot",
-    "-m",
-    String(MEMORY_MIB),
-    "-smp",
-    String(CPUS),
-    "-kernel",
+  const [qemuLoader, ...qemu] = directBootCommand(QEMU_DIR, {
     kernel,
-    "-initrd",
     initrd,
-    "-append",
-    CMDLINE,
-  ];
+    cmdline: CMDLINE,
+    memoryMiB: MEMORY_MIB,
+    cpus: CPUS,
+  });
   // The floor under any Deno VMM: the runtime alone, idle, and with one Worker (the boot
   // CLI runs each AP on a Worker), each printing the marker when ready.
   const bare = await Deno.makeTempFile({ suffix: ".js" });
@@ -212,7 +184,7 @@ async function main(): Promise<void> {
   );
   const ways: [string, string, string[]][] = [
     ["deno-kvm", Deno.execPath(), ours],
-    ["qemu", `${QEMU_DIR}lib/ld-linux-x86-64.so.2`, qemu],
+    ["qemu", qemuLoader, qemu],
     ["bare deno", Deno.execPath(), ["run", "-A", bare]],
     ["bare deno + 1 Worker", Deno.execPath(), ["run", "-A", bare, "worker"]],
   ];

@@ -49,7 +49,7 @@ import { buildCpio } from "../src/boot/cpio.ts";
 import { hostKernelPath } from "../src/boot/initramfs.ts";
 import { moduleLoadOrder } from "../tools/sandbox/host.ts";
 import { readModule } from "../tools/sandbox/initramfs.ts";
-import { buildQemuBundle } from "../tools/kut/qemu_bundle.ts";
+import { buildQemuBundle, carriedLiblzmaEnv, directBootCommand } from "../tools/kut/qemu_bundle.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const QEMU_DIR = `${ROOT}.cache/qemu-sandbox`;
@@ -462,9 +462,7 @@ async function main(): Promise<void> {
   }
   const base = "console=ttyS0 panic=-1 quiet";
   const cache = await Deno.makeTempDir({ prefix: "virtio-bench-cache-" });
-  const env: Record<string, string> = { DENO_KVM_CACHE: cache };
-  const lzma = `${QEMU_DIR}/lib/liblzma.so.5`;
-  if (!Deno.env.get("DENO_KVM_LIBLZMA") && exists(lzma)) env.DENO_KVM_LIBLZMA = lzma;
+  const env: Record<string, string> = { ...carriedLiblzmaEnv(QEMU_DIR), DENO_KVM_CACHE: cache };
   const ours = [
     "run",
     "-A",
@@ -485,34 +483,15 @@ async function main(): Promise<void> {
     "--net",
     TAP,
   ];
-  const qemu = [
-    "--library-path",
-    `${QEMU_DIR}/lib`,
-    `${QEMU_DIR}/bin/qemu-system-x86_64`,
-    "-L",
-    `${QEMU_DIR}/share`,
-    "-accel",
-    "kvm",
-    // As bench/boot_compare.ts: QEMU's default model minus paravirtual EOI (nested-KVM hangs).
-    "-cpu",
-    "qemu64,-kvm-pv-eoi",
-    "-nodefaults",
-    "-no-user-config",
-    "-display",
-    "none",
-    "-serial",
-    "stdio",
-    "-no-reboot",
-    "-m",
-    String(MEMORY_MIB),
-    "-smp",
-    String(CPUS),
-    "-kernel",
+  const [qemuLoader, ...qemuBoot] = directBootCommand(QEMU_DIR, {
     kernel,
-    "-initrd",
     initrd,
-    "-append",
-    base,
+    cmdline: base,
+    memoryMiB: MEMORY_MIB,
+    cpus: CPUS,
+  });
+  const qemu = [
+    ...qemuBoot,
     "-drive",
     `file=${disk},format=raw,if=none,id=d0`,
     "-device",
@@ -525,7 +504,7 @@ async function main(): Promise<void> {
   ];
   const all: [string, string, string[]][] = [
     ["deno-kvm (virtio-mmio)", Deno.execPath(), ours],
-    ["qemu (virtio-pci)", `${QEMU_DIR}/lib/ld-linux-x86-64.so.2`, qemu],
+    ["qemu (virtio-pci)", qemuLoader, qemu],
   ];
   const ways = all.filter(([n]) => only === "" || n.startsWith(only === "ours" ? "deno" : "qemu"));
   const receiver = new Receiver();

@@ -40,6 +40,67 @@ async function run(cmd: string, args: string[]): Promise<string> {
   return new TextDecoder().decode(out.stdout);
 }
 
+/** What {@linkcode directBootCommand} boots. */
+export interface DirectBoot {
+  kernel: string;
+  initrd: string;
+  cmdline: string;
+  memoryMiB: number;
+  cpus: number;
+}
+
+/**
+ * The bundle's QEMU booting `boot.kernel` directly (`-kernel`) on the
+ * sandbox's nested KVM with its serial console on stdout: the QEMU side of
+ * the benchmarks' comparisons (add device options after it). QEMU's default
+ * CPU model minus paravirtual EOI: with it, an SMP guest hangs while bringing
+ * up its second CPU on that nested KVM (as this library's VMM did; see
+ * DEFAULT_HIDDEN_KVM_FEATURES in src/boot/platform.ts).
+ */
+export function directBootCommand(dir: string, boot: DirectBoot): string[] {
+  return [
+    ...bundleCommand(dir),
+    "-accel",
+    "kvm",
+    "-cpu",
+    "qemu64,-kvm-pv-eoi",
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    "-serial",
+    "stdio",
+    "-no-reboot",
+    "-m",
+    String(boot.memoryMiB),
+    "-smp",
+    String(boot.cpus),
+    "-kernel",
+    boot.kernel,
+    "-initrd",
+    boot.initrd,
+    "-append",
+    boot.cmdline,
+  ];
+}
+
+/**
+ * `DENO_KVM_LIBLZMA` naming the bundle's copy of liblzma (QEMU links it), for
+ * a sandbox image without one, unless the variable is set already or the
+ * bundle has none: the library's VMM then decodes kernels as on a Debian host.
+ */
+export function carriedLiblzmaEnv(dir: string): Record<string, string> {
+  const carried = `${dir}/lib/liblzma.so.5`;
+  try {
+    if (!Deno.env.get("DENO_KVM_LIBLZMA") && Deno.statSync(carried).isFile) {
+      return { DENO_KVM_LIBLZMA: carried };
+    }
+  } catch {
+    // Not carried in: the system's liblzma, or the TypeScript decoder.
+  }
+  return {};
+}
+
 /** The command line prefix that runs the bundle in `dir`'s QEMU. */
 export function bundleCommand(dir: string): string[] {
   return [
