@@ -44,7 +44,14 @@ import { bundleCommand, carriedLiblzmaEnv, directBootCommand } from "../tools/ku
 import { cachedVmlinux } from "../src/vmm.ts";
 
 const MARKER = "BOOT-BENCH-INIT";
-const INIT = `#!/bin/busybox sh\n/bin/busybox echo ${MARKER}\n/bin/busybox reboot -f\n`;
+/** After the marker: the guest kernel's own clock (`/proc/uptime`), for the kernel's share. */
+const UPTIME = "BOOT-BENCH-UPTIME";
+const INIT = `#!/bin/busybox sh
+/bin/busybox echo ${MARKER}
+/bin/busybox mount -t proc proc /proc
+/bin/busybox echo ${UPTIME} $(/bin/busybox cat /proc/uptime)
+/bin/busybox reboot -f
+`;
 const CMDLINE = "console=ttyS0 panic=-1 pci=off quiet";
 const QEMU_DIR = new URL("../.cache/qemu-sandbox/", import.meta.url).pathname;
 /** The same directory as `tools/kut/qemu_bundle.ts` names it (no trailing slash). */
@@ -81,6 +88,13 @@ interface Timing {
   firstByte: number;
   /** Spawn to the process's exit, ms. */
   exit: number;
+  /**
+   * The guest's `/proc/uptime` just after the marker, ms (-1: none): the time
+   * since the kernel's clock started early in its start-up (after any
+   * decompressor: setup_arch's kvmclock), a bound on the guest kernel's own
+   * share of `marker`, whichever VMM runs it.
+   */
+  uptime: number;
   code: number;
   /** `--trace` phases: what ended (durations left out), at ms since the CLI's clock started. */
   phases: [string, number][];
@@ -93,6 +107,7 @@ async function time(
   args: string[],
   env: Record<string, string> = {},
   cwd?: string,
+  expectMarker = true,
 ): Promise<Timing> {
   const t0 = performance.now();
   const child = new Deno.Command(cmd, {
@@ -119,14 +134,18 @@ async function time(
   clearTimeout(timer);
   const exit = performance.now() - t0;
   const errors = await stderr;
-  if (marker < 0) console.error(`${cmd}: no marker\n${text.slice(-2000)}\n${errors}`);
+  if (marker < 0 && expectMarker) {
+    console.error(`${cmd}: no marker\n${text.slice(-2000)}\n${errors}`);
+  }
+  const up = new RegExp(`${UPTIME} (\\d+\\.\\d+)`).exec(text);
+  const uptime = up ? Number(up[1]) * 1000 : -1;
   // boot_linux --trace: "boot_linux: 1234 ms what ended"
   const lines = [...errors.matchAll(/^boot_linux: (\d+) ms (.*)$/gm)];
   const phases = lines.map((
     m,
   ): [string, number] => [m[2].replace(/\(\d+ ms[^)]*\)|\d+ ms/g, "").trim(), +m[1]]);
   const trace = lines.map((m) => `${m[1]} ${m[2]}`);
-  return { marker, firstByte, exit, code: status.code, phases, trace };
+  return { marker, firstByte, exit, uptime, code: status.code, phases, trace };
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
@@ -142,6 +161,79 @@ function phaseMedians(ts: Timing[]): string {
     return `    ${String(Math.round(median(at as number[]))).padStart(6)} ms  ${name}` +
       (at.length < ts.length ? ` (${at.length} of ${ts.length})` : "");
   }).join("\n");
+}
+
+/**
+ * Where the limit lies (issue 17): for each boot, the guest kernel's own time
+ * (its `/proc/uptime` after the marker) and what came before the kernel's
+ * clock started (process start, the VMM's set-up, firmware, decompressor:
+ * the marker's time less the uptime); Deno's start-up; and the best ratio
+ * any Deno VMM could reach: an empty `deno run` plus the kernel's time in
+ * this VMM, over QEMU's whole boot (by the medians, and round by round).
+ */
+function evidence(results: Record<string, Timing[]>, startups: Record<string, Timing[]>): void {
+  console.log(
+    "\nwhere the time goes (medians, ms): to marker = before the kernel's clock + uptime",
+  );
+  for (const [name, ts] of Object.entries(results)) {
+    const ok = ts.filter((t) => t.marker >= 0 && t.uptime >= 0);
+    if (ok.length === 0) continue;
+    const m = median(ok.map((t) => t.marker));
+    const u = median(ok.map((t) => t.uptime));
+    const before = median(ok.map((t) => t.marker - t.uptime));
+    console.log(
+      `${name.padEnd(28)} marker ${Math.round(m)}  before the kernel's clock ${
+        Math.round(before)
+      }  guest uptime ${Math.round(u)} (${ok.map((t) => Math.round(t.uptime)).join(", ")})`,
+    );
+  }
+  for (const [name, ts] of Object.entries(startups)) {
+    const ok = ts.filter((t) => t.code === 0);
+    if (ok.length === 0) continue;
+    console.log(
+      `${name.padEnd(28)} exit ${Math.round(median(ok.map((t) => t.exit)))} (${
+        ts.map((t) => Math.round(t.exit)).join(", ")
+      })`,
+    );
+  }
+  const qemu = results["qemu bzImage"] ?? [];
+  const deno = startups["deno run (empty module)"] ?? [];
+  for (const way of ["deno-kvm later boot", "deno-kvm first boot"]) {
+    const ours = results[way] ?? [];
+    // The guest's whole time in our VMM: from its bootstrap vCPU's start (when the AP workers
+    // were ready, on the CLI's clock, which starts with the process) to the marker; for a
+    // bzImage boot it includes the kernel's decompressor (guest time before the kernel's clock).
+    const guest = (t: Timing) => {
+      const start = t.phases.find(([n]) => n === "AP workers ready")?.[1] ??
+        t.phases.find(([n]) => n === "machine created")?.[1];
+      return start === undefined || t.marker < 0 ? undefined : t.marker - start;
+    };
+    const floor = (i: number) => {
+      const q = qemu[i], o = ours[i], d = deno[i];
+      const g = o && guest(o);
+      if (!q || g === undefined || !d || q.marker < 0 || d.code !== 0) return undefined;
+      return (d.exit + g) / q.marker;
+    };
+    const guests = ours.map(guest).filter((g): g is number => g !== undefined);
+    const rounds = ours.map((_, i) => floor(i));
+    const ok = rounds.filter((r): r is number => r !== undefined);
+    if (ok.length === 0) continue;
+    const pre = ours.filter((t) => guest(t) !== undefined && t.uptime >= 0)
+      .map((t) => guest(t)! - t.uptime);
+    console.log(
+      `${way}: the guest's time in our VMM (bootstrap vCPU started to marker) ${
+        Math.round(median(guests))
+      } ms (${guests.map(Math.round).join(", ")}), of which before the kernel's clock ${
+        pre.length ? Math.round(median(pre)) : "-"
+      } (the decompressor, for a bzImage)`,
+    );
+    console.log(
+      `best reachable, ${way}: (empty deno run + that guest time) / QEMU's marker = ` +
+        `${median(ok).toFixed(2)} (median of rounds; by round ${
+          rounds.map((r) => r === undefined ? "-" : r.toFixed(2)).join(", ")
+        })`,
+    );
+  }
 }
 
 async function main(): Promise<void> {
@@ -267,14 +359,31 @@ async function main(): Promise<void> {
       ["qemu vmlinux (PVH)", qemuPath, qemu(vmlinuxFile), none],
     );
   }
+  // Deno's own start-up, in the same rounds: an empty module (the runtime alone, what any Deno
+  // VMM pays), and this CLI's `--version` (the runtime and the CLI's static module graph).
+  const empty = await Deno.makeTempFile({ suffix: ".ts" });
+  await Deno.writeTextFile(empty, "export {};\n");
+  const startups: [string, string[]][] = [
+    ["deno run (empty module)", ["run", "-A", "--no-check", empty]],
+    ["deno run boot CLI --version", ["run", "-A", "--no-check", cli(), "--version"]],
+  ];
   const results: Record<string, Timing[]> = Object.fromEntries(ways.map(([n]) => [n, []]));
+  const startupResults: Record<string, Timing[]> = Object.fromEntries(
+    startups.map(([n]) => [n, []]),
+  );
   for (let i = 0; i < runs; i++) {
     console.log(`round ${i + 1}: load average ${Deno.readTextFileSync("/proc/loadavg").trim()}`);
     for (const [name, cmd, args, env, cwd] of ways) {
       const t = await time(cmd, args, await env(), cwd);
       show(`round ${i + 1}, ${name}`, t);
+      if (t.uptime >= 0) console.log(`  guest /proc/uptime after the marker: ${t.uptime} ms`);
       if (t.trace.length > 0) console.log(`  trace: ${t.trace.join(" | ")}`);
       results[name].push(t);
+    }
+    for (const [name, args] of startups) {
+      const t = await time(Deno.execPath(), args, {}, undefined, false);
+      console.log(`round ${i + 1}, ${name}: exit ${Math.round(t.exit)} ms, code ${t.code}`);
+      startupResults[name].push(t);
     }
   }
   const booted = (name: string) => results[name].filter((t) => t.marker >= 0 && t.code === 0);
@@ -319,11 +428,13 @@ async function main(): Promise<void> {
         "init marker (since spawn)",
     );
   }
+  evidence(results, startupResults);
   console.log("\nfirst boot's trace, round 1:");
   for (const [name, at] of results["deno-kvm first boot"][0]?.phases ?? []) {
     console.log(`    ${String(at).padStart(6)} ms  ${name}`);
   }
   await Deno.remove(initrd);
+  await Deno.remove(empty);
   await Deno.remove(vmlinuxFile);
   for (const dir of caches) await Deno.remove(dir, { recursive: true });
 }

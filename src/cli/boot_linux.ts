@@ -28,10 +28,11 @@ import { Kvm } from "../kvm/kvm.ts";
 import { loadNative } from "../ffi/library.ts";
 import { parseBzImage } from "../boot/bzimage.ts";
 import { isElf, parseElfKernel } from "../boot/elf.ts";
+import { prestartApWorkers, releasePrestartedApWorkers } from "../boot/ap_runtime.ts";
 import { probeHost } from "../boot/host_probe.ts";
 import { LinuxMachine } from "../boot/linux.ts";
 import { isMultiboot } from "../boot/multiboot.ts";
-import { MultibootMachine } from "../boot/multiboot_machine.ts";
+import type { MultibootMachine } from "../boot/multiboot_machine.ts";
 import { MAX_IMAGE_FILE_SIZE, readImageFile } from "../boot/read_image.ts";
 import { MAX_OUTPUT } from "../boot/xz.ts";
 import {
@@ -369,6 +370,17 @@ async function boot(config: BootConfig): Promise<number> {
     ? (what: string) => say(`${Math.round(performance.now())} ms ${what}`)
     : () => {};
   trace("arguments parsed (runtime started, modules loaded)");
+  // The APs' workers load their modules while this thread reads the kernel and builds the
+  // machine, which takes them (where the host has a CPU to spare, their start is hidden).
+  if (config.cpus > 1) prestartApWorkers(config.cpus - 1);
+  try {
+    return await bootPrestarted(config, trace);
+  } finally {
+    releasePrestartedApWorkers(); // those no machine took (it failed before, or never came)
+  }
+}
+
+async function bootPrestarted(config: BootConfig, trace: (what: string) => void): Promise<number> {
   const kernel = readInput(config.kernel, "kernel", config.memorySize);
   const initrd = config.initrd ? readInput(config.initrd, "initrd", config.memorySize) : undefined;
   let multiboot: boolean;
@@ -433,9 +445,11 @@ async function bootMultiboot(
     `booting the Multiboot kernel ${config.kernel} with ${config.cpus} vCPU(s), ` +
       `${config.memorySize / MiB} MiB (Ctrl-C quits)`,
   );
+  // Imported here: a Linux boot (nearly every boot) does not load the Multiboot machine.
+  const { MultibootMachine: Machine } = await import("../boot/multiboot_machine.ts");
   let machine: MultibootMachine;
   try {
-    machine = MultibootMachine.create({
+    machine = Machine.create({
       kernel,
       cmdline: `${config.kernel} ${config.cmdline ?? ""}`.trimEnd(),
       modules: initrd ? [{ data: initrd, cmdline: config.initrd }] : [],
