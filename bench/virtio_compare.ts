@@ -75,6 +75,7 @@ const HELPER_C = String.raw`
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <linux/tcp.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -138,6 +139,23 @@ static int rnd(const char *dev, int ms) {
   return 0;
 }
 
+/* Why a stream is slow: the sender's view (smoothed RTT, window, pacing rate, what limited it). */
+static void tcpinfo(int fd, double at) {
+  struct tcp_info i;
+  socklen_t n = sizeof i;
+  memset(&i, 0, sizeof i);
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &i, &n) != 0) { perror("TCP_INFO"); return; }
+  printf("VBENCH-TCPINFO t=%.1f rtt_us=%u rttvar_us=%u min_rtt_us=%u cwnd=%u ssthresh=%u unacked=%u "
+         "retrans=%u pacing_Bps=%llu delivery_Bps=%llu busy_us=%llu rwnd_limited_us=%llu "
+         "sndbuf_limited_us=%llu segs_out=%u data_segs_out=%u notsent=%u app_limited=%u\n",
+         at, i.tcpi_rtt, i.tcpi_rttvar, i.tcpi_min_rtt, i.tcpi_snd_cwnd, i.tcpi_snd_ssthresh,
+         i.tcpi_unacked, i.tcpi_total_retrans, (unsigned long long)i.tcpi_pacing_rate,
+         (unsigned long long)i.tcpi_delivery_rate, (unsigned long long)i.tcpi_busy_time,
+         (unsigned long long)i.tcpi_rwnd_limited, (unsigned long long)i.tcpi_sndbuf_limited,
+         i.tcpi_segs_out, i.tcpi_data_segs_out, i.tcpi_notsent_bytes,
+         (unsigned)i.tcpi_delivery_rate_app_limited);
+}
+
 static int net(const char *ip, int port, int ms) {
   struct sockaddr_in a = {0};
   a.sin_family = AF_INET;
@@ -156,12 +174,13 @@ static int net(const char *ip, int port, int ms) {
   static char buf[65536];
   memset(buf, 0x5a, sizeof buf);
   long long total = 0;
-  double t0 = now(), t = t0, end = t0 + ms / 1000.0;
+  double t0 = now(), t = t0, end = t0 + ms / 1000.0, next = t0 + 1;
   while (t < end) {
     ssize_t w = write(fd, buf, sizeof buf);
     if (w <= 0) { perror("write"); return 1; }
     total += w;
     t = now();
+    if (t >= next || t >= end) { tcpinfo(fd, t - t0); next += 1; }
   }
   close(fd);
   double dt = now() - t0;
@@ -197,7 +216,11 @@ const INIT = [
   `ip addr add ${GUEST_IP}/24 dev eth0 && ip link set eth0 up`,
   `echo "VBENCH-PING $(ping -c 2 -W 5 ${HOST_IP} 2>&1 | grep -E 'loss|round-trip' | tr '\\n' ' ')"`,
   // A stalled stream must not hold the boot: the helper is killed after 90 s.
+  // Interrupts per device across the stream (virtio-mmio: one line per device; virtio-pci: per vector).
+  "echo \"VBENCH-NETIRQ-BEFORE $(grep -i virtio /proc/interrupts | tr -s ' ' | tr '\\n' ';')\"",
+  "echo \"VBENCH-NETDEV-BEFORE $(grep eth0 /proc/net/dev)\"",
   `timeout 90 /vbench net ${HOST_IP} ${PORT} ${NET_MS} || echo VBENCH-NET-FAILED $?`,
+  "echo \"VBENCH-NETIRQ-AFTER $(grep -i virtio /proc/interrupts | tr -s ' ' | tr '\\n' ';')\"",
   "echo \"VBENCH-NETDEV $(grep eth0 /proc/net/dev)\"",
   // Why a stream is slow: the guest's TCP counters (RetransSegs) and the card's negotiated features.
   "echo \"VBENCH-NETTCP $(grep Tcp: /proc/net/snmp | tail -1)\"",
@@ -290,11 +313,58 @@ const exists = (p: string) => {
   }
 };
 
+/**
+ * CPU time so far (s, user + system; a vCPU thread's includes its guest's time) of each thread of
+ * `pids`, keyed `pid/tid comm`, and of the whole machine (`busy`, `all`: /proc/stat's first line).
+ * The difference of two samples around the TCP stream says which thread bounds it.
+ */
+function cpuSample(pids: number[]): Map<string, number> {
+  const out = new Map<string, number>();
+  const tick = 100; // USER_HZ
+  for (const pid of pids) {
+    let tids: string[];
+    try {
+      tids = [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => e.name);
+    } catch {
+      continue; // gone
+    }
+    for (const tid of tids) {
+      try {
+        const stat = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/stat`);
+        const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+        const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+        out.set(`${pid}/${tid} ${comm}`, (Number(f[11]) + Number(f[12])) / tick);
+      } catch {
+        // The thread ended.
+      }
+    }
+  }
+  const cpu = Deno.readTextFileSync("/proc/stat").split("\n")[0].trim().split(/\s+/).slice(1)
+    .map(Number);
+  const all = cpu.reduce((a, b) => a + b, 0);
+  out.set("all", all / tick);
+  out.set("busy", (all - cpu[3] - (cpu[4] ?? 0)) / tick); // less idle and iowait
+  return out;
+}
+
+/** The threads that used CPU between two samples, busiest first, as one line. */
+function cpuReport(a: Map<string, number>, b: Map<string, number>): string {
+  const d = (k: string) => (b.get(k) ?? 0) - (a.get(k) ?? 0);
+  const all = d("all");
+  const threads = [...b.keys()].filter((k) => k !== "all" && k !== "busy" && d(k) >= 0.05)
+    .sort((x, y) => d(y) - d(x)).map((k) => `${k} ${d(k).toFixed(2)}`);
+  return `machine busy ${d("busy").toFixed(2)} of ${all.toFixed(2)} CPU-s; threads (CPU-s): ${
+    threads.join(", ")
+  }`;
+}
+
 /** The receiving side of the guests' streams: one connection at a time, each one's Mbit/s. */
 class Receiver {
   #listener = Deno.listen({ hostname: "0.0.0.0", port: PORT });
   /** Mbit/s of each finished connection (first byte to EOF), in order. */
   readonly rates: number[] = [];
+  /** Told when a connection's first byte arrives and when it ends (the CPU samples of a boot). */
+  onStream: ((phase: "first" | "end") => void) | undefined;
   #open: Deno.Conn | undefined;
   #loop = this.#accept();
 
@@ -313,10 +383,14 @@ class Receiver {
       for (;;) {
         const n = await conn.read(buf).catch(() => null);
         if (n === null) break;
-        if (bytes === 0) first = performance.now();
+        if (bytes === 0) {
+          first = performance.now();
+          this.onStream?.("first");
+        }
         bytes += n;
       }
       const seconds = (performance.now() - first) / 1000;
+      if (bytes > 0) this.onStream?.("end");
       this.#open = undefined;
       try {
         conn.close();
@@ -380,6 +454,9 @@ async function boot(
     }
   }, 200);
   const before = receiver.rates.length;
+  // CPU per thread of the VMM and of this script (the receiver) over the stream.
+  const samples: Map<string, number>[] = [];
+  receiver.onStream = () => samples.push(cpuSample([child.pid, Deno.pid]));
   const stderr = new Response(child.stderr).text();
   let text = "";
   const decoder = new TextDecoder();
@@ -395,12 +472,18 @@ async function boot(
   }
   const netHost = receiver.rates.length > before ? receiver.rates.at(-1)! : -1;
   receiver.drop();
+  receiver.onStream = undefined;
   const num = (re: RegExp) => Number(re.exec(text)?.[1] ?? -1);
   const figures: Figures = {
     seq: [...text.matchAll(/VBENCH-RESULT seq .*MBps=([\d.]+)/g)].map((m) => Number(m[1])),
     dd: /VBENCH-RESULT dd (.*)/.exec(text)?.[1].trim() ?? "-",
     ping: /VBENCH-PING (.*)/.exec(text)?.[1].trim() ?? "-",
-    notes: text.split("\n").filter((l) => /^VBENCH-(READY|PING|NET)/.test(l)).map((l) => l.trim()),
+    notes: [
+      ...text.split("\n").filter((l) => /^VBENCH-(READY|PING|NET|TCPINFO)/.test(l)).map((l) =>
+        l.trim()
+      ),
+      ...(samples.length >= 2 ? [`VBENCH-CPU stream: ${cpuReport(samples[0], samples[1])}`] : []),
+    ],
     iops: num(/VBENCH-RESULT rand .*IOPS=([\d.]+)/),
     latencyUs: num(/VBENCH-RESULT rand .*latency_us=([\d.]+)/),
     netGuest: num(/VBENCH-RESULT net .*Mbps=([\d.]+)/),

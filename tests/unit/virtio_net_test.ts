@@ -203,3 +203,25 @@ Deno.test("virtio-net: a received header the driver did not accept is dropped; w
   t.d.kick();
   deepStrictEqual([...t.d.bytes(c.addrs[0], 10)], [...h.subarray(0, 10)]);
 });
+
+Deno.test("virtio-net: an answer the host queued while a frame was sent is received in the same pass, under one interrupt", () => {
+  const { d, port } = setup();
+  // A tap's host stack answers inside writev(2): the TCP ACK is queued before it returns.
+  const send = port.send.bind(port);
+  port.send = (iov, count) => {
+    send(iov, count);
+    port.inbox.push(new Uint8Array([...netHeader(), 0xac]));
+  };
+  const rx = d.submit([{ write: 64 }]); // queue 0: a receive buffer waiting
+  d.useQueue(1);
+  d.submit([{ read: netHeader() }, { read: new Uint8Array(60) }]);
+  const before = d.interrupts;
+  d.kick(); // one pass of the device thread
+  strictEqual(port.sent.length, 1);
+  d.useQueue(0);
+  strictEqual(d.usedIdx, 1, "the answer is in the receive buffer after the same pass");
+  deepStrictEqual(d.usedElem(0), { id: rx.head, len: NET_HEADER_BYTES + 1 });
+  strictEqual(d.bytes(rx.addrs[0] + NET_HEADER_BYTES, 1)[0], 0xac);
+  strictEqual(d.interrupts - before, 1, "one interrupt for the sent frame and the answer");
+  strictEqual(port.inbox.length, 0);
+});

@@ -124,7 +124,11 @@ export class VirtioRunner {
       );
     }
     try {
-      for (let q = 0; q < served.queues.length; q++) {
+      // Highest index first: a transmit queue (odd, after its receive queue: net, console) is
+      // served before the receive queue, so an answer the host made while a frame was sent
+      // (over a tap, the host's TCP ACK is queued before `writev` returns) is received in the
+      // same pass and under the same interrupt, not after another wake-up of the device thread.
+      for (let q = served.queues.length - 1; q >= 0; q--) {
         const base = Word.QUEUES + QUEUE_WORDS * q;
         if (Atomics.load(s, base + QueueWord.READY) === 0) {
           served.queues[q] = null; // disabled by the driver
