@@ -21,13 +21,7 @@
  * @module
  */
 
-import {
-  ensureCacheDir,
-  sha256Hex,
-  untrustedReason,
-  userCacheDir,
-  writeExclusive,
-} from "../cache_dir.ts";
+import { ensureCacheDir, untrustedReason, userCacheDir, writeExclusive } from "../cache_dir.ts";
 import type { CpuidEntry } from "../abi/cpuid.ts";
 import type { Kvm } from "../kvm/kvm.ts";
 import {
@@ -39,6 +33,7 @@ import {
   rememberCpuProbe,
 } from "./cpu_probe.ts";
 import { type GuestSpeed, LINUX_BOOT_MIN_MIPS, measureGuestSpeed } from "./guest_speed.ts";
+import { sha256HexSmall } from "./sha256.ts";
 
 /** What {@linkcode probeHost} found, and where from. */
 export interface HostProbe {
@@ -125,7 +120,9 @@ export function hostProbeKey(kvm: Kvm): string {
     boot: readOr("/proc/sys/kernel/random/boot_id"),
     modules: kvmModules(),
   });
-  return sha256Hex(new TextEncoder().encode(text));
+  // Hashed here, not by node:crypto: every boot computes this key before its guest runs, and
+  // a first boot needs node:crypto for nothing else (its load costs more than this hash).
+  return sha256HexSmall(new TextEncoder().encode(text));
 }
 
 const isNumber = (x: unknown): x is number => typeof x === "number" && Number.isFinite(x);

@@ -21,7 +21,6 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import denoJson from "../../deno.json" with { type: "json" };
 import { KvmError } from "../errors.ts";
 import { Kvm } from "../kvm/kvm.ts";
@@ -173,6 +172,97 @@ export function hostMemory(): number | undefined {
   }
 }
 
+/** The options of the command line: strings (some repeatable) and flags. */
+const STRING_OPTIONS = ["kernel", "initrd", "cmdline", "memory", "cpus", "timeout", "console"];
+const REPEATED_OPTIONS = ["disk", "net"];
+const FLAGS = ["guest-decompress", "trace", "rng", "help", "version"];
+
+interface ParsedOptions {
+  kernel?: string;
+  initrd?: string;
+  cmdline?: string;
+  memory: string;
+  cpus: string;
+  timeout?: string;
+  console: string;
+  disk: string[];
+  net: string[];
+  "guest-decompress": boolean;
+  trace: boolean;
+  rng: boolean;
+  help: boolean;
+  version: boolean;
+}
+
+/**
+ * The options as `node:util`'s strict `parseArgs` reads them (`--name value`,
+ * `--name=value`, flags without a value, `-h`, nothing positional), written
+ * here because loading `node:util` costs every boot Node's compatibility
+ * layer (10-20 ms natively, far more under an emulator; `bench/RESULTS.md`,
+ * issue 17).
+ */
+function parseOptions(args: readonly string[]): ParsedOptions {
+  const values: ParsedOptions = {
+    memory: DEFAULT_MEMORY,
+    cpus: "1",
+    console: "serial",
+    disk: [],
+    net: [],
+    "guest-decompress": false,
+    trace: false,
+    rng: false,
+    help: false,
+    version: false,
+  };
+  const record = values as unknown as Record<string, string | string[] | boolean | undefined>;
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (arg === "-h") {
+      values.help = true;
+      continue;
+    }
+    if (arg === "--" && i === args.length - 1) break; // an end of options with nothing after
+    if (!arg.startsWith("--") || arg === "--") {
+      if (arg.startsWith("-") && arg !== "-" && arg !== "--") {
+        throw new UsageError(`Unknown option '${arg}'`);
+      }
+      throw new UsageError(
+        `Unexpected argument '${arg === "--" ? args[i + 1] : arg}'. ` +
+          "This command does not take positional arguments",
+      );
+    }
+    const eq = arg.indexOf("=");
+    const name = eq < 0 ? arg.slice(2) : arg.slice(2, eq);
+    if (FLAGS.includes(name)) {
+      if (eq >= 0) throw new UsageError(`Option '--${name}' does not take an argument`);
+      record[name] = true;
+      continue;
+    }
+    const repeated = REPEATED_OPTIONS.includes(name);
+    if (!repeated && !STRING_OPTIONS.includes(name)) {
+      throw new UsageError(`Unknown option '--${name}'`);
+    }
+    let value: string;
+    if (eq >= 0) value = arg.slice(eq + 1);
+    else {
+      const next = args[i + 1];
+      if (next === undefined) throw new UsageError(`Option '--${name} <value>' argument missing`);
+      if (next.startsWith("-")) {
+        throw new UsageError(
+          `Option '--${name}' argument is ambiguous. Did you forget to specify the option ` +
+            `argument for '--${name}'? To specify an option argument starting with a dash use ` +
+            `'--${name}=-XYZ'.`,
+        );
+      }
+      value = next;
+      i++;
+    }
+    if (repeated) (record[name] as string[]).push(value);
+    else record[name] = value;
+  }
+  return values;
+}
+
 /**
  * Parses and checks the arguments, needing neither KVM nor the files: throws
  * {@linkcode UsageError}. A first `--` (as `deno task x -- args` passes it on)
@@ -180,31 +270,7 @@ export function hostMemory(): number | undefined {
  */
 export function parseBootArgs(argv: readonly string[]): BootConfig | "help" | "version" {
   const args = argv[0] === "--" ? argv.slice(1) : [...argv];
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args,
-      strict: true,
-      options: {
-        kernel: { type: "string" },
-        initrd: { type: "string" },
-        cmdline: { type: "string" },
-        memory: { type: "string", default: DEFAULT_MEMORY },
-        cpus: { type: "string", default: "1" },
-        timeout: { type: "string" },
-        "guest-decompress": { type: "boolean", default: false },
-        trace: { type: "boolean", default: false },
-        disk: { type: "string", multiple: true, default: [] },
-        rng: { type: "boolean", default: false },
-        net: { type: "string", multiple: true, default: [] },
-        console: { type: "string", default: "serial" },
-        help: { type: "boolean", short: "h", default: false },
-        version: { type: "boolean", default: false },
-      },
-    }));
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
+  const values = parseOptions(args);
   if (values.help) return "help";
   if (values.version) return "version";
   if (!values.kernel) throw new UsageError("--kernel PATH is required");
@@ -270,14 +336,23 @@ export function parseBootArgs(argv: readonly string[]): BootConfig | "help" | "v
   };
 }
 
+/**
+ * Whether stdin is `/dev/null`. Through `/proc/self/fd/0` first: a minimal
+ * system (the sandbox's busybox image) has no `/dev/stdin`, and a pump
+ * Worker started there for nothing cost every boot 1.3 s of its emulated CPU
+ * (`bench/RESULTS.md`, issue 17).
+ */
 function stdinIsDevNull(): boolean {
-  try {
-    const a = Deno.statSync("/dev/stdin");
-    const b = Deno.statSync("/dev/null");
-    return a.dev === b.dev && a.ino === b.ino;
-  } catch {
-    return false;
+  for (const path of ["/proc/self/fd/0", "/dev/stdin"]) {
+    try {
+      const a = Deno.statSync(path);
+      const b = Deno.statSync("/dev/null");
+      return a.dev === b.dev && a.ino === b.ino;
+    } catch {
+      // Not there: the next way, or not known.
+    }
   }
+  return false;
 }
 
 const say = (text: string) => console.error(`${NAME}: ${text}`);
@@ -370,6 +445,9 @@ async function boot(config: BootConfig): Promise<number> {
     ? (what: string) => say(`${Math.round(performance.now())} ms ${what}`)
     : () => {};
   trace("arguments parsed (runtime started, modules loaded)");
+  // Where the clock above starts (the runtime's time origin, after the process started): lets a
+  // benchmark that spawned this process place the phases on its own clock.
+  if (config.trace) say(`clock origin ${performance.timeOrigin.toFixed(1)} ms after the epoch`);
   // The APs' workers load their modules while this thread reads the kernel and builds the
   // machine, which takes them (where the host has a CPU to spare, their start is hidden).
   if (config.cpus > 1) prestartApWorkers(config.cpus - 1);

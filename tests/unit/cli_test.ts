@@ -151,6 +151,57 @@ Deno.test("cli: parseBootArgs defaults and conversions", () => {
   assert((hostMemory() ?? 1) > 0);
 });
 
+Deno.test("cli: the option forms parseArgs took (no node:util loaded): =value, repeats, flags, refusals", () => {
+  const config = parseBootArgs([
+    "--kernel=k",
+    "--disk",
+    "a.img",
+    "--disk=b.img,ro",
+    "--net",
+    "tap0",
+    "--rng",
+    "--cmdline=-no-dash-start",
+    "--console",
+    "virtio",
+    "--",
+  ]);
+  assert(typeof config === "object");
+  assertEquals(config.kernel, "k");
+  assertEquals(config.disks, [{ path: "a.img", readOnly: false }, {
+    path: "b.img",
+    readOnly: true,
+  }]);
+  assertEquals(config.net, ["tap0"]);
+  assertEquals(config.rng, true);
+  assertEquals(config.cmdline, "-no-dash-start");
+  assertEquals(config.console, "virtio");
+  assertEquals(parseBootArgs(["--version", "--kernel", "k"]), "version");
+  const refused: [string[], RegExp][] = [
+    [["--kernel"], /'--kernel <value>' argument missing/],
+    [["--kernel", "k", "extra"], /Unexpected argument 'extra'/],
+    [["--kernel", "k", "--", "extra"], /Unexpected argument 'extra'/],
+    [["--kernel", "k", "--trace=yes"], /'--trace' does not take an argument/],
+    [["--kernel", "-k"], /'--kernel' argument is ambiguous/],
+    [["--kernel", "k", "-x"], /Unknown option '-x'/],
+  ];
+  for (const [args, message] of refused) {
+    throws(
+      () => parseBootArgs(args),
+      (e: Error) => e instanceof UsageError && message.test(e.message),
+    );
+  }
+  // The CLI's start-up loads no Node built-in (Node's compatibility layer costs every boot).
+  const graph = new Deno.Command(Deno.execPath(), {
+    args: ["info", "--json", new URL("../../src/cli/boot_linux.ts", import.meta.url).pathname],
+    stdout: "piped",
+    stderr: "null",
+  }).outputSync();
+  const modules = JSON.parse(new TextDecoder().decode(graph.stdout)).modules as {
+    specifier: string;
+  }[];
+  assertEquals(modules.filter((m) => /^node:(?!crypto$)/.test(m.specifier)), []);
+});
+
 Deno.test("cli: console input keeps what the UART did not take and offers it again, bounded", () => {
   let room = 3;
   const got: number[] = [];
