@@ -188,9 +188,14 @@ export function sha256Hex(data: Uint8Array): string {
   return createHash("sha256").update(data).digest("hex");
 }
 
-/** The MD5 of `data` in hex: the damage check of kernel cache entries (see `boot/vmlinux.ts`). */
-export function md5Hex(data: Uint8Array): string {
-  return createHash("md5").update(data).digest("hex");
+/**
+ * The MD5 of `data` (of its parts one after another, without joining them) in
+ * hex: the damage check of kernel cache entries (see `boot/vmlinux.ts`).
+ */
+export function md5Hex(data: Uint8Array | readonly Uint8Array[]): string {
+  const hash = createHash("md5");
+  for (const part of data instanceof Uint8Array ? [data] : data) hash.update(part);
+  return hash.digest("hex");
 }
 
 /**

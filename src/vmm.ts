@@ -51,6 +51,7 @@ export {
   MAX_CMDLINE_BYTES,
   parseBzImage,
   planLinuxBoot,
+  type VmlinuxFile,
   writeLinuxBoot,
   ZERO_PAGE_ADDRESS,
 } from "./boot/bzimage.ts";

@@ -21,7 +21,8 @@ export type BootImageProblem =
   | "bad-payload"
   | "bad-layout"
   | "bad-file"
-  | "file-too-large";
+  | "file-too-large"
+  | "damaged-cache-entry";
 
 /**
  * A kernel image, initrd, command line or memory size refused by the loader,

@@ -219,10 +219,37 @@ export interface LinuxBootOptions {
    * setup header. Such a kernel runs where it was linked (no KASLR).
    */
   vmlinux?: Uint8Array;
+  /**
+   * The same as `vmlinux`, still in its file: its segments are read from the
+   * file straight into guest RAM by {@linkcode writeLinuxBoot} (no copy in
+   * host memory of its own), then checked. Give one or the other.
+   */
+  vmlinuxFile?: VmlinuxFile;
   /** The kernel command line. */
   cmdline?: string;
   /** An initrd / initramfs image. */
   initrd?: Uint8Array;
+}
+
+/**
+ * An uncompressed kernel (ELF `vmlinux`) to load from its file: a cache entry
+ * (`lookupVmlinuxAsync` with `direct`). Reading with `read(2)` into guest RAM
+ * cannot fault the way a mapping of the file can when the file shrinks (a
+ * short read is an error, not a SIGBUS).
+ */
+export interface VmlinuxFile {
+  /** The file's first bytes: its ELF header and program headers at least. */
+  readonly head: Uint8Array;
+  /** The file's size in bytes. */
+  readonly size: number;
+  /** Reads exactly `into.length` bytes at `offset` of the file into `into`, or throws. */
+  read(offset: number, into: Uint8Array): void;
+  /**
+   * Checks the loaded kernel before it runs, given each segment's file bytes
+   * where they now lie (guest RAM) with their file offsets; throws when the
+   * file is damaged (the bytes in guest RAM must then not be run).
+   */
+  check(loaded: readonly { fileOffset: number; bytes: Uint8Array }[]): void;
 }
 
 /** Where everything goes, as decided by {@linkcode planLinuxBoot}. */
@@ -231,6 +258,8 @@ export interface LinuxBootPlan {
   readonly kernel?: BzImage;
   /** The ELF kernel loaded directly, when there is one. */
   readonly elf?: ElfKernel;
+  /** Where the ELF kernel's segments are read from, when it was given as a file. */
+  readonly vmlinuxFile?: VmlinuxFile;
   /** What to copy into guest RAM for the kernel, and where. */
   readonly segments: readonly ElfSegment[];
   /** The zero page, ready to copy to {@linkcode ZERO_PAGE_ADDRESS}. */
@@ -281,10 +310,13 @@ function mib(n: number): string {
 export function planLinuxBoot(image: Uint8Array, options: LinuxBootOptions): LinuxBootPlan {
   const bare = isElf(image);
   const kernel = bare ? undefined : parseBzImage(image);
+  const file = bare ? undefined : options.vmlinuxFile;
   const elf = bare
     ? parseElfKernel(image)
     : options.vmlinux
     ? parseElfKernel(options.vmlinux)
+    : file
+    ? parseElfKernel(file.head, { fileSize: file.size })
     : undefined;
   const { memorySize, cmdline = "", initrd } = options;
   const cmdlineSize = kernel?.cmdlineSize ?? DEFAULT_CMDLINE_SIZE;
@@ -440,6 +472,7 @@ export function planLinuxBoot(image: Uint8Array, options: LinuxBootOptions): Lin
   return {
     kernel,
     elf,
+    ...(file ? { vmlinuxFile: file } : {}),
     segments,
     zeroPage,
     cmdline: cmdlineBytes,
@@ -462,19 +495,47 @@ export function planLinuxBoot(image: Uint8Array, options: LinuxBootOptions): Lin
  * RSI/ESI = {@linkcode ZERO_PAGE_ADDRESS}.) The part of a segment past its
  * file bytes is zeroed, unless `memoryIsZero` says the RAM is fresh (zero
  * already: writing zeros would only make the host allocate the pages early).
+ * A kernel given as a file (`vmlinuxFile`) is read from it into place and
+ * checked there (`VmlinuxFile.check` throws for a damaged one).
  */
 export function writeLinuxBoot(
   vm: Vm,
   plan: LinuxBootPlan,
   options: { memoryIsZero?: boolean } = {},
 ): void {
+  const fromFile: { fileOffset: number; bytes: Uint8Array }[] = [];
   for (const segment of plan.segments) {
-    vm.writeGuest(segment.physicalAddress, segment.bytes);
-    const tail = segment.memorySize - segment.bytes.length;
+    const { physicalAddress, bytes } = segment;
+    const fileSize = segment.fileSize ?? bytes.length;
+    vm.writeGuest(physicalAddress, bytes);
+    if (fileSize > bytes.length) {
+      // The rest of the segment is still in the file: read straight into guest RAM.
+      const file = plan.vmlinuxFile;
+      if (!file) {
+        throw new BootImageError(
+          "truncated",
+          Errno.ENOEXEC,
+          `kernel segment at ${hex(physicalAddress)}: ${fileSize} bytes, ${bytes.length} given`,
+        );
+      }
+      file.read(
+        segment.fileOffset! + bytes.length,
+        vm.guestMemory(physicalAddress + bytes.length, fileSize - bytes.length),
+      );
+    }
+    if (plan.vmlinuxFile) {
+      fromFile.push({
+        fileOffset: segment.fileOffset!,
+        bytes: vm.guestMemory(physicalAddress, fileSize),
+      });
+    }
+    const tail = segment.memorySize - fileSize;
     if (tail > 0 && !options.memoryIsZero) {
-      vm.guestMemory(segment.physicalAddress + segment.bytes.length, tail).fill(0);
+      vm.guestMemory(physicalAddress + fileSize, tail).fill(0);
     }
   }
+  // Before anything else is written: a damaged file leaves nothing that could run.
+  plan.vmlinuxFile?.check(fromFile);
   vm.writeGuest(ZERO_PAGE_ADDRESS, plan.zeroPage);
   vm.writeGuest(CMDLINE_ADDRESS, plan.cmdline);
   if (plan.initrd) vm.writeGuest(plan.initrdAddress, plan.initrd);

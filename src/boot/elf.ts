@@ -23,10 +23,21 @@ export const START_KERNEL_MAP = 0xffffffff80000000n;
 export interface ElfSegment {
   /** Guest physical address to load at (`p_paddr`). */
   readonly physicalAddress: number;
-  /** The bytes from the file (`p_filesz` of them). */
+  /**
+   * The bytes from the file (`p_filesz` of them), or, when the ELF was
+   * parsed from its head only (`parseElfKernel`'s `fileSize`), the part of
+   * them inside that head (usually none): see `fileSize`.
+   */
   readonly bytes: Uint8Array;
   /** Size in memory (`p_memsz`); past the file bytes it is zero. */
   readonly memorySize: number;
+  /** Where the segment's bytes start in the file (`p_offset`), for a segment of an ELF file. */
+  readonly fileOffset?: number;
+  /**
+   * `p_filesz`, for a segment of an ELF file: more than `bytes.length` when
+   * the rest is still in the file (to be read straight into guest RAM).
+   */
+  readonly fileSize?: number;
 }
 
 /** What {@linkcode parseElfKernel} found. */
@@ -103,17 +114,19 @@ export function elfProgramHeaders(
 
 /**
  * The `PT_LOAD` entries of `headers`, each checked to lie inside `image`
- * with `p_filesz <= p_memsz` (else `bad("segment N (... bytes at file offset
- * ...) is truncated")`).
+ * (or a file of `fileSize` bytes that `image` begins) with `p_filesz <=
+ * p_memsz` (else `bad("segment N (... bytes at file offset ...) is
+ * truncated")`).
  */
 export function loadableSegments(
   image: Uint8Array,
   headers: readonly ElfProgramHeader[],
   bad: (detail: string) => Error,
+  fileSize: number = image.length,
 ): ElfProgramHeader[] {
   const loads = headers.filter((h) => h.type === PT_LOAD);
   for (const h of loads) {
-    if (h.offset + h.fileSize > image.length || h.fileSize > h.memorySize) {
+    if (h.offset + h.fileSize > fileSize || h.fileSize > h.memorySize) {
       throw bad(
         `segment ${h.index} (${h.fileSize} bytes at file offset ${hex(h.offset)}) is truncated`,
       );
@@ -140,25 +153,37 @@ function bad(detail: string): BootImageError {
  * Parses a 64-bit little-endian x86-64 ELF executable and its `PT_LOAD`
  * segments; every segment must lie inside the file and above 1 MiB. The entry
  * (`e_entry`) may be physical or in the kernel map; it is returned physical.
+ *
+ * With `fileSize`, `image` is only the file's beginning (its ELF and program
+ * headers at least) and the segments are checked against `fileSize`: each
+ * segment's `bytes` is then the part inside `image`, and its `fileOffset` and
+ * `fileSize` say where the rest is, for a loader that reads it from the file
+ * straight into guest RAM.
  */
-export function parseElfKernel(image: Uint8Array): ElfKernel {
+export function parseElfKernel(image: Uint8Array, options: { fileSize?: number } = {}): ElfKernel {
+  const fileSize = options.fileSize ?? image.length;
   if (!isElf(image)) throw bad("no ELF magic");
   if (image.length < 64) throw bad(`${image.length} bytes is shorter than an ELF header`);
+  if (!Number.isSafeInteger(fileSize) || fileSize < image.length) {
+    throw bad(`a file of ${fileSize} bytes cannot begin with ${image.length}`);
+  }
   if (image[4] !== 2 || image[5] !== 1) throw bad("not a 64-bit little-endian ELF");
   const view = new DataView(image.buffer, image.byteOffset, image.byteLength);
   const machine = view.getUint16(18, true);
   if (machine !== EM_X86_64) throw bad(`machine ${machine} is not x86-64 (${EM_X86_64})`);
   const entry = view.getBigUint64(24, true);
   const segments: ElfSegment[] = [];
-  for (const h of loadableSegments(image, elfProgramHeaders(image, bad), bad)) {
-    const { index, offset, physicalAddress: paddr, fileSize, memorySize } = h;
+  for (const h of loadableSegments(image, elfProgramHeaders(image, bad), bad, fileSize)) {
+    const { index, offset, physicalAddress: paddr, memorySize } = h;
     if (paddr < 0x100000 || !Number.isSafeInteger(paddr + memorySize)) {
       throw bad(`segment ${index} has physical address ${hex(paddr)}, below 1 MiB or too high`);
     }
     segments.push({
       physicalAddress: paddr,
-      bytes: image.subarray(offset, offset + fileSize),
+      bytes: image.subarray(Math.min(offset, image.length), offset + h.fileSize),
       memorySize,
+      fileOffset: offset,
+      fileSize: h.fileSize,
     });
   }
   if (segments.length === 0) throw bad("no loadable segment");

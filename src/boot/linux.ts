@@ -37,6 +37,7 @@ import {
   HIGH_RAM_START,
   type LinuxBootPlan,
   planLinuxBoot,
+  type VmlinuxFile,
   writeLinuxBoot,
   ZERO_PAGE_ADDRESS,
 } from "./bzimage.ts";
@@ -72,6 +73,12 @@ export interface LinuxMachineOptions extends PcMachineOptions {
    * `cachedVmlinux`): loaded directly so the guest skips the decompressor.
    */
   vmlinux?: Uint8Array;
+  /**
+   * The same still in its file (a cache entry opened by `lookupVmlinuxAsync`
+   * with `direct`): read straight into guest RAM and checked there; a
+   * damaged file fails the creation (see `VmlinuxFile.check`).
+   */
+  vmlinuxFile?: VmlinuxFile;
   /** An initrd / initramfs. */
   initrd?: Uint8Array;
   /** The kernel command line (add `console=ttyS0` to see the kernel on the serial port). */
@@ -248,6 +255,7 @@ export class LinuxMachine {
         cmdline,
         initrd: options.initrd,
         vmlinux: options.vmlinux,
+        vmlinuxFile: options.vmlinuxFile,
       });
     let plan = planWith(options.cmdline);
     phase(`boot planned (${Math.round(performance.now() - planStart)} ms)`);

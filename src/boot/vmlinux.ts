@@ -25,7 +25,7 @@ import {
 import { MappedFile } from "../kvm/mapped_file.ts";
 import { Errno } from "../errors.ts";
 import { BootImageError } from "./boot_image_error.ts";
-import { parseBzImage } from "./bzimage.ts";
+import { parseBzImage, type VmlinuxFile } from "./bzimage.ts";
 import { elfProgramHeaders, isElf, parseElfKernel, PT_LOAD } from "./elf.ts";
 import { decompressXz, MAX_OUTPUT, XzError } from "./xz.ts";
 import {
@@ -437,6 +437,16 @@ export interface VmlinuxCacheOptions extends ExtractOptions {
    */
   map?: boolean;
   /**
+   * {@linkcode lookupVmlinuxAsync} only: on a hit, leave the kernel in its
+   * file. The result's `file` is read straight into guest RAM by the machine
+   * (`LinuxMachineOptions.vmlinuxFile`: no mapping, no copy of its own) and
+   * checked there against its MD5 and size before it runs; `vmlinux` holds
+   * only the file's head (its ELF headers). A damaged entry then fails the
+   * machine's creation with `BootImageError` `"damaged-cache-entry"`, and
+   * `VmlinuxLookup.extractAgain` replaces it.
+   */
+  direct?: boolean;
+  /**
    * Told as each step ends (the cache lookup, the decoding and by which
    * decoder, the compaction, the cache write), with what it took: what
    * `boot_linux --trace` prints.
@@ -462,7 +472,12 @@ export interface CachedVmlinux {
   decoder?: XzDecoderName;
   /** Why liblzma was not used, when the TypeScript decoder was. */
   fallbackReason?: string;
-  /** Releases the mapping of a mapped kernel (its `vmlinux` view is empty after); a no-op otherwise. */
+  /** The entry still in its file (a hit with `direct`); closed by `close`. */
+  file?: VmlinuxFile;
+  /**
+   * Releases the mapping of a mapped kernel (its `vmlinux` view is empty
+   * after) or the file of a `direct` one; a no-op otherwise.
+   */
   close(): void;
   /** Same as `close`, for `using`. */
   [Symbol.dispose](): void;
@@ -487,10 +502,104 @@ function result(
   source: "cache" | "extracted",
   fields: Partial<Omit<CachedVmlinux, "close" | typeof Symbol.dispose | "vmlinux" | "source">>,
   file?: MappedFile,
+  entry?: VmlinuxFile & { close(): void },
 ): CachedVmlinux {
-  const close = () => file?.close();
+  const close = () => {
+    file?.close();
+    entry?.close();
+  };
   const defined = Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined));
-  return { vmlinux, source, ...defined, close, [Symbol.dispose]: close };
+  return {
+    vmlinux,
+    source,
+    ...defined,
+    ...(entry ? { file: entry } : {}),
+    close,
+    [Symbol.dispose]: close,
+  };
+}
+
+/** How much of an entry is read before the guest RAM exists: its ELF and program headers. */
+const ENTRY_HEAD_BYTES = 64 * 1024;
+
+/** Reads exactly `into.length` bytes at `offset` of `file` (a short read is an error). */
+function readFully(file: Deno.FsFile, offset: number, into: Uint8Array, path: string): void {
+  file.seekSync(offset, Deno.SeekMode.Start);
+  for (let done = 0; done < into.length;) {
+    const n = file.readSync(into.subarray(done));
+    if (n === null || n === 0) {
+      throw new BootImageError(
+        "damaged-cache-entry",
+        Errno.EIO,
+        `the cached kernel ${path} ended at ${offset + done} bytes, before ${
+          offset + into.length
+        } (changed while it was read)`,
+      );
+    }
+    done += n;
+  }
+}
+
+/**
+ * A cache entry as a {@linkcode VmlinuxFile}: its size checked against its
+ * check file (`md5 <hex> <size>`) and the RAM bound, its ELF headers parsed
+ * now, its segments read by the machine straight into guest RAM and the
+ * whole file's MD5 checked there (`check`) before the guest runs. Read with
+ * `read(2)`, not mapped: a file that shrinks meanwhile is a short read (an
+ * error), not a SIGBUS.
+ */
+function openEntry(
+  path: string,
+  stored: string,
+  maxBytes: number,
+): VmlinuxFile & { close(): void } {
+  const expected = /^md5 [0-9a-f]{32} (\d+)\n$/.exec(stored);
+  if (!expected) throw new Error(`${checkPath(path)}: not a check line`);
+  const file = Deno.openSync(path, { read: true });
+  try {
+    const size = file.statSync().size;
+    if (size !== Number(expected[1])) throw new Error(`${path}: its size differs from its check`);
+    if (size > maxBytes) throw new Error(`${path}: ${size} bytes, more than ${maxBytes}`);
+    const head = new Uint8Array(Math.min(size, ENTRY_HEAD_BYTES));
+    readFully(file, 0, head, path);
+    parseElfKernel(head, { fileSize: size });
+    const range = (start: number, end: number) => {
+      if (end <= head.length) return head.subarray(start, end);
+      const bytes = new Uint8Array(end - start);
+      readFully(file, start, bytes, path);
+      return bytes;
+    };
+    return {
+      head,
+      size,
+      read: (offset, into) => readFully(file, offset, into, path),
+      check(loaded) {
+        // The file's bytes in order: each segment where it now lies, what lies between them
+        // (the headers, any padding) read from the file.
+        const parts: Uint8Array[] = [];
+        let at = 0;
+        for (const piece of [...loaded].sort((a, b) => a.fileOffset - b.fileOffset)) {
+          const end = piece.fileOffset + piece.bytes.length;
+          if (end <= at) continue;
+          if (piece.fileOffset > at) parts.push(range(at, piece.fileOffset));
+          parts.push(piece.bytes.subarray(Math.max(0, at - piece.fileOffset)));
+          at = end;
+        }
+        if (at < size) parts.push(range(at, size));
+        if (`md5 ${md5Hex(parts)} ${size}\n` !== stored) {
+          throw new BootImageError(
+            "damaged-cache-entry",
+            Errno.EBADMSG,
+            `the cached kernel ${path} is damaged: its MD5 differs from the one written with it`,
+          );
+        }
+      },
+      close: () => file.close(),
+    };
+  } catch (e) {
+    file.close();
+    throw e;
+  }
 }
 
 /** Temporary files of entries being written: `.vmlinux-<uuid>.tmp`. */
@@ -593,6 +702,18 @@ async function lookupAsync(
   const path = entryPath(dir, await sha256HexAsync(image));
   step("key");
   if (!untrustedReason(path, "file") && !untrustedReason(checkPath(path), "file")) {
+    if (options.direct) {
+      try {
+        const stored = await Deno.readTextFile(checkPath(path));
+        const file = openEntry(path, stored, checkedMaxOutput(options));
+        step("opened");
+        const hit = result(file.head, "cache", { path }, undefined, file);
+        return { dir, path, hit, steps: steps.join(", ") };
+      } catch {
+        // Unreadable, or its header or size already wrong: extract again.
+        return { dir, path, steps: steps.join(", ") };
+      }
+    }
     let file: MappedFile | undefined;
     try {
       file = options.map ? MappedFile.open(path) : undefined;
@@ -764,6 +885,11 @@ export interface VmlinuxLookup {
    * call extracts anew: call it once.
    */
   extract(): Promise<PendingCachedVmlinux>;
+  /**
+   * Decompresses and compacts the kernel even on a hit: for a `direct` hit
+   * found damaged when it was loaded; its `save()` replaces the entry.
+   */
+  extractAgain(): Promise<PendingCachedVmlinux>;
 }
 
 /**
@@ -781,16 +907,16 @@ export async function lookupVmlinuxAsync(
   const phase = options.onPhase ?? (() => {});
   const start = performance.now();
   const { dir, path, cacheProblem, hit, steps } = await lookupAsync(image, options);
+  const found = !hit ? "miss" : hit.file ? "hit, opened (checked once loaded)" : "hit, MD5 checked";
   phase(
-    `kernel cache ${hit ? "hit, MD5 checked" : "miss"} (${ms(start)} after the lookup began${
-      steps ? `: ${steps}` : ""
-    })`,
+    `kernel cache ${found} (${ms(start)} after the lookup began${steps ? `: ${steps}` : ""})`,
   );
+  const extractAgain = () => extractForCache(image, options, dir, path, cacheProblem);
   if (hit) {
     const found = { ...hit, save: nothingToSave };
-    return { hit: found, extract: () => Promise.resolve(found) };
+    return { hit: found, extract: () => Promise.resolve(found), extractAgain };
   }
-  return { extract: () => extractForCache(image, options, dir, path, cacheProblem) };
+  return { extract: extractAgain, extractAgain };
 }
 
 /** Extracts and compacts the kernel of a cache miss; `save()` writes it to `path`. */
@@ -841,5 +967,6 @@ export async function cachedVmlinuxAsync(
   image: Uint8Array,
   options: VmlinuxCacheOptions = {},
 ): Promise<PendingCachedVmlinux> {
-  return await (await lookupVmlinuxAsync(image, options)).extract();
+  // Never `direct` here: the caller gets the kernel's bytes.
+  return await (await lookupVmlinuxAsync(image, { ...options, direct: false })).extract();
 }
