@@ -16,7 +16,7 @@
 import { Errno, KvmError } from "../errors.ts";
 import { loadNative, native } from "../ffi/library.ts";
 import type { KickTarget } from "../kvm/kick.ts";
-import type { VcpuExit } from "../kvm/exit.ts";
+import type { IoExit, MmioExit, VcpuExit } from "../kvm/exit.ts";
 import { Vcpu } from "../kvm/vcpu.ts";
 import { GuestRam } from "./guest_ram.ts";
 import {
@@ -228,88 +228,94 @@ class Runner {
 
   #dispatch(exit: VcpuExit): PostedStop | undefined {
     // A device's stopVm() from this vCPU ends it once its handler returned.
+    // I/O and MMIO, the exits of a busy device, in small methods of their own:
+    // V8 optimises (and can inline) them apart from the rarer exits' code.
+    if (exit.reason === "io") return this.#dispatchIo(exit);
+    if (exit.reason === "mmio") return this.#dispatchMmio(exit);
+    return this.#dispatchOther(exit);
+  }
+
+  #dispatchIo(exit: IoExit): PostedStop | undefined {
+    const out = exit.direction === "out";
+    const port = exit.port;
+    const list = out ? this.#portOut[port] : this.#portIn[port];
+    if (list !== undefined) {
+      for (let i = 0; i < list.length; i++) {
+        const d = list[i];
+        const r = this.#result(
+          out
+            ? d.ioOut!(port, exit.size, exit.data, this.id)
+            : d.ioIn!(port, exit.size, exit.data, this.id),
+        );
+        if (r !== NOT_HANDLED) return r;
+      }
+    }
+    const any = out ? this.#anyOut : this.#anyIn;
+    for (let i = 0; i < any.length; i++) {
+      const d = any[i];
+      const r = this.#result(
+        out
+          ? d.ioOut!(port, exit.size, exit.data, this.id)
+          : d.ioIn!(port, exit.size, exit.data, this.id),
+      );
+      if (r !== NOT_HANDLED) return r;
+    }
+    if (this.#callbacks.has(out ? Call.OUT : Call.IN)) {
+      const data = exit.data;
+      if (out) this.#mbData.set(data);
+      const reply = this.#call(out ? Call.OUT : Call.IN, port, 0, exit.size, exit.count);
+      if (!out && reply === Reply.CONTINUE) data.set(this.#box.bytes(data.length));
+      const r = this.#reply(reply);
+      if (r !== NOT_HANDLED) return r;
+    }
+    if (this.#ignoreUnhandledIo) {
+      if (!out) exit.data.fill(0xff);
+      return undefined;
+    }
+    return {
+      kind: "unhandled",
+      exit: "io",
+      detail: `${exit.direction} port 0x${port.toString(16)} size ${exit.size} count ${exit.count}`,
+    };
+  }
+
+  #dispatchMmio(exit: MmioExit): PostedStop | undefined {
+    const address = exit.address;
+    const write = exit.isWrite;
+    const mmio = this.#mmio;
+    for (let i = 0; i < mmio.length; i++) {
+      const m = mmio[i];
+      if (address < m.first || address > m.last) continue;
+      const d = m.device;
+      const hook = write ? d.mmioWrite : d.mmioRead;
+      if (!hook) continue;
+      const r = this.#result(hook.call(d, address, exit.length, exit.data, this.id));
+      if (r !== NOT_HANDLED) return r;
+    }
+    const code = write ? Call.MMIO_WRITE : Call.MMIO_READ;
+    if (this.#callbacks.has(code)) {
+      const data = exit.data;
+      if (write) this.#mbData.set(data);
+      const reply = this.#call(
+        code,
+        address % 0x1_0000_0000,
+        Math.floor(address / 0x1_0000_0000),
+        data.length,
+        1,
+      );
+      if (!write && reply === Reply.CONTINUE) data.set(this.#box.bytes(data.length));
+      const r = this.#reply(reply);
+      if (r !== NOT_HANDLED) return r;
+    }
+    return {
+      kind: "unhandled",
+      exit: "mmio",
+      detail: `${write ? "write" : "read"} of ${exit.length} bytes at 0x${address.toString(16)}`,
+    };
+  }
+
+  #dispatchOther(exit: VcpuExit): PostedStop | undefined {
     switch (exit.reason) {
-      case "io": {
-        const out = exit.direction === "out";
-        const port = exit.port;
-        const list = out ? this.#portOut[port] : this.#portIn[port];
-        if (list !== undefined) {
-          for (let i = 0; i < list.length; i++) {
-            const d = list[i];
-            const r = this.#result(
-              out
-                ? d.ioOut!(port, exit.size, exit.data, this.id)
-                : d.ioIn!(port, exit.size, exit.data, this.id),
-            );
-            if (r !== NOT_HANDLED) return r;
-          }
-        }
-        const any = out ? this.#anyOut : this.#anyIn;
-        for (let i = 0; i < any.length; i++) {
-          const d = any[i];
-          const r = this.#result(
-            out
-              ? d.ioOut!(port, exit.size, exit.data, this.id)
-              : d.ioIn!(port, exit.size, exit.data, this.id),
-          );
-          if (r !== NOT_HANDLED) return r;
-        }
-        if (this.#callbacks.has(out ? Call.OUT : Call.IN)) {
-          const data = exit.data;
-          if (out) this.#mbData.set(data);
-          const reply = this.#call(out ? Call.OUT : Call.IN, port, 0, exit.size, exit.count);
-          if (!out && reply === Reply.CONTINUE) data.set(this.#box.bytes(data.length));
-          const r = this.#reply(reply);
-          if (r !== NOT_HANDLED) return r;
-        }
-        if (this.#ignoreUnhandledIo) {
-          if (!out) exit.data.fill(0xff);
-          return undefined;
-        }
-        return {
-          kind: "unhandled",
-          exit: "io",
-          detail: `${exit.direction} port 0x${
-            port.toString(16)
-          } size ${exit.size} count ${exit.count}`,
-        };
-      }
-      case "mmio": {
-        const address = exit.address;
-        const write = exit.isWrite;
-        const mmio = this.#mmio;
-        for (let i = 0; i < mmio.length; i++) {
-          const m = mmio[i];
-          if (address < m.first || address > m.last) continue;
-          const d = m.device;
-          const hook = write ? d.mmioWrite : d.mmioRead;
-          if (!hook) continue;
-          const r = this.#result(hook.call(d, address, exit.length, exit.data, this.id));
-          if (r !== NOT_HANDLED) return r;
-        }
-        const code = write ? Call.MMIO_WRITE : Call.MMIO_READ;
-        if (this.#callbacks.has(code)) {
-          const data = exit.data;
-          if (write) this.#mbData.set(data);
-          const reply = this.#call(
-            code,
-            address % 0x1_0000_0000,
-            Math.floor(address / 0x1_0000_0000),
-            data.length,
-            1,
-          );
-          if (!write && reply === Reply.CONTINUE) data.set(this.#box.bytes(data.length));
-          const r = this.#reply(reply);
-          if (r !== NOT_HANDLED) return r;
-        }
-        return {
-          kind: "unhandled",
-          exit: "mmio",
-          detail: `${write ? "write" : "read"} of ${exit.length} bytes at 0x${
-            address.toString(16)
-          }`,
-        };
-      }
       case "hlt": {
         const r = this.#simple("halt", Call.HALT);
         return r === NOT_HANDLED ? { kind: "hlt" } : r;
