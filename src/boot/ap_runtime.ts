@@ -97,41 +97,6 @@ interface Ap {
   stuck?: boolean;
 }
 
-/** A worker started ahead of its machine, and why it failed meanwhile, if it did. */
-interface Prestarted {
-  worker: Worker;
-  error?: string;
-}
-
-const prestarted: Prestarted[] = [];
-
-/**
- * Starts `count` AP workers now, before their machine exists: a worker takes
- * a while to load its modules (tens of ms natively, seconds under an
- * emulator), which then overlaps the caller's own start-up (reading the
- * kernel, building the machine) where the host has a CPU to spare. The next
- * {@linkcode ApWorkers.start} calls take them (in order) instead of starting
- * their own; call {@linkcode releasePrestartedApWorkers} when no machine will
- * (they keep the process alive otherwise).
- */
-export function prestartApWorkers(count: number): void {
-  for (let i = 0; i < count; i++) {
-    const worker = new Worker(VCPU_WORKER_URL, { type: "module", name: `AP ${i + 1}` });
-    const entry: Prestarted = { worker };
-    // Until a machine takes it: a worker that fails to load must not end the process.
-    worker.onerror = (event) => {
-      event.preventDefault();
-      entry.error ??= event.message;
-    };
-    prestarted.push(entry);
-  }
-}
-
-/** Ends the workers {@linkcode prestartApWorkers} started that no machine took. */
-export function releasePrestartedApWorkers(): void {
-  for (const entry of prestarted.splice(0)) entry.worker.terminate();
-}
-
 /** One Worker per application processor, and the mailboxes they share with the bootstrap thread. */
 export class ApWorkers {
   #aps: Ap[] = [];
@@ -176,11 +141,8 @@ export class ApWorkers {
       const kick = ap.vcpu.kickTarget;
       this.#life = kick.life;
       control[ctl(ap.index, Ctl.SLOT)] = kick.slot!;
-      const early = prestarted.shift();
-      const worker = early?.worker ??
-        new Worker(VCPU_WORKER_URL, { type: "module", name: `AP ${ap.vcpu.id}` });
+      const worker = new Worker(VCPU_WORKER_URL, { type: "module", name: `AP ${ap.vcpu.id}` });
       ap.worker = worker;
-      if (early?.error) ap.error = `AP worker for vCPU ${ap.vcpu.id}: ${early.error}`;
       worker.onerror = (event) => {
         event.preventDefault();
         ap.error = `AP worker for vCPU ${ap.vcpu.id}: ${event.message}`;

@@ -28,7 +28,6 @@ import { Kvm } from "../kvm/kvm.ts";
 import { loadNative } from "../ffi/library.ts";
 import { parseBzImage } from "../boot/bzimage.ts";
 import { isElf, parseElfKernel } from "../boot/elf.ts";
-import { prestartApWorkers, releasePrestartedApWorkers } from "../boot/ap_runtime.ts";
 import { probeHost } from "../boot/host_probe.ts";
 import { LinuxMachine } from "../boot/linux.ts";
 import { isMultiboot } from "../boot/multiboot.ts";
@@ -449,17 +448,6 @@ async function boot(config: BootConfig): Promise<number> {
   // Where the clock above starts (the runtime's time origin, after the process started): lets a
   // benchmark that spawned this process place the phases on its own clock.
   if (config.trace) say(`clock origin ${performance.timeOrigin.toFixed(1)} ms after the epoch`);
-  // The APs' workers load their modules while this thread reads the kernel and builds the
-  // machine, which takes them (where the host has a CPU to spare, their start is hidden).
-  if (config.cpus > 1) prestartApWorkers(config.cpus - 1);
-  try {
-    return await bootPrestarted(config, trace);
-  } finally {
-    releasePrestartedApWorkers(); // those no machine took (it failed before, or never came)
-  }
-}
-
-async function bootPrestarted(config: BootConfig, trace: (what: string) => void): Promise<number> {
   const kernel = readInput(config.kernel, "kernel", config.memorySize);
   const initrd = config.initrd ? readInput(config.initrd, "initrd", config.memorySize) : undefined;
   let multiboot: boolean;
