@@ -21,7 +21,14 @@
  * @module
  */
 
-import { ensureCacheDir, untrustedReason, userCacheDir, writeExclusive } from "../cache_dir.ts";
+import {
+  ensureCacheDir,
+  sha256Hex,
+  sha256HexAsync,
+  untrustedReason,
+  userCacheDir,
+  writeExclusive,
+} from "../cache_dir.ts";
 import type { CpuidEntry } from "../abi/cpuid.ts";
 import type { Kvm } from "../kvm/kvm.ts";
 import {
@@ -33,7 +40,6 @@ import {
   rememberCpuProbe,
 } from "./cpu_probe.ts";
 import { type GuestSpeed, LINUX_BOOT_MIN_MIPS, measureGuestSpeed } from "./guest_speed.ts";
-import { sha256HexSmall } from "./sha256.ts";
 
 /** What {@linkcode probeHost} found, and where from. */
 export interface HostProbe {
@@ -107,6 +113,21 @@ function withoutCpuNumber(entry: CpuidEntry): CpuidEntry {
 
 /** The SHA-256 of everything that decides the probes' answers on this host (see the module doc). */
 export function hostProbeKey(kvm: Kvm): string {
+  return sha256Hex(keyText(kvm));
+}
+
+/**
+ * {@linkcode hostProbeKey} hashed by WebCrypto: the same key without loading
+ * `node:crypto` (Node's compatibility layer costs 40-60 ms natively and most
+ * of a second in the sandbox's emulator, and a first boot needs it for
+ * nothing else before its guest runs; `bench/RESULTS.md`, issue 17).
+ */
+export async function hostProbeKeyAsync(kvm: Kvm): Promise<string> {
+  return await sha256HexAsync(keyText(kvm));
+}
+
+/** What the key hashes (see the module doc). */
+function keyText(kvm: Kvm): Uint8Array {
   const cpuid = kvm.getSupportedCpuid().map(withoutCpuNumber)
     .map((e) => [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx].join(","))
     .sort();
@@ -120,9 +141,7 @@ export function hostProbeKey(kvm: Kvm): string {
     boot: readOr("/proc/sys/kernel/random/boot_id"),
     modules: kvmModules(),
   });
-  // Hashed here, not by node:crypto: every boot computes this key before its guest runs, and
-  // a first boot needs node:crypto for nothing else (its load costs more than this hash).
-  return sha256HexSmall(new TextEncoder().encode(text));
+  return new TextEncoder().encode(text);
 }
 
 const isNumber = (x: unknown): x is number => typeof x === "number" && Number.isFinite(x);
@@ -188,7 +207,15 @@ function recordDirectory(options: HostProbeOptions): { dir?: string; cacheProble
  * does not probe again. A cache that cannot be used is not an error.
  */
 export function probeHost(kvm: Kvm, options: HostProbeOptions = {}): HostProbe {
-  const key = hostProbeKey(kvm);
+  return probeHostWithKey(kvm, hostProbeKey(kvm), options);
+}
+
+/** {@linkcode probeHost} with its key hashed by WebCrypto ({@linkcode hostProbeKeyAsync}). */
+export async function probeHostAsync(kvm: Kvm, options: HostProbeOptions = {}): Promise<HostProbe> {
+  return probeHostWithKey(kvm, await hostProbeKeyAsync(kvm), options);
+}
+
+function probeHostWithKey(kvm: Kvm, key: string, options: HostProbeOptions): HostProbe {
   const { dir, cacheProblem } = recordDirectory(options);
   const path = dir ? `${dir}/host-${key}.json` : undefined;
   const practical = (speed: GuestSpeed) => ({

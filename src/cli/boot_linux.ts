@@ -28,7 +28,7 @@ import { Kvm } from "../kvm/kvm.ts";
 import { loadNative } from "../ffi/library.ts";
 import { parseBzImage } from "../boot/bzimage.ts";
 import { isElf, parseElfKernel } from "../boot/elf.ts";
-import { probeHost } from "../boot/host_probe.ts";
+import { probeHostAsync } from "../boot/host_probe.ts";
 import { LinuxMachine } from "../boot/linux.ts";
 import { isMultiboot } from "../boot/multiboot.ts";
 import type { MultibootMachine } from "../boot/multiboot_machine.ts";
@@ -596,7 +596,7 @@ async function bootLinuxOn(
   // The CPU and guest speed probes, read back when this host's KVM was probed before (their
   // seconds of emulated guest code in a nested KVM, before every boot, otherwise).
   const probeStart = performance.now();
-  const host = probeHost(kvm);
+  const host = await probeHostAsync(kvm); // no node:crypto before the guest runs
   const speed = host.speed;
   trace(
     `host probed (${Math.round(performance.now() - probeStart)} ms; ${

@@ -4,7 +4,12 @@
 // world-writable record is not believed.
 
 import { deepStrictEqual, notStrictEqual, ok, strictEqual } from "node:assert/strict";
-import { hostProbeKey, probeHost } from "../../src/boot/host_probe.ts";
+import {
+  hostProbeKey,
+  hostProbeKeyAsync,
+  probeHost,
+  probeHostAsync,
+} from "../../src/boot/host_probe.ts";
 import { probeCpu } from "../../src/boot/cpu_probe.ts";
 import { Kvm } from "../../src/kvm/kvm.ts";
 
@@ -40,6 +45,26 @@ Deno.test("host probe: measured once, then read back and used by probeCpu on ano
     const fresh = probeHost(other, { directory: dir, fresh: true });
     strictEqual(fresh.source, "probed");
     notStrictEqual(fresh.cpu, again.cpu);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("host probe: the boot CLI's WebCrypto key is the same key, and finds the same record", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "host-probe-" });
+  try {
+    using kvm = Kvm.open();
+    strictEqual(await hostProbeKeyAsync(kvm), hostProbeKey(kvm));
+    const first = probeHost(kvm, { directory: dir });
+    if (!first.path) {
+      console.log("  (not recorded on this run: a probe timed out)");
+      return;
+    }
+    using other = Kvm.open();
+    const again = await probeHostAsync(other, { directory: dir });
+    strictEqual(again.source, "cache");
+    strictEqual(again.path, first.path);
+    deepStrictEqual(again.cpu, first.cpu);
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
