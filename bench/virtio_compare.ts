@@ -22,6 +22,13 @@
  *   figure is the host's (bytes received between the first byte and EOF), the
  *   guest's own count is printed beside it.
  *
+ * Why a stream is as fast as it is: the guest prints its `TCP_INFO` each second
+ * (`VBENCH-TCPINFO`: smoothed and minimum RTT, window, pacing rate, time
+ * limited by the window or the send buffer), its virtio interrupt counts
+ * around the stream, its TCP counters and the card's features; the script
+ * prints each thread's CPU time over the stream, of the VMM and of itself
+ * (`VBENCH-CPU`, from `/proc`).
+ *
  * Both VMMs get 1 vCPU (a nested SMP boot of QEMU hangs in the sandbox now and
  * then, bench/RESULTS.md, issue 17) and 256 MiB. The command lines differ in
  * one word: ours boots with `pci=off` (it has no PCI bus), QEMU's without (its
