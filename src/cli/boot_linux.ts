@@ -23,7 +23,6 @@
 
 import denoJson from "../../deno.json" with { type: "json" };
 import { KvmError } from "../errors.ts";
-import { BootImageError } from "../boot/boot_image_error.ts";
 import { Kvm } from "../kvm/kvm.ts";
 import { loadNative } from "../ffi/library.ts";
 import { parseBzImage } from "../boot/bzimage.ts";
@@ -473,9 +472,11 @@ async function boot(config: BootConfig): Promise<number> {
   const vmlinux = multiboot || config.guestDecompress || !xzBzImage(kernel)
     ? undefined
     : lookupVmlinuxAsync(kernel, {
-      // A hit is neither read nor mapped here: the machine reads it from its file straight into
-      // guest RAM and checks it there (no 35 MB mapping and copy: 0.2-0.4 s in the sandbox).
-      direct: true,
+      // Mapped, not read (the shim maps it), MD5-checked here, and copied into guest RAM by the
+      // machine. Reading it from its file straight into guest RAM (`direct`) saves 30 ms natively
+      // but took 1-2 s longer in the sandbox, whose emulator runs the kernel's copy
+      // (copy_to_user) far slower than user space's (bench/RESULTS.md, issue 17).
+      map: true,
       // A kernel larger than the guest's RAM could not boot: nothing larger is decoded.
       maxOutput: Math.min(config.memorySize, MAX_OUTPUT),
       onPhase: trace,
@@ -620,9 +621,8 @@ async function bootLinuxOn(
   let found: PendingCachedVmlinux | undefined;
   /** A cache miss whose kernel is decompressed for the cache after the run. */
   let afterRun: VmlinuxLookup | undefined;
-  let pendingLookup: VmlinuxLookup | undefined;
   try {
-    const lookup = pendingLookup = await pendingVmlinux;
+    const lookup = await pendingVmlinux;
     if (lookup && !lookup.hit && speed.practical) {
       // A new kernel on a KVM that runs guest code at hardware speed: the guest's own
       // decompressor is as fast as liblzma here (the sandbox: about 4.5 s against 5.9 s, plus
@@ -643,51 +643,27 @@ async function bootLinuxOn(
       trace(`uncompressed kernel ready (${found.source})`);
     }
     let quiet = true;
-    const create = (found: PendingCachedVmlinux | undefined) =>
-      LinuxMachine.create({
-        kvm,
-        kernel,
-        // A cache hit stays in its file: read straight into guest RAM, checked there.
-        vmlinux: found?.file ? undefined : found?.vmlinux,
-        vmlinuxFile: found?.file,
-        initrd,
-        cmdline: config.cmdline ?? defaultCmdline(config),
-        disks: config.disks,
-        rng: config.rng,
-        net: config.net.map((tap) => ({ tap })),
-        console: config.console,
-        memorySize: config.memorySize,
-        cpus: config.cpus,
-        onPhase: trace,
-        serialOutput: (byte) => {
-          if (quiet) {
-            quiet = false;
-            trace("first byte on the serial port");
-          }
-          serialOutput(byte);
-        },
-      });
-    try {
-      machine = create(found);
-    } catch (e) {
-      if (!(found?.file && e instanceof BootImageError && e.problem === "damaged-cache-entry")) {
-        throw e;
-      }
-      // Damaged on disk (found in guest RAM before anything ran): as a cache miss, decompressed
-      // again (by the guest this boot where it runs at hardware speed, by the host now on a
-      // software KVM) and the entry replaced after the run.
-      found.close();
-      found = undefined;
-      if (speed.practical) {
-        say(`${e.message}; the guest decompresses this boot, the host after the run`);
-        afterRun = pendingLookup;
-      } else {
-        say(`${e.message}; decompressing the kernel again`);
-        found = await pendingLookup!.extractAgain();
-        trace(`uncompressed kernel ready (${found.source})`);
-      }
-      machine = create(found);
-    }
+    machine = LinuxMachine.create({
+      kvm,
+      kernel,
+      vmlinux: found?.vmlinux,
+      initrd,
+      cmdline: config.cmdline ?? defaultCmdline(config),
+      disks: config.disks,
+      rng: config.rng,
+      net: config.net.map((tap) => ({ tap })),
+      console: config.console,
+      memorySize: config.memorySize,
+      cpus: config.cpus,
+      onPhase: trace,
+      serialOutput: (byte) => {
+        if (quiet) {
+          quiet = false;
+          trace("first byte on the serial port");
+        }
+        serialOutput(byte);
+      },
+    });
   } catch (e) {
     await found?.save(); // the kernel is still good for the next boot
     throw badKernel(e);
