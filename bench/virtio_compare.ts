@@ -490,6 +490,8 @@ async function boot(
         l.trim()
       ),
       ...(samples.length >= 2 ? [`VBENCH-CPU stream: ${cpuReport(samples[0], samples[1])}`] : []),
+      // The device thread's reports (an interrupt left unacknowledged), finished boot or not.
+      ...errors.split("\n").filter((l) => /^virtio /.test(l)).slice(0, 10),
     ],
     iops: num(/VBENCH-RESULT rand .*IOPS=([\d.]+)/),
     latencyUs: num(/VBENCH-RESULT rand .*latency_us=([\d.]+)/),

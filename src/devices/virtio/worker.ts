@@ -23,6 +23,7 @@ import { VirtioMemory } from "./memory.ts";
 import { type RunnerDevice, VirtioRunner } from "./runner.ts";
 import { createBackend } from "./specs.ts";
 import type { NetBackend } from "./net.ts";
+import { Word } from "./state.ts";
 
 /** Word offsets of the runtime's control block. */
 export const Control = {
@@ -58,6 +59,11 @@ interface WorkerScope {
 }
 const scope = globalThis as unknown as WorkerScope;
 const POLLIN = 1;
+/**
+ * How long the thread sleeps at most: after that it looks for an interrupt the
+ * driver left unacknowledged (see below).
+ */
+const WATCH_MS = 1000;
 
 function serve(msg: VirtioWorkerStart): void {
   const control = new Int32Array(msg.control);
@@ -81,6 +87,11 @@ function serve(msg: VirtioWorkerStart): void {
     Atomics.store(control, Control.STARTED, 1);
     Atomics.notify(control, Control.STARTED);
     const counter = new BigUint64Array(1);
+    // A device whose interrupt status stays set through two quiet sleeps in a row: the driver
+    // never ran its handler (a lost edge, or an interrupt the hypervisor did not deliver). The
+    // interrupt is raised again (harmless when late: the handler reads the status and the rings)
+    // and reported once per device, so a stalled guest says why.
+    const unacked = new Int32Array(devices.length);
     // struct pollfd { int fd; short events; short revents; } for the eventfd and each tap:
     // a frame arriving on a tap wakes the thread like a kick.
     const nets = msg.devices.flatMap((d, i) =>
@@ -102,9 +113,28 @@ function serve(msg: VirtioWorkerStart): void {
       for (let i = 0; i < nets.length; i++) {
         pv.setInt16(8 * (i + 1) + 4, nets[i].backend.wantsFrames ? POLLIN : 0, true);
       }
-      const p = fds.length === 1 ? 1 : lib.kvm_poll(pollfds, fds.length, -1);
+      const p = lib.kvm_poll(pollfds, fds.length, WATCH_MS);
       if (p < 0 && p !== -Errno.EINTR) throw new Error(`poll: errno ${-p}`);
-      if (fds.length === 1 || (pv.getInt16(6, true) & POLLIN)) {
+      if (p === 0) {
+        for (let i = 0; i < devices.length; i++) {
+          const status = Atomics.load(devices[i].state, Word.INTERRUPT);
+          if (status === 0) {
+            unacked[i] = 0;
+            continue;
+          }
+          if (++unacked[i] < 2) continue;
+          if (unacked[i] === 2) {
+            console.error(
+              `virtio ${msg.devices[i].spec.kind}: interrupt status ${status} unacknowledged for ${
+                2 * WATCH_MS / 1000
+              } s: raised again`,
+            );
+          }
+          devices[i].interrupt();
+        }
+        continue;
+      }
+      if (pv.getInt16(6, true) & POLLIN) {
         const r = lib.kvm_read_u64(msg.wakeFd, counter);
         if (r < 0 && r !== -Errno.EINTR && r !== -Errno.EAGAIN) {
           throw new Error(`read wake eventfd: errno ${-r}`);
