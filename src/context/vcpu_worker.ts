@@ -240,26 +240,11 @@ class Runner {
     const port = exit.port;
     const list = out ? this.#portOut[port] : this.#portIn[port];
     if (list !== undefined) {
-      for (let i = 0; i < list.length; i++) {
-        const d = list[i];
-        const r = this.#result(
-          out
-            ? d.ioOut!(port, exit.size, exit.data, this.id)
-            : d.ioIn!(port, exit.size, exit.data, this.id),
-        );
-        if (r !== NOT_HANDLED) return r;
-      }
-    }
-    const any = out ? this.#anyOut : this.#anyIn;
-    for (let i = 0; i < any.length; i++) {
-      const d = any[i];
-      const r = this.#result(
-        out
-          ? d.ioOut!(port, exit.size, exit.data, this.id)
-          : d.ioIn!(port, exit.size, exit.data, this.id),
-      );
+      const r = this.#offerIo(list, out, port, exit);
       if (r !== NOT_HANDLED) return r;
     }
+    const r = this.#offerIo(out ? this.#anyOut : this.#anyIn, out, port, exit);
+    if (r !== NOT_HANDLED) return r;
     if (this.#callbacks.has(out ? Call.OUT : Call.IN)) {
       const data = exit.data;
       if (out) this.#mbData.set(data);
@@ -277,6 +262,25 @@ class Runner {
       exit: "io",
       detail: `${exit.direction} port 0x${port.toString(16)} size ${exit.size} count ${exit.count}`,
     };
+  }
+
+  /** Offers an I/O exit to `devices` in order, until one handles it. */
+  #offerIo(
+    devices: readonly VcpuDevice[],
+    out: boolean,
+    port: number,
+    exit: IoExit,
+  ): PostedStop | undefined | typeof NOT_HANDLED {
+    for (let i = 0; i < devices.length; i++) {
+      const d = devices[i];
+      const r = this.#result(
+        out
+          ? d.ioOut!(port, exit.size, exit.data, this.id)
+          : d.ioIn!(port, exit.size, exit.data, this.id),
+      );
+      if (r !== NOT_HANDLED) return r;
+    }
+    return NOT_HANDLED;
   }
 
   #dispatchMmio(exit: MmioExit): PostedStop | undefined {
