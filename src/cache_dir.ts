@@ -227,3 +227,69 @@ export function readVerified(path: string, bytes?: Uint8Array): Uint8Array | und
     return undefined;
   }
 }
+
+/**
+ * How long a file must have been left unchanged before its status may stand
+ * for its content (see {@linkcode fileStamp}), in ms.
+ */
+export const STAMP_SETTLED_MS = 2_000;
+
+/**
+ * A file's status as one line (device, inode, size, modification and
+ * change times), to remember that its content was hashed or checked: while a
+ * later status gives the same line, the content is the same, and the hash
+ * need not be computed again (what `make`, git's index and ccache rely on).
+ * Every write, truncation or rename of the file sets its change time to the
+ * current time, and no system call sets it to anything else. Undefined when
+ * a time is unknown, or when the file changed less than
+ * {@linkcode STAMP_SETTLED_MS} before `now` or after it (a clock set back):
+ * a change in the same tick of the file system's clock as the status taken
+ * would keep the change time (and Deno reports the change time in whole
+ * seconds), so only a settled file's status is recorded: a change after it
+ * gets a later change time.
+ * Damage that bypasses the file system (a failing disk) is not seen by it.
+ */
+export function fileStamp(info: Deno.FileInfo, now: number = Date.now()): string | undefined {
+  const mtime = info.mtime?.getTime();
+  const ctime = info.ctime?.getTime();
+  if (mtime === undefined || ctime === undefined || !info.isFile) return undefined;
+  if (!(now - ctime >= STAMP_SETTLED_MS) || !(now - mtime >= STAMP_SETTLED_MS)) return undefined;
+  return `stamp ${info.dev} ${info.ino} ${info.size} ${mtime} ${ctime}`;
+}
+
+/**
+ * The stamp line kept in the cache file `path`, when it is ours (see
+ * {@linkcode untrustedReason}) and holds one; undefined otherwise.
+ */
+export function readStamp(path: string): string | undefined {
+  if (untrustedReason(path, "file")) return undefined;
+  try {
+    const text = Deno.readTextFileSync(path);
+    return /^stamp \d+ \d+ \d+ \d+ \d+\n[0-9a-f]{0,128}\n?$/.test(text) ? text : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Keeps `text` in the cache file `path` (a new file in its directory,
+ * renamed over it: a reader sees the old file or the new one). Best effort,
+ * not flushed to disk: a stamp lost or torn by a crash is only a hash
+ * computed again. Returns why it could not be written, or undefined.
+ */
+export function writeStamp(path: string, text: string): string | undefined {
+  const dir = path.slice(0, path.lastIndexOf("/"));
+  const temporary = `${dir}/.stamp-${crypto.randomUUID()}.tmp`;
+  try {
+    Deno.writeTextFileSync(temporary, text, { createNew: true, mode: 0o600 });
+    Deno.renameSync(temporary, path);
+    return undefined;
+  } catch (e) {
+    try {
+      Deno.removeSync(temporary);
+    } catch {
+      // Never created, or renamed already.
+    }
+    return e instanceof Error ? e.message : String(e);
+  }
+}

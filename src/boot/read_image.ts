@@ -51,6 +51,20 @@ function kind(info: Deno.FileInfo): string {
  * ```
  */
 export function readImageFile(path: string, options: ReadImageOptions = {}): Uint8Array {
+  return readImageFileWithInfo(path, options).bytes;
+}
+
+/**
+ * {@linkcode readImageFile}, and the file's status (`fstat` of the
+ * descriptor read) when the file did not change while it was read: the same
+ * size, modification and change times after the read as before it. `info`
+ * is then the status of the file whose content `bytes` are (what
+ * `VmlinuxCacheOptions.imageInfo` needs); undefined otherwise.
+ */
+export function readImageFileWithInfo(
+  path: string,
+  options: ReadImageOptions = {},
+): { bytes: Uint8Array; info?: Deno.FileInfo } {
   const what = options.what ?? "image";
   const max = options.maxBytes ?? MAX_IMAGE_FILE_SIZE;
   if (!Number.isSafeInteger(max) || max < 0) {
@@ -120,7 +134,17 @@ export function readImageFile(path: string, options: ReadImageOptions = {}): Uin
         `the ${what} ${path} grew past the ${max} bytes accepted while it was read`,
       );
     }
-    return buffer.subarray(0, length);
+    const bytes = buffer.subarray(0, length);
+    let after: Deno.FileInfo | undefined;
+    try {
+      after = file.statSync();
+    } catch {
+      return { bytes };
+    }
+    const same = after.size === length && after.size === opened.size &&
+      after.mtime?.getTime() === opened.mtime?.getTime() &&
+      after.ctime?.getTime() === opened.ctime?.getTime();
+    return same ? { bytes, info: after } : { bytes };
   } finally {
     file.close();
   }

@@ -14,13 +14,16 @@
 
 import {
   ensureCacheDir,
+  fileStamp,
   md5Hex,
+  readStamp,
   sha256Hex,
   sha256HexAsync,
   untrustedReason,
   userCacheDir,
   writeExclusive,
   writeExclusiveAsync,
+  writeStamp,
 } from "../cache_dir.ts";
 import { MappedFile } from "../kvm/mapped_file.ts";
 import { Errno } from "../errors.ts";
@@ -451,6 +454,16 @@ export interface VmlinuxCacheOptions extends ExtractOptions {
    */
   direct?: boolean;
   /**
+   * {@linkcode lookupVmlinuxAsync} with `map` only: the status of the file
+   * `image` was read from, when its content is known to be that file's
+   * (`readImageFileWithInfo` gives it only then). The bzImage's SHA-256,
+   * the cache key, is then remembered beside the cache under the file's
+   * device, inode, size and times, and a later lookup of the unchanged file
+   * takes the key from there instead of hashing it again (see
+   * `fileStamp`: a file changed within the last 2 s is always hashed).
+   */
+  imageInfo?: Deno.FileInfo;
+  /**
    * Told as each step ends (the cache lookup, the decoding and by which
    * decoder, the compaction, the cache write), with what it took: what
    * `boot_linux --trace` prints.
@@ -648,6 +661,32 @@ const entryPath = (dir: string, imageSha256: string) => `${dir}/vmlinux-${imageS
  */
 const checkPath = (path: string) => `${path}.md5`;
 
+/**
+ * The file beside an entry that says its MD5 was checked, and the entry's
+ * status then (`fileStamp`): while the status is the same, a lookup maps the
+ * entry without hashing it (seconds in the sandbox's emulator, where the
+ * hash and `node:crypto`'s load were the largest part of a later boot).
+ */
+const stampPath = (path: string) => `${path}.stamp`;
+
+/** The file that remembers the key of the bzImage file with status `info` (see `imageInfo`). */
+const imageStampPath = (dir: string, info: Deno.FileInfo) =>
+  `${dir}/image-${info.dev}-${info.ino}.stamp`;
+
+/** The key remembered for the bzImage file with status `info`, while that file is unchanged. */
+function imageKeyFromStamp(dir: string, info: Deno.FileInfo | undefined): string | undefined {
+  const stamp = info && fileStamp(info);
+  if (stamp === undefined) return undefined;
+  const [line, key] = (readStamp(imageStampPath(dir, info!)) ?? "").split("\n");
+  return line === stamp && /^[0-9a-f]{64}$/.test(key) ? key : undefined;
+}
+
+/** Remembers `key` for the bzImage file with status `info`, if that file has settled. */
+function rememberImageKey(dir: string, info: Deno.FileInfo | undefined, key: string): void {
+  const stamp = info && fileStamp(info);
+  if (stamp !== undefined) writeStamp(imageStampPath(dir, info!), `${stamp}\n${key}\n`);
+}
+
 /** The text of an entry's check file. */
 function entryCheck(vmlinux: Uint8Array): string {
   return `md5 ${md5Hex(vmlinux)} ${vmlinux.length}\n`;
@@ -692,7 +731,15 @@ async function lookupAsync(
   image: Uint8Array,
   options: VmlinuxCacheOptions,
 ): Promise<
-  { dir?: string; path?: string; cacheProblem?: string; hit?: CachedVmlinux; steps?: string }
+  {
+    dir?: string;
+    path?: string;
+    cacheProblem?: string;
+    hit?: CachedVmlinux;
+    steps?: string;
+    /** The hit was not hashed: its stamp says it is unchanged since it was checked. */
+    unchanged?: boolean;
+  }
 > {
   const { dir, cacheProblem } = cacheDirectory(options);
   if (!dir) return { cacheProblem };
@@ -703,8 +750,11 @@ async function lookupAsync(
     steps.push(`${what} ${Math.round(now - at)} ms`);
     at = now;
   };
-  const path = entryPath(dir, await sha256HexAsync(image));
-  step("key");
+  const stampedKey = options.map ? imageKeyFromStamp(dir, options.imageInfo) : undefined;
+  const key = stampedKey ?? await sha256HexAsync(image);
+  step(stampedKey ? "key remembered" : "key");
+  if (!stampedKey && options.map) rememberImageKey(dir, options.imageInfo, key);
+  const path = entryPath(dir, key);
   if (!untrustedReason(path, "file") && !untrustedReason(checkPath(path), "file")) {
     if (options.direct) {
       try {
@@ -722,13 +772,22 @@ async function lookupAsync(
     try {
       file = options.map ? MappedFile.open(path) : undefined;
       const cached = file?.bytes ?? await Deno.readFile(path);
-      const stored = await Deno.readTextFile(checkPath(path));
       step(options.map ? "map" : "read");
-      const intact = entryIntact(cached, stored);
-      step("MD5");
+      // Checked by an earlier lookup and not changed since: its MD5 is not computed again.
+      const stamp = file && fileStamp(file.info);
+      const unchanged = stamp !== undefined && readStamp(stampPath(path)) === `${stamp}\n`;
+      const intact = unchanged || entryIntact(cached, await Deno.readTextFile(checkPath(path)));
+      step(unchanged ? "unchanged since checked" : "MD5");
       if (intact) {
         parseElfKernel(cached);
-        return { dir, path, hit: result(cached, "cache", { path }, file), steps: steps.join(", ") };
+        if (stamp !== undefined && !unchanged) writeStamp(stampPath(path), `${stamp}\n`);
+        return {
+          dir,
+          path,
+          hit: result(cached, "cache", { path }, file),
+          steps: steps.join(", "),
+          unchanged,
+        };
       }
       file?.close();
     } catch {
@@ -910,8 +969,14 @@ export async function lookupVmlinuxAsync(
 ): Promise<VmlinuxLookup> {
   const phase = options.onPhase ?? (() => {});
   const start = performance.now();
-  const { dir, path, cacheProblem, hit, steps } = await lookupAsync(image, options);
-  const found = !hit ? "miss" : hit.file ? "hit, opened (checked once loaded)" : "hit, MD5 checked";
+  const { dir, path, cacheProblem, hit, steps, unchanged } = await lookupAsync(image, options);
+  const found = !hit
+    ? "miss"
+    : hit.file
+    ? "hit, opened (checked once loaded)"
+    : unchanged
+    ? "hit, unchanged since its MD5 was checked"
+    : "hit, MD5 checked";
   phase(
     `kernel cache ${found} (${ms(start)} after the lookup began${steps ? `: ${steps}` : ""})`,
   );

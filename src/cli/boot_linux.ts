@@ -31,7 +31,7 @@ import { probeHostAsync } from "../boot/host_probe.ts";
 import { LinuxMachine } from "../boot/linux.ts";
 import { isMultiboot } from "../boot/multiboot.ts";
 import type { MultibootMachine } from "../boot/multiboot_machine.ts";
-import { MAX_IMAGE_FILE_SIZE, readImageFile } from "../boot/read_image.ts";
+import { MAX_IMAGE_FILE_SIZE, readImageFileWithInfo } from "../boot/read_image.ts";
 import { MAX_OUTPUT } from "../boot/xz.ts";
 import {
   bzImagePayload,
@@ -363,9 +363,16 @@ const sayAfter = (text: string) => console.error(`\r\n${NAME}: ${text}`);
  * larger than the guest's RAM (both are placed in it), so a larger file is
  * refused from its size, before it is read.
  */
-function readInput(path: string, what: string, memorySize: number): Uint8Array {
+function readInput(
+  path: string,
+  what: string,
+  memorySize: number,
+): { bytes: Uint8Array; info?: Deno.FileInfo } {
   try {
-    return readImageFile(path, { what, maxBytes: Math.min(memorySize, MAX_IMAGE_FILE_SIZE) });
+    return readImageFileWithInfo(path, {
+      what,
+      maxBytes: Math.min(memorySize, MAX_IMAGE_FILE_SIZE),
+    });
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
@@ -447,8 +454,14 @@ async function boot(config: BootConfig): Promise<number> {
   // Where the clock above starts (the runtime's time origin, after the process started): lets a
   // benchmark that spawned this process place the phases on its own clock.
   if (config.trace) say(`clock origin ${performance.timeOrigin.toFixed(1)} ms after the epoch`);
-  const kernel = readInput(config.kernel, "kernel", config.memorySize);
-  const initrd = config.initrd ? readInput(config.initrd, "initrd", config.memorySize) : undefined;
+  const { bytes: kernel, info: kernelInfo } = readInput(
+    config.kernel,
+    "kernel",
+    config.memorySize,
+  );
+  const initrd = config.initrd
+    ? readInput(config.initrd, "initrd", config.memorySize).bytes
+    : undefined;
   let multiboot: boolean;
   try {
     multiboot = isMultiboot(kernel);
@@ -472,11 +485,14 @@ async function boot(config: BootConfig): Promise<number> {
   const vmlinux = multiboot || config.guestDecompress || !xzBzImage(kernel)
     ? undefined
     : lookupVmlinuxAsync(kernel, {
-      // Mapped, not read (the shim maps it), MD5-checked here, and copied into guest RAM by the
-      // machine. Reading it from its file straight into guest RAM (`direct`) saves 30 ms natively
+      // Mapped, not read (the shim maps it), MD5-checked here (once: after that its unchanged
+      // status vouches for it), and copied into guest RAM by the machine. Reading it from its
+      // file straight into guest RAM (`direct`) saves 30 ms natively
       // but took 1-2 s longer in the sandbox, whose emulator runs the kernel's copy
       // (copy_to_user) far slower than user space's (bench/RESULTS.md, issue 17).
       map: true,
+      // An unchanged kernel file's SHA-256 (the key) is remembered, not computed on every boot.
+      imageInfo: kernelInfo,
       // A kernel larger than the guest's RAM could not boot: nothing larger is decoded.
       maxOutput: Math.min(config.memorySize, MAX_OUTPUT),
       onPhase: trace,

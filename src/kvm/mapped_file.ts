@@ -27,8 +27,16 @@ export class MappedFile extends HostMapping {
   /** Names the mapping in error messages. */
   protected readonly kind = "file";
 
-  private constructor(address: bigint, size: number) {
+  /**
+   * The mapped file's status (`fstat` of the descriptor that was mapped,
+   * taken just before mapping it): which file this is, whatever its path
+   * names now.
+   */
+  readonly info: Deno.FileInfo;
+
+  private constructor(address: bigint, size: number, info: Deno.FileInfo) {
     super(address, size);
+    this.info = info;
   }
 
   /** Maps the file at `path`; an empty or unreadable file is a {@linkcode KvmError}. */
@@ -42,7 +50,8 @@ export class MappedFile extends HostMapping {
     try {
       // The size of the file this descriptor holds (the path may have been replaced since):
       // mapping past its end would turn a later access into SIGBUS.
-      const size = Deno.statSync(`/proc/self/fd/${fd}`).size;
+      const info = Deno.statSync(`/proc/self/fd/${fd}`);
+      const size = info.size;
       if (size === 0) throw new KvmError("mmap file", Errno.EINVAL, `${path} is empty`);
       const out = new BigUint64Array(1);
       // MAP_POPULATE: one pass over the page cache instead of a page fault per 4 KiB
@@ -52,7 +61,7 @@ export class MappedFile extends HostMapping {
         "mmap file",
         () => `${path} (${size} bytes)`,
       );
-      return new MappedFile(out[0], size);
+      return new MappedFile(out[0], size, info);
     } finally {
       // The mapping keeps the file; the descriptor is not needed any more.
       lib.kvm_close(fd);
