@@ -247,6 +247,21 @@ export class FakeDriver {
   get status(): number {
     return this.read32(MmioReg.STATUS);
   }
+
+  /** VIRTIO_F_EVENT_IDX: the driver's `used_event` (after the available ring). */
+  set usedEvent(value: number) {
+    this.view.setUint16(this.avail - RAM_BASE + 4 + 2 * this.size, value, true);
+  }
+
+  /** VIRTIO_F_EVENT_IDX: the device's `avail_event` (after the used ring). */
+  get availEvent(): number {
+    return this.view.getUint16(this.used - RAM_BASE + 4 + 8 * this.size, true);
+  }
+
+  /** Sets the available ring's flags (bit 0: no interrupts, without EVENT_IDX). */
+  set availFlags(value: number) {
+    this.view.setUint16(this.avail - RAM_BASE, value, true);
+  }
 }
 
 export { VIRTIO_F_VERSION_1 };

@@ -9,6 +9,13 @@
  * 64 KiB TCP segments with their checksums left to the host (and receive
  * such), one system call per frame, straight from and into guest RAM.
  *
+ * With `VIRTIO_NET_F_MRG_RXBUF` (spec 5.1.6.3) the driver posts small
+ * receive buffers (Linux: one descriptor of about a page each) instead of
+ * one chain per largest frame; a received frame is read into a host buffer
+ * once, then spread over as many of them as it needs, their count in the
+ * header's `num_buffers`. A frame larger than the buffers posted waits,
+ * whole, in the device until the driver adds more: never written past them.
+ *
  * What the driver controls is checked before it reaches the host: a transmit
  * header may only ask for the offloads the driver negotiated (else the frame
  * is dropped), a frame's length is bounded, and a received frame is only
@@ -70,6 +77,8 @@ const F_GUEST_TSO6 = 1n << 8n;
 const F_HOST_TSO4 = 1n << 11n;
 /** `VIRTIO_NET_F_HOST_TSO6`: the driver may send TCPv6 segments. */
 const F_HOST_TSO6 = 1n << 12n;
+/** `VIRTIO_NET_F_MRG_RXBUF`: a received frame may span several receive chains. */
+export const VIRTIO_NET_F_MRG_RXBUF: bigint = 1n << 15n;
 
 /** `virtio_net_hdr.flags`: `csum_start`/`csum_offset` name a checksum still to fill in. */
 const HDR_F_NEEDS_CSUM = 1;
@@ -87,12 +96,15 @@ export const NET_HEADER_BYTES = 12;
  */
 export const NET_MAX_FRAME: number = 65536 + 14;
 const QUEUE_SIZE = 256;
+/** The most a received frame can be, header included: larger ones are dropped. */
+const RECEIVE_CAPACITY = NET_HEADER_BYTES + NET_MAX_FRAME;
 const RX = 0;
 const TX = 1;
 
 /**
  * The network card's front: its MAC address, one receive and one transmit
- * queue, and the checksum and TCP segmentation offloads both ways.
+ * queue, the checksum and TCP segmentation offloads both ways, mergeable
+ * receive buffers.
  */
 export function netFront(mac: Uint8Array): VirtioFront {
   const config = new Uint8Array(8); // mac[6], status (unused without VIRTIO_NET_F_STATUS)
@@ -100,7 +112,7 @@ export function netFront(mac: Uint8Array): VirtioFront {
   return {
     deviceId: DeviceId.NET,
     features: VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | F_MAC | F_CSUM | F_GUEST_CSUM |
-      F_GUEST_TSO4 | F_GUEST_TSO6 | F_HOST_TSO4 | F_HOST_TSO6,
+      F_GUEST_TSO4 | F_GUEST_TSO6 | F_HOST_TSO4 | F_HOST_TSO6 | VIRTIO_NET_F_MRG_RXBUF,
     queueMax: [QUEUE_SIZE, QUEUE_SIZE],
     config,
   };
@@ -119,8 +131,9 @@ export function tunOffloadOf(features: bigint): number {
 }
 
 /**
- * Moves frames between a port and the queues. Allocates nothing per frame:
- * the iovecs and the header copy are made once.
+ * Moves frames between a port and the queues. Allocates nothing per frame
+ * beyond the chains' views: the iovecs, the header copy and the receive
+ * buffer of mergeable receive buffers are made once.
  */
 export class NetBackend implements VirtioBackend {
   #port: PacketPort;
@@ -133,6 +146,22 @@ export class NetBackend implements VirtioBackend {
   /** Frames dropped: malformed or oversized transmit chains, received frames that did not fit or were not allowed. */
   dropped = 0;
   #wantsFrames = false;
+  /** Whether `VIRTIO_NET_F_MRG_RXBUF` was negotiated. */
+  #mergeable = false;
+  /** With mergeable buffers: where a received frame is read first (made on first use). */
+  #frame: Uint8Array | null = null;
+  /** Its `struct iovec`, as bytes for the port. */
+  #frameIov = new Uint8Array(16);
+  /** Bytes of the frame waiting in `#frame` for receive buffers (0: none). */
+  #held = 0;
+  /** Where the frame's `num_buffers` bytes went in the guest's first buffer. */
+  #countLow: Uint8Array | null = null;
+  #countLowAt = 0;
+  #countHigh: Uint8Array | null = null;
+  #countHighAt = 0;
+  /** The heads and lengths of the chains one frame fills (at most a queue's worth). */
+  #heads = new Uint32Array(QUEUE_SIZE);
+  #lengths = new Uint32Array(QUEUE_SIZE);
 
   /** Serves `port`. */
   constructor(port: PacketPort) {
@@ -154,12 +183,23 @@ export class NetBackend implements VirtioBackend {
   /** Sets the port's receive offloads to what the driver accepted. */
   activate(features: bigint): void {
     this.#features = features;
+    this.#mergeable = (features & VIRTIO_NET_F_MRG_RXBUF) !== 0n;
+    this.#held = 0;
+    if (this.#mergeable && this.#frame === null) {
+      const frame = new Uint8Array(RECEIVE_CAPACITY);
+      const v = new DataView(this.#frameIov.buffer);
+      v.setBigUint64(0, Deno.UnsafePointer.value(Deno.UnsafePointer.of(frame)), true);
+      v.setBigUint64(8, BigInt(RECEIVE_CAPACITY), true);
+      this.#frame = frame;
+    }
     this.#port.setOffload(tunOffloadOf(features));
   }
 
   /** Transmits the transmit queue's frames, or fills receive buffers with waiting frames. */
   process(index: number, queue: SplitQueue): boolean {
-    return index === TX ? this.#transmit(queue) : index === RX ? this.#receive(queue) : false;
+    if (index === TX) return this.#transmit(queue);
+    if (index !== RX) return false;
+    return this.#mergeable ? this.#receiveMergeable(queue) : this.#receive(queue);
   }
 
   /**
@@ -287,10 +327,108 @@ export class NetBackend implements VirtioBackend {
     return used;
   }
 
+  /**
+   * Mergeable receive buffers: reads frames from the port into `#frame`
+   * while the driver has buffers, each then spread over as many chains as it
+   * needs (`#place`). A frame for which the buffers run out stays held until
+   * the driver adds more (it kicks for each).
+   */
+  #receiveMergeable(queue: SplitQueue): boolean {
+    const frame = this.#frame!;
+    let used = false;
+    this.#wantsFrames = false; // until buffers are seen left over below
+    for (;;) {
+      if (this.#held > 0) {
+        const placed = this.#place(queue);
+        if (placed !== 0) used = true;
+        if (placed <= 0) return used; // the driver's next receive kick brings more
+      }
+      // No buffers: frames wait in the port (the tap's queue) for the driver's next kick.
+      if (!queue.hasAvailable) return used;
+      const n = this.#port.receive(this.#frameIov, 1);
+      if (n <= 0) {
+        this.#wantsFrames = true;
+        return used;
+      }
+      if (n < NET_HEADER_BYTES || n > RECEIVE_CAPACITY) {
+        this.dropped++;
+        continue;
+      }
+      this.#header.set(frame.subarray(0, NET_HEADER_BYTES));
+      if (!this.#receiveHeaderAllowed()) {
+        this.dropped++;
+        continue;
+      }
+      frame[0] = this.#header[0]; // the flags, cleared without GUEST_CSUM
+      this.#held = n;
+    }
+  }
+
+  /**
+   * Copies the held frame into the next available chains, the header's
+   * `num_buffers` set to their count, and returns them on the used ring
+   * together (Linux's driver reads `num_buffers` and expects that many used
+   * entries). Returns 1 when placed; -1 when the chains ran out first (those
+   * taken are put back, the frame stays held); 0 when there was no chain.
+   * A chain too short for the header where a frame starts is handed back
+   * empty (the driver's own error, counted in `dropped`), as without
+   * mergeable buffers.
+   */
+  #place(queue: SplitQueue): number {
+    const frame = this.#frame!;
+    const length = this.#held;
+    let chains = 0;
+    let emptied = false;
+    let at = 0; // bytes of the frame placed
+    while (at < length) {
+      if (!queue.pop()) {
+        queue.unpop(chains); // too few buffers: the frame waits for more, whole
+        return chains > 0 ? -1 : emptied ? -1 : 0;
+      }
+      const chain = queue.chain;
+      if (chains === 0 && chain.writableBytes < NET_HEADER_BYTES) {
+        this.dropped++;
+        queue.pushUsed(chain.head, 0);
+        emptied = true;
+        continue;
+      }
+      let written = 0;
+      for (let i = 0; i < chain.count && at < length; i++) {
+        if (!chain.writable[i]) continue;
+        const b = chain.buffers[i];
+        const n = Math.min(b.length, length - at);
+        // Where num_buffers (frame bytes 10 and 11) lands, to fill in once the count is known.
+        if (at <= 10 && 10 < at + n) {
+          this.#countLow = b;
+          this.#countLowAt = 10 - at;
+        }
+        if (at <= 11 && 11 < at + n) {
+          this.#countHigh = b;
+          this.#countHighAt = 11 - at;
+        }
+        b.set(frame.subarray(at, at + n));
+        at += n;
+        written += n;
+      }
+      this.#heads[chains] = chain.head;
+      this.#lengths[chains] = written;
+      chains++;
+    }
+    this.#countLow![this.#countLowAt] = chains & 0xff;
+    this.#countHigh![this.#countHighAt] = chains >>> 8;
+    this.#countLow = this.#countHigh = null;
+    for (let i = 0; i < chains; i++) queue.addUsed(this.#heads[i], this.#lengths[i]);
+    queue.publishUsed();
+    this.#held = 0;
+    return 1;
+  }
+
   /** Forgets the old driver's features; the port takes no offloads until the next driver's. */
   reset(): void {
     this.#features = 0n;
     this.#wantsFrames = false;
+    this.#mergeable = false;
+    this.#held = 0;
     this.#port.setOffload(0);
   }
 

@@ -297,13 +297,14 @@ export class SplitQueue {
   }
 
   /**
-   * Puts the chain last popped back at the head of the available ring, as if
-   * it had not been taken (a receive queue's buffers when no frame waited
-   * after all): the next {@linkcode pop} walks it again. Only right after a
-   * `pop` that answered true, with no `pushUsed` between.
+   * Puts the `count` chains last popped back at the head of the available
+   * ring, as if they had not been taken (a receive queue's buffers when no
+   * frame waited after all, or too few for a frame): the next
+   * {@linkcode pop}s walk them again. Only for chains popped since the last
+   * used entry was added, none of them returned.
    */
-  unpop(): void {
-    this.#lastAvail = (this.#lastAvail - 1) & 0xffff;
+  unpop(count = 1): void {
+    this.#lastAvail = (this.#lastAvail - count) & 0xffff;
   }
 
   /** Follows the chain starting at `head` into {@linkcode chain}. */
@@ -380,10 +381,24 @@ export class SplitQueue {
    * index (a release store the driver's vCPUs see after the element).
    */
   pushUsed(head: number, written: number): void {
+    this.addUsed(head, written);
+    this.publishUsed();
+  }
+
+  /**
+   * Writes the used element for `head` without publishing it: the driver
+   * sees it with the next {@linkcode publishUsed} (several buffers of one
+   * received frame must appear together).
+   */
+  addUsed(head: number, written: number): void {
     const at = 4 + 8 * (this.#nextUsed & (this.size - 1));
     this.#used.setUint32(at, head, true);
     this.#used.setUint32(at + 4, written, true);
     this.#nextUsed = (this.#nextUsed + 1) & 0xffff;
+  }
+
+  /** Stores the used index over the elements added (a release store after them). */
+  publishUsed(): void {
     Atomics.store(this.#usedIdx, this.#usedIdxAt, this.#nextUsed);
   }
 }
