@@ -287,14 +287,14 @@ const isEchoReply = (at: number, ram: DataView) =>
   ram.getUint16(at + 12) === 0x0800 && ram.getUint8(at + 23) === 1 &&
   ram.getUint8(at + 34) === 0 && ram.getUint16(at + 38) === 0x1234;
 
-/** VIRTIO_NET_F_MRG_RXBUF (bit 15). */
-const MRG_LOW = 1 << 15;
+/** VIRTIO_NET_F_MRG_RXBUF (bit 15) and VIRTIO_F_EVENT_IDX (bit 29). */
+const MRG_EVENT_IDX_LOW = (1 << 15) | (1 << 29);
 
 featureTest(
-  "virtio-net: with mergeable receive buffers, the host's echo reply spreads over three 256-byte buffers",
+  "virtio-net: with mergeable receive buffers and EVENT_IDX, the host's echo reply spreads over three 256-byte buffers",
   NO_TAP,
   () =>
-    withCard(CSUM_LOW | MRG_LOW, async ({ name, mac, slot, send, reply, errors }) => {
+    withCard(CSUM_LOW | MRG_EVENT_IDX_LOW, async ({ name, mac, slot, send, reply, errors }) => {
       await send(arpRequest(mac));
       await reply("the host's ARP reply", isArpReply);
       // 12 + 14 + 20 + 8 + 600 = 654 bytes: 256 + 256 + 142, in buffers next to each other.

@@ -307,6 +307,7 @@ Deno.test("virtio-net: with MRG_RXBUF a frame spreads over as many chains as it 
   strictEqual(d.interrupts - before, 1);
   strictEqual(backend.dropped, 0);
   strictEqual(backend.wantsFrames, true, "the spare chain waits");
+  strictEqual(d.availEvent, 3, "EVENT_IDX: no kick while a chain waits (entry 3)");
   // A small frame next: one chain, num_buffers 1, straight into the spare one.
   port.inbox.push(frameOf(20));
   d.runner.service();
@@ -327,6 +328,7 @@ Deno.test("virtio-net: with MRG_RXBUF a frame larger than the buffers posted wai
   strictEqual(d.usedIdx, 0, "nothing returned: the frame needs more buffers than posted");
   strictEqual(port.inbox.length, 1, "taken from the port, held by the device");
   strictEqual(backend.wantsFrames, false, "no polling of the port meanwhile");
+  strictEqual(d.availEvent, 2, "EVENT_IDX: a kick for the next chain added, though two wait");
   deepStrictEqual([...d.bytes(guard, 64)], new Array(64).fill(0));
   const c = post(d, chains, 112);
   d.kick();

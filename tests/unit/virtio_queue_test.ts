@@ -9,12 +9,13 @@ import {
   INT_VRING,
   MmioReg,
   Status,
+  VIRTIO_F_EVENT_IDX,
   VIRTIO_F_VERSION_1,
   VIRTIO_RING_F_INDIRECT_DESC,
 } from "../../src/devices/virtio/constants.ts";
 import type { VirtioBackend } from "../../src/devices/virtio/device.ts";
 import { VirtioMemory } from "../../src/devices/virtio/memory.ts";
-import { DescriptorChain, type SplitQueue } from "../../src/devices/virtio/queue.ts";
+import { DescriptorChain, needEvent, type SplitQueue } from "../../src/devices/virtio/queue.ts";
 import { rngFront } from "../../src/devices/virtio/rng.ts";
 import { FakeDriver, RAM_BASE, RAM_SIZE } from "./virtio_driver.ts";
 
@@ -281,6 +282,107 @@ Deno.test("DescriptorChain.readInto gathers readable bytes across buffers, skipp
   deepStrictEqual([...out], [2, 3, 4, 5]);
 });
 
-Deno.test("virtio features: rng offers VERSION_1 and indirect descriptors", () => {
-  strictEqual(rngFront().features, VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC);
+Deno.test("virtio features: rng offers VERSION_1, indirect descriptors and event indices", () => {
+  strictEqual(
+    rngFront().features,
+    VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX,
+  );
+});
+
+Deno.test("needEvent: an event index in [old, now) modulo 2^16, across the wrap", () => {
+  strictEqual(needEvent(4, 5, 4), true);
+  strictEqual(needEvent(5, 5, 4), false, "entry 5 not used yet");
+  strictEqual(needEvent(3, 5, 4), false, "passed before the last check");
+  strictEqual(needEvent(0xffff, 1, 0xfffe), true);
+  strictEqual(needEvent(0, 1, 0xfffe), true);
+  strictEqual(needEvent(1, 1, 0xfffe), false);
+  strictEqual(needEvent(0xfffd, 1, 0xfffe), false);
+  strictEqual(needEvent(7, 7, 7), false, "nothing used");
+});
+
+const EVENT_IDX_FEATURES = VIRTIO_F_VERSION_1 | VIRTIO_F_EVENT_IDX;
+
+Deno.test("EVENT_IDX: the device interrupts only when the used index passes used_event, and ignores NO_INTERRUPT", () => {
+  const { d } = driver();
+  d.init({ size: 8, features: EVENT_IDX_FEATURES });
+  d.submit([{ write: 4 }]);
+  d.kick();
+  strictEqual(d.interrupts, 1, "the first batch interrupts");
+  d.usedEvent = 3; // an interrupt once entry 3 is used (the fourth)
+  for (let i = 0; i < 2; i++) {
+    d.submit([{ write: 4 }]);
+    d.kick();
+  }
+  strictEqual(d.usedIdx, 3);
+  strictEqual(d.interrupts, 1, "entries 1 and 2: before used_event");
+  d.availFlags = 1; // NO_INTERRUPT: to be ignored with EVENT_IDX
+  d.submit([{ write: 4 }]);
+  d.kick();
+  strictEqual(d.interrupts, 2, "entry 3 used: interrupt");
+  d.submit([{ write: 4 }]);
+  d.kick();
+  strictEqual(d.interrupts, 2, "used_event left behind: no more");
+  // Without EVENT_IDX, NO_INTERRUPT is honoured and used_event means nothing.
+  d.init({ size: 8, features: VIRTIO_F_VERSION_1 });
+  d.availFlags = 1;
+  const before = d.interrupts;
+  d.submit([{ write: 4 }]);
+  d.kick();
+  strictEqual(d.interrupts, before);
+  d.availFlags = 0;
+  d.usedEvent = 100;
+  d.submit([{ write: 4 }]);
+  d.kick();
+  strictEqual(d.interrupts, before + 1);
+});
+
+Deno.test("EVENT_IDX: avail_event asks for the next kick, and chains added while the device was busy are served without one", () => {
+  let added = false;
+  const served: number[] = [];
+  const backend: VirtioBackend = {
+    process(_index: number, queue: SplitQueue): boolean {
+      while (queue.pop()) {
+        served.push(queue.chain.head);
+        if (!added) {
+          // The driver adds a chain while the device serves the queue: it reads the old
+          // avail_event (0, already passed) and does not kick.
+          added = true;
+          d.submit([{ write: 4 }]);
+        }
+        queue.pushUsed(queue.chain.head, 0);
+      }
+      return true;
+    },
+    reset() {},
+    close() {},
+  };
+  const d = new FakeDriver(rngFront(), backend); // `process` runs only after this
+  d.init({ size: 8, features: EVENT_IDX_FEATURES });
+  strictEqual(d.availEvent, 0);
+  d.submit([{ write: 4 }]);
+  d.kick();
+  strictEqual(served.length, 2, "the unkicked chain was served in the same pass");
+  strictEqual(d.usedIdx, 2);
+  strictEqual(d.availEvent, 2, "a kick wanted when entry 2 is made available");
+  strictEqual(d.interrupts, 1, "one interrupt for both");
+  // The driver's rule (vring_need_event on avail_event): the next chain kicks.
+  strictEqual(needEvent(d.availEvent, 3, 2), true);
+});
+
+Deno.test("EVENT_IDX: interrupts follow used_event across the 16-bit wrap of the indices", () => {
+  const { d } = driver();
+  d.init({ size: 4, features: EVENT_IDX_FEATURES });
+  let expected = 0;
+  for (let i = 0; i < 0x10000 + 40; i++) {
+    // Near the wrap: alternately ask for this entry's interrupt, or for the one after it.
+    const wantNow = i < 20 || i > 0xffe0 || i % 512 === 0 ? i % 2 === 0 : true;
+    d.usedEvent = wantNow ? i & 0xffff : (i + 1) & 0xffff;
+    d.submit([{ write: 4 }]);
+    const before = d.interrupts;
+    d.kick();
+    if (wantNow || i === 0) expected++;
+    strictEqual(d.interrupts - before, wantNow || i === 0 ? 1 : 0, `entry ${i}`);
+  }
+  strictEqual(d.usedIdx, (0x10000 + 40) & 0xffff);
+  strictEqual(d.interrupts, expected);
 });

@@ -14,7 +14,12 @@
  * @module
  */
 
-import { DeviceId, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC } from "./constants.ts";
+import {
+  DeviceId,
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_VERSION_1,
+  VIRTIO_RING_F_INDIRECT_DESC,
+} from "./constants.ts";
 import type { BlockSpec, VirtioBackend, VirtioFront } from "./device.ts";
 import { advanceIovec, IOV_MAX, type SplitQueue, VirtioError } from "./queue.ts";
 import { Errno, unwrap } from "../../errors.ts";
@@ -75,7 +80,8 @@ export function blockFront(spec: BlockSpec): VirtioFront {
   v.setUint32(12, QUEUE_SIZE - 2, true); // seg_max
   return {
     deviceId: DeviceId.BLOCK,
-    features: VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | F_SEG_MAX | F_FLUSH |
+    features: VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX | F_SEG_MAX |
+      F_FLUSH |
       (spec.readOnly ? F_RO : 0n),
     queueMax: [QUEUE_SIZE],
     config,

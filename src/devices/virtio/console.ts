@@ -14,7 +14,12 @@
  */
 
 import { ByteRing } from "./byte_ring.ts";
-import { DeviceId, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC } from "./constants.ts";
+import {
+  DeviceId,
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_VERSION_1,
+  VIRTIO_RING_F_INDIRECT_DESC,
+} from "./constants.ts";
 import type { VirtioBackend, VirtioFront } from "./device.ts";
 import type { SplitQueue } from "./queue.ts";
 
@@ -33,7 +38,7 @@ export function consoleFront(): VirtioFront {
   v.setUint32(4, 1, true); // max_nr_ports
   return {
     deviceId: DeviceId.CONSOLE,
-    features: VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC,
+    features: VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX,
     queueMax: [QUEUE_SIZE, QUEUE_SIZE],
     config,
   };

@@ -27,6 +27,11 @@ export const Status = {
 export const VIRTIO_F_VERSION_1 = 1n << 32n;
 /** `VIRTIO_RING_F_INDIRECT_DESC` (bit 28): descriptors may point to a table of descriptors. */
 export const VIRTIO_RING_F_INDIRECT_DESC = 1n << 28n;
+/**
+ * `VIRTIO_F_EVENT_IDX` (bit 29): the driver's `used_event` and the device's
+ * `avail_event` say when an interrupt and a kick are wanted.
+ */
+export const VIRTIO_F_EVENT_IDX = 1n << 29n;
 
 /** Device ids (spec 5, "Device Types"). */
 export const DeviceId = {

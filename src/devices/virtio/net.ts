@@ -26,7 +26,12 @@
  * @module
  */
 
-import { DeviceId, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC } from "./constants.ts";
+import {
+  DeviceId,
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_VERSION_1,
+  VIRTIO_RING_F_INDIRECT_DESC,
+} from "./constants.ts";
 import type { VirtioBackend, VirtioFront } from "./device.ts";
 import { IOV_MAX, type SplitQueue } from "./queue.ts";
 
@@ -104,7 +109,7 @@ const TX = 1;
 /**
  * The network card's front: its MAC address, one receive and one transmit
  * queue, the checksum and TCP segmentation offloads both ways, mergeable
- * receive buffers.
+ * receive buffers and event indices.
  */
 export function netFront(mac: Uint8Array): VirtioFront {
   const config = new Uint8Array(8); // mac[6], status (unused without VIRTIO_NET_F_STATUS)
@@ -112,7 +117,8 @@ export function netFront(mac: Uint8Array): VirtioFront {
   return {
     deviceId: DeviceId.NET,
     features: VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | F_MAC | F_CSUM | F_GUEST_CSUM |
-      F_GUEST_TSO4 | F_GUEST_TSO6 | F_HOST_TSO4 | F_HOST_TSO6 | VIRTIO_NET_F_MRG_RXBUF,
+      F_GUEST_TSO4 | F_GUEST_TSO6 | F_HOST_TSO4 | F_HOST_TSO6 | VIRTIO_NET_F_MRG_RXBUF |
+      VIRTIO_F_EVENT_IDX,
     queueMax: [QUEUE_SIZE, QUEUE_SIZE],
     config,
   };
@@ -331,7 +337,7 @@ export class NetBackend implements VirtioBackend {
    * Mergeable receive buffers: reads frames from the port into `#frame`
    * while the driver has buffers, each then spread over as many chains as it
    * needs (`#place`). A frame for which the buffers run out stays held until
-   * the driver adds more (it kicks for each).
+   * the driver adds more (with EVENT_IDX the queue asks for that kick).
    */
   #receiveMergeable(queue: SplitQueue): boolean {
     const frame = this.#frame!;
@@ -341,7 +347,10 @@ export class NetBackend implements VirtioBackend {
       if (this.#held > 0) {
         const placed = this.#place(queue);
         if (placed !== 0) used = true;
-        if (placed <= 0) return used; // the driver's next receive kick brings more
+        if (placed <= 0) {
+          queue.notifyOnNext(); // a kick as soon as the driver adds a buffer
+          return used;
+        }
       }
       // No buffers: frames wait in the port (the tap's queue) for the driver's next kick.
       if (!queue.hasAvailable) return used;

@@ -32,6 +32,9 @@ export class VirtioError extends Error {
   }
 }
 
+/** Bit 0 of the available ring's flags: the driver asks for no interrupt (ignored with EVENT_IDX). */
+const VRING_AVAIL_F_NO_INTERRUPT = 1;
+
 /** Most entries of an indirect descriptor table a device accepts (Linux uses far fewer). */
 export const MAX_INDIRECT_DESCRIPTORS = 1024;
 /** `IOV_MAX`: most `struct iovec`s one `readv`/`preadv` call takes on Linux. */
@@ -77,6 +80,15 @@ export interface QueueConfig {
   avail: number;
   /** Guest physical address of the used ring ("device area"). */
   used: number;
+}
+
+/**
+ * `vring_need_event` (spec 2.7.7.2 and 2.7.10): whether moving an index from
+ * `old` to `now` passed `event`, i.e. `event` lies in `[old, now)` counted
+ * modulo 2^16 (the indices wrap; `now - old` is at most a queue's worth).
+ */
+export function needEvent(event: number, now: number, old: number): boolean {
+  return ((now - event - 1) & 0xffff) < ((now - old) & 0xffff);
 }
 
 /**
@@ -178,6 +190,15 @@ function isPowerOfTwo(n: number): boolean {
  * driver runs on other threads (vCPUs), and a used index must be published
  * after the used element it covers (x86 keeps stores in order; `Atomics`
  * keeps the JIT from reordering or splitting them).
+ *
+ * With `VIRTIO_F_EVENT_IDX` (spec 2.7.7.2, 2.7.10) the driver's `used_event`
+ * (after the available ring) says after which used entry it wants an
+ * interrupt ({@linkcode needsInterrupt}), and the device's `avail_event`
+ * (after the used ring) says after which available entry it wants a kick
+ * ({@linkcode rearm}). Both sides store their index, then load the other's
+ * (a Dekker pair): a sequentially consistent `Atomics.store` followed by an
+ * `Atomics.load` keeps that order on x86 (V8 makes the store an `xchg`), as
+ * the driver's `virtio_mb()` does on its side.
  */
 export class SplitQueue {
   /** The queue size. */
@@ -191,10 +212,27 @@ export class SplitQueue {
   readonly #usedIdx: Uint16Array;
   readonly #usedIdxAt: number;
   readonly #indirect: boolean;
+  /** Whether `VIRTIO_F_EVENT_IDX` was negotiated. */
+  readonly #eventIdx: boolean;
+  /** `used_event` (driver area, after the ring) and `avail_event` (device area, after the ring). */
+  readonly #usedEvent: Uint16Array;
+  readonly #usedEventAt: number;
+  readonly #availEvent: Uint16Array;
+  readonly #availEventAt: number;
   /** The next available-ring entry to take (wraps at 2^16). */
   #lastAvail = 0;
+  /** The available index as last read (wraps at 2^16). */
+  #availSeen = 0;
   /** The next used-ring entry to fill (wraps at 2^16). */
   #nextUsed = 0;
+  /** The used index at the last {@linkcode needsInterrupt} (wraps at 2^16). */
+  #signalled = 0;
+  /** Whether {@linkcode needsInterrupt} answered since the queue was set up. */
+  #signalledValid = false;
+  /** Whether used entries were published since the last {@linkcode needsInterrupt}. */
+  #published = false;
+  /** See {@linkcode notifyOnNext}. */
+  #notifyOnNext = false;
   /** The chain {@linkcode pop} fills. */
   readonly chain: DescriptorChain;
 
@@ -205,10 +243,12 @@ export class SplitQueue {
     avail: Uint8Array,
     used: Uint8Array,
     indirect: boolean,
+    eventIdx: boolean,
   ) {
     this.size = config.size;
     this.#mem = mem;
     this.#indirect = indirect;
+    this.#eventIdx = eventIdx;
     this.#desc = new DataView(desc.buffer, desc.byteOffset, desc.byteLength);
     this.#avail = new DataView(avail.buffer, avail.byteOffset, avail.byteLength);
     this.#used = new DataView(used.buffer, used.byteOffset, used.byteLength);
@@ -218,6 +258,13 @@ export class SplitQueue {
     const u = mem.word16(config.used + 2)!;
     this.#usedIdx = u.array;
     this.#usedIdxAt = u.index;
+    // Inside the areas checked by `create` (their sizes include the event words).
+    const ue = mem.word16(config.avail + 4 + 2 * config.size)!;
+    this.#usedEvent = ue.array;
+    this.#usedEventAt = ue.index;
+    const ae = mem.word16(config.used + 4 + 8 * config.size)!;
+    this.#availEvent = ae.array;
+    this.#availEventAt = ae.index;
     // A device starts where the rings are (zero after a reset, or where a
     // driver left them): the spec has both indices start at 0.
     this.#lastAvail = 0;
@@ -231,13 +278,15 @@ export class SplitQueue {
   /**
    * Checks a driver's queue configuration against guest RAM and the device's
    * maximum size: a {@linkcode VirtioError} names what is wrong.
-   * `indirect` says whether `VIRTIO_RING_F_INDIRECT_DESC` was negotiated.
+   * `indirect` says whether `VIRTIO_RING_F_INDIRECT_DESC` was negotiated,
+   * `eventIdx` whether `VIRTIO_F_EVENT_IDX` was.
    */
   static create(
     mem: VirtioMemory,
     config: QueueConfig,
     maxSize: number,
     indirect: boolean,
+    eventIdx = false,
   ): SplitQueue {
     const { size, desc, avail, used } = config;
     if (!isPowerOfTwo(size) || size > maxSize) {
@@ -262,7 +311,7 @@ export class SplitQueue {
         }, size ${size})`,
       );
     }
-    return new SplitQueue(mem, config, d, a, u, indirect);
+    return new SplitQueue(mem, config, d, a, u, indirect, eventIdx);
   }
 
   /** The available ring's flags (bit 0: the driver wants no interrupts). */
@@ -270,9 +319,16 @@ export class SplitQueue {
     return this.#avail.getUint16(0, true);
   }
 
+  /** Whether `VIRTIO_F_EVENT_IDX` was negotiated for this queue. */
+  get eventIdx(): boolean {
+    return this.#eventIdx;
+  }
+
   /** Whether the driver has made chains available that were not popped yet. */
   get hasAvailable(): boolean {
-    return Atomics.load(this.#availIdx, this.#availIdxAt) !== this.#lastAvail;
+    const availIdx = Atomics.load(this.#availIdx, this.#availIdxAt);
+    this.#availSeen = availIdx;
+    return availIdx !== this.#lastAvail;
   }
 
   /**
@@ -282,6 +338,7 @@ export class SplitQueue {
    */
   pop(): boolean {
     const availIdx = Atomics.load(this.#availIdx, this.#availIdxAt);
+    this.#availSeen = availIdx;
     if (availIdx === this.#lastAvail) return false;
     const pending = (availIdx - this.#lastAvail) & 0xffff;
     if (pending > this.size) {
@@ -305,6 +362,59 @@ export class SplitQueue {
    */
   unpop(count = 1): void {
     this.#lastAvail = (this.#lastAvail - count) & 0xffff;
+  }
+
+  /**
+   * With `VIRTIO_F_EVENT_IDX`: the available chains left are too few for
+   * what waits (a received frame larger than their buffers), so the next
+   * {@linkcode rearm} asks for a kick when the driver adds one more, not
+   * when it adds past the untaken ones.
+   */
+  notifyOnNext(): void {
+    this.#notifyOnNext = true;
+  }
+
+  /**
+   * After serving the queue: with `VIRTIO_F_EVENT_IDX`, publishes
+   * `avail_event` (the driver kicks once its available index passes it: the
+   * first chain not taken, or with {@linkcode notifyOnNext} the next one to
+   * be added), then reads the available index again. Returns true when the
+   * driver added chains since the device last looked (it may have read the
+   * old `avail_event` and not kicked: the caller serves the queue again).
+   * Without the feature the driver kicks every time: always false.
+   */
+  rearm(): boolean {
+    if (!this.#eventIdx) return false;
+    const seen = this.#availSeen;
+    const event = this.#notifyOnNext ? seen : this.#lastAvail;
+    this.#notifyOnNext = false;
+    Atomics.store(this.#availEvent, this.#availEventAt, event);
+    // The store above is sequentially consistent: this load sees any index the driver
+    // stored before it read our avail_event (spec 2.7.10 "check again after").
+    const now = Atomics.load(this.#availIdx, this.#availIdxAt);
+    return now !== seen;
+  }
+
+  /**
+   * Whether the driver wants an interrupt for the used entries published
+   * since the last call (false when there were none). Without
+   * `VIRTIO_F_EVENT_IDX`: unless the available ring's `NO_INTERRUPT` flag is
+   * set. With it: when the used index passed the driver's `used_event`
+   * (read after the used index was stored, see the class notes); the first
+   * answer after setup is always yes.
+   */
+  needsInterrupt(): boolean {
+    if (!this.#published) return false;
+    this.#published = false;
+    if (!this.#eventIdx) return (this.availFlags & VRING_AVAIL_F_NO_INTERRUPT) === 0;
+    const now = this.#nextUsed;
+    const old = this.#signalled;
+    this.#signalled = now;
+    if (!this.#signalledValid) {
+      this.#signalledValid = true;
+      return true;
+    }
+    return needEvent(Atomics.load(this.#usedEvent, this.#usedEventAt), now, old);
   }
 
   /** Follows the chain starting at `head` into {@linkcode chain}. */
@@ -400,5 +510,6 @@ export class SplitQueue {
   /** Stores the used index over the elements added (a release store after them). */
   publishUsed(): void {
     Atomics.store(this.#usedIdx, this.#usedIdxAt, this.#nextUsed);
+    this.#published = true;
   }
 }

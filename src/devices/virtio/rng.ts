@@ -6,7 +6,12 @@
  * @module
  */
 
-import { DeviceId, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC } from "./constants.ts";
+import {
+  DeviceId,
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_VERSION_1,
+  VIRTIO_RING_F_INDIRECT_DESC,
+} from "./constants.ts";
 import type { VirtioBackend, VirtioFront } from "./device.ts";
 import type { SplitQueue } from "./queue.ts";
 
@@ -18,7 +23,7 @@ const QUEUE_SIZE = 64;
 export function rngFront(): VirtioFront {
   return {
     deviceId: DeviceId.RNG,
-    features: VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC,
+    features: VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX,
     queueMax: [QUEUE_SIZE],
     config: new Uint8Array(0),
   };

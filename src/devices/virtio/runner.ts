@@ -13,7 +13,13 @@
  * @module
  */
 
-import { INT_CONFIG, INT_VRING, Status, VIRTIO_RING_F_INDIRECT_DESC } from "./constants.ts";
+import {
+  INT_CONFIG,
+  INT_VRING,
+  Status,
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_RING_F_INDIRECT_DESC,
+} from "./constants.ts";
 import type { VirtioBackend, VirtioFront } from "./device.ts";
 import type { VirtioMemory } from "./memory.ts";
 import { SplitQueue, VirtioError } from "./queue.ts";
@@ -33,8 +39,13 @@ export interface RunnerDevice {
   onError?: (message: string) => void;
 }
 
-/** Bit 0 of the available ring's flags: the driver asks for no interrupt. */
-const VRING_AVAIL_F_NO_INTERRUPT = 1;
+/**
+ * How many times one pass serves a queue again because the driver added
+ * chains while it was served (with `VIRTIO_F_EVENT_IDX` such a driver may
+ * not kick): bounds one queue's share of a pass; what is left is served by
+ * the next pass, which {@linkcode VirtioRunner.pending} asks for at once.
+ */
+const MAX_REPASSES = 64;
 
 interface Served {
   device: RunnerDevice;
@@ -58,6 +69,11 @@ interface Served {
 export class VirtioRunner {
   #memory: VirtioMemory;
   #devices: Served[];
+  /**
+   * Whether the last {@linkcode service} left chains it saw added without a
+   * kick (see `MAX_REPASSES`): the caller serves again without waiting.
+   */
+  pending = false;
 
   /** Serves `devices` in `memory`. */
   constructor(memory: VirtioMemory, devices: readonly RunnerDevice[]) {
@@ -75,6 +91,7 @@ export class VirtioRunner {
    * Returns how many devices raised an interrupt.
    */
   service(): number {
+    this.pending = false;
     let raised = 0;
     for (const served of this.#devices) {
       if (Atomics.load(served.device.state, Word.RESET_REQUEST) !== 0) this.#reset(served);
@@ -136,10 +153,17 @@ export class VirtioRunner {
         }
         let queue = served.queues[q];
         if (queue === null) queue = served.queues[q] = this.#build(device, base, q);
-        if (!queue.hasAvailable) continue;
-        if (device.backend.process(q, queue) && !(queue.availFlags & VRING_AVAIL_F_NO_INTERRUPT)) {
-          interrupt = true;
+        // With EVENT_IDX the driver kicks only past avail_event, which `rearm` moves after each
+        // pass (kicks stay off while the device is busy); chains added meanwhile are served here.
+        for (let pass = 0;; pass++) {
+          if (queue.hasAvailable) device.backend.process(q, queue);
+          if (!queue.rearm()) break;
+          if (pass === MAX_REPASSES) {
+            this.pending = true;
+            break;
+          }
         }
+        if (queue.needsInterrupt()) interrupt = true;
       }
     } catch (e) {
       if (!(e instanceof VirtioError)) throw e;
@@ -159,6 +183,7 @@ export class VirtioRunner {
 
   #build(device: RunnerDevice, base: number, q: number): SplitQueue {
     const s = device.state;
+    // Both ring features are among the low 32 bits.
     const features = BigInt(Atomics.load(s, Word.DRIVER_FEATURES_LO) >>> 0);
     return SplitQueue.create(
       this.#memory,
@@ -170,6 +195,7 @@ export class VirtioRunner {
       },
       device.front.queueMax[q],
       (features & VIRTIO_RING_F_INDIRECT_DESC) !== 0n,
+      (features & VIRTIO_F_EVENT_IDX) !== 0n,
     );
   }
 }

@@ -113,9 +113,10 @@ function serve(msg: VirtioWorkerStart): void {
       for (let i = 0; i < nets.length; i++) {
         pv.setInt16(8 * (i + 1) + 4, nets[i].backend.wantsFrames ? POLLIN : 0, true);
       }
-      const p = lib.kvm_poll(pollfds, fds.length, WATCH_MS);
+      // A pass that left chains added without a kick (EVENT_IDX) only looks at the fds.
+      const p = lib.kvm_poll(pollfds, fds.length, runner.pending ? 0 : WATCH_MS);
       if (p < 0 && p !== -Errno.EINTR) throw new Error(`poll: errno ${-p}`);
-      if (p === 0) {
+      if (p === 0 && !runner.pending) {
         for (let i = 0; i < devices.length; i++) {
           const status = Atomics.load(devices[i].state, Word.INTERRUPT);
           if (status === 0) {
