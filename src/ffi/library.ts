@@ -38,7 +38,14 @@ import {
   userCacheDir,
   writeExclusive,
 } from "../cache_dir.ts";
-import { type NativeSymbols, SHIM_VERSION, symbols } from "./symbols.ts";
+import {
+  CORE_SYMBOLS,
+  LAZY_SYMBOL_GROUPS,
+  type NativeSymbols,
+  SHIM_VERSION,
+  type SymbolName,
+  symbols,
+} from "./symbols.ts";
 import { SHIM_SOURCE_HASH } from "./shim_hash.ts";
 import { SHIM_SOURCE } from "./shim_source.ts";
 
@@ -65,7 +72,11 @@ const LOCAL_BUILD = new URL("../../native/build/libkvm_shim.so", import.meta.url
 /** Compiler flags; the same as `deno task build`. */
 export const CC_FLAGS = ["-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror"];
 
-let loaded: Deno.DynamicLibrary<typeof symbols> | undefined;
+/** The shim's symbols, once loaded: the core ones bound, the others bound on first use. */
+let loaded: {
+  symbols: NativeSymbols;
+  libraries: Deno.DynamicLibrary<Deno.ForeignLibraryInterface>[];
+} | undefined;
 
 /**
  * The loaded shim, loading it synchronously on first use: from the local
@@ -145,24 +156,52 @@ function checkLocalBuild(path: string): void {
 /** Path of the shared library in use, or undefined before loading. */
 export let nativePath: string | undefined;
 
-function open(path: string): NativeSymbols {
+/** `Deno.dlopen` of `names` only (each symbol bound costs time: see `CORE_SYMBOLS`). */
+function bind(path: string, names: readonly SymbolName[]) {
+  const subset: Record<string, Deno.ForeignFunction> = {};
+  for (const name of names) subset[name] = symbols[name];
   try {
-    loaded = Deno.dlopen(path, symbols);
+    return Deno.dlopen(path, subset);
   } catch (cause) {
     throw new NativeLoadError(
       `cannot load the native shim ${path}: ${describe(cause)}${permissionHint(cause, "ffi")}`,
       { cause },
     );
   }
-  const version = loaded.symbols.kvm_shim_version();
+}
+
+function open(path: string): NativeSymbols {
+  const core = bind(path, CORE_SYMBOLS);
+  const version = (core.symbols.kvm_shim_version as () => number)();
   if (version !== SHIM_VERSION) {
-    loaded.close();
-    loaded = undefined;
+    core.close();
     throw new NativeLoadError(
       `${path} is shim version ${version}, this library needs ${SHIM_VERSION}: ` +
         "rebuild it (`deno task build`)",
     );
   }
+  const libraries = [core];
+  const table: Record<string, unknown> = { ...core.symbols };
+  // The other groups are accessors that bind their group on first use, then return the bound
+  // function from then on (the accessor stays: redefining properties would turn the table into
+  // a slower dictionary for the hot path's core symbols too).
+  for (const group of LAZY_SYMBOL_GROUPS) {
+    let bound: Record<string, unknown> | undefined;
+    for (const name of group) {
+      Object.defineProperty(table, name, {
+        enumerable: true,
+        get() {
+          if (!bound) {
+            const library = bind(path, group);
+            libraries.push(library);
+            bound = library.symbols;
+          }
+          return bound[name];
+        },
+      });
+    }
+  }
+  loaded = { symbols: table as NativeSymbols, libraries };
   nativePath = path;
   return loaded.symbols;
 }

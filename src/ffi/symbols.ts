@@ -77,3 +77,44 @@ export const symbols = {
 
 /** The loaded shim. */
 export type NativeSymbols = Deno.DynamicLibrary<typeof symbols>["symbols"];
+
+/** The name of a symbol of the shim. */
+export type SymbolName = keyof typeof symbols;
+
+/**
+ * The symbols bound when the shim is loaded: what a VM, its memory and a
+ * vCPU's run loop and kick use. The others are bound on first use, a group
+ * at a time (see `src/ffi/library.ts`): binding costs about 0.2 ms a symbol
+ * natively and 10-20 ms in the sandbox's emulator, in the main thread and
+ * again in every vCPU Worker (bench/RESULTS.md, issue 17).
+ */
+export const CORE_SYMBOLS: readonly SymbolName[] = [
+  "kvm_shim_version",
+  "kvm_open",
+  "kvm_close",
+  "kvm_ioctl_ptr",
+  "kvm_ioctl_val",
+  "kvm_mmap",
+  "kvm_munmap",
+  "kvm_madvise",
+  "kvm_thread_id",
+  "kvm_kick_signal",
+  "kvm_install_kick_handler",
+  "kvm_kick",
+];
+
+/** The other symbols, in the groups they are bound in (each used together). */
+export const LAZY_SYMBOL_GROUPS: readonly (readonly SymbolName[])[] = [
+  ["kvm_timer_create", "kvm_timer_set", "kvm_timer_delete"],
+  ["kvm_eventfd", "kvm_read_u64", "kvm_write_u64", "kvm_poll"],
+  [
+    "kvm_read",
+    "kvm_write",
+    "kvm_preadv",
+    "kvm_pwritev",
+    "kvm_readv",
+    "kvm_writev",
+    "kvm_fdatasync",
+    "kvm_mincore",
+  ],
+];
