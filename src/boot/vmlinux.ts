@@ -477,7 +477,11 @@ export interface CachedVmlinux {
   vmlinux: Uint8Array;
   /** `"cache"` when read back, `"extracted"` when decompressed by this call. */
   source: "cache" | "extracted";
-  /** The cache file (absent when no cache directory could be used). */
+  /**
+   * The cache file (absent when no cache directory could be used; for a
+   * kernel extracted on a miss in an empty cache, set once `save()` has
+   * hashed the bzImage for its key).
+   */
   path?: string;
   /**
    * Why the cache was not used, when it was not: a directory that is not the
@@ -751,6 +755,13 @@ async function lookupAsync(
     at = now;
   };
   const stampedKey = options.map ? imageKeyFromStamp(dir, options.imageInfo) : undefined;
+  if (!stampedKey && !holdsEntries(dir)) {
+    // Nothing cached at all (a first boot on this host or with a new cache): a miss without
+    // hashing the bzImage now; the key is computed when the entry is saved (a VMM saves
+    // after its guest has booted, seconds of emulated CPU time earlier for the guest).
+    step("empty cache");
+    return { dir, steps: steps.join(", ") };
+  }
   const key = stampedKey ?? await sha256HexAsync(image);
   step(stampedKey ? "key remembered" : "key");
   if (!stampedKey && options.map) rememberImageKey(dir, options.imageInfo, key);
@@ -796,6 +807,18 @@ async function lookupAsync(
     }
   }
   return { dir, path, steps: steps.join(", ") };
+}
+
+/** Whether `dir` holds any kernel entry (`vmlinux-<key>.elf`), whoever wrote it. */
+function holdsEntries(dir: string): boolean {
+  try {
+    for (const entry of Deno.readDirSync(dir)) {
+      if (entry.name.startsWith("vmlinux-") && entry.name.endsWith(".elf")) return true;
+    }
+    return false;
+  } catch {
+    return true; // unreadable: let the lookup proper find out
+  }
 }
 
 /** Removes temporary files that a writer which died left behind (see {@linkcode STALE_TEMP_MS}). */
@@ -1003,7 +1026,7 @@ async function extractForCache(
   const vmlinux = compactElf(extracted.vmlinux, { inPlace: true });
   phase(`kernel compacted to ${vmlinux.length} bytes (${ms(start)})`);
   const how = { decoder: extracted.decoder, fallbackReason: extracted.fallbackReason };
-  if (!path || !dir) {
+  if (!dir) {
     return {
       ...result(vmlinux, "extracted", { ...how, cacheProblem }),
       save: nothingToSave,
@@ -1013,17 +1036,28 @@ async function extractForCache(
   const save = () =>
     saving ??= (async () => {
       const start = performance.now();
+      let key = "";
       try {
+        if (!path) {
+          // A miss decided without the key (an empty cache): the bzImage is hashed now.
+          key = await sha256HexAsync(image);
+          path = entryPath(dir, key);
+          pending.path = path;
+        }
         await writeEntryAsync(dir, path, vmlinux);
       } catch (e) {
-        return `cannot write ${path}: ${e instanceof Error ? e.message : String(e)}`;
+        return `cannot write ${path ?? dir}: ${e instanceof Error ? e.message : String(e)}`;
       }
-      phase(`kernel cache written (${ms(start)})`);
+      if (key && options.map) rememberImageKey(dir, options.imageInfo, key);
+      phase(`kernel cache written (${ms(start)}${key ? ", with the bzImage's SHA-256" : ""})`);
       return undefined;
     })();
-  return { ...result(vmlinux, "extracted", { ...how, path }), save };
+  const pending: PendingCachedVmlinux = {
+    ...result(vmlinux, "extracted", { ...how, ...path ? { path } : {} }),
+    save,
+  };
+  return pending;
 }
-
 /**
  * {@linkcode cachedVmlinux} for a VMM that has other work to do meanwhile:
  * the lookup's hashes and liblzma's decoding run on Deno's blocking threads

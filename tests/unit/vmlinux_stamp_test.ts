@@ -121,3 +121,31 @@ Deno.test("vmlinux cache stamps: hashed once, then vouched for by the status unt
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("vmlinux cache: an empty cache is a miss without hashing; the key is computed on save", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "vmlinux-empty-" });
+  try {
+    const image = tinyBzImage();
+    const phases: string[] = [];
+    const options = { directory: dir, map: true, onPhase: (what: string) => phases.push(what) };
+    const lookup = await lookupVmlinuxAsync(image, options);
+    strictEqual(lookup.hit, undefined);
+    ok(/kernel cache miss .*empty cache/.test(phases[0]) && !/key/.test(phases[0]), phases[0]);
+    const extracted = await lookup.extract();
+    strictEqual(extracted.path, undefined, "no key yet");
+    strictEqual(await extracted.save(), undefined, "written");
+    const key = Array.from(
+      new Uint8Array(await crypto.subtle.digest("SHA-256", image)),
+      (b) => b.toString(16).padStart(2, "0"),
+    ).join("");
+    strictEqual(extracted.path, `${dir}/vmlinux-${key}.elf`);
+    ok(/kernel cache written .*with the bzImage's SHA-256/.test(phases.at(-1)!), phases.at(-1));
+    const again = await lookupVmlinuxAsync(image, options);
+    ok(again.hit, "read back under the key computed on save");
+    deepStrictEqual(again.hit.vmlinux.slice(), extracted.vmlinux.slice());
+    again.hit.close();
+    extracted.close();
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
