@@ -166,6 +166,7 @@ export class ApWorkers {
         mmapSize,
         kick,
         libraryPath: nativePath,
+        lazySymbols: true,
         slots: [],
         control: control.buffer as SharedArrayBuffer,
         mailbox: ap.box.buffer,

@@ -479,7 +479,7 @@ async function boot(config: BootConfig): Promise<number> {
   }
   trace("kernel and initrd read");
   // Imported from JSR, the shim's source is fetched (once per process) and compiled (once).
-  await loadNative();
+  await loadNative({ lazySymbols: true });
   // The cache is looked up from now on (the bzImage's SHA-256 on another thread) while /dev/kvm
   // is checked and the host probed on this one; what a miss does depends on the probe.
   const vmlinux = multiboot || config.guestDecompress || !xzBzImage(kernel)

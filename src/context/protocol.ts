@@ -435,6 +435,8 @@ export interface InitMessage {
   /** The owner's kick target: the worker adopts the vCPU through its lifetime record. */
   kick: KickTarget;
   libraryPath: string | undefined;
+  /** Load the shim with `lazySymbols` (a machine's AP: its run loop needs only the core). */
+  lazySymbols?: boolean;
   slots: SlotInfo[];
   control: SharedArrayBuffer;
   mailbox: SharedArrayBuffer;

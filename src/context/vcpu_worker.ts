@@ -516,7 +516,7 @@ let starting: Promise<void> = Promise.resolve();
 
 async function init(msg: InitMessage): Promise<void> {
   started = { control: new Int32Array(msg.control), index: msg.index };
-  await loadNative({ path: msg.libraryPath });
+  await loadNative({ path: msg.libraryPath, lazySymbols: msg.lazySymbols });
   const vcpu = Vcpu.adopt(msg.fd, msg.vcpuId, msg.mmapSize, msg.kick);
   let r: Runner | undefined;
   try {
