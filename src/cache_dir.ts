@@ -272,23 +272,29 @@ export function readStamp(path: string): string | undefined {
 }
 
 /**
- * Keeps `text` in the cache file `path` (a new file in its directory,
- * renamed over it: a reader sees the old file or the new one). Best effort,
- * not flushed to disk: a stamp lost or torn by a crash is only a hash
- * computed again. Returns why it could not be written, or undefined.
+ * Keeps `text` in the cache file `path`: written by {@linkcode writeExclusive}
+ * and renamed over it, so a reader sees the old file or the new one. Best
+ * effort: a stamp that could not be written is only a hash computed again.
+ * Returns why it could not be written, or undefined.
  */
 export function writeStamp(path: string, text: string): string | undefined {
-  const dir = path.slice(0, path.lastIndexOf("/"));
-  const temporary = `${dir}/.stamp-${crypto.randomUUID()}.tmp`;
+  let temporary: string | undefined;
   try {
-    Deno.writeTextFileSync(temporary, text, { createNew: true, mode: 0o600 });
+    temporary = writeExclusive(
+      path.slice(0, path.lastIndexOf("/")),
+      new TextEncoder().encode(text),
+      ".stamp-",
+      ".tmp",
+    );
     Deno.renameSync(temporary, path);
     return undefined;
   } catch (e) {
-    try {
-      Deno.removeSync(temporary);
-    } catch {
-      // Never created, or renamed already.
+    if (temporary) {
+      try {
+        Deno.removeSync(temporary);
+      } catch {
+        // Renamed after all, or removed by another.
+      }
     }
     return e instanceof Error ? e.message : String(e);
   }

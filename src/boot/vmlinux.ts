@@ -454,8 +454,8 @@ export interface VmlinuxCacheOptions extends ExtractOptions {
    */
   direct?: boolean;
   /**
-   * {@linkcode lookupVmlinuxAsync} with `map` only: the status of the file
-   * `image` was read from, when its content is known to be that file's
+   * {@linkcode lookupVmlinuxAsync} only: the status of the file `image` was
+   * read from, when its content is known to be that file's
    * (`readImageFileWithInfo` gives it only then). The bzImage's SHA-256,
    * the cache key, is then remembered beside the cache under the file's
    * device, inode, size and times, and a later lookup of the unchanged file
@@ -754,7 +754,7 @@ async function lookupAsync(
     steps.push(`${what} ${Math.round(now - at)} ms`);
     at = now;
   };
-  const stampedKey = options.map ? imageKeyFromStamp(dir, options.imageInfo) : undefined;
+  const stampedKey = imageKeyFromStamp(dir, options.imageInfo);
   if (!stampedKey && !holdsEntries(dir)) {
     // Nothing cached at all (a first boot on this host or with a new cache): a miss without
     // hashing the bzImage now; the key is computed when the entry is saved (a VMM saves
@@ -764,7 +764,7 @@ async function lookupAsync(
   }
   const key = stampedKey ?? await sha256HexAsync(image);
   step(stampedKey ? "key remembered" : "key");
-  if (!stampedKey && options.map) rememberImageKey(dir, options.imageInfo, key);
+  if (!stampedKey) rememberImageKey(dir, options.imageInfo, key);
   const path = entryPath(dir, key);
   if (!untrustedReason(path, "file") && !untrustedReason(checkPath(path), "file")) {
     if (options.direct) {
@@ -1048,16 +1048,17 @@ async function extractForCache(
       } catch (e) {
         return `cannot write ${path ?? dir}: ${e instanceof Error ? e.message : String(e)}`;
       }
-      if (key && options.map) rememberImageKey(dir, options.imageInfo, key);
+      if (key) rememberImageKey(dir, options.imageInfo, key);
       phase(`kernel cache written (${ms(start)}${key ? ", with the bzImage's SHA-256" : ""})`);
       return undefined;
     })();
   const pending: PendingCachedVmlinux = {
-    ...result(vmlinux, "extracted", { ...how, ...path ? { path } : {} }),
+    ...result(vmlinux, "extracted", { ...how, path }),
     save,
   };
   return pending;
 }
+
 /**
  * {@linkcode cachedVmlinux} for a VMM that has other work to do meanwhile:
  * the lookup's hashes and liblzma's decoding run on Deno's blocking threads

@@ -83,10 +83,7 @@ const LOCAL_BUILD = new URL("../../native/build/libkvm_shim.so", import.meta.url
 export const CC_FLAGS = ["-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror"];
 
 /** The shim's symbols, once loaded (with `lazySymbols`, some bound on first use). */
-let loaded: {
-  symbols: NativeSymbols;
-  libraries: Deno.DynamicLibrary<Deno.ForeignLibraryInterface>[];
-} | undefined;
+let loaded: NativeSymbols | undefined;
 
 /**
  * The loaded shim, loading it synchronously on first use: from the local
@@ -94,7 +91,7 @@ let loaded: {
  * thread blocks for the compile, about a second, once per shim version).
  */
 export function native(): NativeSymbols {
-  if (loaded) return loaded.symbols;
+  if (loaded) return loaded;
   checkPlatform();
   const explicit = envPath();
   if (explicit) return open(explicit);
@@ -190,11 +187,10 @@ function open(path: string, lazy = false): NativeSymbols {
         "rebuild it (`deno task build`)",
     );
   }
-  const libraries = [core];
   if (!lazy) {
-    loaded = { symbols: core.symbols as NativeSymbols, libraries };
+    loaded = core.symbols as NativeSymbols;
     nativePath = path;
-    return loaded.symbols;
+    return loaded;
   }
   const table: Record<string, unknown> = { ...core.symbols };
   // The other groups are accessors that bind their group on first use, then return the bound
@@ -206,19 +202,15 @@ function open(path: string, lazy = false): NativeSymbols {
       Object.defineProperty(table, name, {
         enumerable: true,
         get() {
-          if (!bound) {
-            const library = bind(path, group);
-            libraries.push(library);
-            bound = library.symbols;
-          }
+          bound ??= bind(path, group).symbols;
           return bound[name];
         },
       });
     }
   }
-  loaded = { symbols: table as NativeSymbols, libraries };
+  loaded = table as NativeSymbols;
   nativePath = path;
-  return loaded.symbols;
+  return loaded;
 }
 
 function checkPlatform(): void {

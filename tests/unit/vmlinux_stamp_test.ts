@@ -4,7 +4,7 @@
 // sets the change time) makes the next lookup hash it again. A flipped bit is still never run.
 
 import { deepStrictEqual, notStrictEqual, ok, strictEqual } from "node:assert/strict";
-import { fileStamp, STAMP_SETTLED_MS } from "../../src/cache_dir.ts";
+import { fileStamp, sha256HexAsync, STAMP_SETTLED_MS } from "../../src/cache_dir.ts";
 import { readImageFileWithInfo } from "../../src/boot/read_image.ts";
 import { cachedVmlinuxAsync, lookupVmlinuxAsync } from "../../src/boot/vmlinux.ts";
 import { tinyBzImage } from "../fuzz/samples.ts";
@@ -134,11 +134,7 @@ Deno.test("vmlinux cache: an empty cache is a miss without hashing; the key is c
     const extracted = await lookup.extract();
     strictEqual(extracted.path, undefined, "no key yet");
     strictEqual(await extracted.save(), undefined, "written");
-    const key = Array.from(
-      new Uint8Array(await crypto.subtle.digest("SHA-256", image)),
-      (b) => b.toString(16).padStart(2, "0"),
-    ).join("");
-    strictEqual(extracted.path, `${dir}/vmlinux-${key}.elf`);
+    strictEqual(extracted.path, `${dir}/vmlinux-${await sha256HexAsync(image)}.elf`);
     ok(/kernel cache written .*with the bzImage's SHA-256/.test(phases.at(-1)!), phases.at(-1));
     const again = await lookupVmlinuxAsync(image, options);
     ok(again.hit, "read back under the key computed on save");
