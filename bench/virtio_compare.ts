@@ -62,6 +62,14 @@ const ROOT = new URL("../", import.meta.url).pathname;
 const QEMU_DIR = `${ROOT}.cache/qemu-sandbox`;
 const BENCH_DIR = `${ROOT}.cache/virtio-bench`;
 const KILL_S = Number(Deno.env.get("KVM_VIRTIO_BENCH_KILL_S") ?? 1200);
+/**
+ * A guest in its measurements (after VBENCH-READY) that prints nothing for this long has stalled:
+ * its boot is killed then (its remaining figures are lost anyway), not at KILL_S.
+ */
+const QUIET_KILL_S = Number(Deno.env.get("KVM_VIRTIO_BENCH_QUIET_S") ?? 150);
+/** QEMU's guest quiet this long in its measurements: its state is read through QEMU's monitor. */
+const QEMU_PROBE_S = 40;
+const QEMU_MONITOR = "/tmp/vbench-qemu.monitor";
 const RUNS = Number(Deno.env.get("KVM_VIRTIO_BENCH_RUNS") ?? 2);
 const DISK_MIB = 128;
 const RAND_MS = 3000;
@@ -432,12 +440,113 @@ class Receiver {
   }
 }
 
+/** One thread of `pid` named `comm`: state, wait channel and CPU ns (schedstat), or undefined. */
+function threadSample(pid: number, comm: string) {
+  try {
+    for (const e of Deno.readDirSync(`/proc/${pid}/task`)) {
+      const base = `/proc/${pid}/task/${e.name}`;
+      if (Deno.readTextFileSync(`${base}/comm`).trim() !== comm) continue;
+      const stat = Deno.readTextFileSync(`${base}/stat`);
+      const read = (f: string) => {
+        try {
+          return Deno.readTextFileSync(`${base}/${f}`).trim();
+        } catch {
+          return "?";
+        }
+      };
+      return {
+        tid: e.name,
+        state: stat.slice(stat.lastIndexOf(")") + 2).split(" ")[0],
+        wchan: read("wchan"),
+        runNs: Number(read("schedstat").split(" ")[0]),
+      };
+    }
+  } catch {
+    // Gone.
+  }
+  return undefined;
+}
+
+/** KVM's debugfs counters of `pid`'s VM (summed over its vCPUs); empty without debugfs. */
+function kvmStats(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  try {
+    const dir = [...Deno.readDirSync("/sys/kernel/debug/kvm")].find((e) =>
+      e.name.startsWith(`${pid}-`)
+    );
+    if (!dir) return out;
+    for (const k of ["exits", "halt_exits", "halt_wakeup", "irq_injections", "irq_window_exits"]) {
+      out.set(k, Number(Deno.readTextFileSync(`/sys/kernel/debug/kvm/${dir.name}/${k}`).trim()));
+    }
+  } catch {
+    // No debugfs.
+  }
+  return out;
+}
+
+/**
+ * QEMU's guest has stalled: where its interrupts stand, as QEMU's monitor shows them (registers,
+ * local APIC, interrupt controllers; reading them kicks the vCPU out of KVM_RUN, as our stall
+ * report does), and its vCPU thread and KVM counters over half a second before that.
+ */
+async function probeQemu(pid: number, socket: string): Promise<string[]> {
+  const lines: string[] = [];
+  const a = threadSample(pid, "CPU 0/KVM");
+  const ka = kvmStats(pid);
+  await new Promise((r) => setTimeout(r, 500));
+  const b = threadSample(pid, "CPU 0/KVM");
+  const kb = kvmStats(pid);
+  if (a && b) {
+    lines.push(
+      `qemu vCPU thread ${a.tid}: ${a.state}/${b.state} wchan ${a.wchan}/${b.wchan}; on CPU ${
+        ((b.runNs - a.runNs) / 1e6).toFixed(1)
+      } ms of 500`,
+    );
+  }
+  if (kb.size > 0) {
+    lines.push(
+      `qemu KVM over 500 ms: ${[...kb].map(([k, v]) => `${k} +${v - (ka.get(k) ?? 0)}`).join(" ")}`,
+    );
+  }
+  try {
+    const conn = await Deno.connect({ transport: "unix", path: socket });
+    await conn.write(new TextEncoder().encode("info registers\ninfo lapic\ninfo pic\n"));
+    let text = "";
+    const buf = new Uint8Array(65536);
+    const deadline = performance.now() + 4000;
+    while (performance.now() < deadline) {
+      const n = await Promise.race([
+        conn.read(buf),
+        new Promise<null>((r) => setTimeout(() => r(null), 500)),
+      ]);
+      if (n === null) {
+        if (text.includes("info pic") && /\(qemu\) $/.test(text.trimEnd() + " ")) break;
+        continue;
+      }
+      text += new TextDecoder().decode(buf.subarray(0, n));
+    }
+    conn.close();
+    // QEMU's monitor echoes with terminal escapes; keep the lines that matter.
+    // deno-lint-ignore no-control-regex
+    const clean = text.replace(/\x1b\[[0-9;]*[A-Za-z]/g, "").split(/\r?\n/);
+    lines.push(
+      ...clean.filter((l) =>
+        /RIP=|EFL=|HLT=|IRR|ISR|TPR|PPR|SVR|LVT|ioapic|pin ?\d|pic|irr|imr|isr/i.test(l)
+      ).map((l) => `qemu monitor: ${l.trim()}`).slice(0, 60),
+    );
+  } catch (e) {
+    lines.push(`qemu monitor: ${(e as Error).message}`);
+  }
+  return lines;
+}
+
 async function boot(
   name: string,
   cmd: string,
   args: string[],
   env: Record<string, string>,
   receiver: Receiver,
+  monitor?: string,
 ): Promise<Figures> {
   const t0 = performance.now();
   const child = new Deno.Command(cmd, {
@@ -466,11 +575,34 @@ async function boot(
   receiver.onStream = () => samples.push(cpuSample([child.pid, Deno.pid]));
   const stderr = new Response(child.stderr).text();
   let text = "";
+  let lastOutput = performance.now();
+  let probed = false;
+  let quietKilled = false;
+  const probes: Promise<string[]>[] = [];
+  // A guest quiet in its measurements has stalled: QEMU's is probed through its monitor (ours
+  // reports itself on stderr), then the boot is killed.
+  const watch = setInterval(() => {
+    if (!text.includes("VBENCH-READY")) return;
+    const quiet = (performance.now() - lastOutput) / 1000;
+    if (monitor && !probed && quiet > QEMU_PROBE_S) {
+      probed = true;
+      probes.push(probeQemu(child.pid, monitor));
+    }
+    if (quiet > QUIET_KILL_S && !quietKilled) {
+      quietKilled = true;
+      child.kill("SIGKILL");
+    }
+  }, 1000);
   const decoder = new TextDecoder();
-  for await (const chunk of child.stdout) text += decoder.decode(chunk, { stream: true });
+  for await (const chunk of child.stdout) {
+    text += decoder.decode(chunk, { stream: true });
+    lastOutput = performance.now();
+  }
   const status = await child.status;
   clearTimeout(timer);
   clearInterval(poll);
+  clearInterval(watch);
+  const probeLines = (await Promise.all(probes)).flat();
   const seconds = (performance.now() - t0) / 1000;
   const errors = await stderr;
   // The guest closed its end before powering off; the last bytes may still be on their way.
@@ -490,8 +622,11 @@ async function boot(
         l.trim()
       ),
       ...(samples.length >= 2 ? [`VBENCH-CPU stream: ${cpuReport(samples[0], samples[1])}`] : []),
-      // The device thread's reports (an interrupt left unacknowledged), finished boot or not.
-      ...errors.split("\n").filter((l) => /^virtio /.test(l)).slice(0, 10),
+      // The device thread's reports (an interrupt left unacknowledged: where it went), finished
+      // boot or not, and QEMU's state read through its monitor when its guest went quiet.
+      ...errors.split("\n").filter((l) => /^virtio /.test(l)).slice(0, 40),
+      ...probeLines,
+      ...(quietKilled ? [`killed after ${QUIET_KILL_S} s without guest output`] : []),
     ],
     iops: num(/VBENCH-RESULT rand .*IOPS=([\d.]+)/),
     latencyUs: num(/VBENCH-RESULT rand .*latency_us=([\d.]+)/),
@@ -537,6 +672,15 @@ async function main(): Promise<void> {
   }
   if (!exists("/dev/net/tun") && exists(`${BENCH_DIR}/tun.ko`)) {
     new Deno.Command("insmod", { args: [`${BENCH_DIR}/tun.ko`], stderr: "null" }).outputSync();
+  }
+  // KVM's counters (exits, halts, injections) for the stall reports of both VMMs, where debugfs
+  // can be mounted (the sandbox runs as root); best effort.
+  if (!exists("/sys/kernel/debug/kvm")) {
+    new Deno.Command("mount", {
+      args: ["-t", "debugfs", "debugfs", "/sys/kernel/debug"],
+      stderr: "null",
+    })
+      .outputSync();
   }
   // The disk: DISK_MIB of a repeated random MiB (not sparse, not zeros) in the page cache.
   const disk = await Deno.makeTempFile({ suffix: ".img" });
@@ -593,6 +737,8 @@ async function main(): Promise<void> {
     // No option ROM (the bundle carries no efi-virtio.rom; a -kernel boot needs none).
     "-device",
     "virtio-net-pci,netdev=n0,romfile=",
+    "-monitor",
+    `unix:${QEMU_MONITOR},server=on,wait=off`,
   ];
   const all: [string, string, string[]][] = [
     ["deno-kvm (virtio-mmio)", Deno.execPath(), ours],
@@ -607,7 +753,15 @@ async function main(): Promise<void> {
       // Alternate which goes first, so neither always meets the warmer host.
       const order = i % 2 === 0 ? ways : [...ways].reverse();
       for (const [name, cmd, args] of order) {
-        const f = await boot(name, cmd, args, name.startsWith("qemu") ? {} : env, receiver);
+        const isQemu = name.startsWith("qemu");
+        const f = await boot(
+          name,
+          cmd,
+          args,
+          isQemu ? {} : env,
+          receiver,
+          isQemu ? QEMU_MONITOR : undefined,
+        );
         console.log(
           `round ${i + 1}, ${name}: seq ${f.seq.join("/")} MB/s; dd: ${f.dd}; ` +
             `rand ${f.iops} IOPS (${f.latencyUs} us); net host ${f.netHost.toFixed(1)} ` +

@@ -373,7 +373,7 @@ export class LinuxMachine {
             size: s.memorySize,
           }));
           handedOver = true; // the runtime owns the tap fds now, whatever happens
-          runtime = VirtioRuntime.start(machine.vm, ram, placements);
+          runtime = VirtioRuntime.start(machine.vm, ram, placements, { vcpu: bsp });
           for (const d of runtime.devices) {
             machine.mmio.insert(d.address, VIRTIO_MMIO_SIZE, d.transport);
           }
@@ -426,9 +426,18 @@ export class LinuxMachine {
         poll?.();
       }
       : poll;
+    // The device thread's stall report asks vCPU 0's state through a kick (virtio/stall.ts).
+    const runtime = this.virtio;
+    const bsp = this.vcpus[0];
+    const afterExit = runtime
+      ? () => {
+        runtime.answerStallProbe(bsp);
+        drain?.();
+      }
+      : drain;
     try {
       // No debug-exit device here: the exit is one of MachineExitReason's.
-      const exit = await this.#machine.run({ ...options, poll: drain }) as MachineExit;
+      const exit = await this.#machine.run({ ...options, poll: afterExit }) as MachineExit;
       if (this.virtio && this.virtio.errors.length > 0 && exit.reason === "error") {
         exit.detail = `${exit.detail ?? ""}\n${this.virtio.errors.join("\n")}`;
       }

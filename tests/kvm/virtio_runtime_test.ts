@@ -4,11 +4,16 @@
 // device Worker wakes, reads the request from guest RAM, fills the buffer
 // from the image file, returns it on the used ring and raises the irqfd.
 // The driver's side (queue setup) is done from here through the transport,
-// as a vCPU's MMIO exits would.
+// as a vCPU's MMIO exits would. A second test leaves that interrupt
+// unacknowledged, with the guest halted and its interrupts off: the device
+// thread's stall report must find the vector in the LAPIC's IRR and say so.
 
-import { deepStrictEqual, strictEqual } from "node:assert/strict";
+import { deepStrictEqual, match, ok, strictEqual } from "node:assert/strict";
+import { encodeRedirection, KVM_IRQCHIP_IOAPIC } from "../../src/abi/irqchip.ts";
+import { ApicReg } from "../../src/abi/lapic.ts";
 import { MmioReg, Status } from "../../src/devices/virtio/constants.ts";
 import { VirtioRuntime } from "../../src/devices/virtio/runtime.ts";
+import type { Vm } from "../../src/kvm/vm.ts";
 import { featureTest, lacksCap } from "./kvm_features.ts";
 import { guest } from "./vm_guest.ts";
 
@@ -29,6 +34,55 @@ const KICK = [
   [0xe6, 0x10],                   // out 0x10, al               ; the guest's only exit
   [0xf4],                         // hlt
 ];
+
+/**
+ * The driver's side through the transport: VERSION_1, one queue of 8,
+ * DRIVER_OK, and one request (read sector 5) in descriptors 0-2, not yet kicked.
+ */
+function driveRequest(runtime: VirtioRuntime, bytes: Uint8Array) {
+  const t = runtime.devices[0].transport;
+  const reg = new Uint8Array(4);
+  const w32 = (offset: number, value: number) => {
+    new DataView(reg.buffer).setUint32(0, value, true);
+    t.write(offset, reg);
+  };
+  const r32 = (offset: number) => {
+    t.read(offset, reg);
+    return new DataView(reg.buffer).getUint32(0, true);
+  };
+  strictEqual(r32(MmioReg.DEVICE_ID), 2);
+  // The driver's setup: features (VERSION_1 only), one queue of 8, DRIVER_OK.
+  w32(MmioReg.STATUS, Status.ACKNOWLEDGE | Status.DRIVER);
+  w32(MmioReg.DRIVER_FEATURES_SEL, 1);
+  w32(MmioReg.DRIVER_FEATURES, 1);
+  w32(MmioReg.STATUS, Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK);
+  w32(MmioReg.QUEUE_NUM, 8);
+  w32(MmioReg.QUEUE_DESC_LOW, DESC);
+  w32(MmioReg.QUEUE_DRIVER_LOW, AVAIL);
+  w32(MmioReg.QUEUE_DEVICE_LOW, USED);
+  w32(MmioReg.QUEUE_READY, 1);
+  w32(
+    MmioReg.STATUS,
+    Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK,
+  );
+  // One request: read sector 5 (header, 512-byte buffer, status byte) in descriptors 0-2.
+  const ram = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  ram.setUint32(HEADER, 0, true); // VIRTIO_BLK_T_IN
+  ram.setBigUint64(HEADER + 8, 5n, true);
+  const desc = (i: number, addr: number, len: number, flags: number, next: number) => {
+    ram.setBigUint64(DESC + 16 * i, BigInt(addr), true);
+    ram.setUint32(DESC + 16 * i + 8, len, true);
+    ram.setUint16(DESC + 16 * i + 12, flags, true);
+    ram.setUint16(DESC + 16 * i + 14, next, true);
+  };
+  desc(0, HEADER, 16, 1, 1);
+  desc(1, DATA, 512, 3, 2);
+  desc(2, STATUS_BYTE, 1, 2, 0);
+  bytes[STATUS_BYTE] = 0xff;
+  ram.setUint16(AVAIL + 4, 0, true); // ring[0] = head 0
+  ram.setUint16(AVAIL + 2, 1, true); // idx 1
+  return { ram, r32, w32 };
+}
 
 async function until(condition: () => boolean, what: string): Promise<void> {
   const deadline = performance.now() + 90_000; // the Worker loads (and is type-checked under deno test) first
@@ -55,48 +109,7 @@ featureTest(
       [{ spec: { kind: "block", path }, address: WINDOW, gsi: 16 }],
     );
     try {
-      const t = runtime.devices[0].transport;
-      const reg = new Uint8Array(4);
-      const w32 = (offset: number, value: number) => {
-        new DataView(reg.buffer).setUint32(0, value, true);
-        t.write(offset, reg);
-      };
-      const r32 = (offset: number) => {
-        t.read(offset, reg);
-        return new DataView(reg.buffer).getUint32(0, true);
-      };
-      strictEqual(r32(MmioReg.DEVICE_ID), 2);
-      // The driver's setup: features (VERSION_1 only), one queue of 8, DRIVER_OK.
-      w32(MmioReg.STATUS, Status.ACKNOWLEDGE | Status.DRIVER);
-      w32(MmioReg.DRIVER_FEATURES_SEL, 1);
-      w32(MmioReg.DRIVER_FEATURES, 1);
-      w32(MmioReg.STATUS, Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK);
-      w32(MmioReg.QUEUE_NUM, 8);
-      w32(MmioReg.QUEUE_DESC_LOW, DESC);
-      w32(MmioReg.QUEUE_DRIVER_LOW, AVAIL);
-      w32(MmioReg.QUEUE_DEVICE_LOW, USED);
-      w32(MmioReg.QUEUE_READY, 1);
-      w32(
-        MmioReg.STATUS,
-        Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK,
-      );
-      // One request: read sector 5 (header, 512-byte buffer, status byte) in descriptors 0-2.
-      const ram = new DataView(slot.bytes.buffer, slot.bytes.byteOffset, slot.bytes.byteLength);
-      ram.setUint32(HEADER, 0, true); // VIRTIO_BLK_T_IN
-      ram.setBigUint64(HEADER + 8, 5n, true);
-      const desc = (i: number, addr: number, len: number, flags: number, next: number) => {
-        ram.setBigUint64(DESC + 16 * i, BigInt(addr), true);
-        ram.setUint32(DESC + 16 * i + 8, len, true);
-        ram.setUint16(DESC + 16 * i + 12, flags, true);
-        ram.setUint16(DESC + 16 * i + 14, next, true);
-      };
-      desc(0, HEADER, 16, 1, 1);
-      desc(1, DATA, 512, 3, 2);
-      desc(2, STATUS_BYTE, 1, 2, 0);
-      slot.bytes[STATUS_BYTE] = 0xff;
-      ram.setUint16(AVAIL + 4, 0, true); // ring[0] = head 0
-      ram.setUint16(AVAIL + 2, 1, true); // idx 1
-
+      const { ram, r32, w32 } = driveRequest(runtime, slot.bytes);
       const exit = vcpu.run();
       strictEqual(exit.reason, "io", "the kick did not exit: the next exit is the OUT");
       await until(() => ram.getUint16(USED + 2, true) === 1, "the used ring");
@@ -112,6 +125,73 @@ featureTest(
       strictEqual(r32(MmioReg.STATUS), 0);
       strictEqual(r32(MmioReg.QUEUE_READY), 0);
       strictEqual(r32(MmioReg.INTERRUPT_STATUS), 0);
+      strictEqual(runtime.errors.length, 0);
+    } finally {
+      runtime.stop();
+      Deno.removeSync(path);
+    }
+  },
+);
+
+const VECTOR = 0x22;
+
+featureTest(
+  "virtio stall report: an interrupt left unacknowledged is found in the LAPIC's IRR, IF 0",
+  lacksCap("IOEVENTFD") ?? lacksCap("IRQFD") ?? lacksCap("IRQCHIP"),
+  async () => {
+    const path = Deno.makeTempFileSync({ suffix: ".img" });
+    Deno.writeFileSync(path, new Uint8Array(8 * 512));
+    // GSI 16 unmasked, edge, vector 0x22 to APIC 0; the guest kicks, exits, then halts with
+    // interrupts off (real mode, RFLAGS 2): the edge reaches the IRR and stays there.
+    const openPin = (vm: Vm) => {
+      const chip = vm.getIrqchip(KVM_IRQCHIP_IOAPIC);
+      chip.ioapic.redirtbl[16] = encodeRedirection({ vector: VECTOR });
+      vm.setIrqchip(chip);
+    };
+    using g = guest(KICK, { irqchip: true, ramSize: 0x40000, setup: openPin });
+    const { vm, vcpu } = g;
+    const lapic = vcpu.getLapic();
+    lapic.spuriousVector = 0x1ff; // software-enabled: a disabled APIC drops fixed interrupts
+    vcpu.setLapic(lapic);
+    strictEqual(vcpu.getLapic().read(ApicReg.SPIV) & 0x100, 0x100);
+    const slot = vm.memorySlots.get(0)!;
+    const runtime = VirtioRuntime.start(
+      vm,
+      [{ gpa: 0, hostAddress: slot.userspaceAddr, size: slot.memorySize }],
+      [{ spec: { kind: "block", path }, address: WINDOW, gsi: 16 }],
+      { vcpu: vcpu.kickTarget },
+    );
+    try {
+      const { ram, r32 } = driveRequest(runtime, slot.bytes);
+      strictEqual(vcpu.run().reason, "io", "the kick, then the OUT");
+      await until(() => ram.getUint16(USED + 2, true) === 1, "the used ring");
+      strictEqual(r32(MmioReg.INTERRUPT_STATUS), 1);
+      // The guest halts for good; the device thread's probe kicks it out of KVM_RUN after about
+      // 2 s of the unacknowledged status, and this loop answers (as LinuxMachine.run does).
+      vcpu.setWatchdog(60_000);
+      try {
+        for (;;) {
+          const exit = vcpu.run();
+          runtime.answerStallProbe(vcpu);
+          if (exit.reason === "interrupted") break;
+        }
+      } finally {
+        vcpu.setWatchdog(null);
+      }
+      await until(() => runtime.stallReports.some((l) => l.includes("verdict")), "the report");
+      const report = runtime.stallReports.join("\n");
+      match(report, /virtio block: interrupt status 1 unacknowledged for 2 s: raised again/);
+      match(
+        report,
+        /virtio block: IOAPIC pin 16: vector 0x22 edge active-high unmasked remote-IRR 0 .*dest 0x00 physical/,
+      );
+      match(report, /virtio block: vCPU 0 thread \d+: /);
+      const cpu = /virtio block: vCPU 0: RIP .* \(IF 0\) mp-state (\S+) .*IRR \[([^\]]*)\]/.exec(
+        report,
+      );
+      ok(cpu, `no vCPU line in:\n${report}`);
+      ok(cpu[2].split(" ").includes("0x22"), `vector 0x22 pending in the IRR:\n${report}`);
+      match(report, /verdict: pending in the LAPIC \(IRR\), the guest runs with interrupts off/);
       strictEqual(runtime.errors.length, 0);
     } finally {
       runtime.stop();

@@ -162,6 +162,7 @@ export class VirtioMmioTransport implements BusDevice {
         return;
       case MmioReg.INTERRUPT_ACK:
         Atomics.and(s, Word.INTERRUPT, ~value);
+        Atomics.add(s, Word.ACKS, 1);
         return;
       case MmioReg.STATUS:
         this.#writeStatus(value);

@@ -14,13 +14,16 @@
 import { Errno, KvmError } from "../../errors.ts";
 import { native } from "../../ffi/library.ts";
 import { EventFd } from "../../kvm/event_fd.ts";
+import type { KickTarget } from "../../kvm/kick.ts";
+import type { Vcpu } from "../../kvm/vcpu.ts";
 import type { Vm } from "../../kvm/vm.ts";
 import { MmioReg, VIRTIO_MMIO_SIZE } from "./constants.ts";
 import type { VirtioDeviceSpec, VirtioFront } from "./device.ts";
 import { VirtioMmioTransport } from "./mmio.ts";
 import { frontOf } from "./specs.ts";
 import { createDeviceState, Word } from "./state.ts";
-import { Control, type VirtioWorkerStart } from "./worker.ts";
+import { answerVcpuSnapshot, SNAP_WORDS } from "./stall.ts";
+import { Control, type VirtioWorkerReport, type VirtioWorkerStart } from "./worker.ts";
 
 /** One virtio device of a machine, where it sits. */
 export interface VirtioPlacement {
@@ -38,6 +41,17 @@ export interface VirtioSlot extends VirtioPlacement {
   front: VirtioFront;
   /** The window, to insert on the MMIO bus at `address` for {@linkcode VIRTIO_MMIO_SIZE} bytes. */
   transport: VirtioMmioTransport;
+}
+
+/** Options of {@linkcode VirtioRuntime.start}. */
+export interface VirtioRuntimeOptions {
+  /**
+   * vCPU 0's kick target. With it, an interrupt left unacknowledged is
+   * reported with vCPU 0's interrupt state: the device thread kicks it and
+   * its run loop answers by calling {@linkcode VirtioRuntime.answerStallProbe}
+   * after every exit (see `stall.ts`).
+   */
+  vcpu?: KickTarget;
 }
 
 /** How long a reset or a stop waits for the device thread. */
@@ -62,6 +76,13 @@ export class VirtioRuntime {
   readonly devices: readonly VirtioSlot[];
   /** Errors the device thread reported (read after the run). */
   readonly errors: string[] = [];
+  /**
+   * The device thread's stall reports (an interrupt left unacknowledged:
+   * where it went, `stall.ts`), line by line, as they arrive on this
+   * thread's event loop; each line is also written to stderr.
+   */
+  readonly stallReports: string[] = [];
+  #snapshot = new Int32Array(new SharedArrayBuffer(4 * SNAP_WORDS));
   #control = new Int32Array(new SharedArrayBuffer(16));
   #wake: EventFd;
   #irqs: EventFd[] = [];
@@ -92,6 +113,7 @@ export class VirtioRuntime {
     vm: Vm,
     ram: readonly { gpa: number; hostAddress: bigint; size: number }[],
     placements: readonly VirtioPlacement[],
+    options: VirtioRuntimeOptions = {},
   ): VirtioRuntime {
     let fronts: VirtioFront[];
     let wake: EventFd;
@@ -128,6 +150,9 @@ export class VirtioRuntime {
         event.preventDefault();
         runtime.errors.push(`virtio device thread: ${event.message}`);
       };
+      worker.onmessage = (event: MessageEvent<VirtioWorkerReport>) => {
+        runtime.stallReports.push(...event.data.stall);
+      };
       const start: VirtioWorkerStart = {
         control: runtime.#control.buffer as SharedArrayBuffer,
         wakeFd: wake.unsafeFd,
@@ -137,7 +162,11 @@ export class VirtioRuntime {
           front: s.front,
           state: states[i].buffer as SharedArrayBuffer,
           irqFd: runtime.#irqs[i].unsafeFd,
+          gsi: s.gsi,
         })),
+        vmFd: vm.unsafeFd,
+        vcpu: options.vcpu,
+        snapshot: options.vcpu && runtime.#snapshot.buffer as SharedArrayBuffer,
       };
       worker.postMessage(start);
       return runtime;
@@ -150,6 +179,15 @@ export class VirtioRuntime {
   /** Wakes the device thread to look at every queue (after host input, for example). */
   wake(): void {
     if (this.#worker) this.#wake.write(1n);
+  }
+
+  /**
+   * Answers the device thread's request for vCPU 0's interrupt state, if one
+   * is pending (two atomic loads otherwise): call it on vCPU 0's thread after
+   * each of its exits (it makes vCPU ioctls). Needs `options.vcpu` at start.
+   */
+  answerStallProbe(vcpu: Vcpu): void {
+    answerVcpuSnapshot(this.#snapshot, vcpu);
   }
 
   /** Whether the device thread has started serving. */

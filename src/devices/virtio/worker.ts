@@ -24,6 +24,8 @@ import { type RunnerDevice, VirtioRunner } from "./runner.ts";
 import { createBackend } from "./specs.ts";
 import type { NetBackend } from "./net.ts";
 import { Word } from "./state.ts";
+import { probeStall } from "./stall.ts";
+import type { KickTarget } from "../../kvm/kick.ts";
 
 /** Word offsets of the runtime's control block. */
 export const Control = {
@@ -51,11 +53,25 @@ export interface VirtioWorkerStart {
     front: VirtioFront;
     state: SharedArrayBuffer;
     irqFd: number;
+    /** The IOAPIC input of its interrupt. */
+    gsi: number;
   }[];
+  /** The VM's fd: its IOAPIC is read when an interrupt stays unacknowledged. */
+  vmFd: number;
+  /** vCPU 0, kicked for a snapshot of its interrupt state then (see `stall.ts`). */
+  vcpu?: KickTarget;
+  /** The snapshot block vCPU 0's run loop answers in. */
+  snapshot?: SharedArrayBuffer;
+}
+
+/** A message of the device thread to the runtime: a stall report's lines. */
+export interface VirtioWorkerReport {
+  stall: string[];
 }
 
 interface WorkerScope {
   onmessage: ((event: MessageEvent<VirtioWorkerStart>) => void) | null;
+  postMessage(message: VirtioWorkerReport): void;
 }
 const scope = globalThis as unknown as WorkerScope;
 const POLLIN = 1;
@@ -64,6 +80,8 @@ const POLLIN = 1;
  * driver left unacknowledged (see below).
  */
 const WATCH_MS = 1000;
+/** How long a stall report waits, after its kick of vCPU 0, for the driver to acknowledge. */
+const AFTER_KICK_MS = 300;
 
 function serve(msg: VirtioWorkerStart): void {
   const control = new Int32Array(msg.control);
@@ -84,6 +102,12 @@ function serve(msg: VirtioWorkerStart): void {
       onError: (message) => console.error(`virtio ${d.spec.kind}: driver error: ${message}`),
     }));
     runner = new VirtioRunner(memory, devices);
+    // Each line on stderr (prefixed, for users and the benchmark) and to the runtime.
+    const report = (i: number, lines: string[]) => {
+      const named = lines.map((l) => `virtio ${msg.devices[i].spec.kind}: ${l}`);
+      for (const l of named) console.error(l);
+      scope.postMessage({ stall: named });
+    };
     Atomics.store(control, Control.STARTED, 1);
     Atomics.notify(control, Control.STARTED);
     const counter = new BigUint64Array(1);
@@ -92,6 +116,11 @@ function serve(msg: VirtioWorkerStart): void {
     // interrupt is raised again (harmless when late: the handler reads the status and the rings)
     // and reported once per device, so a stalled guest says why.
     const unacked = new Int32Array(devices.length);
+    // After a report: the ACK count then, until the driver acknowledges (-1: not watched).
+    const watching = new Int32Array(devices.length).fill(-1);
+    const watchedSince = new Float64Array(devices.length);
+    const snapshot = msg.snapshot && new Int32Array(msg.snapshot);
+    const nap = new Int32Array(new SharedArrayBuffer(4));
     // struct pollfd { int fd; short events; short revents; } for the eventfd and each tap:
     // a frame arriving on a tap wakes the thread like a kick.
     const nets = msg.devices.flatMap((d, i) =>
@@ -116,6 +145,12 @@ function serve(msg: VirtioWorkerStart): void {
       // A pass that left chains added without a kick (EVENT_IDX) only looks at the fds.
       const p = lib.kvm_poll(pollfds, fds.length, runner.pending ? 0 : WATCH_MS);
       if (p < 0 && p !== -Errno.EINTR) throw new Error(`poll: errno ${-p}`);
+      for (let i = 0; i < devices.length; i++) {
+        if (watching[i] < 0 || Atomics.load(devices[i].state, Word.ACKS) === watching[i]) continue;
+        watching[i] = -1;
+        const s = ((performance.now() - watchedSince[i]) / 1000).toFixed(1);
+        report(i, [`the driver acknowledged ${s} s after the report`]);
+      }
       if (p === 0 && !runner.pending) {
         for (let i = 0; i < devices.length; i++) {
           const status = Atomics.load(devices[i].state, Word.INTERRUPT);
@@ -125,11 +160,29 @@ function serve(msg: VirtioWorkerStart): void {
           }
           if (++unacked[i] < 2) continue;
           if (unacked[i] === 2) {
-            console.error(
-              `virtio ${msg.devices[i].spec.kind}: interrupt status ${status} unacknowledged for ${
-                2 * WATCH_MS / 1000
-              } s: raised again`,
+            // Where the interrupt went, looked at before it is raised again (see stall.ts). The
+            // probe kicks vCPU 0: a guest that acknowledges now, with no new edge, was not woken.
+            const acks = Atomics.load(devices[i].state, Word.ACKS);
+            const lines = probeStall(
+              { vmFd: msg.vmFd, vcpu: msg.vcpu, snapshot },
+              msg.devices[i].gsi,
             );
+            Atomics.wait(nap, 0, 0, AFTER_KICK_MS);
+            const acked = Atomics.load(devices[i].state, Word.ACKS) !== acks;
+            report(i, [
+              `interrupt status ${status} unacknowledged for ${2 * WATCH_MS / 1000} s: ${
+                acked
+                  ? `acknowledged within ${AFTER_KICK_MS} ms of the probe's kick, before a new edge`
+                  : "raised again"
+              }`,
+              ...lines,
+            ]);
+            if (acked) {
+              unacked[i] = 0;
+              continue;
+            }
+            watching[i] = acks;
+            watchedSince[i] = performance.now();
           }
           devices[i].interrupt();
         }
