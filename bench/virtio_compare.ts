@@ -29,6 +29,15 @@
  * prints each thread's CPU time over the stream, of the VMM and of itself
  * (`VBENCH-CPU`, from `/proc`).
  *
+ * When a guest stalls: ours writes the device thread's stall report (where the
+ * unacknowledged interrupt went: IOAPIC pin, vCPU thread, LAPIC, RIP/RFLAGS,
+ * a verdict; src/devices/virtio/stall.ts) to stderr, printed under the round;
+ * QEMU's guest, quiet for 40 s, is read through QEMU's monitor (`info
+ * registers`, `info lapic`, `info pic`) with its vCPU thread and KVM's debugfs
+ * counters. A guest quiet for `KVM_VIRTIO_BENCH_QUIET_S` in its measurements
+ * is killed. Finished boots leave the kernel's text symbols on the disk, which
+ * name the reports' RIPs at the end (right with `KVM_VIRTIO_BENCH_APPEND=nokaslr`).
+ *
  * Both VMMs get 1 vCPU (a nested SMP boot of QEMU hangs in the sandbox now and
  * then, bench/RESULTS.md, issue 17) and 256 MiB. The command lines differ in
  * one word: ours boots with `pci=off` (it has no PCI bus), QEMU's without (its
@@ -72,6 +81,8 @@ const QEMU_PROBE_S = 40;
 const QEMU_MONITOR = "/tmp/vbench-qemu.monitor";
 const RUNS = Number(Deno.env.get("KVM_VIRTIO_BENCH_RUNS") ?? 2);
 const DISK_MIB = 128;
+/** Where on the disk the guest leaves its kernel's symbols (see INIT). */
+const KALLSYMS_MIB = 96;
 const RAND_MS = 3000;
 const NET_MS = 4000;
 const PORT = 5201;
@@ -240,6 +251,10 @@ const INIT = [
   // Why a stream is slow: the guest's TCP counters (RetransSegs) and the card's negotiated features.
   "echo \"VBENCH-NETTCP $(grep Tcp: /proc/net/snmp | tail -1)\"",
   "for d in /sys/bus/virtio/devices/*; do [ \"$(cat $d/device)\" = 0x0001 ] && echo \"VBENCH-NETFEATURES $(cat $d/features)\"; done",
+  // The kernel's text symbols, to name a stalled guest's RIP (with nokaslr every boot has the same
+  // addresses): written at KALLSYMS_MIB of the disk (the reads measure speed, not content), read
+  // back from the image by this script after the boots.
+  `grep ' [tT] ' /proc/kallsyms > /ks && dd if=/ks of=/dev/vda bs=1M seek=${KALLSYMS_MIB} conv=fsync 2>/dev/null && echo "VBENCH-KALLSYMS $(wc -c < /ks)"`,
   "echo VBENCH-DONE",
   "poweroff -f",
 ].join("\n") + "\n";
@@ -582,12 +597,14 @@ async function boot(
   // A guest quiet in its measurements has stalled: QEMU's is probed through its monitor (ours
   // reports itself on stderr), then the boot is killed.
   const watch = setInterval(() => {
-    if (!text.includes("VBENCH-READY")) return;
     const quiet = (performance.now() - lastOutput) / 1000;
-    if (monitor && !probed && quiet > QEMU_PROBE_S) {
+    // QEMU's guest is probed also when it printed nothing yet (a boot that never reaches init).
+    const ready = text.includes("VBENCH-READY");
+    if (monitor && !probed && quiet > (ready ? QEMU_PROBE_S : QEMU_PROBE_S + 60)) {
       probed = true;
       probes.push(probeQemu(child.pid, monitor));
     }
+    if (!ready) return;
     if (quiet > QUIET_KILL_S && !quietKilled) {
       quietKilled = true;
       child.kill("SIGKILL");
@@ -621,6 +638,7 @@ async function boot(
       ...text.split("\n").filter((l) => /^VBENCH-(READY|PING|NET|TCPINFO)/.test(l)).map((l) =>
         l.trim()
       ),
+      ...text.split("\n").filter((l) => /^VBENCH-KALLSYMS/.test(l)).map((l) => l.trim()),
       ...(samples.length >= 2 ? [`VBENCH-CPU stream: ${cpuReport(samples[0], samples[1])}`] : []),
       // The device thread's reports (an interrupt left unacknowledged: where it went), finished
       // boot or not, and QEMU's state read through its monitor when its guest went quiet.
@@ -642,6 +660,53 @@ async function boot(
   return figures;
 }
 
+/**
+ * Names the RIPs of the stall reports (ours: `RIP 0x...`; QEMU's monitor: `RIP=...`) from the
+ * text symbols a finished boot left on the disk (VBENCH-KALLSYMS); right only with `nokaslr`.
+ */
+function symbolize(disk: string, results: Record<string, Figures[]>): void {
+  const all = Object.values(results).flat();
+  const size = Math.max(
+    -1,
+    ...all.flatMap((f) => f.notes).map((l) => Number(/VBENCH-KALLSYMS (\d+)/.exec(l)?.[1] ?? -1)),
+  );
+  const rips = [
+    ...new Set(
+      all.flatMap((f) => f.notes).flatMap((l) =>
+        [...l.matchAll(/RIP[ =](?:0x)?([0-9a-f]{16})/gi)].map((m) => BigInt(`0x${m[1]}`))
+      ),
+    ),
+  ];
+  if (size <= 0 || rips.length === 0) return;
+  const f = Deno.openSync(disk);
+  const bytes = new Uint8Array(size);
+  f.seekSync(KALLSYMS_MIB << 20, Deno.SeekMode.Start);
+  let got = 0;
+  while (got < size) {
+    const n = f.readSync(bytes.subarray(got));
+    if (n === null) break;
+    got += n;
+  }
+  f.close();
+  const syms = new TextDecoder().decode(bytes.subarray(0, got)).split("\n").flatMap((l) => {
+    const [a, , name, mod] = l.split(/\s+/);
+    return a && name ? [{ at: BigInt(`0x${a}`), name: mod ? `${name} ${mod}` : name }] : [];
+  }).sort((x, y) => (x.at < y.at ? -1 : x.at > y.at ? 1 : 0));
+  const kaslr = !(Deno.env.get("KVM_VIRTIO_BENCH_APPEND") ?? "").includes("nokaslr");
+  for (const rip of rips) {
+    let best: { at: bigint; name: string } | undefined;
+    for (const s of syms) {
+      if (s.at > rip) break;
+      best = s;
+    }
+    console.log(
+      `symbol of RIP 0x${rip.toString(16)}: ${
+        best ? `${best.name}+0x${(rip - best.at).toString(16)}` : "-"
+      }${kaslr ? " (KASLR on: only right for the boot that wrote the symbols)" : ""}`,
+    );
+  }
+}
+
 const median = (xs: number[]) => {
   const ok = xs.filter((x) => x >= 0).sort((a, b) => a - b);
   return ok.length === 0 ? -1 : ok[ok.length >> 1];
@@ -656,7 +721,10 @@ const HELP =
                                                   run it in the sandbox, see the module's doc
   --only ours|qemu   boot only one of the two (a quick look at one side)
   KVM_VIRTIO_BENCH_RUNS    rounds (default 2)
-  KVM_VIRTIO_BENCH_KILL_S  seconds before a boot is killed (default 1200)`;
+  KVM_VIRTIO_BENCH_KILL_S  seconds before a boot is killed (default 1200)
+  KVM_VIRTIO_BENCH_QUIET_S seconds without guest output, after VBENCH-READY, before a boot
+                           is killed as stalled (default 150)
+  KVM_VIRTIO_BENCH_APPEND  words added to both kernel command lines (e.g. nokaslr)`;
 
 async function main(): Promise<void> {
   if (Deno.args.includes("--help") || Deno.args.includes("-h")) return console.log(HELP);
@@ -696,7 +764,10 @@ async function main(): Promise<void> {
     }
     f.close();
   }
-  const base = "console=ttyS0 panic=-1 quiet";
+  // KVM_VIRTIO_BENCH_APPEND adds to both command lines (`nokaslr` makes a stalled guest's RIP
+  // match System.map).
+  const base = `console=ttyS0 panic=-1 quiet ${Deno.env.get("KVM_VIRTIO_BENCH_APPEND") ?? ""}`
+    .trim();
   const cache = await Deno.makeTempDir({ prefix: "virtio-bench-cache-" });
   const env: Record<string, string> = { ...carriedLiblzmaEnv(QEMU_DIR), DENO_KVM_CACHE: cache };
   const ours = [
@@ -772,6 +843,7 @@ async function main(): Promise<void> {
         results[name].push(f);
       }
     }
+    symbolize(disk, results);
   } finally {
     await receiver.close();
     await Deno.remove(disk);

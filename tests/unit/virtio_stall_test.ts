@@ -7,9 +7,11 @@ import { encodeRedirection } from "../../src/abi/irqchip.ts";
 import { KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE } from "../../src/abi/vcpu_state.ts";
 import {
   decodeSnapshot,
+  findInterruptFrames,
   formatIoapicPin,
   formatKvmStats,
   formatSnapshot,
+  formatStack,
   formatThread,
   ioapicPin,
   parseTaskStat,
@@ -42,6 +44,9 @@ function snapshot(over: Partial<VcpuSnapshot> = {}): VcpuSnapshot {
     injecting: -1,
     shadow: 0,
     nmiPending: false,
+    rsp: 0xffffc90000003f00n,
+    stackText: [],
+    frames: [],
     ...over,
   };
 }
@@ -94,6 +99,9 @@ Deno.test("stall report: the snapshot block round-trips (vectors from 8 words ea
     injecting: VECTOR,
     shadow: 1,
     nmiPending: true,
+    rsp: 0n,
+    stackText: [],
+    frames: [],
   });
   strictEqual(
     formatSnapshot(s),
@@ -130,7 +138,24 @@ Deno.test("stall report: the verdict names the stage the interrupt stopped at", 
   match(verdict({ irr: [VECTOR], shadow: 1 }), /shadow/);
   match(verdict({ irr: [VECTOR] }), /halted: not woken/);
   match(verdict({ irr: [VECTOR], mpState: KVM_MP_STATE_RUNNABLE }), /runnable: not injected/);
-  match(verdict({ isr: [VECTOR] }), /in service/);
+  strictEqual(
+    verdict({ isr: [VECTOR] }),
+    "in service (ISR): the guest took it and has not sent its EOI",
+  );
+  strictEqual(
+    verdict({
+      isr: [VECTOR],
+      rflags: 0x2,
+      mpState: KVM_MP_STATE_RUNNABLE,
+      frames: [{ rip: 0xffffffff81000010n, rflags: 0x246 }, {
+        rip: 0xffffffff81a4f739n,
+        rflags: 0x46,
+      }],
+    }),
+    "in service (ISR): the guest took it and has not sent its EOI; vCPU 0 runs with " +
+      "interrupts off (IF 0), before the EOI; its stack holds a frame interrupted with IF 0 at " +
+      "0xffffffff81a4f739 (an interrupt taken with interrupts off, or an exception there)",
+  );
   match(verdict({ irr: [0x30], isr: [0x31] }), /neither IRR nor ISR/);
 });
 
@@ -173,4 +198,40 @@ Deno.test("stall report: /proc task lines and KVM counters", () => {
     "KVM over 500 ms: exits +5 halt_exits +0",
   );
   strictEqual(formatKvmStats(new Map(), new Map(), 500), "");
+});
+
+Deno.test("stall report: interrupt frames and kernel text on the stack", () => {
+  const rip = 0xffffffff81a4f739n;
+  // ... a return address, then a frame as the CPU pushes it: RIP, CS 0x10, RFLAGS (IF 0), RSP, SS.
+  const words = [0x1234n, 0xffffffff81066f00n, rip, 0x10n, 0x46n, 0xffffc90000003f00n, 0x18n];
+  deepStrictEqual(findInterruptFrames(words), [{ rip, rflags: 0x46 }]);
+  // User mode (CS 0x33), a selector-looking value without RFLAGS' bit 1, data below kernel text.
+  deepStrictEqual(findInterruptFrames([0x401000n, 0x33n, 0x246n]), []);
+  deepStrictEqual(findInterruptFrames([rip, 0x10n, 0x1000000n]), []);
+  deepStrictEqual(findInterruptFrames([rip, 0x10n, 0x44n]), []);
+  deepStrictEqual(findInterruptFrames([0xffff888000000000n, 0x10n, 0x46n]), []);
+  strictEqual(formatStack(snapshot()), "");
+  strictEqual(
+    formatStack(
+      snapshot({ stackText: [0xffffffff81066f00n], frames: [{ rip, rflags: 0x46 }] }),
+    ),
+    "vCPU 0 stack at RSP 0xffffc90000003f00: text 0xffffffff81066f00; " +
+      "interrupted at RIP 0xffffffff81a4f739 RFLAGS 0x46 (IF 0)",
+  );
+  const block = new Int32Array(SNAP_WORDS);
+  block[Snap.SPIV] = 0x1ff;
+  block[Snap.RSP_LO] = 0x3f00;
+  block[Snap.RSP_HI] = 0xffffc900 | 0;
+  block[Snap.TEXT_COUNT] = 1;
+  block[Snap.TEXT] = 0x81066f00 | 0;
+  block[Snap.TEXT + 1] = -1;
+  block[Snap.FRAME_COUNT] = 1;
+  block[Snap.FRAMES] = 0x81a4f739 | 0;
+  block[Snap.FRAMES + 1] = -1;
+  block[Snap.FRAMES + 2] = 0x46;
+  const s = decodeSnapshot(block)!;
+  deepStrictEqual(
+    { rsp: s.rsp, text: s.stackText, frames: s.frames },
+    { rsp: 0xffffc90000003f00n, text: [0xffffffff81066f00n], frames: [{ rip, rflags: 0x46 }] },
+  );
 });

@@ -19,6 +19,7 @@ import type { Vcpu } from "../../kvm/vcpu.ts";
 import type { Vm } from "../../kvm/vm.ts";
 import { MmioReg, VIRTIO_MMIO_SIZE } from "./constants.ts";
 import type { VirtioDeviceSpec, VirtioFront } from "./device.ts";
+import { VirtioMemory } from "./memory.ts";
 import { VirtioMmioTransport } from "./mmio.ts";
 import { frontOf } from "./specs.ts";
 import { createDeviceState, Word } from "./state.ts";
@@ -126,6 +127,7 @@ export class VirtioRuntime {
     }
     const slots: VirtioSlot[] = [];
     const runtime = new VirtioRuntime(wake, slots, placements);
+    runtime.#ram = [...ram];
     try {
       const states = fronts.map((f) => createDeviceState(f.queueMax.length));
       placements.forEach((p, i) => {
@@ -187,8 +189,21 @@ export class VirtioRuntime {
    * each of its exits (it makes vCPU ioctls). Needs `options.vcpu` at start.
    */
   answerStallProbe(vcpu: Vcpu): void {
-    answerVcpuSnapshot(this.#snapshot, vcpu);
+    answerVcpuSnapshot(this.#snapshot, vcpu, this.#readRam);
   }
+
+  /** Guest RAM for the stall probe's stack walk (views made on first use: a stall is rare). */
+  #readRam = (gpa: number, length: number): Uint8Array | null => {
+    this.#memory ??= new VirtioMemory(this.#ram.map((r) => ({
+      gpa: r.gpa,
+      bytes: new Uint8Array(
+        Deno.UnsafePointerView.getArrayBuffer(Deno.UnsafePointer.create(r.hostAddress)!, r.size),
+      ),
+    })));
+    return this.#memory.slice(gpa, length);
+  };
+  #memory?: VirtioMemory;
+  #ram: readonly { gpa: number; hostAddress: bigint; size: number }[] = [];
 
   /** Whether the device thread has started serving. */
   get started(): boolean {

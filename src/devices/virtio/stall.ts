@@ -61,10 +61,23 @@ export const Snap = {
   TMR: 26,
   /** A failed read's errno (0: the words above are valid). */
   ERRNO: 34,
+  /** RSP, low and high halves. */
+  RSP_LO: 35,
+  RSP_HI: 36,
+  /** Kernel-text words found on the stack from RSP up ({@linkcode STACK_TEXT} at most), then pairs of halves. */
+  TEXT_COUNT: 37,
+  TEXT: 38,
+  /** Interrupt frames found on the stacks ({@linkcode STACK_FRAMES} at most), then (RIP halves, RFLAGS) each. */
+  FRAME_COUNT: 38 + 2 * 12,
+  FRAMES: 39 + 2 * 12,
 } as const;
 
+/** Kernel-text words of the stack a snapshot keeps. */
+export const STACK_TEXT = 12;
+/** Interrupt frames a snapshot keeps. */
+export const STACK_FRAMES = 2;
 /** Int32 words of a snapshot block. */
-export const SNAP_WORDS = 36;
+export const SNAP_WORDS = Snap.FRAMES + 3 * STACK_FRAMES;
 
 /** vCPU 0's interrupt state, as answered into a snapshot block. */
 export interface VcpuSnapshot {
@@ -84,6 +97,81 @@ export interface VcpuSnapshot {
   /** `interrupt.shadow` (STI or MOV SS shadow). */
   shadow: number;
   nmiPending: boolean;
+  rsp: bigint;
+  /** Words of the stack that look like kernel text addresses (return addresses, mostly), from RSP up. */
+  stackText: bigint[];
+  /**
+   * Interrupt frames (RIP, CS 0x10, RFLAGS, as the CPU pushes them on an
+   * interrupt in kernel code) found on the stack and on the stack it came
+   * from: where the kernel was interrupted, with its RFLAGS then.
+   */
+  frames: { rip: bigint; rflags: number }[];
+}
+
+/** Where x86-64 Linux maps its text and modules (and nothing that is data). */
+const KERNEL_TEXT = 0xffffffff80000000n;
+/** Linux's kernel code segment selector (`__KERNEL_CS`). */
+const KERNEL_CS = 0x10n;
+const PAGE = 4096;
+
+/** Reads `qwords` 64-bit words of guest virtual memory at `gva`, page by page; stops at an unmapped page. */
+function readVirtual(
+  vcpu: Vcpu,
+  memory: (gpa: number, length: number) => Uint8Array | null,
+  gva: bigint,
+  qwords: number,
+): bigint[] {
+  const out: bigint[] = [];
+  let at = gva & ~7n;
+  while (out.length < qwords) {
+    const t = vcpu.translate(at);
+    if (!t.valid) break;
+    const inPage = PAGE - Number(at & BigInt(PAGE - 1));
+    const n = Math.min(inPage >> 3, qwords - out.length);
+    const bytes = memory(Number(t.physicalAddress), n * 8);
+    if (!bytes) break;
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    for (let i = 0; i < n; i++) out.push(view.getBigUint64(8 * i, true));
+    at += BigInt(n * 8);
+  }
+  return out;
+}
+
+/**
+ * Interrupt frames in `words`: a kernel-text RIP, then `__KERNEL_CS`, then a
+ * plausible RFLAGS (bit 1 set, nothing above bit 21).
+ */
+export function findInterruptFrames(words: readonly bigint[]): { rip: bigint; rflags: number }[] {
+  const out: { rip: bigint; rflags: number }[] = [];
+  for (let i = 0; i + 2 < words.length; i++) {
+    const rflags = words[i + 2];
+    if (
+      words[i] >= KERNEL_TEXT && words[i + 1] === KERNEL_CS && (rflags & 2n) !== 0n &&
+      rflags < 0x400000n
+    ) out.push({ rip: words[i], rflags: Number(rflags) });
+  }
+  return out;
+}
+
+/**
+ * The stack from RSP up to its end (an unmapped guard page, or 4 pages),
+ * then the stack it was switched from: Linux's IRQ stack keeps the previous
+ * RSP in its top word (`call_on_stack`), where the interrupted code's
+ * registers are. Kernel-text words and interrupt frames of both.
+ */
+function walkStack(
+  vcpu: Vcpu,
+  memory: (gpa: number, length: number) => Uint8Array | null,
+  rsp: bigint,
+): { text: bigint[]; frames: { rip: bigint; rflags: number }[] } {
+  const words = readVirtual(vcpu, memory, rsp, 4 * PAGE / 8);
+  const text = words.filter((w) => w >= KERNEL_TEXT);
+  const frames = findInterruptFrames(words);
+  const previous = words.at(-1);
+  if (previous !== undefined && previous >= 0xffff800000000000n && previous < KERNEL_TEXT) {
+    frames.push(...findInterruptFrames(readVirtual(vcpu, memory, previous, 512 / 8)));
+  }
+  return { text, frames };
 }
 
 /**
@@ -92,14 +180,46 @@ export interface VcpuSnapshot {
  * are vCPU ioctls, made here because this thread owns the vCPU and it is
  * out of `KVM_RUN`.
  */
-export function answerVcpuSnapshot(block: Int32Array, vcpu: Vcpu): void {
+export function answerVcpuSnapshot(
+  block: Int32Array,
+  vcpu: Vcpu,
+  memory?: (gpa: number, length: number) => Uint8Array | null,
+): void {
   const request = Atomics.load(block, Snap.REQUEST);
   if (request === Atomics.load(block, Snap.ANSWER)) return;
   try {
     const regs = vcpu.getRegs();
-    block[Snap.RIP_LO] = Number(regs.rip & 0xffffffffn);
-    block[Snap.RIP_HI] = Number(regs.rip >> 32n);
+    const rip = regs.rip;
+    const rsp = regs.rsp;
+    block[Snap.RIP_LO] = Number(rip & 0xffffffffn);
+    block[Snap.RIP_HI] = Number(rip >> 32n);
+    block[Snap.RSP_LO] = Number(rsp & 0xffffffffn);
+    block[Snap.RSP_HI] = Number(rsp >> 32n);
     block[Snap.RFLAGS] = Number(regs.rflags & 0xffffffffn);
+    block[Snap.TEXT_COUNT] = 0;
+    block[Snap.FRAME_COUNT] = 0;
+    if (memory && rip >= KERNEL_TEXT) {
+      // A stall in kernel code: the stack says where it came from (best effort: an unmapped
+      // page ends the walk).
+      try {
+        const { text, frames } = walkStack(vcpu, memory, rsp);
+        const t = text.slice(0, STACK_TEXT);
+        t.forEach((w, i) => {
+          block[Snap.TEXT + 2 * i] = Number(w & 0xffffffffn);
+          block[Snap.TEXT + 2 * i + 1] = Number(w >> 32n);
+        });
+        block[Snap.TEXT_COUNT] = t.length;
+        const f = frames.slice(0, STACK_FRAMES);
+        f.forEach((fr, i) => {
+          block[Snap.FRAMES + 3 * i] = Number(fr.rip & 0xffffffffn);
+          block[Snap.FRAMES + 3 * i + 1] = Number(fr.rip >> 32n);
+          block[Snap.FRAMES + 3 * i + 2] = fr.rflags;
+        });
+        block[Snap.FRAME_COUNT] = f.length;
+      } catch {
+        // The registers above stand without the stack.
+      }
+    }
     const events = vcpu.getVcpuEvents();
     block[Snap.EVENTS] = events.interruptInjected | events.interruptNr << 8 |
       events.interruptShadow << 16 | events.nmiPending << 24;
@@ -148,6 +268,17 @@ export function decodeSnapshot(block: Int32Array): VcpuSnapshot | null {
     injecting: events & 1 ? (events >>> 8) & 0xff : -1,
     shadow: (events >>> 16) & 0xff,
     nmiPending: ((events >>> 24) & 0xff) !== 0,
+    rsp: BigInt(block[Snap.RSP_LO] >>> 0) | BigInt(block[Snap.RSP_HI] >>> 0) << 32n,
+    stackText: Array.from(
+      { length: Math.min(block[Snap.TEXT_COUNT], STACK_TEXT) },
+      (_, i) =>
+        BigInt(block[Snap.TEXT + 2 * i] >>> 0) | BigInt(block[Snap.TEXT + 2 * i + 1] >>> 0) << 32n,
+    ),
+    frames: Array.from({ length: Math.min(block[Snap.FRAME_COUNT], STACK_FRAMES) }, (_, i) => ({
+      rip: BigInt(block[Snap.FRAMES + 3 * i] >>> 0) |
+        BigInt(block[Snap.FRAMES + 3 * i + 1] >>> 0) << 32n,
+      rflags: block[Snap.FRAMES + 3 * i + 2] >>> 0,
+    })),
   };
 }
 
@@ -184,6 +315,17 @@ export function formatIoapicPin(pin: IoapicPin): string {
       e.deliveryPending ? " pending" : ""
     } dest ${hex(e.destination)} ${e.logicalDestination ? "logical" : "physical"}, ` +
     `irr ${pin.irr ? 1 : 0}`;
+}
+
+/** One line for the stack of vCPU 0's snapshot ("" when it has none). */
+export function formatStack(s: VcpuSnapshot): string {
+  if (s.stackText.length === 0 && s.frames.length === 0) return "";
+  const frames = s.frames.map((f) =>
+    `RIP ${hex(f.rip, 1)} RFLAGS ${hex(f.rflags, 1)} (IF ${(f.rflags >>> 9) & 1})`
+  );
+  return `vCPU 0 stack at RSP ${hex(s.rsp, 1)}: text ${
+    s.stackText.map((w) => hex(w, 1)).join(" ") || "-"
+  }; interrupted at ${frames.join(", ") || "-"}`;
 }
 
 /** One line for vCPU 0's snapshot. */
@@ -324,7 +466,17 @@ export function stallVerdict(pin: IoapicPin, vcpu: VcpuSnapshot | null | undefin
       ? "pending in the LAPIC (IRR) and deliverable, vCPU halted: not woken (hypervisor)"
       : "pending in the LAPIC (IRR) and deliverable, vCPU runnable: not injected (hypervisor)";
   }
-  if (inIsr) return "in service (ISR): the guest took it and has not sent its EOI";
+  if (inIsr) {
+    const running = vcpu.mpState !== KVM_MP_STATE_HALTED && !((vcpu.rflags >>> 9) & 1);
+    const masked = vcpu.frames.find((f) => !((f.rflags >>> 9) & 1));
+    return "in service (ISR): the guest took it and has not sent its EOI" +
+      (running ? "; vCPU 0 runs with interrupts off (IF 0), before the EOI" : "") +
+      (masked
+        ? `; its stack holds a frame interrupted with IF 0 at ${
+          hex(masked.rip, 1)
+        } (an interrupt taken with interrupts off, or an exception there)`
+        : "");
+  }
   return "not in the LAPIC (neither IRR nor ISR): the edge never reached it, or it was taken and " +
     "the handler did not read the status";
 }
@@ -402,6 +554,8 @@ export function probeStall(ctx: StallProbeContext, gsi: number): string[] {
             ? formatSnapshot(snapshot)
             : `vCPU 0: reading its state failed: errno ${block[Snap.ERRNO]}`,
         );
+        const stack = snapshot ? formatStack(snapshot) : "";
+        if (stack) lines.push(stack);
       }
     }
   }
