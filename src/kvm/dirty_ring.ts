@@ -132,29 +132,37 @@ export class DirtyRing extends HostMapping {
     //   read only on the path where the flags load saw DIRTY.
     // A weakly ordered CPU would need Atomics.load for every entry.
     if ((Atomics.load(words, (next & mask) * WORDS) & KVM_DIRTY_GFN_F_DIRTY) === 0) return 0;
-    let n = 0;
-    for (;;) {
-      const at = (next & mask) * WORDS;
-      if ((words[at] & KVM_DIRTY_GFN_F_DIRTY) === 0) break;
-      const slot = words[at + 1];
-      const offset = words[at + 2] + words[at + 3] * 0x1_0000_0000;
-      visit?.(slot, offset);
-      // A plain store, not a release (Atomics.store, a locked xchg on x86). The kernel reads the RESET mark only inside
-      // KVM_RESET_DIRTY_RINGS (kvm_dirty_ring_reset() in virt/kvm/dirty_ring.c);
-      // kvm_dirty_ring_push() never reads flags: it writes only entries that a
-      // reset returned to it, and counts fullness by its indices. So the mark
-      // and the reads of slot and offset above must only be complete before
-      // that ioctl, which they are: on this thread by program order (the FFI
-      // call is opaque to the JIT, which cannot sink the store past it, and a
-      // system call is a full barrier); on another thread by whatever told it
-      // the harvest was done (an Atomics operation or a message), which orders
-      // this thread's earlier stores before its later ioctl.
-      words[at] = KVM_DIRTY_GFN_F_RESET;
-      // Kept per entry: if `visit` throws, the next harvest starts here.
-      this.#next = next = (next + 1) >>> 0;
-      n++;
+    const first = next;
+    try {
+      for (;;) {
+        const at = (next & mask) * WORDS;
+        if ((words[at] & KVM_DIRTY_GFN_F_DIRTY) === 0) break;
+        const slot = words[at + 1];
+        // An offset below 2^31 stays a small integer for the JIT: arithmetic on
+        // it in an inlined visitor (a modulo, a shift) is then integer
+        // arithmetic, not a float64 one (a modulo of doubles is a call to fmod).
+        const low = words[at + 2];
+        const high = words[at + 3];
+        const offset = high === 0 && low < 0x8000_0000 ? low | 0 : low + high * 0x1_0000_0000;
+        visit?.(slot, offset);
+        // A plain store, not a release (Atomics.store, a locked xchg on x86). The kernel reads the RESET mark only inside
+        // KVM_RESET_DIRTY_RINGS (kvm_dirty_ring_reset() in virt/kvm/dirty_ring.c);
+        // kvm_dirty_ring_push() never reads flags: it writes only entries that a
+        // reset returned to it, and counts fullness by its indices. So the mark
+        // and the reads of slot and offset above must only be complete before
+        // that ioctl, which they are: on this thread by program order (the FFI
+        // call is opaque to the JIT, which cannot sink the store past it, and a
+        // system call is a full barrier); on another thread by whatever told it
+        // the harvest was done (an Atomics operation or a message), which orders
+        // this thread's earlier stores before its later ioctl.
+        words[at] = KVM_DIRTY_GFN_F_RESET;
+        next = (next + 1) >>> 0;
+      }
+    } finally {
+      // Also when `visit` throws: the next harvest starts at the entry it threw on.
+      this.#next = next;
     }
-    return n;
+    return (next - first) >>> 0;
   }
 
   /** Entries the kernel pushed and {@linkcode harvest} has not visited yet (reads only). */
