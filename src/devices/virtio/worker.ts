@@ -82,6 +82,20 @@ const POLLIN = 1;
 const WATCH_MS = 1000;
 /** How long a stall report waits, after its kick of vCPU 0, for the driver to acknowledge. */
 const AFTER_KICK_MS = 300;
+/**
+ * `DENO_KVM_VIRTIO_QUIET_S`: after this many seconds without a kick or a
+ * frame, the thread reports vCPU 0's state once (until the next activity):
+ * a guest stuck with no interrupt pending says where. Off unless set (an idle
+ * guest is quiet too).
+ */
+function quietProbeMs(): number {
+  try {
+    const s = Number(Deno.env.get("DENO_KVM_VIRTIO_QUIET_S") ?? 0);
+    return Number.isFinite(s) && s > 0 ? s * 1000 : 0;
+  } catch {
+    return 0; // no --allow-env
+  }
+}
 
 function serve(msg: VirtioWorkerStart): void {
   const control = new Int32Array(msg.control);
@@ -121,6 +135,9 @@ function serve(msg: VirtioWorkerStart): void {
     const watchedSince = new Float64Array(devices.length);
     const snapshot = msg.snapshot && new Int32Array(msg.snapshot);
     const nap = new Int32Array(new SharedArrayBuffer(4));
+    const quietMs = msg.devices.length > 0 ? quietProbeMs() : 0;
+    let lastActive = performance.now();
+    let quietReported = false;
     // struct pollfd { int fd; short events; short revents; } for the eventfd and each tap:
     // a frame arriving on a tap wakes the thread like a kick.
     const nets = msg.devices.flatMap((d, i) =>
@@ -150,6 +167,22 @@ function serve(msg: VirtioWorkerStart): void {
         watching[i] = -1;
         const s = ((performance.now() - watchedSince[i]) / 1000).toFixed(1);
         report(i, [`the driver acknowledged ${s} s after the report`]);
+      }
+      if (p > 0) {
+        lastActive = performance.now();
+        quietReported = false;
+      } else if (quietMs > 0 && !quietReported && performance.now() - lastActive > quietMs) {
+        quietReported = true;
+        const lines = probeStall(
+          { vmFd: msg.vmFd, vcpu: msg.vcpu, snapshot },
+          msg.devices[0].gsi,
+          false,
+        );
+        report(0, [
+          `no kick or frame for ${(quietMs / 1000).toFixed(0)} s (DENO_KVM_VIRTIO_QUIET_S): ` +
+          "vCPU 0 now",
+          ...lines,
+        ]);
       }
       if (p === 0 && !runner.pending) {
         for (let i = 0; i < devices.length; i++) {
