@@ -434,9 +434,10 @@ export interface VmlinuxCacheOptions extends ExtractOptions {
   /** Where to keep extracted kernels (default: `kernels/` in the per-user deno-kvm cache). */
   directory?: string;
   /**
-   * Map a cached kernel into memory instead of reading it (needs the native
-   * shim): no copy and no allocation of its size. The view stays valid until
-   * the result is closed.
+   * Hold a cached kernel in a {@linkcode MappedFile} (needs the native shim):
+   * anonymous memory outside the JavaScript heap, filled by read(2), so that
+   * nothing done to the file later (a truncation) can fault it with SIGBUS.
+   * The view stays valid until the result is closed.
    */
   map?: boolean;
   /**
@@ -448,9 +449,9 @@ export interface VmlinuxCacheOptions extends ExtractOptions {
    * machine's creation with `BootImageError` `"damaged-cache-entry"`, and
    * `VmlinuxLookup.extractAgain` replaces it. No mapping of the file exists,
    * so a file that shrinks is a short read, never a SIGBUS. Measured against
-   * `map` (issue 17): 30 ms faster natively, 1-2 s slower under the sandbox's
-   * emulator, where the kernel's copy into guest RAM is slow; the boot CLI
-   * maps.
+   * `map` when that was a file mapping (issue 17): 30 ms faster natively,
+   * 1-2 s slower under the sandbox's emulator, where the kernel's copy into
+   * guest RAM is slow; the boot CLI uses `map`.
    */
   direct?: boolean;
   /**

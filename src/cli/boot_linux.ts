@@ -485,7 +485,7 @@ async function boot(config: BootConfig): Promise<number> {
   const vmlinux = multiboot || config.guestDecompress || !xzBzImage(kernel)
     ? undefined
     : lookupVmlinuxAsync(kernel, {
-      // Mapped, not read (the shim maps it), MD5-checked here (once: after that its unchanged
+      // Read into memory of its own (MappedFile), MD5-checked here (once: after that its unchanged
       // status vouches for it), and copied into guest RAM by the machine. Reading it from its
       // file straight into guest RAM (`direct`) saves 30 ms natively
       // but took 1-2 s longer in the sandbox, whose emulator runs the kernel's copy

@@ -200,7 +200,39 @@ Deno.test({
   },
 });
 
-Deno.test("vmlinux: MappedFile maps a file, refuses missing and empty ones, and unmaps", async () => {
+Deno.test("vmlinux: a MappedFile outlives its file's truncation (no SIGBUS; in a child process)", async () => {
+  const dir = Deno.makeTempDirSync();
+  try {
+    const path = `${dir}/kernel`;
+    // 4 MiB: larger than a huge page, so the huge-page advice is taken too.
+    Deno.writeFileSync(path, new Uint8Array(4 << 20).map((_, i) => i % 251));
+    const mapped = new URL("../../src/kvm/mapped_file.ts", import.meta.url).href;
+    const script = `
+      const { MappedFile } = await import(${JSON.stringify(mapped)});
+      const file = MappedFile.open(${JSON.stringify(path)});
+      Deno.truncateSync(${JSON.stringify(path)}, 4096);
+      let sum = 0;
+      for (let i = 0; i < file.bytes.length; i += 4096) sum += file.bytes[i + 7];
+      file.close();
+      console.log(sum);
+    `;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", script],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    strictEqual(out.signal, null, `the child died of ${out.signal}: ${stderr}`);
+    strictEqual(out.code, 0, stderr);
+    let expected = 0;
+    for (let i = 0; i < 4 << 20; i += 4096) expected += (i + 7) % 251;
+    strictEqual(Number(new TextDecoder().decode(out.stdout).trim()), expected, "the bytes read");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("vmlinux: MappedFile reads a file, refuses missing and empty ones, and unmaps", async () => {
   const { MappedFile } = await import("../../src/kvm/mapped_file.ts");
   const { KvmError } = await import("../../src/errors.ts");
   const dir = Deno.makeTempDirSync();
@@ -208,7 +240,7 @@ Deno.test("vmlinux: MappedFile maps a file, refuses missing and empty ones, and 
     Deno.writeFileSync(`${dir}/f`, new Uint8Array([1, 2, 3, 4, 5]));
     const file = MappedFile.open(`${dir}/f`);
     deepStrictEqual([...file.bytes], [1, 2, 3, 4, 5]);
-    file.bytes[0] = 9; // private: the file keeps its byte
+    file.bytes[0] = 9; // its own memory: the file keeps its byte
     strictEqual(Deno.readFileSync(`${dir}/f`)[0], 1);
     file.close();
     file.close();
