@@ -713,7 +713,9 @@ function lookup(
   if (!untrustedReason(path, "file") && !untrustedReason(checkPath(path), "file")) {
     let file: MappedFile | undefined;
     try {
-      file = options.map ? MappedFile.open(path) : undefined;
+      file = options.map
+        ? MappedFile.open(path, { maxBytes: checkedMaxOutput(options) })
+        : undefined;
       const cached = file?.bytes ?? Deno.readFileSync(path);
       if (entryIntact(cached, Deno.readTextFileSync(checkPath(path)))) {
         parseElfKernel(cached);
@@ -782,7 +784,9 @@ async function lookupAsync(
     }
     let file: MappedFile | undefined;
     try {
-      file = options.map ? MappedFile.open(path) : undefined;
+      file = options.map
+        ? MappedFile.open(path, { maxBytes: checkedMaxOutput(options) })
+        : undefined;
       const cached = file?.bytes ?? await Deno.readFile(path);
       step(options.map ? "map" : "read");
       // Checked by an earlier lookup and not changed since: its MD5 is not computed again.

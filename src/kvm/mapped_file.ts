@@ -56,10 +56,11 @@ export class MappedFile extends HostMapping {
   }
 
   /**
-   * Reads the file at `path`; an empty or unreadable file, or one that shrank
-   * while it was read, is a {@linkcode KvmError}.
+   * Reads the file at `path`; an empty or unreadable file, one larger than
+   * `options.maxBytes` (EFBIG, refused before anything is allocated), or one
+   * that shrank while it was read is a {@linkcode KvmError}.
    */
-  static open(path: string): MappedFile {
+  static open(path: string, options: { maxBytes?: number } = {}): MappedFile {
     const lib = native();
     const fd = unwrap(
       lib.kvm_open(new TextEncoder().encode(`${path}\0`), O_RDONLY),
@@ -71,6 +72,13 @@ export class MappedFile extends HostMapping {
       const info = Deno.statSync(`/proc/self/fd/${fd}`);
       const size = info.size;
       if (size === 0) throw new KvmError("mmap file", Errno.EINVAL, `${path} is empty`);
+      if (options.maxBytes !== undefined && size > options.maxBytes) {
+        throw new KvmError(
+          "mmap file",
+          Errno.EFBIG,
+          `${path} is ${size} bytes, more than the ${options.maxBytes} allowed`,
+        );
+      }
       const out = new BigUint64Array(1);
       unwrap(
         lib.kvm_mmap(

@@ -249,6 +249,11 @@ Deno.test("vmlinux: MappedFile reads a file, refuses missing and empty ones, and
       () => MappedFile.open(`${dir}/missing`),
       (e: unknown) => e instanceof KvmError && e.code === "ENOENT",
     );
+    throws(
+      () => MappedFile.open(`${dir}/f`, { maxBytes: 4 }),
+      (e: unknown) => e instanceof KvmError && e.code === "EFBIG" && /5 bytes/.test(e.message),
+    );
+    MappedFile.open(`${dir}/f`, { maxBytes: 5 }).close();
     Deno.writeFileSync(`${dir}/empty`, new Uint8Array());
     throws(
       () => MappedFile.open(`${dir}/empty`),
