@@ -7,8 +7,8 @@
 // as a vCPU's MMIO exits would. A second test leaves that interrupt
 // unacknowledged, with the guest halted and its interrupts off: the device
 // thread's stall report must find the vector in the LAPIC's IRR and say so.
-// A third halts the guest with no device activity at all: with
-// DENO_KVM_VIRTIO_QUIET_S set, the thread reports vCPU 0's state anyway.
+// A third halts the guest with no device activity at all: with `quietS`
+// (DENO_KVM_VIRTIO_QUIET_S) the thread reports vCPU 0's state anyway.
 
 import { deepStrictEqual, match, ok, strictEqual } from "node:assert/strict";
 import { encodeRedirection, KVM_IRQCHIP_IOAPIC } from "../../src/abi/irqchip.ts";
@@ -203,26 +203,18 @@ featureTest(
 );
 
 featureTest(
-  "virtio quiet report: with DENO_KVM_VIRTIO_QUIET_S, a guest with no device activity is probed",
+  "virtio quiet report: with quietS (DENO_KVM_VIRTIO_QUIET_S), a guest with no device activity is probed",
   lacksCap("IOEVENTFD") ?? lacksCap("IRQFD") ?? lacksCap("IRQCHIP"),
   async () => {
     using g = guest([[0xf4]], { irqchip: true, ramSize: 0x40000 }); // hlt
     const { vm, vcpu } = g;
     const slot = vm.memorySlots.get(0)!;
-    // The device thread reads the variable when it starts (the Worker's first message).
-    Deno.env.set("DENO_KVM_VIRTIO_QUIET_S", "1");
-    let runtime: VirtioRuntime;
-    try {
-      runtime = VirtioRuntime.start(
-        vm,
-        [{ gpa: 0, hostAddress: slot.userspaceAddr, size: slot.memorySize }],
-        [{ spec: { kind: "rng" }, address: WINDOW, gsi: 16 }],
-        { vcpu: vcpu.kickTarget },
-      );
-      await until(() => runtime.started, "the device thread");
-    } finally {
-      Deno.env.delete("DENO_KVM_VIRTIO_QUIET_S");
-    }
+    const runtime = VirtioRuntime.start(
+      vm,
+      [{ gpa: 0, hostAddress: slot.userspaceAddr, size: slot.memorySize }],
+      [{ spec: { kind: "rng" }, address: WINDOW, gsi: 16 }],
+      { vcpu: vcpu.kickTarget, quietS: 1 },
+    );
     try {
       vcpu.setWatchdog(60_000);
       try {
@@ -236,7 +228,7 @@ featureTest(
       }
       await until(() => runtime.stallReports.some((l) => l.includes("vCPU 0: RIP")), "the report");
       const report = runtime.stallReports.join("\n");
-      match(report, /virtio rng: no kick or frame for 1 s \(DENO_KVM_VIRTIO_QUIET_S\): vCPU 0 now/);
+      match(report, /virtio rng: no kick or frame for 1 s: vCPU 0 now/);
       match(report, /virtio rng: IOAPIC pin 16: vector 0x00 edge .* MASKED/);
       match(report, /virtio rng: vCPU 0: RIP 0x1001 .* mp-state halted/);
       ok(!report.includes("verdict"), `no interrupt pending, no verdict:\n${report}`);

@@ -53,6 +53,23 @@ export interface VirtioRuntimeOptions {
    * after every exit (see `stall.ts`).
    */
   vcpu?: KickTarget;
+  /**
+   * Seconds without a kick or a frame after which the device thread reports
+   * vCPU 0's state once (until the next activity), for a guest stuck with no
+   * interrupt pending. Default: `DENO_KVM_VIRTIO_QUIET_S` from the
+   * environment, else off (an idle guest is quiet too).
+   */
+  quietS?: number;
+}
+
+/** `DENO_KVM_VIRTIO_QUIET_S`, when readable and a positive number; else 0. */
+function quietFromEnv(): number {
+  try {
+    const s = Number(Deno.env.get("DENO_KVM_VIRTIO_QUIET_S") ?? 0);
+    return Number.isFinite(s) && s > 0 ? s : 0;
+  } catch {
+    return 0; // no --allow-env
+  }
 }
 
 /** How long a reset or a stop waits for the device thread. */
@@ -169,6 +186,7 @@ export class VirtioRuntime {
         vmFd: vm.unsafeFd,
         vcpu: options.vcpu,
         snapshot: options.vcpu && runtime.#snapshot.buffer as SharedArrayBuffer,
+        quietMs: 1000 * (options.quietS ?? quietFromEnv()),
       };
       worker.postMessage(start);
       return runtime;

@@ -62,6 +62,8 @@ export interface VirtioWorkerStart {
   vcpu?: KickTarget;
   /** The snapshot block vCPU 0's run loop answers in. */
   snapshot?: SharedArrayBuffer;
+  /** Report vCPU 0's state after this long without a kick or a frame (0: never). */
+  quietMs?: number;
 }
 
 /** A message of the device thread to the runtime: a stall report's lines. */
@@ -82,20 +84,6 @@ const POLLIN = 1;
 const WATCH_MS = 1000;
 /** How long a stall report waits, after its kick of vCPU 0, for the driver to acknowledge. */
 const AFTER_KICK_MS = 300;
-/**
- * `DENO_KVM_VIRTIO_QUIET_S`: after this many seconds without a kick or a
- * frame, the thread reports vCPU 0's state once (until the next activity):
- * a guest stuck with no interrupt pending says where. Off unless set (an idle
- * guest is quiet too).
- */
-function quietProbeMs(): number {
-  try {
-    const s = Number(Deno.env.get("DENO_KVM_VIRTIO_QUIET_S") ?? 0);
-    return Number.isFinite(s) && s > 0 ? s * 1000 : 0;
-  } catch {
-    return 0; // no --allow-env
-  }
-}
 
 function serve(msg: VirtioWorkerStart): void {
   const control = new Int32Array(msg.control);
@@ -135,7 +123,7 @@ function serve(msg: VirtioWorkerStart): void {
     const watchedSince = new Float64Array(devices.length);
     const snapshot = msg.snapshot && new Int32Array(msg.snapshot);
     const nap = new Int32Array(new SharedArrayBuffer(4));
-    const quietMs = msg.devices.length > 0 ? quietProbeMs() : 0;
+    const quietMs = msg.devices.length > 0 ? msg.quietMs ?? 0 : 0;
     let lastActive = performance.now();
     let quietReported = false;
     // struct pollfd { int fd; short events; short revents; } for the eventfd and each tap:
@@ -179,7 +167,7 @@ function serve(msg: VirtioWorkerStart): void {
           false,
         );
         report(0, [
-          `no kick or frame for ${(quietMs / 1000).toFixed(0)} s (DENO_KVM_VIRTIO_QUIET_S): ` +
+          `no kick or frame for ${(quietMs / 1000).toFixed(0)} s: ` +
           "vCPU 0 now",
           ...lines,
         ]);
