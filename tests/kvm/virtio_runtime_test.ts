@@ -167,7 +167,8 @@ featureTest(
       const { ram, r32 } = driveRequest(runtime, slot.bytes);
       strictEqual(vcpu.run().reason, "io", "the kick, then the OUT");
       await until(() => ram.getUint16(USED + 2, true) === 1, "the used ring");
-      strictEqual(r32(MmioReg.INTERRUPT_STATUS), 1);
+      // The device thread sets the status bit just after it publishes the used index.
+      await until(() => r32(MmioReg.INTERRUPT_STATUS) === 1, "the interrupt status");
       // The guest halts for good; the device thread's probe kicks it out of KVM_RUN after about
       // 2 s of the unacknowledged status, and this loop answers (as LinuxMachine.run does).
       vcpu.setWatchdog(60_000);
