@@ -121,7 +121,8 @@ featureTest(
       );
       strictEqual(slot.bytes[STATUS_BYTE], 0, "VIRTIO_BLK_S_OK");
       strictEqual(slot.bytes.subarray(DATA, DATA + 512).every((b) => b === 0x45), true);
-      strictEqual(r32(MmioReg.INTERRUPT_STATUS), 1, "used-buffer interrupt pending");
+      // The status bit follows the used index (set just after it): wait for it, bounded.
+      await until(() => r32(MmioReg.INTERRUPT_STATUS) === 1, "the used-buffer interrupt");
       // A reset waits for the device thread: afterwards everything reads 0.
       w32(MmioReg.STATUS, 0);
       strictEqual(r32(MmioReg.STATUS), 0);
