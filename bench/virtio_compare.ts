@@ -661,7 +661,8 @@ async function boot(
 }
 
 /**
- * Names the RIPs of the stall reports (ours: `RIP 0x...`; QEMU's monitor: `RIP=...`) from the
+ * Names the RIPs of the stall reports (ours: `RIP 0x...` and the stack's text words; QEMU's
+ * monitor: `RIP=...`) from the
  * text symbols a finished boot left on the disk (VBENCH-KALLSYMS); right only with `nokaslr`.
  */
 function symbolize(disk: string, results: Record<string, Figures[]>): void {
@@ -673,7 +674,11 @@ function symbolize(disk: string, results: Record<string, Figures[]>): void {
   const rips = [
     ...new Set(
       all.flatMap((f) => f.notes).flatMap((l) =>
-        [...l.matchAll(/RIP[ =](?:0x)?([0-9a-f]{16})/gi)].map((m) => BigInt(`0x${m[1]}`))
+        [
+          ...l.matchAll(/RIP[ =](?:0x)?([0-9a-f]{16})/gi),
+          // The kernel-text words of our stall report's stack line (return addresses, mostly).
+          ...(/ stack at RSP .*: text ([^;]*);/.exec(l)?.[1] ?? "").matchAll(/0x([0-9a-f]{16})/g),
+        ].map((m) => BigInt(`0x${m[1]}`))
       ),
     ),
   ];
