@@ -289,7 +289,12 @@ export {
   VirtioError,
 } from "./devices/virtio/queue.ts";
 export { type RunnerDevice, VirtioRunner } from "./devices/virtio/runner.ts";
-export { type VirtioPlacement, VirtioRuntime, type VirtioSlot } from "./devices/virtio/runtime.ts";
+export {
+  type VirtioPlacement,
+  VirtioRuntime,
+  type VirtioRuntimeOptions,
+  type VirtioSlot,
+} from "./devices/virtio/runtime.ts";
 export { createDeviceState } from "./devices/virtio/state.ts";
 export {
   BlkStatus,
