@@ -165,9 +165,9 @@ async function bootToInit(
 /**
  * Boots again (up to three boots) when a boot fails with the guest stalled,
  * crashed or out of time, logging why each time. On the sandbox's nested KVM
- * (SVM emulated by QEMU's TCG) some boots crash in the guest's timer-interrupt
- * entry with its KERNEL_GS_BASE lost, QEMU's own boots more often; a real
- * defect fails every attempt.
+ * (SVM emulated by QEMU's TCG) some boots crash or stall, QEMU's own boots
+ * more often: an interrupt is delivered while the guest's IF is 0 (README,
+ * "Boot time"); a real defect fails every attempt.
  */
 async function bootWithRetries(
   t: Deno.TestContext,

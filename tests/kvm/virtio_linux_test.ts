@@ -138,10 +138,10 @@ Deno.test("Linux on a virtio disk: root on ext4 over virtio-blk, a write survive
       ? `dkvm${Deno.pid % 100000}`
       : undefined;
     if (!tap) console.log("no tap (needs root and the ip command): the ping is left out");
-    // The sandbox's emulated SVM now and then crashes a guest in its interrupt entry (README,
-    // "Boot time": a lost KERNEL_GS_BASE), or deadlocks it: it delivers an interrupt while the
-    // guest's IF is 0, and the handler spins on a lock the interrupted code holds (QEMU's guests
-    // too; bench/RESULTS.md, "Virtio stalls: where the interrupt goes"). As in linux_boot_test,
+    // The sandbox's emulated SVM now and then delivers an interrupt while the guest's IF is 0:
+    // a second timer interrupt inside the first one's entry crashes the guest, and a device
+    // interrupt inside code that holds a lock deadlocks it (QEMU's guests too; README, "Boot
+    // time", and bench/RESULTS.md, "Virtio stalls: where the interrupt goes"). As in linux_boot_test,
     // such a boot (a panic, or a timeout on a KVM fast enough to boot) is tried again (the first
     // on a fresh copy of the image), at most three times.
     const crashed = (r: { text: string; reason: string }) =>

@@ -15,6 +15,7 @@ import { encodeRedirection, KVM_IRQCHIP_IOAPIC } from "../../src/abi/irqchip.ts"
 import { ApicReg } from "../../src/abi/lapic.ts";
 import { MmioReg, Status } from "../../src/devices/virtio/constants.ts";
 import { VirtioRuntime } from "../../src/devices/virtio/runtime.ts";
+import type { Vcpu } from "../../src/kvm/vcpu.ts";
 import type { Vm } from "../../src/kvm/vm.ts";
 import { featureTest, lacksCap } from "./kvm_features.ts";
 import { guest } from "./vm_guest.ts";
@@ -136,6 +137,24 @@ featureTest(
   },
 );
 
+/**
+ * Runs `vcpu` until the device thread's stall probe kicks it out of `KVM_RUN`,
+ * answering the probe after each exit as `LinuxMachine.run` does; a 60 s
+ * watchdog bounds it.
+ */
+function runUntilProbed(vcpu: Vcpu, runtime: VirtioRuntime): void {
+  vcpu.setWatchdog(60_000);
+  try {
+    for (;;) {
+      const exit = vcpu.run();
+      runtime.answerStallProbe(vcpu);
+      if (exit.reason === "interrupted") return;
+    }
+  } finally {
+    vcpu.setWatchdog(null);
+  }
+}
+
 const VECTOR = 0x22;
 
 featureTest(
@@ -172,16 +191,7 @@ featureTest(
       await until(() => r32(MmioReg.INTERRUPT_STATUS) === 1, "the interrupt status");
       // The guest halts for good; the device thread's probe kicks it out of KVM_RUN after about
       // 2 s of the unacknowledged status, and this loop answers (as LinuxMachine.run does).
-      vcpu.setWatchdog(60_000);
-      try {
-        for (;;) {
-          const exit = vcpu.run();
-          runtime.answerStallProbe(vcpu);
-          if (exit.reason === "interrupted") break;
-        }
-      } finally {
-        vcpu.setWatchdog(null);
-      }
+      runUntilProbed(vcpu, runtime);
       await until(() => runtime.stallReports.some((l) => l.includes("verdict")), "the report");
       const report = runtime.stallReports.join("\n");
       match(report, /virtio block: interrupt status 1 unacknowledged for 2 s: raised again/);
@@ -218,16 +228,7 @@ featureTest(
       { vcpu: vcpu.kickTarget, quietS: 1 },
     );
     try {
-      vcpu.setWatchdog(60_000);
-      try {
-        for (;;) {
-          const exit = vcpu.run();
-          runtime.answerStallProbe(vcpu);
-          if (exit.reason === "interrupted") break;
-        }
-      } finally {
-        vcpu.setWatchdog(null);
-      }
+      runUntilProbed(vcpu, runtime);
       await until(() => runtime.stallReports.some((l) => l.includes("vCPU 0: RIP")), "the report");
       const report = runtime.stallReports.join("\n");
       match(report, /virtio rng: no kick or frame for 1 s: vCPU 0 now/);

@@ -527,12 +527,11 @@ export function probeStall(ctx: StallProbeContext, gsi: number, verdict = true):
   let snapshot: VcpuSnapshot | null | undefined;
   if (ctx.vcpu) {
     const tid = runnerOf(ctx.vcpu);
-    const pid = Number(readText("/proc/self/stat").split(" ")[0]);
-    const kvmA = readKvmStats(pid, ctx.vmFd);
+    const kvmA = readKvmStats(Deno.pid, ctx.vmFd);
     const a = sampleThread(tid);
     sleep(SAMPLE_MS);
     const b = sampleThread(tid);
-    const kvmB = readKvmStats(pid, ctx.vmFd);
+    const kvmB = readKvmStats(Deno.pid, ctx.vmFd);
     lines.push(formatThread(a, b, SAMPLE_MS));
     const stats = formatKvmStats(kvmA, kvmB, SAMPLE_MS);
     if (stats) lines.push(stats);
