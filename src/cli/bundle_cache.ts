@@ -1,0 +1,360 @@
+/**
+ * The boot CLI's start-up as one module: a `deno bundle` of the CLI's sources
+ * kept in the per-user cache (`<cache>/cli/`, see `userCacheDir`), run in
+ * their place only while every source file it was built from is unchanged.
+ *
+ * Why: Deno's cost of a module graph is mostly per module, not per byte. In
+ * the sandbox's emulator (`bench/RESULTS.md`, issue 17) the CLI's 108 modules
+ * take 2.1-2.9 s to `--version`, the same code as one bundled module 1.6-1.8 s,
+ * an empty `deno eval` 1.3-1.5 s.
+ *
+ * The sources stay the truth. {@linkcode launch} runs the bundle only when
+ * {@linkcode checkBundle} finds it fresh: its record (a manifest beside it)
+ * names the Deno version, the entry and, for every file of the entry's module
+ * graph (as `deno info` listed it when the bundle was built), the file's
+ * status stamp (`fileStamp`: device, inode, size, modification and change
+ * times; any write, truncation or rename of a file sets a new change time),
+ * and the bundle's SHA-256. Both files must be ours (owner and mode, as the
+ * kernel cache's). Otherwise the sources run, and after the run (never before
+ * the guest does) {@linkcode buildBundle} writes a new bundle: stamps taken
+ * before `deno bundle` and compared after it, so a file edited meanwhile is
+ * never recorded as what the bundle holds; a file changed less than 2 s ago
+ * is not stamped at all (the next run builds). A bundle that cannot be built
+ * costs only the fast path.
+ *
+ * The bundle's modules keep their own URLs: `deno bundle` leaves
+ * `import.meta.url` as it is (it would name the bundle's file), so each
+ * module's uses are replaced by its source file's URL (workers, the native
+ * shim's source and build resolve as from the sources); a bundle with any
+ * other use of `import.meta` than `.main`, or a dynamic `import()`, is refused.
+ *
+ * `DENO_KVM_CLI_BUNDLE=0` runs the sources and builds nothing.
+ *
+ * @module
+ */
+
+import {
+  ensureCacheDir,
+  fileStamp,
+  sha256HexAsync,
+  untrustedReason,
+  userCacheDir,
+  writeExclusive,
+} from "../cache_dir.ts";
+
+/** The record kept beside a bundle (`<key>.json`). */
+interface Manifest {
+  format: 1;
+  /** `Deno.version.deno` of the Deno that built it. */
+  deno: string;
+  /** The entry module's URL. */
+  entry: string;
+  /** The bundle's file name in the same directory. */
+  bundle: string;
+  /** The bundle's SHA-256, hex. */
+  sha256: string;
+  /** Every local file of the entry's module graph: path and `fileStamp` line. */
+  sources: [string, string][];
+}
+
+/** Where a bundle is kept and what it is built from. */
+export interface BundleOptions {
+  /** The entry module (a `file:` URL), whose export `main` the bundle keeps. */
+  entry: URL;
+  /** The directory for bundles; default `<userCacheDir()>/cli`. */
+  directory?: string;
+  /** The `deno` that builds the bundle; default `Deno.execPath()`. */
+  deno?: string;
+}
+
+/** What {@linkcode checkBundle} found: the bundle to run, or why not. */
+export type BundleCheck = { url: string; reason?: undefined } | { url?: undefined; reason: string };
+
+const FORMAT = 1;
+
+function message(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+function defaultDirectory(): string | undefined {
+  const base = userCacheDir();
+  return base ? `${base}/cli` : undefined;
+}
+
+/** The name stem of an entry's files: one manifest and one bundle per entry (per checkout). */
+async function entryKey(entry: URL): Promise<string> {
+  return `boot-${(await sha256HexAsync(new TextEncoder().encode(entry.href))).slice(0, 16)}`;
+}
+
+function stampOf(path: string): string | undefined {
+  try {
+    return fileStamp(Deno.statSync(path));
+  } catch {
+    return undefined;
+  }
+}
+
+function parseManifest(text: string): Manifest | undefined {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  const m = value as Partial<Manifest> | null;
+  if (
+    !m || m.format !== FORMAT || typeof m.deno !== "string" || typeof m.entry !== "string" ||
+    typeof m.bundle !== "string" || !/^[\w.-]+\.js$/.test(m.bundle) ||
+    typeof m.sha256 !== "string" || !/^[0-9a-f]{64}$/.test(m.sha256) ||
+    !Array.isArray(m.sources) || m.sources.length === 0 ||
+    !m.sources.every((s) =>
+      Array.isArray(s) && s.length === 2 && typeof s[0] === "string" && typeof s[1] === "string"
+    )
+  ) return undefined;
+  return m as Manifest;
+}
+
+/**
+ * Whether the bundle kept for `options.entry` may run in its place: the
+ * directory, the manifest and the bundle are ours, the manifest names this
+ * Deno and this entry, every source file it lists has the stamp it recorded,
+ * and the bundle's SHA-256 is the recorded one. Never throws.
+ */
+export async function checkBundle(options: BundleOptions): Promise<BundleCheck> {
+  const dir = options.directory ?? defaultDirectory();
+  if (!dir) return { reason: "no cache directory (set DENO_KVM_CACHE or HOME)" };
+  try {
+    const key = await entryKey(options.entry);
+    const manifestPath = `${dir}/${key}.json`;
+    const untrusted = untrustedReason(dir, "directory") ?? untrustedReason(manifestPath, "file");
+    if (untrusted) return { reason: untrusted };
+    const manifest = parseManifest(Deno.readTextFileSync(manifestPath));
+    if (!manifest) return { reason: `${manifestPath} is damaged` };
+    if (manifest.deno !== Deno.version.deno) {
+      return { reason: `built by Deno ${manifest.deno}, this is ${Deno.version.deno}` };
+    }
+    if (manifest.entry !== options.entry.href) return { reason: `built for ${manifest.entry}` };
+    for (const [path, stamp] of manifest.sources) {
+      if (stampOf(path) !== stamp) return { reason: `${path} changed` };
+    }
+    const bundlePath = `${dir}/${manifest.bundle}`;
+    const bundleUntrusted = untrustedReason(bundlePath, "file");
+    if (bundleUntrusted) return { reason: bundleUntrusted };
+    if (await sha256HexAsync(Deno.readFileSync(bundlePath)) !== manifest.sha256) {
+      return { reason: `${bundlePath} is damaged` };
+    }
+    return { url: new URL(`file://${bundlePath}`).href };
+  } catch (e) {
+    return { reason: message(e) };
+  }
+}
+
+/**
+ * The local files of `entry`'s module graph, from `deno info --json` (without
+ * a configuration file, as the bundle is built), or why there is none: an
+ * error in the graph or a module that is not a local file (a remote module
+ * has no stamp). `node:` built-ins are part of Deno.
+ */
+async function graphFiles(deno: string, entry: URL): Promise<string[] | string> {
+  const out = await new Deno.Command(deno, {
+    args: ["info", "--json", "--no-config", entry.pathname],
+    cwd: "/",
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (!out.success) return `deno info failed: ${new TextDecoder().decode(out.stderr).trim()}`;
+  const info = JSON.parse(new TextDecoder().decode(out.stdout)) as {
+    modules?: { specifier: string; local?: string; error?: string }[];
+  };
+  const files: string[] = [];
+  for (const m of info.modules ?? []) {
+    if (m.specifier.startsWith("node:")) continue;
+    if (m.error || !m.specifier.startsWith("file:") || !m.local) {
+      return `the module graph holds ${m.specifier}${m.error ? `: ${m.error}` : ""}`;
+    }
+    files.push(m.local);
+  }
+  return files.length > 0 ? files : "an empty module graph";
+}
+
+/**
+ * `deno bundle`'s output with each module's `import.meta.url` replaced by its
+ * source file's URL, or why it cannot run in the sources' place. The bundler
+ * marks each module's code with a `// path` line (relative to the directory
+ * it ran in, here `/`); every `import.meta` must lie under a mark that names
+ * a file of the graph whose source uses `import.meta.url`, and no dynamic
+ * `import()` may be left (it would resolve against the bundle's URL).
+ */
+export function rewriteBundle(
+  code: string,
+  files: readonly string[],
+): string | { problem: string } {
+  const known = new Set(files);
+  const lines = code.split("\n");
+  let current: string | undefined;
+  const rewritten = new Set<string>();
+  for (let i = 0; i < lines.length; i++) {
+    const mark = /^\/\/ (\S+)$/.exec(lines[i]);
+    if (mark) {
+      const path = `/${mark[1]}`;
+      current = known.has(path) ? path : undefined;
+      continue;
+    }
+    if (/\bimport\s*\(/.test(lines[i])) return { problem: `a dynamic import: ${lines[i].trim()}` };
+    if (!lines[i].includes("import.meta")) continue;
+    const uses: string[] = lines[i].match(/\bimport\.meta\.\w+/g) ?? [];
+    if (
+      uses.length === 0 || uses.some((u) => u !== "import.meta.url" && u !== "import.meta.main")
+    ) {
+      return { problem: `an unknown use of import.meta: ${lines[i].trim()}` };
+    }
+    if (!uses.includes("import.meta.url")) continue;
+    if (!current) return { problem: `import.meta.url outside a known module: ${lines[i].trim()}` };
+    const url = JSON.stringify(new URL(`file://${current}`).href);
+    lines[i] = lines[i].replaceAll(/\bimport\.meta\.url\b/g, url);
+    rewritten.add(current);
+  }
+  for (const path of rewritten) {
+    if (!Deno.readTextFileSync(path).includes("import.meta.url")) {
+      return { problem: `import.meta.url placed in ${path}, whose source has none` };
+    }
+  }
+  return lines.join("\n");
+}
+
+/**
+ * Builds the bundle of `options.entry` and records it (see the module's
+ * documentation); returns why it could not, or undefined. Runs `deno info`
+ * and `deno bundle` (needs `--allow-run`); a bundle is recorded only when no
+ * source file changed while it was built.
+ */
+export async function buildBundle(options: BundleOptions): Promise<string | undefined> {
+  const dir = options.directory ?? defaultDirectory();
+  if (!dir) return "no cache directory (set DENO_KVM_CACHE or HOME)";
+  const deno = options.deno ?? Deno.execPath();
+  try {
+    const base = dir.slice(0, dir.lastIndexOf("/"));
+    const untrusted = (base && !options.directory ? ensureCacheDir(base) : undefined) ??
+      ensureCacheDir(dir);
+    if (untrusted) return untrusted;
+    const files = await graphFiles(deno, options.entry);
+    if (typeof files === "string") return files;
+    const before = files.map(stampOf);
+    const unsettled = files.find((_, i) => before[i] === undefined);
+    if (unsettled) return `${unsettled} changed less than 2 s ago (or cannot be read)`;
+    const out = await new Deno.Command(deno, {
+      args: [
+        "bundle",
+        "--no-config",
+        "--platform",
+        "deno",
+        "--format",
+        "esm",
+        options.entry.pathname,
+      ],
+      cwd: "/",
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    if (!out.success) {
+      return `deno bundle failed: ${new TextDecoder().decode(out.stderr).trim().slice(-500)}`;
+    }
+    const code = rewriteBundle(new TextDecoder().decode(out.stdout), files);
+    if (typeof code !== "string") return code.problem;
+    const changed = files.find((path, i) => stampOf(path) !== before[i]);
+    if (changed) return `${changed} changed while the bundle was built`;
+    const bytes = new TextEncoder().encode(code);
+    const sha256 = await sha256HexAsync(bytes);
+    const key = await entryKey(options.entry);
+    const bundle = `${key}-${sha256.slice(0, 16)}.js`;
+    const manifestPath = `${dir}/${key}.json`;
+    let previous: string | undefined;
+    try {
+      previous = parseManifest(Deno.readTextFileSync(manifestPath))?.bundle;
+    } catch {
+      // None yet.
+    }
+    Deno.renameSync(writeExclusive(dir, bytes, ".bundle-", ".tmp"), `${dir}/${bundle}`);
+    const manifest: Manifest = {
+      format: FORMAT,
+      deno: Deno.version.deno,
+      entry: options.entry.href,
+      bundle,
+      sha256,
+      sources: files.map((path, i) => [path, before[i]!]),
+    };
+    Deno.renameSync(
+      writeExclusive(dir, new TextEncoder().encode(JSON.stringify(manifest)), ".manifest-", ".tmp"),
+      manifestPath,
+    );
+    if (previous && previous !== bundle) {
+      // A run that checked the old bundle and has not imported it yet falls back to the sources.
+      try {
+        Deno.removeSync(`${dir}/${previous}`);
+      } catch {
+        // Removed by another build.
+      }
+    }
+    return undefined;
+  } catch (e) {
+    return message(e);
+  }
+}
+
+/** What {@linkcode launch} runs: the entry's `main`. */
+type Main = (argv: readonly string[]) => Promise<number>;
+
+async function importMain(url: string): Promise<Main> {
+  const module = await import(url) as { main?: unknown };
+  if (typeof module.main !== "function") throw new Error(`${url} exports no main`);
+  return module.main as Main;
+}
+
+/**
+ * Runs `options.entry`'s `main(argv)` from its fresh bundle (see
+ * {@linkcode checkBundle}) or else from its sources, then, when the sources
+ * ran and main did not refuse its arguments (exit code 2), builds the bundle
+ * for the next run ({@linkcode buildBundle}). Returns
+ * main's exit code. With `--trace` among the arguments it says on stderr
+ * which ran and why.
+ */
+export async function launch(argv: readonly string[], options: BundleOptions): Promise<number> {
+  const say = argv.includes("--trace")
+    ? (what: string) => console.error(`boot_linux: ${what}`)
+    : () => {};
+  let enabled = true;
+  try {
+    enabled = Deno.env.get("DENO_KVM_CLI_BUNDLE") !== "0";
+  } catch {
+    // No env access: the default.
+  }
+  const check: BundleCheck = enabled
+    ? await checkBundle(options)
+    : { reason: "DENO_KVM_CLI_BUNDLE=0" };
+  let main: Main | undefined;
+  if (check.url) {
+    try {
+      main = await importMain(check.url);
+      say(`${Math.round(performance.now())} ms CLI loaded from its bundle`);
+    } catch (e) {
+      say(`the CLI's bundle did not load: ${message(e)}`);
+    }
+  } else {
+    say(`the CLI's bundle is not used: ${check.reason}`);
+  }
+  const fromSources = main === undefined;
+  if (!main) {
+    main = await importMain(options.entry.href);
+    say(`${Math.round(performance.now())} ms CLI loaded from its sources`);
+  }
+  const code = await main(argv);
+  // Not after a refusal of the arguments (exit code 2): a mistyped command line gets its answer
+  // without waiting for a build.
+  if (fromSources && enabled && code !== 2) {
+    const problem = await buildBundle(options);
+    say(problem ? `the CLI's bundle was not built: ${problem}` : "the CLI's bundle was built");
+  }
+  return code;
+}
