@@ -223,11 +223,31 @@ export function rewriteBundle(
   return lines.join("\n");
 }
 
+/** How long a failed build keeps the next runs from trying again, ms. */
+export const BUILD_RETRY_MS = 3_600_000;
+
+/** Why the last build failed, when it did less than {@linkcode BUILD_RETRY_MS} ago. */
+function lastFailure(path: string): string | undefined {
+  if (untrustedReason(path, "file")) return undefined;
+  try {
+    const age = Date.now() - (Deno.statSync(path).mtime?.getTime() ?? 0);
+    if (!(age >= 0 && age < BUILD_RETRY_MS)) return undefined;
+    return `the last build, ${Math.round(age / 1000)} s ago, failed (tried again ${
+      BUILD_RETRY_MS / 60_000
+    } min after it): ${Deno.readTextFileSync(path).slice(0, 500)}`;
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Builds the bundle of `options.entry` and records it (see the module's
  * documentation); returns why it could not, or undefined. Runs `deno info`
- * and `deno bundle` (needs `--allow-run`); a bundle is recorded only when no
- * source file changed while it was built.
+ * and `deno bundle` (needs `--allow-run`; its first use fetches esbuild, as
+ * `deno bundle` does); a bundle is recorded only when no source file changed
+ * while it was built. A failure of either (or a bundle {@linkcode rewriteBundle}
+ * refuses) is kept beside the bundle, and for {@linkcode BUILD_RETRY_MS} a
+ * build returns it without trying again.
  */
 export async function buildBundle(options: BundleOptions): Promise<string | undefined> {
   const dir = options.directory ?? defaultDirectory();
@@ -238,8 +258,25 @@ export async function buildBundle(options: BundleOptions): Promise<string | unde
     const untrusted = (base && !options.directory ? ensureCacheDir(base) : undefined) ??
       ensureCacheDir(dir);
     if (untrusted) return untrusted;
+    const key = await entryKey(options.entry);
+    const failedPath = `${dir}/${key}.failed`;
+    const failed = lastFailure(failedPath);
+    if (failed) return failed;
+    // A failure that a later try cannot undo soon (no esbuild to fetch offline, a source the
+    // bundle cannot hold) is kept, so that every run does not pay for it again.
+    const fail = (problem: string) => {
+      try {
+        Deno.renameSync(
+          writeExclusive(dir, new TextEncoder().encode(problem), ".failed-", ".tmp"),
+          failedPath,
+        );
+      } catch {
+        // Tried again next run.
+      }
+      return problem;
+    };
     const files = await graphFiles(deno, options.entry);
-    if (typeof files === "string") return files;
+    if (typeof files === "string") return fail(files);
     const before = files.map(stampOf);
     const unsettled = files.find((_, i) => before[i] === undefined);
     if (unsettled) return `${unsettled} changed less than 2 s ago (or cannot be read)`;
@@ -259,15 +296,14 @@ export async function buildBundle(options: BundleOptions): Promise<string | unde
       stderr: "piped",
     }).output();
     if (!out.success) {
-      return `deno bundle failed: ${new TextDecoder().decode(out.stderr).trim().slice(-500)}`;
+      return fail(`deno bundle failed: ${new TextDecoder().decode(out.stderr).trim().slice(-500)}`);
     }
     const code = rewriteBundle(new TextDecoder().decode(out.stdout), files);
-    if (typeof code !== "string") return code.problem;
+    if (typeof code !== "string") return fail(code.problem);
     const changed = files.find((path, i) => stampOf(path) !== before[i]);
     if (changed) return `${changed} changed while the bundle was built`;
     const bytes = new TextEncoder().encode(code);
     const sha256 = await sha256HexAsync(bytes);
-    const key = await entryKey(options.entry);
     const bundle = `${key}-${sha256.slice(0, 16)}.js`;
     const manifestPath = `${dir}/${key}.json`;
     let previous: string | undefined;
@@ -289,6 +325,11 @@ export async function buildBundle(options: BundleOptions): Promise<string | unde
       writeExclusive(dir, new TextEncoder().encode(JSON.stringify(manifest)), ".manifest-", ".tmp"),
       manifestPath,
     );
+    try {
+      Deno.removeSync(failedPath);
+    } catch {
+      // No failure kept.
+    }
     if (previous && previous !== bundle) {
       // A run that checked the old bundle and has not imported it yet falls back to the sources.
       try {

@@ -10,6 +10,25 @@ import {
 import { buildBundle, checkBundle, launch, rewriteBundle } from "../../src/cli/bundle_cache.ts";
 import { STAMP_SETTLED_MS } from "../../src/cache_dir.ts";
 
+/**
+ * Whether `deno bundle` works here: it fetches esbuild on its first use, which a machine
+ * without network access and without a cached copy cannot (the bundle is then never built, and
+ * the sources always run: what the tests that need no bundler check).
+ */
+const bundler = (() => {
+  const dir = Deno.makeTempDirSync({ prefix: "cli-bundle-probe-" });
+  try {
+    Deno.writeTextFileSync(`${dir}/a.ts`, "export const a = 1;\n");
+    return new Deno.Command(Deno.execPath(), {
+      args: ["bundle", "--no-config", `${dir}/a.ts`],
+      stdout: "null",
+      stderr: "null",
+    }).outputSync().success;
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+})();
+
 /** Until the files just written have settled: a stamp is only taken of a settled file. */
 const settle = () => new Promise((resolve) => setTimeout(resolve, STAMP_SETTLED_MS + 200));
 
@@ -55,7 +74,10 @@ async function launchTraced(
   }
 }
 
-Deno.test("cli bundle: built once the sources settled, run in their place, its URLs the sources'", async () => {
+Deno.test({
+  name: "cli bundle: built once the sources settled, run in their place, its URLs the sources'",
+  ignore: !bundler,
+}, async () => {
   const dir = await Deno.makeTempDir({ prefix: "cli-bundle-" });
   try {
     const entry = await project(dir, 2);
@@ -85,7 +107,10 @@ Deno.test("cli bundle: built once the sources settled, run in their place, its U
   }
 });
 
-Deno.test("cli bundle: an edited source file makes the launcher run the sources, then rebuild", async () => {
+Deno.test({
+  name: "cli bundle: an edited source file makes the launcher run the sources, then rebuild",
+  ignore: !bundler,
+}, async () => {
   const dir = await Deno.makeTempDir({ prefix: "cli-bundle-" });
   try {
     const entry = await project(dir, 2);
@@ -128,7 +153,10 @@ Deno.test("cli bundle: an edited source file makes the launcher run the sources,
   }
 });
 
-Deno.test("cli bundle: a damaged, replaced or foreign bundle or record is not used", async () => {
+Deno.test({
+  name: "cli bundle: a damaged, replaced or foreign bundle or record is not used",
+  ignore: !bundler,
+}, async () => {
   const dir = await Deno.makeTempDir({ prefix: "cli-bundle-" });
   try {
     const entry = await project(dir, 2);
@@ -214,7 +242,11 @@ Deno.test("cli bundle: a bundle whose module URLs cannot be placed is refused", 
   );
 });
 
-Deno.test("cli bundle: the boot CLI's own sources bundle, with the worker and shim URLs of the sources", async () => {
+Deno.test({
+  name:
+    "cli bundle: the boot CLI's own sources bundle, with the worker and shim URLs of the sources",
+  ignore: !bundler,
+}, async () => {
   const dir = await Deno.makeTempDir({ prefix: "cli-bundle-" });
   try {
     const entry = new URL("../../src/cli/boot_linux.ts", import.meta.url);
@@ -242,6 +274,34 @@ Deno.test("cli bundle: the boot CLI's own sources bundle, with the worker and sh
     }
     const { main } = await import(check.url);
     assertEquals(typeof main, "function");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli bundle: a failed build is kept, and not tried again by every run", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cli-bundle-" });
+  try {
+    const entry = await project(dir, 2);
+    const directory = `${dir}/cache/cli`;
+    await settle();
+    // A bundler that fails (as deno bundle does offline without esbuild).
+    assertMatch((await buildBundle({ entry, directory, deno: "/bin/false" }))!, /deno info failed/);
+    const record = [...Deno.readDirSync(directory)].find((e) => e.name.endsWith(".failed"));
+    assert(record, "the failure is kept");
+    assertEquals(Deno.statSync(`${directory}/${record.name}`).mode! & 0o077, 0);
+    // Not tried again: the real deno is not even run.
+    assertMatch((await buildBundle({ entry, directory }))!, /the last build, \d+ s ago, failed/);
+    const { code, said } = await launchTraced([], { entry, directory });
+    assertEquals(code, 43);
+    assert(said.some((s) => /not built: the last build/.test(s)), said.join("\n"));
+    if (!bundler) return;
+    // An hour later (here: the record's time set back), built, and the record gone.
+    const old = new Date(Date.now() - 2 * 3_600_000);
+    await Deno.utime(`${directory}/${record.name}`, old, old);
+    assertEquals(await buildBundle({ entry, directory }), undefined);
+    assert(![...Deno.readDirSync(directory)].some((e) => e.name.endsWith(".failed")));
+    assert((await checkBundle({ entry, directory })).url);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
