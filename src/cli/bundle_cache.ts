@@ -14,7 +14,8 @@
  * graph (as `deno info` listed it when the bundle was built), the file's
  * status stamp (`fileStamp`: device, inode, size, modification and change
  * times; any write, truncation or rename of a file sets a new change time),
- * and the bundle's SHA-256. Both files must be ours (owner and mode, as the
+ * and the bundle's SHA-256 (checked once, then while the bundle's own stamp,
+ * kept beside it, stays the same). The files must be ours (owner and mode, as the
  * kernel cache's). Otherwise the sources run, and after the run (never before
  * the guest does) {@linkcode buildBundle} writes a new bundle: stamps taken
  * before `deno bundle` and compared after it, so a file edited meanwhile is
@@ -36,10 +37,12 @@
 import {
   ensureCacheDir,
   fileStamp,
+  readStamp,
   sha256HexAsync,
   untrustedReason,
   userCacheDir,
   writeExclusive,
+  writeStamp,
 } from "../cache_dir.ts";
 
 /** The record kept beside a bundle (`<key>.json`). */
@@ -82,13 +85,22 @@ function defaultDirectory(): string | undefined {
 }
 
 /** The name stem of an entry's files: one manifest and one bundle per entry (per checkout). */
-async function entryKey(entry: URL): Promise<string> {
-  return `boot-${(await sha256HexAsync(new TextEncoder().encode(entry.href))).slice(0, 16)}`;
+function entryKey(entry: URL): string {
+  // FNV-1a, twice over (two seeds): a name, not a check (the manifest names its entry), and no
+  // WebCrypto to start up for it (tens of ms in the sandbox's emulator).
+  let a = 0x811c9dc5, b = 0x01000193 ^ 0x5bd1e995;
+  for (let i = 0; i < entry.href.length; i++) {
+    a = Math.imul(a ^ entry.href.charCodeAt(i), 0x01000193);
+    b = Math.imul(b ^ entry.href.charCodeAt(i), 0x01000193);
+  }
+  return `boot-${(a >>> 0).toString(16).padStart(8, "0")}${
+    (b >>> 0).toString(16).padStart(8, "0")
+  }`;
 }
 
-function stampOf(path: string): string | undefined {
+function stampOf(path: string, how: "stat" | "lstat" = "stat"): string | undefined {
   try {
-    return fileStamp(Deno.statSync(path));
+    return fileStamp(how === "stat" ? Deno.statSync(path) : Deno.lstatSync(path));
   } catch {
     return undefined;
   }
@@ -124,7 +136,7 @@ export async function checkBundle(options: BundleOptions): Promise<BundleCheck> 
   const dir = options.directory ?? defaultDirectory();
   if (!dir) return { reason: "no cache directory (set DENO_KVM_CACHE or HOME)" };
   try {
-    const key = await entryKey(options.entry);
+    const key = entryKey(options.entry);
     const manifestPath = `${dir}/${key}.json`;
     const untrusted = untrustedReason(dir, "directory") ?? untrustedReason(manifestPath, "file");
     if (untrusted) return { reason: untrusted };
@@ -140,8 +152,16 @@ export async function checkBundle(options: BundleOptions): Promise<BundleCheck> 
     const bundlePath = `${dir}/${manifest.bundle}`;
     const bundleUntrusted = untrustedReason(bundlePath, "file");
     if (bundleUntrusted) return { reason: bundleUntrusted };
-    if (await sha256HexAsync(Deno.readFileSync(bundlePath)) !== manifest.sha256) {
-      return { reason: `${bundlePath} is damaged` };
+    // The bundle's content is checked by its SHA-256 once; while its status stays the same (a
+    // stamp kept beside it once it settled, as the kernel cache's entries) it is not read again:
+    // hashing it costs 50-100 ms in the sandbox's emulator, which the bundle is there to save.
+    const stampPath = `${bundlePath}.stamp`;
+    const stamp = stampOf(bundlePath, "lstat");
+    if (!stamp || readStamp(stampPath) !== `${stamp}\n${manifest.sha256}`) {
+      if (await sha256HexAsync(Deno.readFileSync(bundlePath)) !== manifest.sha256) {
+        return { reason: `${bundlePath} is damaged` };
+      }
+      if (stamp) writeStamp(stampPath, `${stamp}\n${manifest.sha256}`);
     }
     return { url: new URL(`file://${bundlePath}`).href };
   } catch (e) {
@@ -258,7 +278,7 @@ export async function buildBundle(options: BundleOptions): Promise<string | unde
     const untrusted = (base && !options.directory ? ensureCacheDir(base) : undefined) ??
       ensureCacheDir(dir);
     if (untrusted) return untrusted;
-    const key = await entryKey(options.entry);
+    const key = entryKey(options.entry);
     const failedPath = `${dir}/${key}.failed`;
     const failed = lastFailure(failedPath);
     if (failed) return failed;
@@ -277,7 +297,7 @@ export async function buildBundle(options: BundleOptions): Promise<string | unde
     };
     const files = await graphFiles(deno, options.entry);
     if (typeof files === "string") return fail(files);
-    const before = files.map(stampOf);
+    const before = files.map((path) => stampOf(path));
     const unsettled = files.find((_, i) => before[i] === undefined);
     if (unsettled) return `${unsettled} changed less than 2 s ago (or cannot be read)`;
     const out = await new Deno.Command(deno, {
@@ -332,10 +352,12 @@ export async function buildBundle(options: BundleOptions): Promise<string | unde
     }
     if (previous && previous !== bundle) {
       // A run that checked the old bundle and has not imported it yet falls back to the sources.
-      try {
-        Deno.removeSync(`${dir}/${previous}`);
-      } catch {
-        // Removed by another build.
+      for (const old of [previous, `${previous}.stamp`]) {
+        try {
+          Deno.removeSync(`${dir}/${old}`);
+        } catch {
+          // Removed by another build.
+        }
       }
     }
     return undefined;
@@ -374,8 +396,10 @@ export async function launch(argv: readonly string[], options: BundleOptions): P
   const check: BundleCheck = enabled
     ? await checkBundle(options)
     : { reason: "DENO_KVM_CLI_BUNDLE=0" };
+  const checked = Math.round(performance.now());
   let main: Main | undefined;
   if (check.url) {
+    say(`${checked} ms CLI bundle checked`);
     try {
       main = await importMain(check.url);
       say(`${Math.round(performance.now())} ms CLI loaded from its bundle`);

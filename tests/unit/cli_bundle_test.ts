@@ -163,9 +163,12 @@ Deno.test({
     const directory = `${dir}/cache/cli`;
     await settle();
     assertEquals(await buildBundle({ entry, directory }), undefined);
+    await settle(); // the bundle too: its first check then keeps its stamp
     const url = (await checkBundle({ entry, directory })).url;
     assert(url);
     const path = new URL(url).pathname;
+    assert(Deno.statSync(`${path}.stamp`).isFile, "the bundle's stamp is kept once it is checked");
+    assert((await checkBundle({ entry, directory })).url); // by its stamp
     const good = await Deno.readFile(path);
     // One flipped bit, same size.
     const flipped = good.slice();
