@@ -29,6 +29,10 @@
  * shim's source and build resolve as from the sources); a bundle with any
  * other use of `import.meta` than `.main`, or a dynamic `import()`, is refused.
  *
+ * With the CLI, the machines' AP workers get a bundle of their own (`ap_worker.ts`:
+ * the vCPU worker and its AP device, about sixty modules), built and checked
+ * with the CLI's under one record, and started through `setApWorkerModule`.
+ *
  * `DENO_KVM_CLI_BUNDLE=0` runs the sources and builds nothing.
  *
  * @module
@@ -45,35 +49,62 @@ import {
   writeStamp,
 } from "../cache_dir.ts";
 
-/** The record kept beside a bundle (`<key>.json`). */
+/** One bundle file of a record: its name in the same directory and its SHA-256 (hex). */
+interface BundleFile {
+  file: string;
+  sha256: string;
+}
+
+/** The record kept beside the bundles (`<key>.json`). */
 interface Manifest {
-  format: 1;
+  format: 2;
   /** `Deno.version.deno` of the Deno that built it. */
   deno: string;
   /** The entry module's URL. */
   entry: string;
-  /** The bundle's file name in the same directory. */
-  bundle: string;
-  /** The bundle's SHA-256, hex. */
-  sha256: string;
-  /** Every local file of the entry's module graph: path and `fileStamp` line. */
+  /** The worker entry's URL, if any. */
+  worker?: string;
+  /** The entry's bundle, then the worker's, if any. */
+  bundles: BundleFile[];
+  /** Every local file of the entries' module graphs: path and `fileStamp` line. */
   sources: [string, string][];
+}
+
+/** A worker's module bundled beside the entry (the machines' AP workers). */
+export interface WorkerBundle {
+  /** The worker's module (a `file:` URL). */
+  entry: URL;
+  /**
+   * Source files whose dynamic `import()`s are known to take absolute URLs
+   * (the vCPU worker's device modules), so they may stay in the bundle.
+   */
+  dynamicImportsIn?: readonly string[];
 }
 
 /** Where a bundle is kept and what it is built from. */
 export interface BundleOptions {
-  /** The entry module (a `file:` URL), whose export `main` the bundle keeps. */
+  /**
+   * The entry module (a `file:` URL), whose export `main` the bundle keeps
+   * (and, with {@linkcode BundleOptions.worker}, `setApWorkerModule`).
+   */
   entry: URL;
+  /** A worker's module to bundle and check with the entry. */
+  worker?: WorkerBundle;
   /** The directory for bundles; default `<userCacheDir()>/cli`. */
   directory?: string;
   /** The `deno` that builds the bundle; default `Deno.execPath()`. */
   deno?: string;
 }
 
-/** What {@linkcode checkBundle} found: the bundle to run, or why not. */
-export type BundleCheck = { url: string; reason?: undefined } | { url?: undefined; reason: string };
+/**
+ * What {@linkcode checkBundle} found: the bundle to run (and the worker's),
+ * or why not.
+ */
+export type BundleCheck =
+  | { url: string; workerUrl?: string; reason?: undefined }
+  | { url?: undefined; workerUrl?: undefined; reason: string };
 
-const FORMAT = 1;
+const FORMAT = 2;
 
 function message(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
@@ -85,13 +116,14 @@ function defaultDirectory(): string | undefined {
 }
 
 /** The name stem of an entry's files: one manifest and one bundle per entry (per checkout). */
-function entryKey(entry: URL): string {
-  // FNV-1a, twice over (two seeds): a name, not a check (the manifest names its entry), and no
+function entryKey(options: BundleOptions): string {
+  // FNV-1a, twice over (two seeds): a name, not a check (the manifest names its entries), and no
   // WebCrypto to start up for it (tens of ms in the sandbox's emulator).
+  const text = `${options.entry.href} ${options.worker?.entry.href ?? ""}`;
   let a = 0x811c9dc5, b = 0x01000193 ^ 0x5bd1e995;
-  for (let i = 0; i < entry.href.length; i++) {
-    a = Math.imul(a ^ entry.href.charCodeAt(i), 0x01000193);
-    b = Math.imul(b ^ entry.href.charCodeAt(i), 0x01000193);
+  for (let i = 0; i < text.length; i++) {
+    a = Math.imul(a ^ text.charCodeAt(i), 0x01000193);
+    b = Math.imul(b ^ text.charCodeAt(i), 0x01000193);
   }
   return `boot-${(a >>> 0).toString(16).padStart(8, "0")}${
     (b >>> 0).toString(16).padStart(8, "0")
@@ -116,8 +148,12 @@ function parseManifest(text: string): Manifest | undefined {
   const m = value as Partial<Manifest> | null;
   if (
     !m || m.format !== FORMAT || typeof m.deno !== "string" || typeof m.entry !== "string" ||
-    typeof m.bundle !== "string" || !/^[\w.-]+\.js$/.test(m.bundle) ||
-    typeof m.sha256 !== "string" || !/^[0-9a-f]{64}$/.test(m.sha256) ||
+    (m.worker !== undefined && typeof m.worker !== "string") ||
+    !Array.isArray(m.bundles) || m.bundles.length !== (m.worker === undefined ? 1 : 2) ||
+    !m.bundles.every((b) =>
+      typeof b?.file === "string" && /^[\w.-]+\.js$/.test(b.file) &&
+      typeof b.sha256 === "string" && /^[0-9a-f]{64}$/.test(b.sha256)
+    ) ||
     !Array.isArray(m.sources) || m.sources.length === 0 ||
     !m.sources.every((s) =>
       Array.isArray(s) && s.length === 2 && typeof s[0] === "string" && typeof s[1] === "string"
@@ -136,8 +172,7 @@ export async function checkBundle(options: BundleOptions): Promise<BundleCheck> 
   const dir = options.directory ?? defaultDirectory();
   if (!dir) return { reason: "no cache directory (set DENO_KVM_CACHE or HOME)" };
   try {
-    const key = entryKey(options.entry);
-    const manifestPath = `${dir}/${key}.json`;
+    const manifestPath = `${dir}/${entryKey(options)}.json`;
     const untrusted = untrustedReason(dir, "directory") ?? untrustedReason(manifestPath, "file");
     if (untrusted) return { reason: untrusted };
     const manifest = parseManifest(Deno.readTextFileSync(manifestPath));
@@ -145,25 +180,31 @@ export async function checkBundle(options: BundleOptions): Promise<BundleCheck> 
     if (manifest.deno !== Deno.version.deno) {
       return { reason: `built by Deno ${manifest.deno}, this is ${Deno.version.deno}` };
     }
-    if (manifest.entry !== options.entry.href) return { reason: `built for ${manifest.entry}` };
+    if (
+      manifest.entry !== options.entry.href || manifest.worker !== options.worker?.entry.href
+    ) return { reason: `built for ${manifest.entry} ${manifest.worker ?? ""}` };
     for (const [path, stamp] of manifest.sources) {
       if (stampOf(path) !== stamp) return { reason: `${path} changed` };
     }
-    const bundlePath = `${dir}/${manifest.bundle}`;
-    const bundleUntrusted = untrustedReason(bundlePath, "file");
-    if (bundleUntrusted) return { reason: bundleUntrusted };
-    // The bundle's content is checked by its SHA-256 once; while its status stays the same (a
-    // stamp kept beside it once it settled, as the kernel cache's entries) it is not read again:
-    // hashing it costs 50-100 ms in the sandbox's emulator, which the bundle is there to save.
-    const stampPath = `${bundlePath}.stamp`;
-    const stamp = stampOf(bundlePath, "lstat");
-    if (!stamp || readStamp(stampPath) !== `${stamp}\n${manifest.sha256}`) {
-      if (await sha256HexAsync(Deno.readFileSync(bundlePath)) !== manifest.sha256) {
-        return { reason: `${bundlePath} is damaged` };
+    const urls: string[] = [];
+    for (const { file, sha256 } of manifest.bundles) {
+      const bundlePath = `${dir}/${file}`;
+      const bundleUntrusted = untrustedReason(bundlePath, "file");
+      if (bundleUntrusted) return { reason: bundleUntrusted };
+      // The bundle's content is checked by its SHA-256 once; while its status stays the same (a
+      // stamp kept beside it once it settled, as the kernel cache's entries) it is not read
+      // again: hashing costs 50-100 ms in the sandbox's emulator, which the bundle is to save.
+      const stampPath = `${bundlePath}.stamp`;
+      const stamp = stampOf(bundlePath, "lstat");
+      if (!stamp || readStamp(stampPath) !== `${stamp}\n${sha256}`) {
+        if (await sha256HexAsync(Deno.readFileSync(bundlePath)) !== sha256) {
+          return { reason: `${bundlePath} is damaged` };
+        }
+        if (stamp) writeStamp(stampPath, `${stamp}\n${sha256}`);
       }
-      if (stamp) writeStamp(stampPath, `${stamp}\n${manifest.sha256}`);
+      urls.push(new URL(`file://${bundlePath}`).href);
     }
-    return { url: new URL(`file://${bundlePath}`).href };
+    return { url: urls[0], workerUrl: urls[1] };
   } catch (e) {
     return { reason: message(e) };
   }
@@ -209,6 +250,7 @@ async function graphFiles(deno: string, entry: URL): Promise<string[] | string> 
 export function rewriteBundle(
   code: string,
   files: readonly string[],
+  dynamicImportsIn: readonly string[] = [],
 ): string | { problem: string } {
   const known = new Set(files);
   const lines = code.split("\n");
@@ -221,7 +263,10 @@ export function rewriteBundle(
       current = known.has(path) ? path : undefined;
       continue;
     }
-    if (/\bimport\s*\(/.test(lines[i])) return { problem: `a dynamic import: ${lines[i].trim()}` };
+    if (
+      /\bimport\s*\(/.test(lines[i]) &&
+      (!current || !dynamicImportsIn.includes(current) || /\bimport\s*\(\s*["'`]/.test(lines[i]))
+    ) return { problem: `a dynamic import: ${lines[i].trim()}` };
     if (!lines[i].includes("import.meta")) continue;
     const uses: string[] = lines[i].match(/\bimport\.meta\.\w+/g) ?? [];
     if (
@@ -278,7 +323,7 @@ export async function buildBundle(options: BundleOptions): Promise<string | unde
     const untrusted = (base && !options.directory ? ensureCacheDir(base) : undefined) ??
       ensureCacheDir(dir);
     if (untrusted) return untrusted;
-    const key = entryKey(options.entry);
+    const key = entryKey(options);
     const failedPath = `${dir}/${key}.failed`;
     const failed = lastFailure(failedPath);
     if (failed) return failed;
@@ -295,50 +340,74 @@ export async function buildBundle(options: BundleOptions): Promise<string | unde
       }
       return problem;
     };
-    const files = await graphFiles(deno, options.entry);
-    if (typeof files === "string") return fail(files);
+    const entries = [
+      { url: options.entry, dynamicImportsIn: [] as readonly string[] },
+      ...options.worker
+        ? [{ url: options.worker.entry, dynamicImportsIn: options.worker.dynamicImportsIn ?? [] }]
+        : [],
+    ];
+    const graphs: string[][] = [];
+    for (const entry of entries) {
+      const files = await graphFiles(deno, entry.url);
+      if (typeof files === "string") return fail(files);
+      graphs.push(files);
+    }
+    const files = [...new Set(graphs.flat())];
     const before = files.map((path) => stampOf(path));
     const unsettled = files.find((_, i) => before[i] === undefined);
     if (unsettled) return `${unsettled} changed less than 2 s ago (or cannot be read)`;
-    const out = await new Deno.Command(deno, {
-      args: [
-        "bundle",
-        "--no-config",
-        "--platform",
-        "deno",
-        "--format",
-        "esm",
-        options.entry.pathname,
-      ],
-      cwd: "/",
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    if (!out.success) {
-      return fail(`deno bundle failed: ${new TextDecoder().decode(out.stderr).trim().slice(-500)}`);
+    const codes: Uint8Array[] = [];
+    for (const [i, entry] of entries.entries()) {
+      const out = await new Deno.Command(deno, {
+        args: [
+          "bundle",
+          "--no-config",
+          "--platform",
+          "deno",
+          "--format",
+          "esm",
+          entry.url.pathname,
+        ],
+        cwd: "/",
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      if (!out.success) {
+        const why = new TextDecoder().decode(out.stderr).trim().slice(-500);
+        return fail(`deno bundle failed: ${why}`);
+      }
+      const code = rewriteBundle(
+        new TextDecoder().decode(out.stdout),
+        graphs[i],
+        entry.dynamicImportsIn,
+      );
+      if (typeof code !== "string") return fail(code.problem);
+      codes.push(new TextEncoder().encode(code));
     }
-    const code = rewriteBundle(new TextDecoder().decode(out.stdout), files);
-    if (typeof code !== "string") return fail(code.problem);
     const changed = files.find((path, i) => stampOf(path) !== before[i]);
     if (changed) return `${changed} changed while the bundle was built`;
-    const bytes = new TextEncoder().encode(code);
-    const sha256 = await sha256HexAsync(bytes);
-    const bundle = `${key}-${sha256.slice(0, 16)}.js`;
     const manifestPath = `${dir}/${key}.json`;
-    let previous: string | undefined;
+    let previous: string[] = [];
     try {
-      previous = parseManifest(Deno.readTextFileSync(manifestPath))?.bundle;
+      previous = parseManifest(Deno.readTextFileSync(manifestPath))?.bundles.map((b) => b.file) ??
+        [];
     } catch {
       // None yet.
     }
-    Deno.renameSync(writeExclusive(dir, bytes, ".bundle-", ".tmp"), `${dir}/${bundle}`);
+    const bundles: BundleFile[] = [];
+    for (const [i, bytes] of codes.entries()) {
+      const sha256 = await sha256HexAsync(bytes);
+      const file = `${key}-${i === 0 ? "" : "worker-"}${sha256.slice(0, 16)}.js`;
+      Deno.renameSync(writeExclusive(dir, bytes, ".bundle-", ".tmp"), `${dir}/${file}`);
+      bundles.push({ file, sha256 });
+    }
     const manifest: Manifest = {
       format: FORMAT,
       deno: Deno.version.deno,
       entry: options.entry.href,
-      bundle,
-      sha256,
+      ...options.worker ? { worker: options.worker.entry.href } : {},
+      bundles,
       sources: files.map((path, i) => [path, before[i]!]),
     };
     Deno.renameSync(
@@ -350,11 +419,11 @@ export async function buildBundle(options: BundleOptions): Promise<string | unde
     } catch {
       // No failure kept.
     }
-    if (previous && previous !== bundle) {
-      // A run that checked the old bundle and has not imported it yet falls back to the sources.
-      for (const old of [previous, `${previous}.stamp`]) {
+    // A run that checked an old bundle and has not imported it yet falls back to the sources.
+    for (const old of previous.filter((file) => !bundles.some((b) => b.file === file))) {
+      for (const path of [`${dir}/${old}`, `${dir}/${old}.stamp`]) {
         try {
-          Deno.removeSync(`${dir}/${old}`);
+          Deno.removeSync(path);
         } catch {
           // Removed by another build.
         }
@@ -369,9 +438,15 @@ export async function buildBundle(options: BundleOptions): Promise<string | unde
 /** What {@linkcode launch} runs: the entry's `main`. */
 type Main = (argv: readonly string[]) => Promise<number>;
 
-async function importMain(url: string): Promise<Main> {
-  const module = await import(url) as { main?: unknown };
+async function importMain(url: string, workerUrl?: string): Promise<Main> {
+  const module = await import(url) as { main?: unknown; setApWorkerModule?: unknown };
   if (typeof module.main !== "function") throw new Error(`${url} exports no main`);
+  if (workerUrl) {
+    if (typeof module.setApWorkerModule !== "function") {
+      throw new Error(`${url} exports no setApWorkerModule`);
+    }
+    (module.setApWorkerModule as (url: string) => void)(workerUrl);
+  }
   return module.main as Main;
 }
 
@@ -401,7 +476,7 @@ export async function launch(argv: readonly string[], options: BundleOptions): P
   if (check.url) {
     say(`${checked} ms CLI bundle checked`);
     try {
-      main = await importMain(check.url);
+      main = await importMain(check.url, check.workerUrl);
       say(`${Math.round(performance.now())} ms CLI loaded from its bundle`);
     } catch (e) {
       say(`the CLI's bundle did not load: ${message(e)}`);
@@ -422,4 +497,21 @@ export async function launch(argv: readonly string[], options: BundleOptions): P
     say(problem ? `the CLI's bundle was not built: ${problem}` : "the CLI's bundle was built");
   }
   return code;
+}
+
+/**
+ * What the repository's boot CLI (`examples/boot_linux.ts`) bundles: the
+ * CLI's `main` with the AP worker hook (`bundle_entry.ts`), and the AP
+ * workers' module (`ap_worker.ts`, whose vCPU worker imports device modules
+ * by absolute URL).
+ */
+export function bootCliBundle(directory?: string): BundleOptions {
+  return {
+    entry: new URL("./bundle_entry.ts", import.meta.url),
+    worker: {
+      entry: new URL("./ap_worker.ts", import.meta.url),
+      dynamicImportsIn: [new URL("../context/vcpu_worker.ts", import.meta.url).pathname],
+    },
+    ...directory ? { directory } : {},
+  };
 }

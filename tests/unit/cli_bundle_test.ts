@@ -7,7 +7,13 @@ import {
   match as assertMatch,
   ok as assert,
 } from "node:assert/strict";
-import { buildBundle, checkBundle, launch, rewriteBundle } from "../../src/cli/bundle_cache.ts";
+import {
+  bootCliBundle,
+  buildBundle,
+  checkBundle,
+  launch,
+  rewriteBundle,
+} from "../../src/cli/bundle_cache.ts";
 import { STAMP_SETTLED_MS } from "../../src/cache_dir.ts";
 
 /**
@@ -247,22 +253,21 @@ Deno.test("cli bundle: a bundle whose module URLs cannot be placed is refused", 
 
 Deno.test({
   name:
-    "cli bundle: the boot CLI's own sources bundle, with the worker and shim URLs of the sources",
+    "cli bundle: the boot CLI and its AP workers bundle, with the sources' worker and shim URLs",
   ignore: !bundler,
 }, async () => {
   const dir = await Deno.makeTempDir({ prefix: "cli-bundle-" });
   try {
-    const entry = new URL("../../src/cli/boot_linux.ts", import.meta.url);
-    const directory = `${dir}/cli`;
-    let problem = await buildBundle({ entry, directory });
+    const options = bootCliBundle(`${dir}/cli`);
+    let problem = await buildBundle(options);
     if (problem && /less than 2 s ago/.test(problem)) {
       // A checkout (or an edit) just now: once settled it must build.
       await settle();
-      problem = await buildBundle({ entry, directory });
+      problem = await buildBundle(options);
     }
     assertEquals(problem, undefined);
-    const check = await checkBundle({ entry, directory });
-    assert(check.url, check.reason);
+    const check = await checkBundle(options);
+    assert(check.url && check.workerUrl, check.reason);
     const bundle = await Deno.readTextFile(new URL(check.url));
     const src = new URL("../../src/", import.meta.url).href;
     for (
@@ -272,11 +277,28 @@ Deno.test({
         "boot/ap_runtime.ts",
         "cli/boot_linux.ts",
       ]
-    ) {
-      assert(bundle.includes(JSON.stringify(`${src}${module}`)), `${module}'s URL is not kept`);
-    }
-    const { main } = await import(check.url);
+    ) assert(bundle.includes(JSON.stringify(`${src}${module}`)), `${module}'s URL is not kept`);
+    const { main, setApWorkerModule } = await import(check.url);
     assertEquals(typeof main, "function");
+    assertEquals(typeof setApWorkerModule, "function");
+    // The AP workers' bundle: the vCPU worker's import of device modules (absolute URLs) is
+    // kept, the shim's URLs are the sources', and the AP device is its default export.
+    const worker = await Deno.readTextFile(new URL(check.workerUrl));
+    assert(worker.includes("await import(spec.url)"));
+    assert(worker.includes(JSON.stringify(`${src}ffi/library.ts`)));
+    assert(!worker.includes("import.meta"));
+    assert(/export \{\s*apDevice as default\s*\}/.test(worker));
+    // Without its allowance the vCPU worker's dynamic import refuses the bundle.
+    const files = [options.worker!.dynamicImportsIn![0]];
+    const marked = `// ${files[0].slice(1)}\nconst m = await import(spec.url);\n`;
+    assertMatch((rewriteBundle(marked, files) as { problem: string }).problem, /dynamic import/);
+    assertEquals(rewriteBundle(marked, files, files), marked);
+    // ...and a literal one stays refused even there (it would resolve against the bundle).
+    const literal = `// ${files[0].slice(1)}\nconst m = await import("./x.ts");\n`;
+    assertMatch(
+      (rewriteBundle(literal, files, files) as { problem: string }).problem,
+      /dynamic import/,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
