@@ -17,6 +17,7 @@ import { ConsoleParser } from "./console.ts";
 import { CpioWriter } from "./cpio.ts";
 import { findHost } from "./host.ts";
 import { ensureBaseArchive } from "./initramfs.ts";
+import { sandboxQemu } from "./qemu_fix.ts";
 import { bootableKernel } from "./kernel.ts";
 import { listProjectFiles, writeProject } from "./project.ts";
 import { initScript, passedEnv, runScript } from "./script.ts";
@@ -123,6 +124,12 @@ async function appendRunArchive(
   }
 }
 
+/** The guest's CPU count when the caller gives none: `DENO_KVM_SANDBOX_CPUS`, else 2. */
+function defaultCpus(): number {
+  const fromEnv = Number(Deno.env.get("DENO_KVM_SANDBOX_CPUS"));
+  return Number.isInteger(fromEnv) && fromEnv > 0 ? fromEnv : 2;
+}
+
 function qemuArgs(kernel: string, initrd: string, cpus: number, memoryMiB: number): string[] {
   return [
     "-nodefaults",
@@ -168,6 +175,10 @@ export async function runInSandbox(opts: SandboxOptions): Promise<SandboxResult>
   const host = await findHost();
   const base = await ensureBaseArchive(host);
   const kernel = await bootableKernel(host.kernel.image);
+  // QEMU 7.2's VMRUN can deliver the nested guest's interrupt twice, the second time with the
+  // guest's IF 0 (see qemu_fix.ts): run a copy with that one store removed where possible.
+  const qemu = await sandboxQemu(host.qemu);
+  if (!qemu.fixed) console.error(`sandbox: ${qemu.note}`);
   const nonce = Array.from(
     crypto.getRandomValues(new Uint8Array(8)),
     (b) => b.toString(16).padStart(2, "0"),
@@ -204,8 +215,8 @@ export async function runInSandbox(opts: SandboxOptions): Promise<SandboxResult>
       onStart: () => startedAt = performance.now(),
     });
     const spawnedAt = performance.now();
-    child = new Deno.Command(host.qemu, {
-      args: qemuArgs(kernel, initrd, opts.cpus ?? 2, opts.memoryMiB ?? 3072),
+    child = new Deno.Command(qemu.path, {
+      args: qemuArgs(kernel, initrd, opts.cpus ?? defaultCpus(), opts.memoryMiB ?? 3072),
       stdin: "null", // so QEMU never puts the host terminal in raw mode
       stdout: "piped",
       stderr: "piped",
