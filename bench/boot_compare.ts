@@ -9,11 +9,7 @@
  * against QEMU, and a later one):
  * - `deno-kvm first boot`: an empty kernel cache (a new `DENO_KVM_CACHE` each
  *   round), so the bzImage's kernel is decompressed on the host (liblzma,
- *   while the VMM probes the KVM) and cached; the host probe's record is not
- *   there either, the CLI's bundle (`src/cli/bundle_cache.ts`, built by the
- *   warm cache's first boot) is: a new kernel on a machine that has run the
- *   CLI before (`KVM_BOOT_BENCH_FIRST_BUNDLE=0`: an empty cache in every
- *   respect, the CLI run from its sources and its bundle built after the run);
+ *   while the VMM probes the KVM) and cached;
  * - `deno-kvm later boot`: the cache warm, the kernel read back;
  * - `qemu bzImage`: QEMU with the same bzImage (the guest decompresses).
  * With `KVM_BOOT_BENCH_ALL=1` also `deno-kvm --guest-decompress` (the guest
@@ -350,30 +346,12 @@ async function main(): Promise<void> {
   /** name, command, arguments, environment (made just before each boot), working directory. */
   type Way = [string, string, string[], () => Promise<Record<string, string>>, string?];
   const none = () => Promise.resolve({});
-  // The CLI's bundle, as the warm cache's first boot built it after its run (none from an older
-  // checkout: no such directory).
-  const keepBundle = Deno.env.get("KVM_BOOT_BENCH_FIRST_BUNDLE") !== "0";
-  const firstCache = async () => {
-    const dir = await freshCache();
-    if (!keepBundle) return dir;
-    try {
-      await Deno.mkdir(`${dir}/cli`, { mode: 0o700 });
-      for await (const entry of Deno.readDir(`${warm}/cli`)) {
-        if (entry.isFile) {
-          await Deno.copyFile(`${warm}/cli/${entry.name}`, `${dir}/cli/${entry.name}`);
-        }
-      }
-    } catch (e) {
-      console.error(`boot_compare: the CLI's bundle not copied: ${(e as Error).message}`);
-    }
-    return dir;
-  };
   const ways: Way[] = [
     [
       "deno-kvm first boot",
       Deno.execPath(),
       ours(),
-      async () => ({ ...lzmaEnv, DENO_KVM_CACHE: await firstCache() }),
+      async () => ({ ...lzmaEnv, DENO_KVM_CACHE: await freshCache() }),
     ],
     [
       "deno-kvm later boot",

@@ -74,24 +74,6 @@ const AP_DEVICE_URL = new URL("./ap_device.ts", import.meta.url).href;
 /** How long {@linkcode ApWorkers.stop} waits, by default, for the APs' workers to give their vCPUs back. */
 const STOP_TIMEOUT_MS = 5_000;
 
-/**
- * The module the APs' workers start in place of the vCPU worker and its AP
- * device, or undefined: one that runs `context/vcpu_worker.ts` and whose
- * default export is `ap_device.ts`'s factory (`src/cli/ap_worker.ts`, which
- * the boot CLI's launcher bundles; see `src/cli/bundle_cache.ts`).
- */
-let apWorkerModule: string | undefined;
-
-/**
- * Sets the module the APs' workers start (see above; undefined: the sources).
- * A hook for the boot CLI's launcher, which checked the module is fresh.
- *
- * @internal
- */
-export function setApWorkerModule(url: string | undefined): void {
-  apWorkerModule = url;
-}
-
 /** Options of {@linkcode ApWorkers.start} (the machines pass none). */
 export interface ApStartOptions {
   /** Device modules each AP's worker loads after its own (as `KvmContext`'s `devices`). */
@@ -144,10 +126,7 @@ export class ApWorkers {
     options: ApStartOptions = {},
   ): void {
     this.#stopTimeoutMs = options.stopTimeoutMs ?? STOP_TIMEOUT_MS;
-    const devices = [
-      { url: apWorkerModule ?? AP_DEVICE_URL, options: undefined },
-      ...options.devices ?? [],
-    ];
+    const devices = [{ url: AP_DEVICE_URL, options: undefined }, ...options.devices ?? []];
     const control = new Int32Array(new SharedArrayBuffer(controlBytes(vcpus.length)));
     control[Ctl.STOP_BY] = -1;
     this.#control = control;
@@ -162,10 +141,7 @@ export class ApWorkers {
       const kick = ap.vcpu.kickTarget;
       this.#life = kick.life;
       control[ctl(ap.index, Ctl.SLOT)] = kick.slot!;
-      const worker = new Worker(apWorkerModule ?? VCPU_WORKER_URL, {
-        type: "module",
-        name: `AP ${ap.vcpu.id}`,
-      });
+      const worker = new Worker(VCPU_WORKER_URL, { type: "module", name: `AP ${ap.vcpu.id}` });
       ap.worker = worker;
       worker.onerror = (event) => {
         event.preventDefault();
