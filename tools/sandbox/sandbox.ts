@@ -124,7 +124,12 @@ async function appendRunArchive(
   }
 }
 
-/** The guest's CPU count when the caller gives none: `DENO_KVM_SANDBOX_CPUS`, else 2. */
+/**
+ * The guest's CPU count when the caller gives none: `DENO_KVM_SANDBOX_CPUS`, else 2. With one
+ * CPU the round-robin TCG thread has no vCPU to kick, which also hid QEMU's VMRUN bug (see
+ * qemu_fix.ts), but the whole sandbox then froze at the third boot of our VMM in a benchmark, twice
+ * in two runs (bench/RESULTS.md, seventh session): two CPUs with the fixed QEMU instead.
+ */
 function defaultCpus(): number {
   const fromEnv = Number(Deno.env.get("DENO_KVM_SANDBOX_CPUS"));
   return Number.isInteger(fromEnv) && fromEnv > 0 ? fromEnv : 2;
@@ -136,7 +141,8 @@ function qemuArgs(kernel: string, initrd: string, cpus: number, memoryMiB: numbe
     "-no-user-config",
     "-accel",
     // Single-threaded TCG: with thread=multi (QEMU 7.2, Debian 6.1 guest kernel) the guest
-    // locks up (soft lockups on both CPUs) after a few dozen KVM VM create/destroy cycles.
+    // locks up (soft lockups on both CPUs) after a few dozen KVM VM create/destroy cycles, or
+    // its kernel crashes in kvm_amd's VMRUN path (a benchmark's fourth nested boot, 2026-11-30).
     Deno.env.get("DENO_KVM_SANDBOX_ACCEL") ?? "tcg,thread=single",
     "-smp",
     String(cpus),
