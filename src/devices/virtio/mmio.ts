@@ -123,8 +123,17 @@ export class VirtioMmioTransport implements BusDevice {
         const q = this.#queueWord();
         return q < 0 ? 0 : Atomics.load(s, q + QueueWord.READY);
       }
-      case MmioReg.INTERRUPT_STATUS:
-        return Atomics.load(s, Word.INTERRUPT);
+      case MmioReg.INTERRUPT_STATUS: {
+        // Read-to-clear, as virtio-pci's ISR: a driver reads the status once per interrupt and
+        // handles every bit it got (Linux's vm_interrupt reads it, acknowledges that value, then
+        // handles it), so the bits are taken here and `InterruptACK` has nothing left to clear.
+        // The runtime lets the kernel swallow ACK writes (an ioeventfd): one exit to user space
+        // per interrupt instead of two. A bit the device sets after this read comes with a new
+        // interrupt and is read then; a late ACK can never clear it.
+        const bits = Atomics.exchange(s, Word.INTERRUPT, 0);
+        if (bits !== 0) Atomics.add(s, Word.ACKS, 1);
+        return bits;
+      }
       case MmioReg.STATUS:
         return Atomics.load(s, Word.STATUS);
       case MmioReg.CONFIG_GENERATION:
@@ -161,9 +170,7 @@ export class VirtioMmioTransport implements BusDevice {
         this.#link.notify();
         return;
       case MmioReg.INTERRUPT_ACK:
-        Atomics.and(s, Word.INTERRUPT, ~value);
-        Atomics.add(s, Word.ACKS, 1);
-        return;
+        return; // the read of InterruptStatus cleared what this acknowledges (see there)
       case MmioReg.STATUS:
         this.#writeStatus(value);
         return;

@@ -103,6 +103,8 @@ export class VirtioRuntime {
   #snapshot = new Int32Array(new SharedArrayBuffer(4 * SNAP_WORDS));
   #control = new Int32Array(new SharedArrayBuffer(16));
   #wake: EventFd;
+  /** Takes the drivers' `InterruptACK` writes in the kernel; never read (see `mmio.ts`). */
+  #acks: EventFd | null = null;
   #irqs: EventFd[] = [];
   #worker: Worker | null = null;
 
@@ -121,8 +123,11 @@ export class VirtioRuntime {
 
   /**
    * Registers one ioeventfd per device on its `QueueNotify` register (all
-   * signalling the device thread's eventfd) and one irqfd per device on its
-   * GSI (the VM needs its in-kernel irqchip), then starts the worker.
+   * signalling the device thread's eventfd), one on its `InterruptACK`
+   * register (an eventfd nobody reads: reading `InterruptStatus` clears it,
+   * so the acknowledgement needs no exit to user space) and one irqfd per
+   * device on its GSI (the VM needs its in-kernel irqchip), then starts the
+   * worker.
    * `ram` lists the VM's RAM slots by host address. The runtime owns the
    * net devices' tap fds from this call on (closed on every failure, and
    * by {@linkcode stop}).
@@ -146,6 +151,7 @@ export class VirtioRuntime {
     const runtime = new VirtioRuntime(wake, slots, placements);
     runtime.#ram = [...ram];
     try {
+      const acks = runtime.#acks = EventFd.create();
       const states = fronts.map((f) => createDeviceState(f.queueMax.length));
       placements.forEach((p, i) => {
         const state = states[i];
@@ -159,6 +165,7 @@ export class VirtioRuntime {
           transport: new VirtioMmioTransport(fronts[i], state, link),
         });
         vm.registerIoevent(wake, p.address + MmioReg.QUEUE_NOTIFY, { length: 4 });
+        vm.registerIoevent(acks, p.address + MmioReg.INTERRUPT_ACK, { length: 4 });
         const irq = EventFd.create();
         runtime.#irqs.push(irq);
         vm.registerIrqfd(irq, p.gsi);
@@ -282,6 +289,8 @@ export class VirtioRuntime {
     this.#closedTaps = true;
     for (const irq of this.#irqs) irq.close();
     this.#irqs = [];
+    this.#acks?.close();
+    this.#acks = null;
     this.#wake.close();
   }
 }

@@ -22,7 +22,10 @@ export const Word = {
   DRIVER_FEATURES_HI: 4,
   /** Bumped by every reset, so the device thread drops queues it built before. */
   EPOCH: 5,
-  /** Bumped by every `InterruptACK` write: the device thread's stall report sees the driver's handler run. */
+  /**
+   * Bumped by every `InterruptStatus` read that took bits (the read clears them, see `mmio.ts`):
+   * the device thread's stall report sees the driver's handler run.
+   */
   ACKS: 6,
   /** First queue's words. */
   QUEUES: 8,
