@@ -46,8 +46,13 @@ const INTR_CASE = hex(
 );
 /** Where the 6-byte store sits in {@link INTR_CASE}. */
 const STORE_AT = 7;
-/** After the pattern: rel32 (4), `02` (the CPU_LOG_TB_IN_ASM test), `0f 85` rel32 (jne). */
-const CALL_AT = INTR_CASE.length + 4 + 1 + 6;
+/** After the pattern: rel32 (4), then `02`, the CPU_LOG_TB_IN_ASM test's immediate. */
+const LOG_BIT_AT = INTR_CASE.length + 4;
+/** Then `jne` rel32 (6 bytes). */
+const JNE_AT = LOG_BIT_AT + 1;
+const JNE = hex("0f 85");
+/** Then the call. */
+const CALL_AT = JNE_AT + 6;
 /** `mov $1,%edx; mov %rbx,%rdi; call`: do_interrupt_x86_hardirq(env, vector, 1). */
 const CALL = hex("ba 01 00 00 00 48 89 df e8");
 /** A 6-byte NOP (`nopw 0x0(%rax,%rax,1)`), as long as the store. */
@@ -67,8 +72,8 @@ export function findVmrunVectorStore(bytes: Uint8Array): number | null {
   let found: number | null = null;
   for (let at = bytes.indexOf(INTR_CASE[0]); at >= 0; at = bytes.indexOf(INTR_CASE[0], at + 1)) {
     if (!matchesAt(bytes, at, INTR_CASE)) continue;
-    if (bytes[at + INTR_CASE.length + 4] !== 0x02) continue;
-    if (!matchesAt(bytes, at + INTR_CASE.length + 5, hex("0f 85"))) continue;
+    if (bytes[at + LOG_BIT_AT] !== 0x02) continue;
+    if (!matchesAt(bytes, at + JNE_AT, JNE)) continue;
     if (!matchesAt(bytes, at + CALL_AT, CALL)) continue;
     if (found !== null) return null; // ambiguous: leave the binary alone
     found = at + STORE_AT;
