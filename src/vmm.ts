@@ -261,7 +261,13 @@ export {
   type X86Mode,
 } from "./kvm/x86_decode.ts";
 export { describeInternalError, instructionAtRip } from "./kvm/dump.ts";
-export { buildDsdt, type DsdtOptions, type DsdtVirtioDevice } from "./boot/aml.ts";
+export {
+  buildDsdt,
+  type DsdtOptions,
+  type DsdtPciRoot,
+  type DsdtVirtioDevice,
+  pciRootBridge,
+} from "./boot/aml.ts";
 export {
   DeviceId as VirtioDeviceId,
   MmioReg as VirtioMmioReg,
@@ -280,7 +286,25 @@ export type {
   VirtioFront,
 } from "./devices/virtio/device.ts";
 export { type RamRegion, VirtioMemory } from "./devices/virtio/memory.ts";
-export { type VirtioLink, VirtioMmioTransport } from "./devices/virtio/mmio.ts";
+export { type VirtioLink, VirtioMmioTransport, writeDeviceStatus } from "./devices/virtio/mmio.ts";
+export {
+  type MsiMessage,
+  NO_VECTOR,
+  PCI_CONFIG_PORT,
+  PCI_CONFIG_PORTS_LENGTH,
+  PciConfigPorts,
+  PciConfigSpace,
+  type PciFunction,
+  pciHostBridge,
+  raiseMsix,
+  VIRTIO_PCI_BAR_SIZE,
+  VIRTIO_PCI_NOTIFY_MULTIPLIER,
+  VIRTIO_PCI_VECTORS,
+  VIRTIO_PCI_VENDOR,
+  VirtioPciBar,
+  type VirtioPciLink,
+  VirtioPciTransport,
+} from "./devices/virtio/pci.ts";
 export {
   DescriptorChain,
   MAX_INDIRECT_DESCRIPTORS,
@@ -290,6 +314,8 @@ export {
 } from "./devices/virtio/queue.ts";
 export { type RunnerDevice, VirtioRunner } from "./devices/virtio/runner.ts";
 export {
+  defaultGsiRoutes,
+  VIRTIO_PCI_FIRST_MSI_GSI,
   type VirtioPlacement,
   VirtioRuntime,
   type VirtioRuntimeOptions,

@@ -120,6 +120,100 @@ export function edgeInterrupt(gsi: number): number[] {
   return [0x89, 6, 0, 0x03, 1, ...le32(gsi)];
 }
 
+function le16(n: number): number[] {
+  return [n & 0xff, (n >>> 8) & 0xff];
+}
+
+/**
+ * A Word Address Space Descriptor (6.4.3.5.3, large item 0x88) a bridge
+ * produces: `WordBusNumber` (`resourceType` 2) or `WordIO` (1, entire
+ * range), fixed minimum and maximum, positive decode.
+ */
+export function wordAddressSpace(resourceType: number, min: number, max: number): number[] {
+  const typeFlags = resourceType === 1 ? 0x03 : 0x00; // I/O: ISA and non-ISA ranges
+  return [
+    0x88,
+    13,
+    0,
+    resourceType,
+    0x0c, // MinFixed, MaxFixed, PosDecode, ResourceProducer
+    typeFlags,
+    ...le16(0),
+    ...le16(min),
+    ...le16(max),
+    ...le16(0),
+    ...le16(max - min + 1),
+  ];
+}
+
+/** `IO(Decode16, port, port, 1, length)` (6.4.2.5, small item 0x47). */
+export function ioPort(port: number, length: number): number[] {
+  return [0x47, 0x01, ...le16(port), ...le16(port), 1, length];
+}
+
+/**
+ * `DWordMemory(ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable,
+ * ReadWrite, ...)` (6.4.3.5.2, large item 0x87): a bridge's memory window.
+ */
+export function dwordMemory(base: number, length: number): number[] {
+  return [
+    0x87,
+    23,
+    0,
+    0, // memory
+    0x0c, // MinFixed, MaxFixed, PosDecode, ResourceProducer
+    0x01, // read-write, not cacheable
+    ...le32(0),
+    ...le32(base),
+    ...le32(base + length - 1),
+    ...le32(0),
+    ...le32(length),
+  ];
+}
+
+/** A compressed EISA id (`EisaId("PNP0A03")`) as the integer AML stores. */
+export function eisaId(id: string): number[] {
+  if (!/^[A-Z]{3}[0-9A-F]{4}$/.test(id)) throw new RangeError(`bad EISA id "${id}"`);
+  const c = (i: number) => id.charCodeAt(i) - 0x40;
+  const vendor = (c(0) << 10) | (c(1) << 5) | c(2);
+  const product = parseInt(id.slice(3), 16);
+  // Stored big-endian in a little-endian DWord: the vendor's two bytes, then the product's.
+  const bytes = [vendor >> 8, vendor & 0xff, product >> 8, product & 0xff];
+  return integer(bytes[0] + bytes[1] * 0x100 + bytes[2] * 0x10000 + bytes[3] * 0x1000000);
+}
+
+/** A PCI root bridge for {@linkcode buildDsdt}. */
+export interface DsdtPciRoot {
+  /** The bridge's memory window for the devices' BARs (base, length). */
+  memoryBase: number;
+  /** See {@linkcode memoryBase}. */
+  memoryLength: number;
+}
+
+/**
+ * `\_SB.PCI0`: a conventional PCI root bridge (PNP0A03; no `_OSC` needed)
+ * for segment 0, bus 0-255, configuration mechanism #1 at 0xcf8, every
+ * other port, and the memory window.
+ */
+export function pciRootBridge(root: DsdtPciRoot): number[] {
+  return device("PCI0", [
+    ...name("_HID", eisaId("PNP0A03")),
+    ...name("_SEG", integer(0)),
+    ...name("_BBN", integer(0)),
+    ...name("_UID", integer(0)),
+    ...name(
+      "_CRS",
+      resourceTemplate([
+        wordAddressSpace(2, 0, 0xff),
+        ioPort(0xcf8, 8),
+        wordAddressSpace(1, 0, 0xcf7),
+        wordAddressSpace(1, 0xd00, 0xffff),
+        dwordMemory(root.memoryBase, root.memoryLength),
+      ]),
+    ),
+  ]);
+}
+
 /** One virtio-mmio device for {@linkcode buildDsdt}. */
 export interface DsdtVirtioDevice {
   /** Guest physical base of its register window. */
@@ -134,6 +228,8 @@ export interface DsdtVirtioDevice {
 export interface DsdtOptions {
   /** The virtio-mmio devices, named `\_SB.V000`, `V001`, ... */
   virtio?: readonly DsdtVirtioDevice[];
+  /** A PCI root bridge, `\_SB.PCI0` (for virtio-pci devices). */
+  pci?: DsdtPciRoot;
   /**
    * `\_S5` with this SLP_TYP (the value the PM1a control register's sleep
    * request must carry to power off; `AcpiPm1` uses 0); omitted: no `\_S5`.
@@ -166,6 +262,7 @@ export function buildDsdt(options: DsdtOptions): Uint8Array {
       ...name("_CRS", resourceTemplate([memory32Fixed(d.address, d.size), edgeInterrupt(d.gsi)])),
     ])
   );
+  if (options.pci) devices.push(pciRootBridge(options.pci));
   const terms: number[] = [];
   if (devices.length > 0) terms.push(...scope("\\_SB", devices.flat()));
   if (options.s5SlpTyp !== undefined) {

@@ -26,6 +26,14 @@ import { ConsoleHost, createConsoleRings } from "../devices/virtio/console.ts";
 import { VIRTIO_MMIO_SIZE } from "../devices/virtio/constants.ts";
 import type { VirtioDeviceSpec } from "../devices/virtio/device.ts";
 import { type VirtioPlacement, VirtioRuntime } from "../devices/virtio/runtime.ts";
+import {
+  PCI_CONFIG_PORT,
+  PCI_CONFIG_PORTS_LENGTH,
+  PciConfigPorts,
+  pciHostBridge,
+  VIRTIO_PCI_BAR_SIZE,
+  type VirtioPciTransport,
+} from "../devices/virtio/pci.ts";
 import { defaultMac } from "../devices/virtio/net.ts";
 import { openTap } from "../devices/virtio/tap.ts";
 import { native } from "../ffi/library.ts";
@@ -116,6 +124,16 @@ export interface LinuxMachineOptions extends PcMachineOptions {
    * Default `"serial"`: COM1 only.
    */
   console?: "serial" | "virtio";
+  /**
+   * How the virtio devices are attached. `"mmio"` (default): virtio-mmio
+   * windows described in the DSDT, one IOAPIC input each (module
+   * `virtio_mmio`). `"pci"`: virtio-pci functions on bus 0 behind a PCI root
+   * bridge in the DSDT, configuration mechanism #1 on ports 0xcf8-0xcff,
+   * interrupts as MSI-X messages routed in the kernel, so an interrupt costs
+   * the guest no exit (module `virtio_pci`; the command line must not have
+   * `pci=off`). Legacy INTx is not offered.
+   */
+  virtioTransport?: "mmio" | "pci";
 }
 
 /** One virtio disk of {@linkcode LinuxMachineOptions.disks}. */
@@ -136,6 +154,8 @@ export interface VirtioNet {
 
 /** The first virtio device's interrupt (IOAPIC input); the next follow, up to GSI 23. */
 export const VIRTIO_FIRST_GSI = 16;
+/** The PCI root bridge's memory window (from `VIRTIO_MMIO_BASE`) with virtio-pci. */
+const PCI_WINDOW_SIZE = 0x1000_0000;
 /** Most virtio devices on one machine: IOAPIC inputs 16-23. */
 export const VIRTIO_MAX_DEVICES = 8;
 /** Where the DSDT goes, after the ACPI tables in the BIOS area. */
@@ -291,9 +311,11 @@ export class LinuxMachine {
       for (const spec of nets) if (spec.fd >= 0) native().kvm_close(spec.fd);
       throw e;
     }
+    const pci = options.virtioTransport === "pci";
+    const windowSize = pci ? VIRTIO_PCI_BAR_SIZE : VIRTIO_MMIO_SIZE;
     const placements: VirtioPlacement[] = specs.map((spec, i) => ({
       spec,
-      address: VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE,
+      address: VIRTIO_MMIO_BASE + i * windowSize,
       gsi: VIRTIO_FIRST_GSI + i,
     }));
     let handedOver = false;
@@ -330,7 +352,11 @@ export class LinuxMachine {
               vm.writeGuest(
                 DSDT_ADDRESS,
                 buildDsdt({
-                  virtio: placements.map((p) => ({ ...p, size: VIRTIO_MMIO_SIZE })),
+                  virtio: pci ? [] : placements.map((p) => ({ ...p, size: VIRTIO_MMIO_SIZE })),
+                  // The BARs sit at the window's start, where the virtio-mmio windows would.
+                  pci: pci
+                    ? { memoryBase: VIRTIO_MMIO_BASE, memoryLength: PCI_WINDOW_SIZE }
+                    : undefined,
                   s5SlpTyp: 0,
                 }),
               );
@@ -373,9 +399,23 @@ export class LinuxMachine {
             size: s.memorySize,
           }));
           handedOver = true; // the runtime owns the tap fds now, whatever happens
-          runtime = VirtioRuntime.start(machine.vm, ram, placements, { vcpu: bsp });
-          for (const d of runtime.devices) {
-            machine.mmio.insert(d.address, VIRTIO_MMIO_SIZE, d.transport);
+          runtime = VirtioRuntime.start(machine.vm, ram, placements, {
+            vcpu: bsp,
+            transport: pci ? "pci" : "mmio",
+          });
+          for (const d of runtime.devices) machine.mmio.insert(d.address, d.size, d.transport);
+          if (pci) {
+            // Bus 0: the host bridge at 00:00.0, virtio device i at 00:(i+1).0, in place of the
+            // legacy devices' all-ones answer.
+            machine.pio.remove(PCI_CONFIG_PORT);
+            machine.pio.insert(
+              PCI_CONFIG_PORT,
+              PCI_CONFIG_PORTS_LENGTH,
+              new PciConfigPorts([
+                pciHostBridge(),
+                ...runtime.devices.map((d) => d.transport as VirtioPciTransport),
+              ]),
+            );
           }
           const serial = options.serialOutput;
           return new LinuxMachine(machine, plan, probe, {

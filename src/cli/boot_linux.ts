@@ -89,6 +89,9 @@ options:
                        the terminal is connected to that console
                        (with virtio devices the default command line leaves out acpi=off,
                        and with --console virtio it adds console=hvc0)
+  --virtio-transport T mmio (default: virtio-mmio windows in ACPI, module virtio_mmio) or
+                       pci (virtio-pci functions with MSI-X behind a PCI root bridge,
+                       module virtio_pci; the default command line then leaves out pci=off)
   --guest-decompress   let the guest decompress an xz bzImage (default: off, the host
                        decompresses it once and caches the result; on a KVM running guest
                        code at hardware speed the first boot of a kernel lets the guest
@@ -140,16 +143,22 @@ export interface BootConfig {
   net: string[];
   /** `--console`. */
   console: "serial" | "virtio";
+  /** `--virtio-transport` (default `"mmio"`). */
+  virtioTransport?: "mmio" | "pci";
 }
 
 /** The command line when none is given: ACPI on where virtio devices are described in it. */
 export function defaultCmdline(
-  config: Pick<BootConfig, "disks" | "rng" | "console"> & { net?: string[] },
+  config: Pick<BootConfig, "disks" | "rng" | "console"> & {
+    net?: string[];
+    virtioTransport?: "mmio" | "pci";
+  },
 ): string {
   const virtio = config.disks.length > 0 || config.rng || config.console === "virtio" ||
     (config.net?.length ?? 0) > 0;
   if (!virtio) return DEFAULT_CMDLINE;
-  const base = DEFAULT_CMDLINE.replace(/\s*acpi=off/, "");
+  let base = DEFAULT_CMDLINE.replace(/\s*acpi=off/, "");
+  if (config.virtioTransport === "pci") base = base.replace(/\s*pci=off/, "");
   return config.console === "virtio" ? `${base} console=hvc0` : base;
 }
 
@@ -172,7 +181,16 @@ export function hostMemory(): number | undefined {
 }
 
 /** The options of the command line: strings (some repeatable) and flags. */
-const STRING_OPTIONS = ["kernel", "initrd", "cmdline", "memory", "cpus", "timeout", "console"];
+const STRING_OPTIONS = [
+  "kernel",
+  "initrd",
+  "cmdline",
+  "memory",
+  "cpus",
+  "timeout",
+  "console",
+  "virtio-transport",
+];
 const REPEATED_OPTIONS = ["disk", "net"];
 const FLAGS = ["guest-decompress", "trace", "rng", "help", "version"];
 
@@ -184,6 +202,7 @@ interface ParsedOptions {
   cpus: string;
   timeout?: string;
   console: string;
+  "virtio-transport": string;
   disk: string[];
   net: string[];
   "guest-decompress": boolean;
@@ -205,6 +224,7 @@ function parseOptions(args: readonly string[]): ParsedOptions {
     memory: DEFAULT_MEMORY,
     cpus: "1",
     console: "serial",
+    "virtio-transport": "mmio",
     disk: [],
     net: [],
     "guest-decompress": false,
@@ -301,6 +321,10 @@ export function parseBootArgs(argv: readonly string[]): BootConfig | "help" | "v
   if (values.console !== "serial" && values.console !== "virtio") {
     throw new UsageError(`--console: ${JSON.stringify(values.console)} is not serial or virtio`);
   }
+  const transport = values["virtio-transport"];
+  if (transport !== "mmio" && transport !== "pci") {
+    throw new UsageError(`--virtio-transport: ${JSON.stringify(transport)} is not mmio or pci`);
+  }
   const disks = values.disk.map((d) => {
     const readOnly = d.endsWith(",ro");
     const path = readOnly ? d.slice(0, -3) : d;
@@ -324,6 +348,7 @@ export function parseBootArgs(argv: readonly string[]): BootConfig | "help" | "v
     rng: values.rng,
     net: values.net,
     console: values.console,
+    virtioTransport: transport,
     kernel: values.kernel,
     initrd: values.initrd,
     cmdline: values.cmdline,
@@ -669,6 +694,7 @@ async function bootLinuxOn(
       rng: config.rng,
       net: config.net.map((tap) => ({ tap })),
       console: config.console,
+      virtioTransport: config.virtioTransport,
       memorySize: config.memorySize,
       cpus: config.cpus,
       onPhase: trace,

@@ -189,36 +189,51 @@ export class VirtioMmioTransport implements BusDevice {
   }
 
   #writeStatus(value: number): void {
-    const s = this.state;
     if (value === 0) {
       this.#link.reset();
       this.#deviceFeaturesSel = this.#driverFeaturesSel = this.#queueSel = 0;
       return;
     }
-    const old = Atomics.load(s, Word.STATUS);
-    let next = value & 0xff;
-    if ((next & Status.FEATURES_OK) && !(old & Status.FEATURES_OK)) {
-      // The device keeps FEATURES_OK only for a subset of its offer that includes VERSION_1.
-      const accepted = BigInt(Atomics.load(s, Word.DRIVER_FEATURES_LO) >>> 0) |
-        BigInt(Atomics.load(s, Word.DRIVER_FEATURES_HI) >>> 0) << 32n;
-      if ((accepted & ~this.front.features) !== 0n || !(accepted & VIRTIO_F_VERSION_1)) {
-        next &= ~Status.FEATURES_OK;
-      }
-    }
-    // NEEDS_RESET is the device's to set; the driver can clear it only by a reset.
-    next |= old & Status.DEVICE_NEEDS_RESET;
-    // Status bits are only ever added, except by reset; a concurrent NEEDS_RESET survives the CAS loop.
-    for (;;) {
-      const current = Atomics.load(s, Word.STATUS);
-      if (
-        Atomics.compareExchange(
-          s,
-          Word.STATUS,
-          current,
-          next | (current & Status.DEVICE_NEEDS_RESET),
-        ) === current
-      ) break;
-    }
-    if ((next & Status.DRIVER_OK) && !(old & Status.DRIVER_OK)) this.#link.notify();
+    writeDeviceStatus(this.front, this.state, this.#link, value);
   }
+}
+
+/**
+ * A driver's non-zero write of the device status, for either transport
+ * (virtio-mmio's `Status`, virtio-pci's `device_status`; 0, the reset, is
+ * the transport's): `FEATURES_OK` is kept only for an accepted subset of the
+ * offer that includes `VERSION_1`, `DEVICE_NEEDS_RESET` survives, and the
+ * device thread is told when `DRIVER_OK` appears.
+ */
+export function writeDeviceStatus(
+  front: VirtioFront,
+  s: Int32Array,
+  link: VirtioLink,
+  value: number,
+): void {
+  const old = Atomics.load(s, Word.STATUS);
+  let next = value & 0xff;
+  if ((next & Status.FEATURES_OK) && !(old & Status.FEATURES_OK)) {
+    // The device keeps FEATURES_OK only for a subset of its offer that includes VERSION_1.
+    const accepted = BigInt(Atomics.load(s, Word.DRIVER_FEATURES_LO) >>> 0) |
+      BigInt(Atomics.load(s, Word.DRIVER_FEATURES_HI) >>> 0) << 32n;
+    if ((accepted & ~front.features) !== 0n || !(accepted & VIRTIO_F_VERSION_1)) {
+      next &= ~Status.FEATURES_OK;
+    }
+  }
+  // NEEDS_RESET is the device's to set; the driver can clear it only by a reset.
+  next |= old & Status.DEVICE_NEEDS_RESET;
+  // Status bits are only ever added, except by reset; a concurrent NEEDS_RESET survives the CAS loop.
+  for (;;) {
+    const current = Atomics.load(s, Word.STATUS);
+    if (
+      Atomics.compareExchange(
+        s,
+        Word.STATUS,
+        current,
+        next | (current & Status.DEVICE_NEEDS_RESET),
+      ) === current
+    ) break;
+  }
+  if ((next & Status.DRIVER_OK) && !(old & Status.DRIVER_OK)) link.notify();
 }

@@ -33,10 +33,24 @@ export interface RunnerDevice {
   state: Int32Array;
   /** The work on the queues. */
   backend: VirtioBackend;
-  /** Raises the device's interrupt (an irqfd write, or a test's callback). */
-  interrupt: () => void;
+  /**
+   * Raises the device's interrupt (an irqfd write, or a test's callback);
+   * `cause` is `INT_VRING` or `INT_CONFIG` (virtio-pci sends them on their
+   * own MSI-X vectors).
+   */
+  interrupt: (cause: number) => void;
   /** Told about each driver error (for logs); optional. */
   onError?: (message: string) => void;
+}
+
+/**
+ * Sets the interrupt's status bit (virtio-mmio's `InterruptStatus`; not for a
+ * virtio-pci device, whose MSI-X message says the cause and whose ISR nothing
+ * would clear) and raises it.
+ */
+function raise(device: RunnerDevice, cause: number): void {
+  if (Atomics.load(device.state, Word.MSI_X) === 0) Atomics.or(device.state, Word.INTERRUPT, cause);
+  device.interrupt(cause);
 }
 
 /**
@@ -170,14 +184,10 @@ export class VirtioRunner {
       device.onError?.(e.message);
       served.queues.fill(null);
       Atomics.or(s, Word.STATUS, Status.DEVICE_NEEDS_RESET);
-      Atomics.or(s, Word.INTERRUPT, INT_CONFIG);
-      device.interrupt();
+      raise(device, INT_CONFIG);
       return true;
     }
-    if (interrupt) {
-      Atomics.or(s, Word.INTERRUPT, INT_VRING);
-      device.interrupt();
-    }
+    if (interrupt) raise(device, INT_VRING);
     return interrupt;
   }
 

@@ -21,6 +21,20 @@ import { MmioReg, VIRTIO_MMIO_SIZE } from "./constants.ts";
 import type { VirtioDeviceSpec, VirtioFront } from "./device.ts";
 import { VirtioMemory } from "./memory.ts";
 import { VirtioMmioTransport } from "./mmio.ts";
+import {
+  type MsiMessage,
+  VIRTIO_PCI_BAR_SIZE,
+  VIRTIO_PCI_NOTIFY_MULTIPLIER,
+  VIRTIO_PCI_VECTORS,
+  VirtioPciBar,
+  VirtioPciTransport,
+} from "./pci.ts";
+import type { GsiRoute } from "../../kvm/vm.ts";
+import {
+  KVM_IRQCHIP_IOAPIC,
+  KVM_IRQCHIP_PIC_MASTER,
+  KVM_IRQCHIP_PIC_SLAVE,
+} from "../../abi/irqchip.ts";
 import { frontOf } from "./specs.ts";
 import { createDeviceState, Word } from "./state.ts";
 import { answerVcpuSnapshot, SNAP_WORDS } from "./stall.ts";
@@ -30,18 +44,53 @@ import { Control, type VirtioWorkerReport, type VirtioWorkerStart } from "./work
 export interface VirtioPlacement {
   /** The device. */
   spec: VirtioDeviceSpec;
-  /** Guest physical base of its 4 KiB window. */
+  /**
+   * Guest physical base of its 4 KiB window (virtio-mmio), or of its BAR
+   * ({@linkcode VIRTIO_PCI_BAR_SIZE} bytes, aligned to that; virtio-pci).
+   */
   address: number;
-  /** The IOAPIC input (GSI) of its interrupt. */
+  /**
+   * The IOAPIC input (GSI) of its interrupt (virtio-mmio). With virtio-pci
+   * the device's MSI-X vectors get GSIs of their own (see
+   * {@linkcode VIRTIO_PCI_FIRST_MSI_GSI}) and this one is unused.
+   */
   gsi: number;
+}
+
+/**
+ * The first GSI of the virtio-pci devices' MSI-X routes (after the IOAPIC's
+ * 24 inputs): device i's vector v is GSI `24 + 2 * i + v`.
+ */
+export const VIRTIO_PCI_FIRST_MSI_GSI = 24;
+
+/**
+ * KVM's default GSI routing on x86 (GSIs 0-15 to both PICs and the IOAPIC,
+ * 16-23 to the IOAPIC): `KVM_SET_GSI_ROUTING` replaces the whole table, so
+ * the MSI routes are added to these.
+ */
+export function defaultGsiRoutes(): GsiRoute[] {
+  const routes: GsiRoute[] = [];
+  for (let gsi = 0; gsi < 24; gsi++) {
+    routes.push({ gsi, kind: "irqchip", irqchip: KVM_IRQCHIP_IOAPIC, pin: gsi });
+    if (gsi < 16) {
+      const irqchip = gsi < 8 ? KVM_IRQCHIP_PIC_MASTER : KVM_IRQCHIP_PIC_SLAVE;
+      routes.push({ gsi, kind: "irqchip", irqchip, pin: gsi % 8 });
+    }
+  }
+  return routes;
 }
 
 /** A started device. */
 export interface VirtioSlot extends VirtioPlacement {
   /** What the driver is shown. */
   front: VirtioFront;
-  /** The window, to insert on the MMIO bus at `address` for {@linkcode VIRTIO_MMIO_SIZE} bytes. */
-  transport: VirtioMmioTransport;
+  /**
+   * The registers, to insert on the MMIO bus at `address` for `size` bytes
+   * (a virtio-pci function also goes on the PCI bus: `PciConfigPorts`).
+   */
+  transport: VirtioMmioTransport | VirtioPciTransport;
+  /** {@linkcode VIRTIO_MMIO_SIZE} or {@linkcode VIRTIO_PCI_BAR_SIZE}. */
+  size: number;
 }
 
 /** Options of {@linkcode VirtioRuntime.start}. */
@@ -60,6 +109,13 @@ export interface VirtioRuntimeOptions {
    * environment, else off (an idle guest is quiet too).
    */
   quietS?: number;
+  /**
+   * `"mmio"` (default): virtio-mmio windows, interrupts on IOAPIC inputs.
+   * `"pci"`: virtio-pci functions with MSI-X (`pci.ts`); the VM's GSI routing
+   * table is then set by the runtime (the default routes plus one MSI route
+   * per unmasked vector).
+   */
+  transport?: "mmio" | "pci";
 }
 
 /** `DENO_KVM_VIRTIO_QUIET_S`, when readable and a positive number; else 0. */
@@ -106,6 +162,11 @@ export class VirtioRuntime {
   /** Takes the drivers' `InterruptACK` writes in the kernel; never read (see `mmio.ts`). */
   #acks: EventFd | null = null;
   #irqs: EventFd[] = [];
+  /** virtio-pci: each device's vector irqfds (`VIRTIO_PCI_VECTORS` per device). */
+  #vectorIrqs: EventFd[][] = [];
+  /** virtio-pci: the MSI routes by GSI (the vCPU thread routes; see `pci.ts`). */
+  #msiRoutes = new Map<number, MsiMessage>();
+  #vm: Vm | null = null;
   #worker: Worker | null = null;
 
   #placements: readonly VirtioPlacement[];
@@ -153,8 +214,41 @@ export class VirtioRuntime {
     try {
       const acks = runtime.#acks = EventFd.create();
       const states = fronts.map((f) => createDeviceState(f.queueMax.length));
+      const pci = options.transport === "pci";
+      runtime.#vm = vm;
+      if (pci) vm.setGsiRouting(defaultGsiRoutes()); // the same table, now ours to extend
       placements.forEach((p, i) => {
         const state = states[i];
+        if (pci) {
+          const irqs: EventFd[] = [];
+          runtime.#vectorIrqs.push(irqs);
+          for (let v = 0; v < VIRTIO_PCI_VECTORS; v++) {
+            const irq = EventFd.create();
+            irqs.push(irq);
+            // Bound before any route exists: an unrouted GSI drops the write, and the device
+            // thread writes only vectors the transport unmasked (after routing them).
+            vm.registerIrqfd(irq, VIRTIO_PCI_FIRST_MSI_GSI + VIRTIO_PCI_VECTORS * i + v);
+          }
+          const link = {
+            notify: () => wake.write(1n),
+            reset: () => runtime.#reset(state),
+            route: (v: number, m: MsiMessage) =>
+              runtime.#route(VIRTIO_PCI_FIRST_MSI_GSI + VIRTIO_PCI_VECTORS * i + v, m),
+            fire: (v: number) => irqs[v].write(1n),
+          };
+          slots.push({
+            ...p,
+            front: fronts[i],
+            transport: new VirtioPciTransport(fronts[i], state, link, p.address),
+            size: VIRTIO_PCI_BAR_SIZE,
+          });
+          // One ioeventfd per queue's notify word (Linux writes the queue index, 16 bits).
+          fronts[i].queueMax.forEach((_, q) => {
+            const at = p.address + VirtioPciBar.NOTIFY + VIRTIO_PCI_NOTIFY_MULTIPLIER * q;
+            vm.registerIoevent(wake, at, { length: 2 });
+          });
+          return;
+        }
         const link = {
           notify: () => wake.write(1n),
           reset: () => runtime.#reset(state),
@@ -163,6 +257,7 @@ export class VirtioRuntime {
           ...p,
           front: fronts[i],
           transport: new VirtioMmioTransport(fronts[i], state, link),
+          size: VIRTIO_MMIO_SIZE,
         });
         vm.registerIoevent(wake, p.address + MmioReg.QUEUE_NOTIFY, { length: 4 });
         vm.registerIoevent(acks, p.address + MmioReg.INTERRUPT_ACK, { length: 4 });
@@ -187,7 +282,8 @@ export class VirtioRuntime {
           spec: s.spec,
           front: s.front,
           state: states[i].buffer as SharedArrayBuffer,
-          irqFd: runtime.#irqs[i].unsafeFd,
+          irqFd: pci ? -1 : runtime.#irqs[i].unsafeFd,
+          vectorFds: pci ? runtime.#vectorIrqs[i].map((e) => e.unsafeFd) : undefined,
           gsi: s.gsi,
         })),
         vmFd: vm.unsafeFd,
@@ -201,6 +297,19 @@ export class VirtioRuntime {
       runtime.stop();
       throw e;
     }
+  }
+
+  /**
+   * Sets the MSI route of `gsi` (a virtio-pci vector the driver unmasked):
+   * the whole table again, the default routes first. Runs on the vCPU
+   * thread that took the guest's MSI-X write; rare (driver set-up and
+   * interrupt affinity changes).
+   */
+  #route(gsi: number, message: MsiMessage): void {
+    this.#msiRoutes.set(gsi, message);
+    const routes = defaultGsiRoutes();
+    for (const [g, m] of this.#msiRoutes) routes.push({ gsi: g, kind: "msi", ...m });
+    this.#vm!.setGsiRouting(routes);
   }
 
   /** Wakes the device thread to look at every queue (after host input, for example). */
@@ -289,10 +398,12 @@ export class VirtioRuntime {
     this.#closedTaps = true;
     for (const irq of this.#irqs) irq.close();
     this.#irqs = [];
+    for (const irq of this.#vectorIrqs.flat()) irq.close();
+    this.#vectorIrqs = [];
     this.#acks?.close();
     this.#acks = null;
     this.#wake.close();
   }
 }
 
-export { VIRTIO_MMIO_SIZE };
+export { VIRTIO_MMIO_SIZE, VIRTIO_PCI_BAR_SIZE };

@@ -1,5 +1,5 @@
 /**
- * The state a virtio-mmio transport shares with the thread that runs its
+ * The state a virtio transport (virtio-mmio or virtio-pci) shares with the thread that runs its
  * device: 32-bit words in a `SharedArrayBuffer`. The transport (on a vCPU
  * thread, behind the bus) writes what the driver sets up; the device thread
  * reads the queue configuration from it and sets interrupt and
@@ -27,8 +27,26 @@ export const Word = {
    * the device thread's stall report sees the driver's handler run.
    */
   ACKS: 6,
+  /**
+   * 1 for a virtio-pci device (`pci.ts`): its interrupts are MSI-X messages
+   * through the vectors below, and no `InterruptStatus`/ISR bit is set (no
+   * INTx, so nothing would clear it). 0 for virtio-mmio.
+   */
+  MSI_X: 7,
+  /** virtio-pci: the MSI-X vector of configuration changes (`NO_VECTOR`, 0xffff: none). */
+  CONFIG_VECTOR: 8,
+  /** virtio-pci: the MSI-X vector of used-buffer interrupts (`NO_VECTOR`: none). */
+  QUEUE_VECTOR: 9,
+  /**
+   * virtio-pci: bit v set while vector v cannot be sent (its table entry or
+   * the whole function masked, or MSI-X off); the device thread then sets
+   * its bit in {@linkcode Word.VECTOR_PENDING} instead.
+   */
+  VECTOR_MASKED: 10,
+  /** virtio-pci: the MSI-X pending bits (the PBA), sent by whoever unmasks or sees the unmask. */
+  VECTOR_PENDING: 11,
   /** First queue's words. */
-  QUEUES: 8,
+  QUEUES: 12,
 } as const;
 
 /** Word offsets inside one queue's block of {@linkcode QUEUE_WORDS}. */

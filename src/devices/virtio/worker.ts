@@ -24,6 +24,8 @@ import { type RunnerDevice, VirtioRunner } from "./runner.ts";
 import { createBackend } from "./specs.ts";
 import type { NetBackend } from "./net.ts";
 import { Word } from "./state.ts";
+import { INT_VRING } from "./constants.ts";
+import { raiseMsix } from "./pci.ts";
 import { probeStall } from "./stall.ts";
 import type { KickTarget } from "../../kvm/kick.ts";
 
@@ -53,6 +55,8 @@ export interface VirtioWorkerStart {
     front: VirtioFront;
     state: SharedArrayBuffer;
     irqFd: number;
+    /** virtio-pci: the irqfd of each MSI-X vector (then `irqFd` is unused). */
+    vectorFds?: number[];
     /** The IOAPIC input of its interrupt. */
     gsi: number;
   }[];
@@ -85,6 +89,13 @@ const WATCH_MS = 1000;
 /** How long a stall report waits, after its kick of vCPU 0, for the driver to acknowledge. */
 const AFTER_KICK_MS = 300;
 
+/** A virtio-pci device's interrupt: on the vector of its cause, through that vector's irqfd. */
+function pciInterrupt(state: Int32Array, fds: number[]): (cause: number) => void {
+  const lib = native();
+  const send = (vector: number) => void lib.kvm_write_u64(fds[vector], 1n);
+  return (cause) => raiseMsix(state, cause, send);
+}
+
 function serve(msg: VirtioWorkerStart): void {
   const control = new Int32Array(msg.control);
   const lib = native();
@@ -100,7 +111,9 @@ function serve(msg: VirtioWorkerStart): void {
       front: d.front,
       state: new Int32Array(d.state),
       backend: createBackend(d.spec, () => Atomics.load(control, Control.STOP) !== 0),
-      interrupt: () => void lib.kvm_write_u64(d.irqFd, 1n),
+      interrupt: d.vectorFds
+        ? pciInterrupt(new Int32Array(d.state), d.vectorFds)
+        : () => void lib.kvm_write_u64(d.irqFd, 1n),
       onError: (message) => console.error(`virtio ${d.spec.kind}: driver error: ${message}`),
     }));
     runner = new VirtioRunner(memory, devices);
@@ -205,7 +218,7 @@ function serve(msg: VirtioWorkerStart): void {
             watching[i] = acks;
             watchedSince[i] = performance.now();
           }
-          devices[i].interrupt();
+          devices[i].interrupt(INT_VRING);
         }
         continue;
       }
