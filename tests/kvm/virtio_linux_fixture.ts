@@ -1,5 +1,5 @@
 // What tests/kvm/virtio_linux_test.ts boots with the host's kernel: an initramfs
-// that loads the virtio and ext4 modules from the kernel's own modules
+// that loads the virtio (virtio-mmio and virtio-pci) and ext4 modules from the kernel's own modules
 // directory and switches to the root on /dev/vda, and an ext4 root image
 // made with `mkfs.ext4 -d` from a busybox tree. Built on a host that has the
 // modules and e2fsprogs; the sandbox guest has neither, so the test runner
@@ -22,6 +22,7 @@ export const MARK = {
   rng: "VIRTIO-FIXTURE-RNG:",
   hvc0: "VIRTIO-FIXTURE-HVC0",
   ping: "VIRTIO-FIXTURE-PING:",
+  msi: "VIRTIO-FIXTURE-MSI:",
   done: "VIRTIO-FIXTURE-DONE",
 } as const;
 
@@ -31,6 +32,7 @@ export const NOTE = "written-on-virtio-blk-by-boot-1";
 /** Modules to load, each after its dependencies (modules.dep), the crc32c softdep included. */
 const TARGETS = [
   "virtio_mmio",
+  "virtio_pci",
   "virtio_blk",
   "virtio-rng",
   "virtio_console",
@@ -75,6 +77,9 @@ const ROOT_INIT = [
   "  ip addr add 10.203.1.2/24 dev eth0 && ip link set eth0 up",
   `  echo "${MARK.ping} $(ping -c 3 -W 5 10.203.1.1 | grep 'packet loss')"`,
   "fi",
+  // virtio-pci's interrupts: how many of /proc/interrupts' lines are virtio MSI-X vectors.
+  `echo "${MARK.msi} $(grep -c 'PCI-MSI.*virtio' /proc/interrupts)"`,
+  "grep virtio /proc/interrupts",
   "mount -o remount,ro / ; sync",
   `echo ${MARK.done}`,
   "poweroff -f",
