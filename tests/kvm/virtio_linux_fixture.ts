@@ -51,7 +51,7 @@ const INITRAMFS_INIT = [
   `echo ${MARK.modules}`,
   "i=0; while [ ! -b /dev/vda ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done", // probing is async
   "mkdir -p /newroot",
-  "mount -t ext4 /dev/vda /newroot || { echo MOUNT-FAILED; cat /proc/partitions; poweroff -f; }",
+  "mount -t ext4 /dev/vda /newroot || { echo MOUNT-FAILED; cat /proc/partitions; dmesg | grep -iE 'pci|virtio|acpi|msi' | tail -80; poweroff -f; }",
   "umount /proc; umount /dev",
   "exec switch_root /newroot /init",
 ].join("\n") + "\n";

@@ -49,6 +49,18 @@ Deno.test("CLI: bad virtio options are usage errors", () => {
       (e) => e instanceof UsageError && re.test(e.message),
     );
   refuse(["--console", "vga"], /--console/);
+  refuse(["--virtio-transport", "isa"], /--virtio-transport/);
   refuse(["--disk", ",ro"], /--disk/);
   refuse(Array.from({ length: 9 }, (_, i) => ["--disk", `d${i}`]).flat(), /at most 8/);
+});
+
+Deno.test("CLI: --virtio-transport pci, and its default command line keeps the PCI bus", () => {
+  const config = parseBootArgs(["--kernel", "k", "--disk", "d", "--virtio-transport", "pci"]);
+  if (typeof config === "string") throw new Error(config);
+  strictEqual(config.virtioTransport, "pci");
+  strictEqual(defaultCmdline(config), "console=ttyS0 panic=-1");
+  const mmio = parseBootArgs(["--kernel", "k", "--disk", "d"]);
+  if (typeof mmio === "string") throw new Error(mmio);
+  strictEqual(mmio.virtioTransport, "mmio");
+  strictEqual(defaultCmdline(mmio), "console=ttyS0 panic=-1 pci=off");
 });
