@@ -250,6 +250,8 @@ Deno.test("Linux on virtio-pci with MSI-X: the devices found on PCI, their inter
       // Two vectors per device (configuration, queues): disk, rng, console (+ net).
       const msi = Number(new RegExp(`${MARK.msi} (\\d+)`).exec(run.text)?.[1] ?? 0);
       ok(msi >= 6, `virtio MSI-X vectors in /proc/interrupts: ${msi}`);
+      // The guest's virtio lines of /proc/interrupts, for the log: vectors and their counts.
+      console.log(run.text.split("\n").filter((l) => /PCI-MSI.*virtio/.test(l)).join("\n"));
       if (tap) {
         match(run.text, new RegExp(`${MARK.ping} 3 packets transmitted, 3 packets received`));
       }
