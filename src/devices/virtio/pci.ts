@@ -34,7 +34,7 @@
 
 import type { BusDevice } from "../bus_device.ts";
 import { loadLe, storeLe } from "../bus_device.ts";
-import { INT_CONFIG } from "./constants.ts";
+import { INT_CONFIG, Status } from "./constants.ts";
 import type { VirtioFront } from "./device.ts";
 import { type VirtioLink, writeDeviceStatus } from "./mmio.ts";
 import { QUEUE_WORDS, QueueWord, Word } from "./state.ts";
@@ -605,7 +605,7 @@ export class VirtioPciTransport implements BusDevice, PciFunction {
         return;
       case Common.DRIVER_FEATURE | 4 << 8:
         // Only while negotiating (spec 3.1.1: before FEATURES_OK).
-        if (Atomics.load(s, Word.STATUS) & 8) return;
+        if (Atomics.load(s, Word.STATUS) & Status.FEATURES_OK) return;
         if (this.#driverFeatureSel === 0) Atomics.store(s, Word.DRIVER_FEATURES_LO, value | 0);
         else if (this.#driverFeatureSel === 1) Atomics.store(s, Word.DRIVER_FEATURES_HI, value | 0);
         return;
@@ -638,7 +638,7 @@ export class VirtioPciTransport implements BusDevice, PciFunction {
         Atomics.store(s, q + QueueWord.NUM, this.front.queueMax[this.#queueSel]);
       }
       Atomics.store(s, q + QueueWord.READY, 1);
-      if (Atomics.load(s, Word.STATUS) & 4) this.#link.notify();
+      if (Atomics.load(s, Word.STATUS) & Status.DRIVER_OK) this.#link.notify();
       return;
     }
     // A live queue's setup is fixed until the device is reset.
