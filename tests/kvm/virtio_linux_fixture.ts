@@ -80,6 +80,8 @@ const ROOT_INIT = [
   // virtio-pci's interrupts: how many of /proc/interrupts' lines are virtio MSI-X vectors.
   `echo "${MARK.msi} $(grep -c 'PCI-MSI.*virtio' /proc/interrupts)"`,
   "grep virtio /proc/interrupts",
+  // With virtio-pci: how the kernel found the root bridge and the functions (nothing with pci=off).
+  "dmesg | grep -E 'PCI0|PCI host bridge|root bus resource|Using configuration type|1af4:10' | head -20",
   "mount -o remount,ro / ; sync",
   `echo ${MARK.done}`,
   "poweroff -f",

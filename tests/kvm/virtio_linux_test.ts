@@ -251,7 +251,10 @@ Deno.test("Linux on virtio-pci with MSI-X: the devices found on PCI, their inter
       const msi = Number(new RegExp(`${MARK.msi} (\\d+)`).exec(run.text)?.[1] ?? 0);
       ok(msi >= 6, `virtio MSI-X vectors in /proc/interrupts: ${msi}`);
       // The guest's virtio lines of /proc/interrupts, for the log: vectors and their counts.
-      console.log(run.text.split("\n").filter((l) => /PCI-MSI.*virtio/.test(l)).join("\n"));
+      console.log(
+        run.text.split("\n").filter((l) => /PCI-MSI.*virtio|PCI0|pci.*1af4|root bus|type 1/.test(l))
+          .join("\n"),
+      );
       if (tap) {
         match(run.text, new RegExp(`${MARK.ping} 3 packets transmitted, 3 packets received`));
       }
