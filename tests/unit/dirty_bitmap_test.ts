@@ -27,8 +27,22 @@ function random(seed: number): () => number {
   };
 }
 
+/**
+ * Whether V8 offers WebAssembly SIMD on this CPU: on x86-64 it needs SSE4.1
+ * (QEMU's `-cpu max` has it), on arm64 it always does.
+ */
+function cpuHasWasmSimd(): boolean {
+  if (Deno.build.arch === "aarch64") return true;
+  try {
+    return /\bsse4_1\b/.test(Deno.readTextFileSync("/proc/cpuinfo"));
+  } catch {
+    return false;
+  }
+}
+
 Deno.test("the hand-assembled module validates: the default scan is WebAssembly SIMD", () => {
-  ok(new DirtyBitmap(PAGE).simd, "Deno's V8 validates v128 loads");
+  // A module with a byte wrong would silently fall back to the JavaScript scan.
+  if (cpuHasWasmSimd()) ok(new DirtyBitmap(PAGE).simd, "V8 refused the module's bytes");
   strictEqual(new DirtyBitmap(PAGE, { simd: false }).simd, false);
 });
 
