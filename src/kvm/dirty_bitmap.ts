@@ -231,7 +231,11 @@ export class DirtyBitmap {
    * is page `n` of the slot. `Vm.bitmapBytes(memorySize)` bytes.
    */
   readonly bytes: Uint8Array;
-  /** The dirty page numbers (relative to the slot), ascending: the first `scan()` entries are valid. */
+  /**
+   * The dirty page numbers (relative to the slot), ascending: the first
+   * `scan()` entries are valid. One entry per bit of the bitmap (the slot's
+   * pages rounded up to 64), so bits a caller set past the slot are listed, not lost.
+   */
   readonly pages: Uint32Array;
   /** Whether the scan runs as WebAssembly SIMD (else in JavaScript). */
   readonly simd: boolean;
@@ -261,11 +265,14 @@ export class DirtyBitmap {
     // The scan reads whole 64-byte blocks: the bytes past the bitmap stay zero.
     this.#end = Math.ceil(bitmapBytes / BLOCK) * BLOCK;
     this.#out = this.#end;
-    const size = this.#out + pages * 4;
+    // One entry per bit of the bitmap, the padding bits of its last word too: a
+    // caller may set those, and the scan must not list past the end.
+    const bits = bitmapBytes * 8;
+    const size = this.#out + bits * 4;
     // Never grown, so the views below stay attached.
     const memory = new WebAssembly.Memory({ initial: Math.ceil(size / WASM_PAGE) });
     this.bytes = new Uint8Array(memory.buffer, 0, bitmapBytes);
-    this.pages = new Uint32Array(memory.buffer, this.#out, pages);
+    this.pages = new Uint32Array(memory.buffer, this.#out, bits);
     this.#words = new Int32Array(memory.buffer, 0, this.#end / 4);
     const module = options.simd === false ? null : simdModule();
     this.simd = module !== null;

@@ -46,11 +46,11 @@ Deno.test("the hand-assembled module validates: the default scan is WebAssembly 
   strictEqual(new DirtyBitmap(PAGE, { simd: false }).simd, false);
 });
 
-Deno.test("the bitmap is Vm.bitmapBytes long and the list has one entry per page", () => {
+Deno.test("the bitmap is Vm.bitmapBytes long and the list has one entry per bit", () => {
   for (const size of [PAGE, 64 * PAGE, 65 * PAGE, 1000 * PAGE, 1 << 30]) {
     const d = new DirtyBitmap(size);
     strictEqual(d.bytes.length, Vm.bitmapBytes(size), `${size}`);
-    strictEqual(d.pages.length, size / PAGE, `${size}`);
+    strictEqual(d.pages.length, Vm.bitmapBytes(size) * 8, `${size}`);
     strictEqual(d.bytes.byteOffset % 8, 0, "the kernel writes 64-bit words");
   }
 });
@@ -67,6 +67,14 @@ Deno.test("an empty bitmap lists nothing; a full one lists every page", () => {
       d.bytes.fill(0);
       strictEqual(d.scan(), 0, `cleared again, ${size}, simd ${d.simd}`);
     }
+  }
+});
+
+Deno.test("bits a caller set past the slot's last page are listed within the list", () => {
+  // A 1-page slot has a 64-bit bitmap: 63 bits past the slot that only a caller can set.
+  for (const d of both(PAGE)) {
+    d.bytes.fill(0xff);
+    deepStrictEqual(listed(d), Array.from({ length: 64 }, (_, p) => p), `simd ${d.simd}`);
   }
 });
 
