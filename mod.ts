@@ -10,8 +10,9 @@
  *
  * This entry is the core a library user needs: the kernel objects, exits,
  * errors, guest memory, eventfds, devices, the coalesced-MMIO and dirty rings,
- * {@linkcode KvmContext} (vCPUs on Workers), real/protected/long mode setup and
- * the native loader. Two more entries hold the rest:
+ * the dirty log's page scan ({@linkcode DirtyBitmap}), {@linkcode KvmContext}
+ * (vCPUs on Workers), real/protected/long mode setup and the native loader.
+ * Two more entries hold the rest:
  *
  * - `@deno-kvm/kvm/abi`: the struct codecs, ioctl numbers and kernel constants
  *   (`KVM_IRQCHIP_*`, `KVM_PIT_*`, `encodeRedirection`, ...);
@@ -106,6 +107,7 @@ export { EventFd, type EventFdOptions } from "./src/kvm/event_fd.ts";
 export { Device, type DeviceAttr } from "./src/kvm/device.ts";
 export { CoalescedRing, type CoalescedWrite } from "./src/kvm/coalesced_ring.ts";
 export { type DirtyPageVisitor, DirtyRing } from "./src/kvm/dirty_ring.ts";
+export { DirtyBitmap, type DirtyBitmapOptions } from "./src/kvm/dirty_bitmap.ts";
 export {
   DEFAULT_TSS_ADDRESS,
   KvmContext,

@@ -5,7 +5,7 @@
 // ES = 0x1000, so `[es:0xN000]` is page N of slot 1.
 
 import { deepStrictEqual, ok, strictEqual, throws } from "node:assert/strict";
-import { bitmapPages, KvmError, type Vm } from "../../mod.ts";
+import { bitmapPages, DirtyBitmap, KvmError, type Vm } from "../../mod.ts";
 import { KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE } from "../../src/abi/mod.ts";
 import { guest, type Item, nextOut } from "./vm_guest.ts";
 
@@ -64,6 +64,28 @@ Deno.test("the dirty log reports exactly the pages the guest wrote, and a get re
   strictEqual(nextOut(vcpu), "out 11 0");
   deepStrictEqual(bitmapPages(vm.getDirtyLog(1)), [3, 9], "page 3 was protected again");
   deepStrictEqual(Array.from(vm.readGuest(LOGGED + 0x3000, 5)), [5, 0, 0, 0, 2]);
+  strictEqual(nextOut(vcpu), "hlt");
+});
+
+Deno.test("a DirtyBitmap takes the log in place and lists its pages, in both of its scans", () => {
+  using g = guest(PROGRAM, { setup: withLoggedSlot });
+  const { vm, vcpu } = g;
+  const simd = new DirtyBitmap(0x10000);
+  const js = new DirtyBitmap(0x10000, { simd: false });
+  const list = (d: DirtyBitmap) => Array.from(d.pages.subarray(0, d.scan()));
+
+  strictEqual(vm.getDirtyLog(1, simd.bytes), simd.bytes, "the kernel wrote into the wasm memory");
+  deepStrictEqual(list(simd), [], "nothing is dirty before the guest runs");
+  strictEqual(nextOut(vcpu), "out 10 0");
+  vm.getDirtyLog(1, simd.bytes);
+  deepStrictEqual(list(simd), [0, 3, 7, 15], "the written pages, not the read one");
+  deepStrictEqual(list(simd), bitmapPages(simd.bytes), "as the bit-by-bit scan");
+
+  strictEqual(nextOut(vcpu), "out 11 0");
+  vm.getDirtyLog(1, js.bytes);
+  deepStrictEqual(list(js), [3, 9], "the JavaScript scan, after the second pass");
+  vm.getDirtyLog(1, simd.bytes);
+  deepStrictEqual(list(simd), [], "the get reset the log");
   strictEqual(nextOut(vcpu), "hlt");
 });
 
