@@ -1,5 +1,5 @@
 // Fuzz targets of the virtio layer (issue 16): the split-virtqueue parser,
-// the virtio-mmio registers, and each device (block, rng, net, console), all
+// the virtio-mmio registers, the virtio-pci configuration and BAR, and each device (block, rng, net, console), all
 // driven in-process through the fake driver of the unit tests over a plain
 // guest RAM. The devices never throw for anything a driver does: a malformed
 // queue or chain ends in DEVICE_NEEDS_RESET, a malformed request in an error
@@ -34,6 +34,20 @@ import {
   RAM_SIZE,
   scatter,
 } from "../unit/virtio_driver.ts";
+import {
+  type MsiMessage,
+  PciConfigPorts,
+  pciHostBridge,
+  raiseMsix,
+  VIRTIO_PCI_BAR_SIZE,
+  VIRTIO_PCI_VECTORS,
+  VIRTIO_PCI_VENDOR,
+  VirtioPciBar,
+  VirtioPciTransport,
+} from "../../src/devices/virtio/pci.ts";
+import { VirtioMemory } from "../../src/devices/virtio/memory.ts";
+import { VirtioRunner } from "../../src/devices/virtio/runner.ts";
+import { createDeviceState } from "../../src/devices/virtio/state.ts";
 import type { Prng } from "./prng.ts";
 import type { FuzzTarget } from "./targets.ts";
 
@@ -176,6 +190,87 @@ const mmioTarget: FuzzTarget = {
     }
     d.transport.read(MmioReg.MAGIC, data.subarray(0, 4));
     expect(new DataView(data.buffer).getUint32(0, true) === 0x74726976, "magic changed");
+  },
+};
+
+/** The virtio-pci target's machine: an entropy device's function behind the config ports. */
+interface PciRig {
+  ports: PciConfigPorts;
+  transport: VirtioPciTransport;
+  runner: VirtioRunner;
+  /** Vectors the transport routed or fired; each must be one of the table's. */
+  vectors: number[];
+}
+let pciRig: PciRig | undefined;
+
+function pciSetup(): PciRig {
+  if (pciRig) return pciRig;
+  const front = rngFront();
+  const state = createDeviceState(front.queueMax.length);
+  const vectors: number[] = [];
+  const ram = new Uint8Array(0x2_0000);
+  const runner = new VirtioRunner(new VirtioMemory([{ gpa: RAM_BASE, bytes: ram }]), [{
+    front,
+    state,
+    backend: new RngBackend(),
+    interrupt: (cause) => raiseMsix(state, cause, (v) => vectors.push(v)),
+  }]);
+  const transport = new VirtioPciTransport(front, state, {
+    notify: () => runner.service(),
+    reset: () => runner.reset(0),
+    route: (v: number, _m: MsiMessage) => vectors.push(v),
+    fire: (v) => vectors.push(v),
+  }, 0xd000_0000);
+  const ports = new PciConfigPorts([pciHostBridge(), transport]);
+  return pciRig = { ports, transport, runner, vectors };
+}
+
+// Guest-written configuration cycles and BAR accesses at any offset and width, the common
+// configuration and the MSI-X table most often: nothing throws, the identity stays, and every
+// vector the transport routes or fires is one of its table's.
+const pciTarget: FuzzTarget = {
+  name: "virtio-pci",
+  allowed: [],
+  run(rng) {
+    const { ports, transport, runner, vectors } = pciSetup();
+    const data = new Uint8Array(8);
+    const dv = new DataView(data.buffer);
+    const steps = 1 + rng.below(60);
+    for (let s = 0; s < steps; s++) {
+      const width = rng.pick([1, 2, 4, 4, 4, 8]);
+      const view = data.subarray(0, width);
+      dv.setUint32(0, rng.interesting32(), true);
+      dv.setUint32(4, rng.interesting32(), true);
+      const kind = rng.below(4);
+      if (kind === 0) {
+        // Mechanism #1: an address (mostly bus 0, devices 0-2), then the data window.
+        const address = rng.chance(0.8)
+          ? (0x8000_0000 | rng.below(3) << 11 | rng.below(256)) >>> 0
+          : rng.interesting32() >>> 0;
+        const a = new Uint8Array(4);
+        new DataView(a.buffer).setUint32(0, address, true);
+        ports.write(0, a);
+        const at = 4 + rng.below(4);
+        if (rng.chance(0.5)) ports.read(at, view);
+        else ports.write(at, view);
+      } else {
+        const offset = kind === 1
+          ? rng.below(0x40) // the common configuration
+          : kind === 2
+          ? VirtioPciBar.MSIX_TABLE + 4 * rng.below(10)
+          : rng.below(VIRTIO_PCI_BAR_SIZE + 16);
+        if (rng.chance(0.5)) transport.read(offset, view);
+        else transport.write(offset, view);
+      }
+      if (rng.chance(0.1)) runner.service();
+    }
+    for (const v of vectors) expect(v >= 0 && v < VIRTIO_PCI_VECTORS, `vector ${v}`);
+    vectors.length = 0;
+    const id = new Uint8Array(4);
+    transport.readConfig(0, id);
+    expect(new DataView(id.buffer).getUint16(0, true) === VIRTIO_PCI_VENDOR, "vendor changed");
+    // A reset ends the iteration: the next one starts from a fresh device.
+    transport.write(VirtioPciBar.COMMON + 0x14, new Uint8Array(1));
   },
 };
 
@@ -509,6 +604,7 @@ const consoleTarget: FuzzTarget = {
 export const VIRTIO_TARGETS: readonly FuzzTarget[] = [
   parserTarget,
   mmioTarget,
+  pciTarget,
   blockTarget,
   rngTarget,
   netTarget,
