@@ -122,17 +122,36 @@ async function boot(
   return { text, reason: exit.reason, detail: exit.detail };
 }
 
-Deno.test("Linux on a virtio disk: root on ext4 over virtio-blk, a write survives a reboot, virtio-rng answers, ACPI power-off", async (t) => {
-  // A KVM that emulates every instruction (kvm_pvm, about 1 MIPS) would take an hour: skip at
-  // once. Between that and LINUX_BOOT_MIN_MIPS a boot is tried, and a timeout skips.
+/** What both tests boot: the host's kernel, the fixture, and a copy of its disk image to boot from. */
+interface Prepared {
+  mips: number;
+  /** Why a timed-out boot on a KVM below LINUX_BOOT_MIN_MIPS is a skip. */
+  slow: string;
+  fixture: VirtioLinuxFixture;
+  kernel: Uint8Array;
+  vmlinux: Uint8Array | undefined;
+  initrd: Uint8Array;
+  /** A temporary copy of the fixture's root image; the caller removes it. */
+  disk: string;
+}
+
+/**
+ * Reads the kernel and the fixture and copies the disk image, or says (as a
+ * skip) why this KVM or host cannot boot the guest. A KVM that emulates
+ * every instruction (kvm_pvm, about 1 MIPS) would take an hour: skipped at
+ * once. Between that and LINUX_BOOT_MIN_MIPS a boot is tried, and a timeout
+ * skips.
+ */
+async function prepare(t: Deno.TestContext): Promise<Prepared | undefined> {
+  const skip = (why: string) => void skipWhileRunning(t, why);
   const mips = guestMips();
   const slow = `this KVM runs guest code at ${mips.toFixed(1)} million instructions/s ` +
     `(a Linux boot needs about ${LINUX_BOOT_MIN_MIPS}; README "Booting on a software KVM")`;
-  if (mips < HOPELESS_MIPS) return skipWhileRunning(t, slow);
+  if (mips < HOPELESS_MIPS) return skip(slow);
   const kernelPath = hostKernelPath();
-  if (!kernelPath) return skipWhileRunning(t, "no kernel image (install linux-image-amd64)");
+  if (!kernelPath) return skip("no kernel image (install linux-image-amd64)");
   const f = await fixture();
-  if (typeof f === "string") return skipWhileRunning(t, `no virtio Linux fixture: ${f}`);
+  if (typeof f === "string") return skip(`no virtio Linux fixture: ${f}`);
   const kernel = await Deno.readFile(kernelPath);
   // The host decompresses the kernel (the guest skips its decompressor).
   const { vmlinux } = cachedVmlinux(kernel);
@@ -140,13 +159,31 @@ Deno.test("Linux on a virtio disk: root on ext4 over virtio-blk, a write survive
   const disk = await Deno.makeTempFile({ suffix: ".ext4" });
   try {
     await Deno.copyFile(f.rootfs, disk);
+  } catch (e) {
+    await Deno.remove(disk);
+    throw e;
+  }
+  return { mips, slow, fixture: f, kernel, vmlinux, initrd, disk };
+}
+
+/** A tap for the guest's card where this process may make one (named `prefix` + pid), else undefined. */
+function testTap(f: VirtioLinuxFixture, prefix: string): string | undefined {
+  const tap = tapSupport(f.initrd.replace(/\/[^/]*$/, ""))
+    ? `${prefix}${Deno.pid % 100000}`
+    : undefined;
+  if (!tap) console.log("no tap (needs root and the ip command): the ping is left out");
+  return tap;
+}
+
+Deno.test("Linux on a virtio disk: root on ext4 over virtio-blk, a write survives a reboot, virtio-rng answers, ACPI power-off", async (t) => {
+  const prepared = await prepare(t);
+  if (!prepared) return;
+  const { mips, slow, fixture: f, kernel, vmlinux, initrd, disk } = prepared;
+  try {
     const show = (r: { text: string }) =>
       `serial console (last 3000 characters):\n${r.text.slice(-3000)}`;
 
-    const tap = tapSupport(f.initrd.replace(/\/[^/]*$/, ""))
-      ? `dkvm${Deno.pid % 100000}`
-      : undefined;
-    if (!tap) console.log("no tap (needs root and the ip command): the ping is left out");
+    const tap = testTap(f, "dkvm");
     // The sandbox's emulated SVM now and then delivers an interrupt while the guest's IF is 0:
     // a second timer interrupt inside the first one's entry crashes the guest, and a device
     // interrupt inside code that holds a lock deadlocks it (QEMU's guests too; README, "Boot
@@ -208,24 +245,11 @@ Deno.test("Linux on a virtio disk: root on ext4 over virtio-blk, a write survive
 });
 
 Deno.test("Linux on virtio-pci with MSI-X: the devices found on PCI, their interrupts PCI-MSI, disk, rng, console and network work", async (t) => {
-  const mips = guestMips();
-  const slow = `this KVM runs guest code at ${mips.toFixed(1)} million instructions/s ` +
-    `(a Linux boot needs about ${LINUX_BOOT_MIN_MIPS}; README "Booting on a software KVM")`;
-  if (mips < HOPELESS_MIPS) return skipWhileRunning(t, slow);
-  const kernelPath = hostKernelPath();
-  if (!kernelPath) return skipWhileRunning(t, "no kernel image (install linux-image-amd64)");
-  const f = await fixture();
-  if (typeof f === "string") return skipWhileRunning(t, `no virtio Linux fixture: ${f}`);
-  const kernel = await Deno.readFile(kernelPath);
-  const { vmlinux } = cachedVmlinux(kernel);
-  const initrd = await Deno.readFile(f.initrd);
-  const disk = await Deno.makeTempFile({ suffix: ".ext4" });
+  const prepared = await prepare(t);
+  if (!prepared) return;
+  const { mips, slow, fixture: f, kernel, vmlinux, initrd, disk } = prepared;
   try {
-    await Deno.copyFile(f.rootfs, disk);
-    const tap = tapSupport(f.initrd.replace(/\/[^/]*$/, ""))
-      ? `dkvp${Deno.pid % 100000}`
-      : undefined;
-    if (!tap) console.log("no tap (needs root and the ip command): the ping is left out");
+    const tap = testTap(f, "dkvp");
     // As above: a crashed or stalled boot in the sandbox is tried again, at most three times.
     const crashed = (r: { text: string; reason: string }) =>
       r.text.includes("Kernel panic") || (r.reason === "timeout" && mips >= LINUX_BOOT_MIN_MIPS);

@@ -409,11 +409,6 @@ export class VirtioPciTransport implements BusDevice, PciFunction {
     c.set32(at + 12, length);
   }
 
-  /** The BAR register's value now (what the guest wrote, masked to the BAR's size). */
-  get barRegister(): number {
-    return this.config.get32(0x10);
-  }
-
   /** Whether MSI-X is enabled (message control). */
   get msixEnabled(): boolean {
     return (this.config.get16(Cap.MSIX + 2) & MSIX_ENABLE) !== 0;
