@@ -298,12 +298,13 @@ export {
   pciHostBridge,
   raiseMsix,
   VIRTIO_PCI_BAR_SIZE,
+  VIRTIO_PCI_MAX_VECTORS,
   VIRTIO_PCI_NOTIFY_MULTIPLIER,
-  VIRTIO_PCI_VECTORS,
   VIRTIO_PCI_VENDOR,
   VirtioPciBar,
   type VirtioPciLink,
   VirtioPciTransport,
+  virtioPciVectorCount,
 } from "./devices/virtio/pci.ts";
 export {
   DescriptorChain,

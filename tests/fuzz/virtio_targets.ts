@@ -40,7 +40,6 @@ import {
   pciHostBridge,
   raiseMsix,
   VIRTIO_PCI_BAR_SIZE,
-  VIRTIO_PCI_VECTORS,
   VIRTIO_PCI_VENDOR,
   VirtioPciBar,
   VirtioPciTransport,
@@ -213,7 +212,7 @@ function pciSetup(): PciRig {
     front,
     state,
     backend: new RngBackend(),
-    interrupt: (cause) => raiseMsix(state, cause, (v) => vectors.push(v)),
+    interrupt: (cause, queues) => raiseMsix(state, cause, queues, (v) => vectors.push(v)),
   }]);
   const transport = new VirtioPciTransport(front, state, {
     notify: () => runner.service(),
@@ -264,7 +263,7 @@ const pciTarget: FuzzTarget = {
       }
       if (rng.chance(0.1)) runner.service();
     }
-    for (const v of vectors) expect(v >= 0 && v < VIRTIO_PCI_VECTORS, `vector ${v}`);
+    for (const v of vectors) expect(v >= 0 && v < transport.vectors, `vector ${v}`);
     vectors.length = 0;
     const id = new Uint8Array(4);
     transport.readConfig(0, id);

@@ -18,6 +18,7 @@ import {
   VIRTIO_PCI_NOTIFY_MULTIPLIER,
   VirtioPciBar,
   VirtioPciTransport,
+  virtioPciVectorCount,
 } from "../../src/devices/virtio/pci.ts";
 import { RngBackend, rngFront } from "../../src/devices/virtio/rng.ts";
 import { defaultGsiRoutes } from "../../src/devices/virtio/runtime.ts";
@@ -39,7 +40,7 @@ function setup() {
     front,
     state,
     backend: new RngBackend(),
-    interrupt: (cause) => raiseMsix(state, cause, (v) => sent.push(v)),
+    interrupt: (cause, queues) => raiseMsix(state, cause, queues, (v) => sent.push(v)),
   }]);
   const transport = new VirtioPciTransport(front, state, {
     notify: () => runner.service(),
@@ -220,7 +221,7 @@ Deno.test("virtio-pci: MSI-X entries are routed when unmasked, pending bits go o
   // MSI-X enabled but entries masked: an interrupt becomes a pending bit.
   t.cfgWrite(1, cap + 2, 0x8000 | 1, 2);
   ok(t.transport.msixEnabled);
-  raiseMsix(t.state, INT_VRING, (v) => t.sent.push(v));
+  raiseMsix(t.state, INT_VRING, 1, (v) => t.sent.push(v));
   deepStrictEqual(t.sent, []);
   strictEqual(t.barRead(VirtioPciBar.MSIX_PBA, 4), 2, "PBA: vector 1 pending");
   // Unmask vector 1: routed with its message, then the pending interrupt fires once.
@@ -228,8 +229,8 @@ Deno.test("virtio-pci: MSI-X entries are routed when unmasked, pending bits go o
   deepStrictEqual(t.routes, [[1, { addressLo: 0xfee0_1000, addressHi: 0, data: 0x42 }]]);
   deepStrictEqual(t.fired, [1]);
   strictEqual(t.barRead(VirtioPciBar.MSIX_PBA, 4), 0);
-  raiseMsix(t.state, INT_VRING, (v) => t.sent.push(v));
-  raiseMsix(t.state, INT_CONFIG, (v) => t.sent.push(v)); // vector 0 still masked
+  raiseMsix(t.state, INT_VRING, 1, (v) => t.sent.push(v));
+  raiseMsix(t.state, INT_CONFIG, 0, (v) => t.sent.push(v)); // vector 0 still masked
   deepStrictEqual(t.sent, [1]);
   strictEqual(t.barRead(VirtioPciBar.MSIX_PBA, 4), 1);
   t.barWrite(T + 12, 0, 4);
@@ -243,7 +244,7 @@ Deno.test("virtio-pci: MSI-X entries are routed when unmasked, pending bits go o
   strictEqual(t.routes.length, 3);
   // The function mask holds every vector back.
   t.cfgWrite(1, cap + 2, 0xc000 | 1, 2);
-  raiseMsix(t.state, INT_VRING, (v) => t.sent.push(v));
+  raiseMsix(t.state, INT_VRING, 1, (v) => t.sent.push(v));
   deepStrictEqual(t.sent, [1]);
   t.cfgWrite(1, cap + 2, 0x8000, 2);
   deepStrictEqual(t.fired, [1, 0, 1]);
@@ -322,34 +323,67 @@ Deno.test("virtio-pci: a driver's set-up through the common configuration, an en
   t.barWrite(VIRTIO_PCI_BAR_SIZE - 4, 0xffff_ffff, 4);
 });
 
-Deno.test("virtio-pci: every queue shares one vector", () => {
-  // A net-like front with three queues, built from the entropy front.
+Deno.test("virtio-pci: a vector per queue, shared where the driver shares, each sent once", () => {
+  // A net-like front with three queues, built from the entropy front: four vectors.
   const t = setup();
   const front = { ...t.front, queueMax: [256, 256, 64] };
+  strictEqual(virtioPciVectorCount(front), 4);
   const state = createDeviceState(3);
+  const fired: number[] = [];
   const tr = new VirtioPciTransport(front, state, {
     notify() {},
     reset() {},
     route() {},
-    fire() {},
+    fire: (v) => fired.push(v),
   }, BAR);
+  strictEqual(tr.vectors, 4);
   const w = (o: number, v: number) => tr.write(o, new Uint8Array([v & 0xff, v >> 8]));
   const r = (o: number) => {
     const d = new Uint8Array(2);
     tr.read(o, d);
     return d[0] | d[1] << 8;
   };
+  // The MSI-X capability says four entries (table size - 1).
+  let cap = tr.config.bytes[0x34];
+  while (tr.config.bytes[cap] !== 0x11) cap = tr.config.bytes[cap + 1];
+  strictEqual(tr.config.get16(cap + 2) & 0x7ff, 3);
   w(0x16, 0);
   w(0x1a, 1);
   w(0x16, 1);
-  w(0x1a, 0); // another vector than queue 0's: refused
+  w(0x1a, 2); // its own vector
+  strictEqual(r(0x1a), 2);
+  w(0x1a, 4); // a vector the table lacks: refused
   strictEqual(r(0x1a), NO_VECTOR);
-  w(0x1a, 1);
-  strictEqual(r(0x1a), 1);
+  w(0x1a, 2);
   w(0x16, 2);
   w(0x1a, NO_VECTOR); // a queue without a callback (virtio-net's control queue)
   strictEqual(r(0x1a), NO_VECTOR);
-  strictEqual(state[Word.QUEUE_VECTOR], 1);
+  // Enabled, vectors 1 and 2 unmasked: each queue's interrupt on its own vector.
+  tr.writeConfig(cap + 2, new Uint8Array([0, 0x80]));
+  const zero = new Uint8Array(4);
+  tr.write(VirtioPciBar.MSIX_TABLE + 16 * 1 + 12, zero);
+  tr.write(VirtioPciBar.MSIX_TABLE + 16 * 2 + 12, zero);
+  const sent: number[] = [];
+  const send = (v: number) => sent.push(v);
+  raiseMsix(state, INT_VRING, 0b001, send);
+  raiseMsix(state, INT_VRING, 0b010, send);
+  raiseMsix(state, INT_VRING, 0b111, send); // queue 2 has no vector
+  deepStrictEqual(sent, [1, 2, 1, 2]);
+  // Queues 0 and 1 on one vector: one message for both.
+  w(0x16, 1);
+  w(0x1a, 1);
+  sent.length = 0;
+  raiseMsix(state, INT_VRING, 0b011, send);
+  deepStrictEqual(sent, [1]);
+  // Vector 3 (masked) goes pending, and out once on its unmask.
+  w(0x16, 2);
+  w(0x1a, 3);
+  raiseMsix(state, INT_VRING, 0b100, send);
+  deepStrictEqual(sent, [1]);
+  strictEqual(r(VirtioPciBar.MSIX_PBA), 0b1000);
+  tr.write(VirtioPciBar.MSIX_TABLE + 16 * 3 + 12, zero);
+  deepStrictEqual(fired, [3]);
+  strictEqual(r(VirtioPciBar.MSIX_PBA), 0);
 });
 
 Deno.test("virtio-pci: the DSDT's PCI root bridge and the default GSI routes", () => {

@@ -13,10 +13,11 @@
  * Each device has one 32-bit memory BAR ({@linkcode VIRTIO_PCI_BAR_SIZE})
  * holding the common configuration, the ISR byte, the device configuration,
  * one notify word per queue (an ioeventfd each: kicks never exit), the MSI-X
- * table and the PBA. The MSI-X table has {@linkcode VIRTIO_PCI_VECTORS}
- * entries: Linux's driver then asks for one vector for configuration changes
- * and one shared by every queue (its fallback when a vector per queue does
- * not fit).
+ * table and the PBA. The MSI-X table has one vector for configuration
+ * changes and one per queue ({@linkcode virtioPciVectorCount}), as QEMU's:
+ * Linux's driver then gives every queue its own vector (its first choice),
+ * so a network card's receive and transmit completions are separate
+ * interrupts, each running only its own queue's handler.
  *
  * What is left out, on purpose: legacy INTx (the interrupt pin is 0: a
  * driver without MSI-X finds no interrupt), the `VIRTIO_PCI_CAP_PCI_CFG`
@@ -45,8 +46,20 @@ export const PCI_CONFIG_PORT = 0xcf8;
 export const PCI_CONFIG_PORTS_LENGTH = 8;
 /** Size of a virtio-pci function's memory BAR. */
 export const VIRTIO_PCI_BAR_SIZE = 0x8000;
-/** MSI-X table entries of a virtio-pci function: configuration changes, then the queues. */
-export const VIRTIO_PCI_VECTORS = 2;
+/**
+ * The most MSI-X table entries a virtio-pci function has: vector numbers are
+ * bits of 32-bit state words (`Word.VECTOR_MASKED`, `Word.VECTOR_PENDING`).
+ */
+export const VIRTIO_PCI_MAX_VECTORS = 32;
+
+/**
+ * MSI-X table entries of a virtio-pci function for `front`: one for
+ * configuration changes, then one per queue (at most
+ * {@linkcode VIRTIO_PCI_MAX_VECTORS}; a driver then shares vectors between queues).
+ */
+export function virtioPciVectorCount(front: VirtioFront): number {
+  return Math.min(VIRTIO_PCI_MAX_VECTORS, 1 + front.queueMax.length);
+}
 /** The PCI vendor id of virtio devices (Red Hat, formerly Qumranet). */
 export const VIRTIO_PCI_VENDOR = 0x1af4;
 /** `VIRTIO_MSI_NO_VECTOR`: no vector assigned. */
@@ -287,14 +300,11 @@ const MSIX_ENABLE = 0x8000;
 const MSIX_FUNCTION_MASK = 0x4000;
 
 /**
- * Sends `cause` (`INT_VRING` or `INT_CONFIG`) of a virtio-pci device from
- * the device thread: on the vector the driver chose for it, through
- * `send(vector)` (its irqfd) when the vector is unmasked, else as a pending
- * bit that the unmask sends. No allocation: it runs per interrupt.
+ * Sends vector `vector` of a virtio-pci device from the device thread:
+ * through `send(vector)` (its irqfd) when it is unmasked, else as a pending
+ * bit that the unmask sends.
  */
-export function raiseMsix(state: Int32Array, cause: number, send: (vector: number) => void): void {
-  const vector = Atomics.load(state, cause === INT_CONFIG ? Word.CONFIG_VECTOR : Word.QUEUE_VECTOR);
-  if (vector >= VIRTIO_PCI_VECTORS) return; // NO_VECTOR: the driver wants none
+function raiseVector(state: Int32Array, vector: number, send: (vector: number) => void): void {
   const bit = 1 << vector;
   if ((Atomics.load(state, Word.VECTOR_MASKED) & bit) === 0) {
     send(vector);
@@ -307,6 +317,37 @@ export function raiseMsix(state: Int32Array, cause: number, send: (vector: numbe
     (Atomics.load(state, Word.VECTOR_MASKED) & bit) === 0 &&
     (Atomics.and(state, Word.VECTOR_PENDING, ~bit) & bit) !== 0
   ) send(vector);
+}
+
+/**
+ * Sends `cause` (`INT_VRING` or `INT_CONFIG`) of a virtio-pci device from
+ * the device thread, on the vectors the driver chose: the configuration
+ * vector, or for `INT_VRING` the vector of each queue in `queues` (bit q:
+ * queue q; bit 31 also stands for the queues above), each vector once
+ * however many of those queues share it. A vector is sent through
+ * `send(vector)` (its irqfd) when unmasked, else left pending for the
+ * unmask. No allocation: it runs per interrupt.
+ */
+export function raiseMsix(
+  state: Int32Array,
+  cause: number,
+  queues: number,
+  send: (vector: number) => void,
+): void {
+  if (cause === INT_CONFIG) {
+    const vector = Atomics.load(state, Word.CONFIG_VECTOR);
+    if (vector < VIRTIO_PCI_MAX_VECTORS) raiseVector(state, vector, send); // else NO_VECTOR
+    return;
+  }
+  let sent = 0; // vectors sent, as bits
+  const count = (state.length - Word.QUEUES) / QUEUE_WORDS;
+  for (let q = 0; q < count; q++) {
+    if ((queues & (1 << Math.min(q, 31))) === 0) continue;
+    const vector = Atomics.load(state, Word.QUEUES + QUEUE_WORDS * q + QueueWord.VECTOR);
+    if (vector >= VIRTIO_PCI_MAX_VECTORS || (sent & (1 << vector)) !== 0) continue;
+    sent |= 1 << vector;
+    raiseVector(state, vector, send);
+  }
 }
 
 /**
@@ -342,12 +383,13 @@ export class VirtioPciTransport implements BusDevice, PciFunction {
   #deviceFeatureSel = 0;
   #driverFeatureSel = 0;
   #queueSel = 0;
-  #queueVectors: Uint16Array;
+  /** MSI-X table entries ({@linkcode virtioPciVectorCount}). */
+  readonly vectors: number;
   /** The MSI-X table: address low, address high, data, vector control per entry. */
-  #table = new Uint32Array(4 * VIRTIO_PCI_VECTORS);
+  #table: Uint32Array;
   /** What each vector was last routed to (valid where `#routedOk`), to route only changes. */
-  #routed = new Uint32Array(3 * VIRTIO_PCI_VECTORS);
-  #routedOk = new Uint8Array(VIRTIO_PCI_VECTORS);
+  #routed: Uint32Array;
+  #routedOk: Uint8Array;
 
   /**
    * A function for `front`, sharing `state` (from `createDeviceState`) with the device thread,
@@ -358,8 +400,11 @@ export class VirtioPciTransport implements BusDevice, PciFunction {
     this.state = state;
     this.#link = link;
     this.barAddress = barAddress;
-    this.#queueVectors = new Uint16Array(front.queueMax.length).fill(NO_VECTOR);
-    for (let v = 0; v < VIRTIO_PCI_VECTORS; v++) this.#table[4 * v + 3] = 1; // masked
+    const vectors = this.vectors = virtioPciVectorCount(front);
+    this.#table = new Uint32Array(4 * vectors);
+    this.#routed = new Uint32Array(3 * vectors);
+    this.#routedOk = new Uint8Array(vectors);
+    for (let v = 0; v < vectors; v++) this.#table[4 * v + 3] = 1; // masked
     const c = this.config = new PciConfigSpace(
       VIRTIO_PCI_VENDOR,
       0x1040 + front.deviceId,
@@ -383,7 +428,7 @@ export class VirtioPciTransport implements BusDevice, PciFunction {
     this.#vendorCap(Cap.DEVICE, Cap.MSIX, 4, VirtioPciBar.DEVICE, configLength, 16);
     c.bytes[Cap.MSIX] = 0x11; // MSI-X
     c.bytes[Cap.MSIX + 1] = 0; // the last capability
-    c.set16(Cap.MSIX + 2, VIRTIO_PCI_VECTORS - 1); // table size - 1; disabled, not masked
+    c.set16(Cap.MSIX + 2, vectors - 1); // table size - 1; disabled, not masked
     c.writable[Cap.MSIX + 3] = (MSIX_ENABLE | MSIX_FUNCTION_MASK) >> 8;
     c.set32(Cap.MSIX + 4, VirtioPciBar.MSIX_TABLE); // BIR 0
     c.set32(Cap.MSIX + 8, VirtioPciBar.MSIX_PBA); // BIR 0
@@ -419,10 +464,11 @@ export class VirtioPciTransport implements BusDevice, PciFunction {
     const s = this.state;
     Atomics.store(s, Word.MSI_X, 1);
     Atomics.store(s, Word.CONFIG_VECTOR, NO_VECTOR);
-    Atomics.store(s, Word.QUEUE_VECTOR, NO_VECTOR);
+    for (let q = 0; q < this.front.queueMax.length; q++) {
+      Atomics.store(s, Word.QUEUES + QUEUE_WORDS * q + QueueWord.VECTOR, NO_VECTOR);
+    }
     Atomics.store(s, Word.VECTOR_PENDING, 0);
-    Atomics.store(s, Word.VECTOR_MASKED, (1 << VIRTIO_PCI_VECTORS) - 1);
-    this.#queueVectors.fill(NO_VECTOR);
+    Atomics.store(s, Word.VECTOR_MASKED, -1); // every vector masked until routed
     this.#routedOk.fill(0); // a reset vector is routed again when it is unmasked
     this.#syncVectors();
   }
@@ -444,7 +490,7 @@ export class VirtioPciTransport implements BusDevice, PciFunction {
   // ---- MSI-X ----
 
   #syncVectors(): void {
-    for (let v = 0; v < VIRTIO_PCI_VECTORS; v++) this.#syncVector(v);
+    for (let v = 0; v < this.vectors; v++) this.#syncVector(v);
   }
 
   /** Routes vector `v` when it may be sent (and its message changed), else marks it masked. */
@@ -573,7 +619,7 @@ export class VirtioPciTransport implements BusDevice, PciFunction {
           ? 0
           : (Atomics.load(s, q + QueueWord.NUM) || this.front.queueMax[this.#queueSel]);
       case Common.QUEUE_MSIX_VECTOR | 2 << 8:
-        return q < 0 ? NO_VECTOR : this.#queueVectors[this.#queueSel];
+        return q < 0 ? NO_VECTOR : Atomics.load(s, q + QueueWord.VECTOR) & 0xffff;
       case Common.QUEUE_ENABLE | 2 << 8:
         return q < 0 ? 0 : Atomics.load(s, q + QueueWord.READY);
       case Common.QUEUE_NOTIFY_OFF | 2 << 8:
@@ -606,7 +652,7 @@ export class VirtioPciTransport implements BusDevice, PciFunction {
         return;
       case Common.CONFIG_MSIX_VECTOR | 2 << 8:
         // A vector the table does not have reads back NO_VECTOR: the driver sees the refusal.
-        Atomics.store(s, Word.CONFIG_VECTOR, value < VIRTIO_PCI_VECTORS ? value : NO_VECTOR);
+        Atomics.store(s, Word.CONFIG_VECTOR, value < this.vectors ? value : NO_VECTOR);
         return;
       case Common.DEVICE_STATUS | 1 << 8:
         if (value === 0) {
@@ -620,12 +666,14 @@ export class VirtioPciTransport implements BusDevice, PciFunction {
       case Common.QUEUE_SELECT | 2 << 8:
         this.#queueSel = value;
         return;
-      case Common.QUEUE_MSIX_VECTOR | 2 << 8:
-        this.#setQueueVector(value);
-        return;
     }
     const q = this.#queueWord();
     if (q < 0) return;
+    if (offset === Common.QUEUE_MSIX_VECTOR && width === 2) {
+      // Any vector of the table, shared or not; one it does not have reads back NO_VECTOR.
+      Atomics.store(s, q + QueueWord.VECTOR, value < this.vectors ? value : NO_VECTOR);
+      return;
+    }
     if (offset === Common.QUEUE_ENABLE && width === 2) {
       // Only 1: virtio 1.x drivers never disable a queue but by a reset.
       if ((value & 1) === 0 || Atomics.load(s, q + QueueWord.READY) !== 0) return;
@@ -645,23 +693,5 @@ export class VirtioPciTransport implements BusDevice, PciFunction {
     ) {
       Atomics.store(s, q + QUEUE_ADDRESS_WORDS[(offset - Common.QUEUE_DESC) >> 2], value | 0);
     }
-  }
-
-  /**
-   * The selected queue's vector. Every queue's interrupt goes to one vector (the device thread
-   * raises one per device), so a queue takes NO_VECTOR, or the vector the other queues use.
-   */
-  #setQueueVector(value: number): void {
-    if (this.#queueWord() < 0) return;
-    const current = Atomics.load(this.state, Word.QUEUE_VECTOR);
-    let accepted = NO_VECTOR;
-    if (value < VIRTIO_PCI_VECTORS) {
-      const others = this.#queueVectors.some((v, i) => i !== this.#queueSel && v !== NO_VECTOR);
-      if (!others || current === value) accepted = value;
-    }
-    this.#queueVectors[this.#queueSel] = accepted;
-    let shared = NO_VECTOR;
-    for (const v of this.#queueVectors) if (v !== NO_VECTOR) shared = v;
-    Atomics.store(this.state, Word.QUEUE_VECTOR, shared);
   }
 }

@@ -35,10 +35,12 @@ export interface RunnerDevice {
   backend: VirtioBackend;
   /**
    * Raises the device's interrupt (an irqfd write, or a test's callback);
-   * `cause` is `INT_VRING` or `INT_CONFIG` (virtio-pci sends them on their
-   * own MSI-X vectors).
+   * `cause` is `INT_VRING` or `INT_CONFIG`; for `INT_VRING`, `queues` has
+   * bit q set for each queue q whose used ring wants the interrupt (bit 31
+   * also for the queues above; 0 for `INT_CONFIG`). virtio-mmio has one
+   * interrupt for all; virtio-pci sends each queue's MSI-X vector.
    */
-  interrupt: (cause: number) => void;
+  interrupt: (cause: number, queues: number) => void;
   /** Told about each driver error (for logs); optional. */
   onError?: (message: string) => void;
 }
@@ -48,9 +50,9 @@ export interface RunnerDevice {
  * virtio-pci device, whose MSI-X message says the cause and whose ISR nothing
  * would clear) and raises it.
  */
-function raise(device: RunnerDevice, cause: number): void {
+function raise(device: RunnerDevice, cause: number, queues: number): void {
   if (Atomics.load(device.state, Word.MSI_X) === 0) Atomics.or(device.state, Word.INTERRUPT, cause);
-  device.interrupt(cause);
+  device.interrupt(cause, queues);
 }
 
 /**
@@ -146,7 +148,7 @@ export class VirtioRunner {
     if (!(status & Status.DRIVER_OK) || (status & (Status.DEVICE_NEEDS_RESET | Status.FAILED))) {
       return false;
     }
-    let interrupt = false;
+    let queues = 0; // bit q: queue q wants its interrupt
     if (!served.active) {
       served.active = true;
       device.backend.activate?.(
@@ -177,18 +179,19 @@ export class VirtioRunner {
             break;
           }
         }
-        if (queue.needsInterrupt()) interrupt = true;
+        if (queue.needsInterrupt()) queues |= 1 << Math.min(q, 31);
       }
     } catch (e) {
       if (!(e instanceof VirtioError)) throw e;
       device.onError?.(e.message);
       served.queues.fill(null);
       Atomics.or(s, Word.STATUS, Status.DEVICE_NEEDS_RESET);
-      raise(device, INT_CONFIG);
+      raise(device, INT_CONFIG, 0);
       return true;
     }
-    if (interrupt) raise(device, INT_VRING);
-    return interrupt;
+    if (queues === 0) return false;
+    raise(device, INT_VRING, queues);
+    return true;
   }
 
   #build(device: RunnerDevice, base: number, q: number): SplitQueue {

@@ -25,9 +25,9 @@ import {
   type MsiMessage,
   VIRTIO_PCI_BAR_SIZE,
   VIRTIO_PCI_NOTIFY_MULTIPLIER,
-  VIRTIO_PCI_VECTORS,
   VirtioPciBar,
   VirtioPciTransport,
+  virtioPciVectorCount,
 } from "./pci.ts";
 import type { GsiRoute } from "../../kvm/vm.ts";
 import {
@@ -59,7 +59,8 @@ export interface VirtioPlacement {
 
 /**
  * The first GSI of the virtio-pci devices' MSI-X routes (after the IOAPIC's
- * 24 inputs): device i's vector v is GSI `24 + 2 * i + v`.
+ * 24 inputs): the devices' vectors follow one another, device 0's vector 0
+ * first (a device has `virtioPciVectorCount` vectors).
  */
 export const VIRTIO_PCI_FIRST_MSI_GSI = 24;
 
@@ -162,7 +163,7 @@ export class VirtioRuntime {
   /** Takes the drivers' `InterruptACK` writes in the kernel; never read (see `mmio.ts`). */
   #acks: EventFd | null = null;
   #irqs: EventFd[] = [];
-  /** virtio-pci: each device's vector irqfds (`VIRTIO_PCI_VECTORS` per device). */
+  /** virtio-pci: each device's vector irqfds (one per MSI-X table entry). */
   #vectorIrqs: EventFd[][] = [];
   /** virtio-pci: the MSI routes by GSI (the vCPU thread routes; see `pci.ts`). */
   #msiRoutes = new Map<number, MsiMessage>();
@@ -217,31 +218,29 @@ export class VirtioRuntime {
       const pci = options.transport === "pci";
       runtime.#vm = vm;
       if (pci) vm.setGsiRouting(defaultGsiRoutes()); // the same table, now ours to extend
+      let nextMsiGsi = VIRTIO_PCI_FIRST_MSI_GSI;
       placements.forEach((p, i) => {
         const state = states[i];
         if (pci) {
           const irqs: EventFd[] = [];
           runtime.#vectorIrqs.push(irqs);
-          for (let v = 0; v < VIRTIO_PCI_VECTORS; v++) {
+          const firstGsi = nextMsiGsi;
+          nextMsiGsi += virtioPciVectorCount(fronts[i]);
+          const link = {
+            notify: () => wake.write(1n),
+            reset: () => runtime.#reset(state),
+            route: (v: number, m: MsiMessage) => runtime.#route(firstGsi + v, m),
+            fire: (v: number) => irqs[v].write(1n),
+          };
+          const transport = new VirtioPciTransport(fronts[i], state, link, p.address);
+          for (let v = 0; v < transport.vectors; v++) {
             const irq = EventFd.create();
             irqs.push(irq);
             // Bound before any route exists: an unrouted GSI drops the write, and the device
             // thread writes only vectors the transport unmasked (after routing them).
-            vm.registerIrqfd(irq, VIRTIO_PCI_FIRST_MSI_GSI + VIRTIO_PCI_VECTORS * i + v);
+            vm.registerIrqfd(irq, firstGsi + v);
           }
-          const link = {
-            notify: () => wake.write(1n),
-            reset: () => runtime.#reset(state),
-            route: (v: number, m: MsiMessage) =>
-              runtime.#route(VIRTIO_PCI_FIRST_MSI_GSI + VIRTIO_PCI_VECTORS * i + v, m),
-            fire: (v: number) => irqs[v].write(1n),
-          };
-          slots.push({
-            ...p,
-            front: fronts[i],
-            transport: new VirtioPciTransport(fronts[i], state, link, p.address),
-            size: VIRTIO_PCI_BAR_SIZE,
-          });
+          slots.push({ ...p, front: fronts[i], transport, size: VIRTIO_PCI_BAR_SIZE });
           // One ioeventfd per queue's notify word (Linux writes the queue index, 16 bits).
           fronts[i].queueMax.forEach((_, q) => {
             const at = p.address + VirtioPciBar.NOTIFY + VIRTIO_PCI_NOTIFY_MULTIPLIER * q;
@@ -284,7 +283,7 @@ export class VirtioRuntime {
           state: states[i].buffer as SharedArrayBuffer,
           irqFd: pci ? -1 : runtime.#irqs[i].unsafeFd,
           vectorFds: pci ? runtime.#vectorIrqs[i].map((e) => e.unsafeFd) : undefined,
-          gsi: s.gsi,
+          gsi: pci ? -1 : s.gsi, // MSI-X passes no IOAPIC pin
         })),
         vmFd: vm.unsafeFd,
         vcpu: options.vcpu,

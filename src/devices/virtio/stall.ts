@@ -507,7 +507,7 @@ function sleep(ms: number): void {
 
 /**
  * Looks at the path of the interrupt of the device on `gsi` (see the module
- * doc): the IOAPIC pin, the vCPU thread over {@linkcode SAMPLE_MS} and KVM's
+ * doc; -1 for a virtio-pci device, whose MSI-X messages pass no IOAPIC pin): the IOAPIC pin, the vCPU thread over {@linkcode SAMPLE_MS} and KVM's
  * counters, then vCPU 0's snapshot through a kick. Blocks the calling thread
  * about a second; returns the report's lines, the verdict last (without
  * `verdict`: no interrupt is pending, only the state is wanted). Reading
@@ -518,11 +518,15 @@ export function probeStall(ctx: StallProbeContext, gsi: number, verdict = true):
   let pin: IoapicPin | undefined;
   const chip = new KvmIrqchip();
   chip.chipId = KVM_IRQCHIP_IOAPIC;
-  const r = native().kvm_ioctl_ptr(ctx.vmFd, KVM_GET_IRQCHIP, Deno.UnsafePointer.of(chip.bytes));
-  if (r < 0) lines.push(`KVM_GET_IRQCHIP failed: errno ${-r}`);
-  else {
-    pin = ioapicPin(chip.ioapic, gsi);
-    lines.push(formatIoapicPin(pin));
+  if (gsi < 0 || gsi >= 24) {
+    lines.push("MSI-X: the interrupts go straight to the LAPIC (no IOAPIC pin)");
+  } else {
+    const r = native().kvm_ioctl_ptr(ctx.vmFd, KVM_GET_IRQCHIP, Deno.UnsafePointer.of(chip.bytes));
+    if (r < 0) lines.push(`KVM_GET_IRQCHIP failed: errno ${-r}`);
+    else {
+      pin = ioapicPin(chip.ioapic, gsi);
+      lines.push(formatIoapicPin(pin));
+    }
   }
   let snapshot: VcpuSnapshot | null | undefined;
   if (ctx.vcpu) {

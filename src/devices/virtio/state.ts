@@ -35,18 +35,16 @@ export const Word = {
   MSI_X: 7,
   /** virtio-pci: the MSI-X vector of configuration changes (`NO_VECTOR`, 0xffff: none). */
   CONFIG_VECTOR: 8,
-  /** virtio-pci: the MSI-X vector of used-buffer interrupts (`NO_VECTOR`: none). */
-  QUEUE_VECTOR: 9,
   /**
    * virtio-pci: bit v set while vector v cannot be sent (its table entry or
    * the whole function masked, or MSI-X off); the device thread then sets
    * its bit in {@linkcode Word.VECTOR_PENDING} instead.
    */
-  VECTOR_MASKED: 10,
+  VECTOR_MASKED: 9,
   /** virtio-pci: the MSI-X pending bits (the PBA), sent by whoever unmasks or sees the unmask. */
-  VECTOR_PENDING: 11,
+  VECTOR_PENDING: 10,
   /** First queue's words. */
-  QUEUES: 12,
+  QUEUES: 11,
 } as const;
 
 /** Word offsets inside one queue's block of {@linkcode QUEUE_WORDS}. */
@@ -67,10 +65,12 @@ export const QueueWord = {
   USED_LO: 6,
   /** Used ring address, high half. */
   USED_HI: 7,
+  /** virtio-pci: the MSI-X vector of the queue's used-buffer interrupts (`NO_VECTOR`: none). */
+  VECTOR: 8,
 } as const;
 
 /** Words per queue. */
-export const QUEUE_WORDS = 8;
+export const QUEUE_WORDS = 9;
 
 /** A fresh shared state for a device with `queues` queues. */
 export function createDeviceState(queues: number): Int32Array {

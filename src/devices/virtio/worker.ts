@@ -57,7 +57,7 @@ export interface VirtioWorkerStart {
     irqFd: number;
     /** virtio-pci: the irqfd of each MSI-X vector (then `irqFd` is unused). */
     vectorFds?: number[];
-    /** The IOAPIC input of its interrupt. */
+    /** The IOAPIC input of its interrupt (-1 for virtio-pci: MSI-X passes none). */
     gsi: number;
   }[];
   /** The VM's fd: its IOAPIC is read when an interrupt stays unacknowledged. */
@@ -90,10 +90,13 @@ const WATCH_MS = 1000;
 const AFTER_KICK_MS = 300;
 
 /** A virtio-pci device's interrupt: on the vector of its cause, through that vector's irqfd. */
-function pciInterrupt(state: Int32Array, fds: number[]): (cause: number) => void {
+function pciInterrupt(
+  state: Int32Array,
+  fds: number[],
+): (cause: number, queues: number) => void {
   const lib = native();
   const send = (vector: number) => void lib.kvm_write_u64(fds[vector], 1n);
-  return (cause) => raiseMsix(state, cause, send);
+  return (cause, queues) => raiseMsix(state, cause, queues, send);
 }
 
 function serve(msg: VirtioWorkerStart): void {
@@ -218,7 +221,7 @@ function serve(msg: VirtioWorkerStart): void {
             watching[i] = acks;
             watchedSince[i] = performance.now();
           }
-          devices[i].interrupt(INT_VRING);
+          devices[i].interrupt(INT_VRING, -1); // every queue's
         }
         continue;
       }
