@@ -1,13 +1,14 @@
 /**
  * virtio throughput comparison (issue 16): this library's VMM (the boot CLI,
- * `examples/boot_linux.ts --disk IMG --net TAP`, virtio-mmio described in the
- * DSDT) against QEMU (`-accel kvm`, `virtio-blk-pci` on the same raw image,
- * `virtio-net-pci` on a tap; QEMU's devices sit on PCI), in one run, same
+ * `examples/boot_linux.ts --disk IMG --net TAP`, virtio-pci with MSI-X by
+ * default) against QEMU (`-accel kvm`, `virtio-blk-pci` on the same raw image,
+ * `virtio-net-pci` on a tap; QEMU's devices sit on PCI too), in one run, same
  * kernel (Debian's 6.1, `/vmlinuz`), initramfs, vCPUs and memory. Each boot is
  * a fresh process; the ways alternate round by round.
  *
  * The guest's `/init` (an initramfs only: no root switch) loads the virtio
- * modules of both transports (virtio_mmio for ours, virtio_pci for QEMU's),
+ * modules of both transports (virtio_pci for QEMU's and ours, virtio_mmio for
+ * ours with `KVM_VIRTIO_BENCH_TRANSPORT=mmio`),
  * then measures with a small static helper compiled from the C source below
  * (busybox has no random-read or timed-send applet) and prints
  * `VBENCH-RESULT` lines on the serial console:
@@ -44,10 +45,11 @@
  * name the reports' RIPs at the end (right with `KVM_VIRTIO_BENCH_APPEND=nokaslr`).
  *
  * Both VMMs get 1 vCPU (a nested SMP boot of QEMU hangs in the sandbox now and
- * then, bench/RESULTS.md, issue 17) and 256 MiB. The command lines differ in
- * one word: ours boots with `pci=off` (it has no PCI bus), QEMU's without (its
- * virtio devices are on PCI). QEMU's disk uses its defaults (`cache=writeback`,
- * `aio=threads`: the host's page cache, as ours); its tap runs without vhost-net.
+ * then, bench/RESULTS.md, issue 17) and 256 MiB, and the same command line,
+ * without `pci=off` (both VMMs' virtio devices are on PCI; with
+ * `KVM_VIRTIO_BENCH_TRANSPORT=mmio` ours adds `pci=off`, having no PCI bus).
+ * QEMU's disk uses its defaults (`cache=writeback`, `aio=threads`: the host's
+ * page cache, as ours); its tap runs without vhost-net.
  *
  * Needs /dev/kvm, root (the tap) and QEMU, so it runs in the sandbox with QEMU
  * and the guest's files carried in (both git-ignored, made by `--prepare` on a
@@ -59,7 +61,8 @@
  *   --include .cache/virtio-bench -- deno run -A --no-check bench/virtio_compare.ts
  * ```
  *
- * `KVM_VIRTIO_BENCH_TRANSPORT=pci` puts ours on virtio-pci with MSI-X too.
+ * `KVM_VIRTIO_BENCH_TRANSPORT=mmio` puts ours on virtio-mmio (described in the
+ * DSDT) instead; `pci`, the default, on virtio-pci with MSI-X.
  * `KVM_VIRTIO_BENCH_RUNS` (default 2) sets the rounds; each process is killed
  * after `KVM_VIRTIO_BENCH_KILL_S` (default 1200; QEMU needed 830+ s to reach the measurements in the 2026-11-30 run) seconds. Not part of
  * `deno task bench` (a sandbox run takes many minutes).
@@ -87,10 +90,15 @@ const QEMU_PROBE_S = 40;
 const QEMU_MONITOR = "/tmp/vbench-qemu.monitor";
 const RUNS = Number(Deno.env.get("KVM_VIRTIO_BENCH_RUNS") ?? 2);
 /**
- * `KVM_VIRTIO_BENCH_TRANSPORT=pci`: ours boots with `--virtio-transport pci` (virtio-pci with
- * MSI-X, as QEMU's devices) and without `pci=off`; default `mmio`.
+ * `KVM_VIRTIO_BENCH_TRANSPORT`: `pci` (default) boots ours with `--virtio-transport pci`
+ * (virtio-pci with MSI-X, as QEMU's devices, the CLI's default) and without `pci=off`; `mmio`
+ * with `--virtio-transport mmio` and `pci=off`.
  */
-const PCI = Deno.env.get("KVM_VIRTIO_BENCH_TRANSPORT") === "pci";
+const TRANSPORT = Deno.env.get("KVM_VIRTIO_BENCH_TRANSPORT") ?? "pci";
+if (TRANSPORT !== "pci" && TRANSPORT !== "mmio") {
+  throw new Error(`KVM_VIRTIO_BENCH_TRANSPORT=${TRANSPORT}: pci (default) or mmio`);
+}
+const PCI = TRANSPORT === "pci";
 const DISK_MIB = 128;
 /** Where on the disk the guest leaves its kernel's symbols (see INIT). */
 const KALLSYMS_MIB = 96;

@@ -106,7 +106,8 @@ export interface LinuxMachineOptions extends PcMachineOptions {
   probeCpu?: boolean;
   /**
    * virtio-blk disks on raw image files, the guest's `/dev/vda`, `/dev/vdb`...
-   * (the guest needs the `virtio_mmio` and `virtio_blk` modules).
+   * (the guest needs the `virtio_blk` module and its transport's:
+   * `virtio_pci` by default, see {@linkcode LinuxMachineOptions.virtioTransport}).
    */
   disks?: readonly VirtioDisk[];
   /** A virtio entropy device (`/dev/hwrng`; module `virtio-rng`). */
@@ -125,13 +126,21 @@ export interface LinuxMachineOptions extends PcMachineOptions {
    */
   console?: "serial" | "virtio";
   /**
-   * How the virtio devices are attached. `"mmio"` (default): virtio-mmio
-   * windows described in the DSDT, one IOAPIC input each (module
-   * `virtio_mmio`). `"pci"`: virtio-pci functions on bus 0 behind a PCI root
-   * bridge in the DSDT, configuration mechanism #1 on ports 0xcf8-0xcff,
-   * interrupts as MSI-X messages routed in the kernel, so an interrupt costs
-   * the guest no exit (module `virtio_pci`; the command line must not have
-   * `pci=off`). Legacy INTx is not offered.
+   * How the virtio devices are attached (without any virtio device there is
+   * no PCI bus either way, and `pci=off` saves the kernel's probe).
+   *
+   * `"pci"` (default, as QEMU and Cloud Hypervisor): virtio-pci functions on
+   * bus 0 behind a PCI root bridge in the DSDT, configuration mechanism #1 on
+   * ports 0xcf8-0xcff, interrupts as MSI-X messages routed in the kernel, so
+   * an interrupt costs the guest no exit (module `virtio_pci`). Legacy INTx
+   * is not offered. The command line must not turn PCI off: with virtio
+   * devices, a `pci=off` in {@linkcode LinuxMachineOptions.cmdline} makes `create` throw a
+   * `KvmError` (`EINVAL`) before any VM exists, since the kernel would find
+   * none of them.
+   *
+   * `"mmio"`: virtio-mmio windows described in the DSDT, one IOAPIC input
+   * each (module `virtio_mmio`), for guests without PCI support; every
+   * interrupt costs the guest one exit (its `InterruptStatus` read).
    */
   virtioTransport?: "mmio" | "pci";
 }
@@ -150,6 +159,32 @@ export interface VirtioNet {
   tap: string;
   /** The card's MAC address (default 52:54:00:12:34:56, the last byte + the card's index). */
   mac?: Uint8Array;
+}
+
+/**
+ * Whether a kernel command line turns PCI off: a `pci=off`, alone or in a
+ * comma-separated list (`pci=noacpi,off`), among the kernel's parameters
+ * (those before a `--`, after which they are init's). Words are split at
+ * blanks outside double quotes, as the kernel does.
+ */
+export function cmdlineDisablesPci(cmdline: string): boolean {
+  const params: string[] = [];
+  let word = "";
+  let quoted = false;
+  for (const c of cmdline) {
+    if (c === '"') quoted = !quoted;
+    if (!quoted && /\s/.test(c)) {
+      if (word) params.push(word);
+      word = "";
+    } else word += c;
+  }
+  if (word) params.push(word);
+  for (const param of params) {
+    if (param === "--") return false;
+    const unquoted = param.replaceAll('"', "");
+    if (unquoted.startsWith("pci=") && unquoted.slice(4).split(",").includes("off")) return true;
+  }
+  return false;
 }
 
 /** The first virtio device's interrupt (IOAPIC input); the next follow, up to GSI 23. */
@@ -267,6 +302,18 @@ export class LinuxMachine {
   static create(options: LinuxMachineOptions): LinuxMachine {
     const cpus = options.cpus ?? 1;
     checkMachineSize("Linux machine", cpus, options.memorySize);
+    const pci = (options.virtioTransport ?? "pci") === "pci";
+    const anyVirtio = (options.disks?.length ?? 0) > 0 || options.rng === true ||
+      (options.net?.length ?? 0) > 0 || options.console === "virtio";
+    if (anyVirtio && pci && cmdlineDisablesPci(options.cmdline ?? "")) {
+      throw new KvmError(
+        "create Linux machine",
+        Errno.EINVAL,
+        'the virtio devices are on PCI (virtioTransport "pci", the default) but the command ' +
+          "line has pci=off, so the kernel would find none of them: drop pci=off or pass " +
+          'virtioTransport: "mmio"',
+      );
+    }
     const phase = options.onPhase ?? (() => {});
     const planStart = performance.now();
     const planWith = (cmdline?: string) =>
@@ -311,7 +358,6 @@ export class LinuxMachine {
       for (const spec of nets) if (spec.fd >= 0) native().kvm_close(spec.fd);
       throw e;
     }
-    const pci = options.virtioTransport === "pci";
     const windowSize = pci ? VIRTIO_PCI_BAR_SIZE : VIRTIO_MMIO_SIZE;
     const placements: VirtioPlacement[] = specs.map((spec, i) => ({
       spec,
@@ -347,7 +393,8 @@ export class LinuxMachine {
             vm.writeGuest(MPTABLE_ADDRESS, buildMpTable(cpus));
             if (placements.length > 0) {
               // ACPI describes the virtio-mmio devices (Debian's kernels cannot take them from the
-              // command line) and gives the guest its power-off: \_S5 and the PM1a registers.
+              // command line) or the PCI root bridge of the virtio-pci functions, and gives the
+              // guest its power-off: \_S5 and the PM1a registers.
               vm.writeGuest(ACPI_TABLES_ADDRESS, buildAcpiTables({ cpus, dsdt: DSDT_ADDRESS }));
               vm.writeGuest(
                 DSDT_ADDRESS,

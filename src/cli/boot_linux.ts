@@ -28,7 +28,7 @@ import { loadNative } from "../ffi/library.ts";
 import { parseBzImage } from "../boot/bzimage.ts";
 import { isElf, parseElfKernel } from "../boot/elf.ts";
 import { probeHostAsync } from "../boot/host_probe.ts";
-import { LinuxMachine } from "../boot/linux.ts";
+import { cmdlineDisablesPci, LinuxMachine } from "../boot/linux.ts";
 import { isMultiboot } from "../boot/multiboot.ts";
 import type { MultibootMachine } from "../boot/multiboot_machine.ts";
 import { MAX_IMAGE_FILE_SIZE, readImageFileWithInfo } from "../boot/read_image.ts";
@@ -80,8 +80,8 @@ options:
   --cpus N             vCPUs, 1 to ${MAX_CPUS} and the KVM's limit (default: 1)
   --timeout SEC        stop the guest after SEC seconds and exit 124 (default: none)
   --disk PATH[,ro]     a virtio-blk disk on a raw image file, read-only with ",ro"; repeat
-                       for more (/dev/vda, /dev/vdb...; the guest needs virtio_mmio and
-                       virtio_blk, described to it in ACPI)
+                       for more (/dev/vda, /dev/vdb...; the guest needs virtio_blk and its
+                       transport's module, virtio_pci by default)
   --rng                a virtio entropy device (/dev/hwrng; module virtio-rng)
   --net TAP            a virtio-net card on the host's tap interface TAP (created when
                        missing, as root); repeat for more (eth0, eth1...; module virtio_net)
@@ -89,9 +89,11 @@ options:
                        the terminal is connected to that console
                        (with virtio devices the default command line leaves out acpi=off,
                        and with --console virtio it adds console=hvc0)
-  --virtio-transport T mmio (default: virtio-mmio windows in ACPI, module virtio_mmio) or
-                       pci (virtio-pci functions with MSI-X behind a PCI root bridge,
-                       module virtio_pci; the default command line then leaves out pci=off)
+  --virtio-transport T pci (default: virtio-pci functions with MSI-X behind a PCI root
+                       bridge, module virtio_pci; with virtio devices the default command
+                       line leaves out pci=off, and a --cmdline with pci=off is refused) or
+                       mmio (virtio-mmio windows in ACPI, module virtio_mmio, for guests
+                       without PCI; the default command line keeps pci=off)
   --guest-decompress   let the guest decompress an xz bzImage (default: off, the host
                        decompresses it once and caches the result; on a KVM running guest
                        code at hardware speed the first boot of a kernel lets the guest
@@ -143,11 +145,15 @@ export interface BootConfig {
   net: string[];
   /** `--console`. */
   console: "serial" | "virtio";
-  /** `--virtio-transport` (default `"mmio"`). */
+  /** `--virtio-transport` (default `"pci"`). */
   virtioTransport?: "mmio" | "pci";
 }
 
-/** The command line when none is given: ACPI on where virtio devices are described in it. */
+/**
+ * The command line when none is given: ACPI on where virtio devices are
+ * described in it, and PCI on where they are on it (`virtioTransport`
+ * `"pci"`, the default).
+ */
 export function defaultCmdline(
   config: Pick<BootConfig, "disks" | "rng" | "console"> & {
     net?: string[];
@@ -158,7 +164,7 @@ export function defaultCmdline(
     (config.net?.length ?? 0) > 0;
   if (!virtio) return DEFAULT_CMDLINE;
   let base = DEFAULT_CMDLINE.replace(/\s*acpi=off/, "");
-  if (config.virtioTransport === "pci") base = base.replace(/\s*pci=off/, "");
+  if ((config.virtioTransport ?? "pci") === "pci") base = base.replace(/\s*pci=off/, "");
   return config.console === "virtio" ? `${base} console=hvc0` : base;
 }
 
@@ -224,7 +230,7 @@ function parseOptions(args: readonly string[]): ParsedOptions {
     memory: DEFAULT_MEMORY,
     cpus: "1",
     console: "serial",
-    "virtio-transport": "mmio",
+    "virtio-transport": "pci",
     disk: [],
     net: [],
     "guest-decompress": false,
@@ -342,6 +348,14 @@ export function parseBootArgs(argv: readonly string[]): BootConfig | "help" | "v
     (values.console === "virtio" ? 1 : 0);
   if (count > 8) {
     throw new UsageError("at most 8 virtio devices (--disk, --net, --rng, --console virtio)");
+  }
+  // What LinuxMachine.create would refuse, said in the command line's terms before any work.
+  if (count > 0 && transport === "pci" && cmdlineDisablesPci(values.cmdline ?? "")) {
+    throw new UsageError(
+      "--cmdline has pci=off, but the virtio devices are on PCI (--virtio-transport pci, the " +
+        "default): the kernel would find none of them; drop pci=off or add " +
+        "--virtio-transport mmio",
+    );
   }
   return {
     disks,
@@ -594,9 +608,18 @@ async function bootMultiboot(
   }
 }
 
-/** A loader's refusal of the kernel is bad input; anything else a runtime failure. */
+/**
+ * A loader's refusal of the kernel, or the machine's of its options (`EINVAL`
+ * from `create Linux machine`, such as virtio devices on PCI with `pci=off`),
+ * is bad input; anything else a runtime failure.
+ */
 function badKernel(e: unknown): Error {
-  if (e instanceof KvmError && /^load /.test(e.operation)) return new UsageError(e.message);
+  if (
+    e instanceof KvmError &&
+    (/^load /.test(e.operation) || (e.operation === "create Linux machine" && e.code === "EINVAL"))
+  ) {
+    return new UsageError(e.message);
+  }
   return e as Error;
 }
 
