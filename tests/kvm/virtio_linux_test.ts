@@ -227,7 +227,7 @@ Deno.test("Linux on a virtio disk, virtio-pci with MSI-X by default: root on ext
         "virtio-rng gave 16 bytes",
       );
       ok(first.text.includes(MARK.hvc0), "a line written to /dev/hvc0 reached the host");
-      // Two vectors per device (configuration, queues): disk, rng, console (+ net).
+      // A vector for configuration changes and one per queue: disk, rng, console (+ net).
       const msi = msiVectors(first.text);
       ok(msi >= 6, `virtio MSI-X vectors in /proc/interrupts: ${msi}`);
       logPciLines(first.text);
