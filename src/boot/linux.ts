@@ -302,30 +302,6 @@ export class LinuxMachine {
   static create(options: LinuxMachineOptions): LinuxMachine {
     const cpus = options.cpus ?? 1;
     checkMachineSize("Linux machine", cpus, options.memorySize);
-    const pci = (options.virtioTransport ?? "pci") === "pci";
-    const anyVirtio = (options.disks?.length ?? 0) > 0 || options.rng === true ||
-      (options.net?.length ?? 0) > 0 || options.console === "virtio";
-    if (anyVirtio && pci && cmdlineDisablesPci(options.cmdline ?? "")) {
-      throw new KvmError(
-        "create Linux machine",
-        Errno.EINVAL,
-        'the virtio devices are on PCI (virtioTransport "pci", the default) but the command ' +
-          "line has pci=off, so the kernel would find none of them: drop pci=off or pass " +
-          'virtioTransport: "mmio"',
-      );
-    }
-    const phase = options.onPhase ?? (() => {});
-    const planStart = performance.now();
-    const planWith = (cmdline?: string) =>
-      planLinuxBoot(options.kernel, {
-        memorySize: options.memorySize,
-        cmdline,
-        initrd: options.initrd,
-        vmlinux: options.vmlinux,
-        vmlinuxFile: options.vmlinuxFile,
-      });
-    let plan = planWith(options.cmdline);
-    phase(`boot planned (${Math.round(performance.now() - planStart)} ms)`);
     const consoleRings = options.console === "virtio" ? createConsoleRings() : undefined;
     const specs: VirtioDeviceSpec[] = [
       ...(options.disks ?? []).map((d, i): VirtioDeviceSpec => ({
@@ -349,6 +325,28 @@ export class LinuxMachine {
         `${specs.length} virtio devices: at most ${VIRTIO_MAX_DEVICES}`,
       );
     }
+    const pci = (options.virtioTransport ?? "pci") === "pci";
+    if (specs.length > 0 && pci && cmdlineDisablesPci(options.cmdline ?? "")) {
+      throw new KvmError(
+        "create Linux machine",
+        Errno.EINVAL,
+        'the virtio devices are on PCI (virtioTransport "pci", the default) but the command ' +
+          "line has pci=off, so the kernel would find none of them: drop pci=off or pass " +
+          'virtioTransport: "mmio"',
+      );
+    }
+    const phase = options.onPhase ?? (() => {});
+    const planStart = performance.now();
+    const planWith = (cmdline?: string) =>
+      planLinuxBoot(options.kernel, {
+        memorySize: options.memorySize,
+        cmdline,
+        initrd: options.initrd,
+        vmlinux: options.vmlinux,
+        vmlinuxFile: options.vmlinuxFile,
+      });
+    let plan = planWith(options.cmdline);
+    phase(`boot planned (${Math.round(performance.now() - planStart)} ms)`);
     // The taps: opened now (a missing one is an error before any VM exists), owned by the
     // device thread from its start (closed by it, or by the runtime when it never started).
     const nets = specs.filter((d) => d.kind === "net");
