@@ -240,8 +240,25 @@ const pciTarget: FuzzTarget = {
       const view = data.subarray(0, width);
       dv.setUint32(0, rng.interesting32(), true);
       dv.setUint32(4, rng.interesting32(), true);
-      const kind = rng.below(4);
-      if (kind === 0) {
+      const kind = rng.below(5);
+      if (kind === 4) {
+        // The PCI_CFG capability's window (at 0x90 of 00:01.0): a selection, then its data.
+        const cfg = (register: number, value: Uint8Array, write: boolean) => {
+          const a = new Uint8Array(4);
+          new DataView(a.buffer).setUint32(0, (0x8000_0800 | register & 0xfc) >>> 0, true);
+          ports.write(0, a);
+          if (write) ports.write(4 + (register & 3), value);
+          else ports.read(4 + (register & 3), value);
+        };
+        const word = new Uint8Array(4);
+        const wv = new DataView(word.buffer);
+        cfg(0x94, new Uint8Array([rng.chance(0.9) ? 0 : rng.below(256)]), true);
+        wv.setUint32(0, rng.chance(0.7) ? rng.below(0x40) : rng.interesting32(), true);
+        cfg(0x98, word, true);
+        wv.setUint32(0, rng.pick([1, 2, 4, 4, 3, 0, 8]), true);
+        cfg(0x9c, word, true);
+        cfg(0xa0 + rng.below(4), view.subarray(0, Math.min(width, 4)), rng.chance(0.5));
+      } else if (kind === 0) {
         // Mechanism #1: an address (mostly bus 0, devices 0-2), then the data window.
         const address = rng.chance(0.8)
           ? (0x8000_0000 | rng.below(3) << 11 | rng.below(256)) >>> 0

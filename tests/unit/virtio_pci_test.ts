@@ -173,7 +173,8 @@ Deno.test("virtio-pci: the capability chain Linux's virtio_pci_modern looks for"
     at = t.cfgRead(1, at + 1, 1);
   }
   strictEqual(at, 0, "the chain ends");
-  deepStrictEqual([...found.keys()].sort(), [1, 2, 3, 4]);
+  deepStrictEqual([...found.keys()].sort(), [1, 2, 3, 4, 5]);
+  strictEqual(t.cfgRead(1, found.get(5)!.at + 2, 1), 20, "the PCI_CFG capability's length");
   deepStrictEqual(found.get(1), {
     offset: VirtioPciBar.COMMON,
     length: 0x38,
@@ -189,6 +190,43 @@ Deno.test("virtio-pci: the capability chain Linux's virtio_pci_modern looks for"
   strictEqual(t.cfgRead(1, msix + 4), VirtioPciBar.MSIX_TABLE);
   strictEqual(t.cfgRead(1, msix + 8), VirtioPciBar.MSIX_PBA);
   for (const c of found.values()) ok(c.offset + c.length <= VIRTIO_PCI_BAR_SIZE);
+});
+
+Deno.test("virtio-pci: the PCI_CFG window reaches the BAR's registers through configuration space", () => {
+  const t = setup();
+  let cap = 0;
+  for (let at = t.cfgRead(1, 0x34, 1); at !== 0; at = t.cfgRead(1, at + 1, 1)) {
+    if (t.cfgRead(1, at, 1) === 0x09 && t.cfgRead(1, at + 3, 1) === 5) cap = at;
+  }
+  ok(cap > 0, "a VIRTIO_PCI_CAP_PCI_CFG capability");
+  const select = (bar: number, offset: number, length: number) => {
+    t.cfgWrite(1, cap + 4, bar, 1);
+    t.cfgWrite(1, cap + 8, offset);
+    t.cfgWrite(1, cap + 12, length);
+  };
+  const data = cap + 16;
+  // A read: the device feature word (select 0 by default: the low 32 bits).
+  select(0, 0x04, 4);
+  strictEqual(t.cfgRead(1, data), Number(t.front.features & 0xffff_ffffn));
+  // A byte write: the device status, seen through the BAR itself; and read back through the window.
+  select(0, 0x14, 1);
+  t.cfgWrite(1, data, Status.ACKNOWLEDGE, 1);
+  strictEqual(t.barRead(0x14, 1), Status.ACKNOWLEDGE);
+  t.barWrite(0x14, Status.ACKNOWLEDGE | Status.DRIVER, 1);
+  strictEqual(t.cfgRead(1, data, 1), Status.ACKNOWLEDGE | Status.DRIVER);
+  // A 2-byte register: num_queues.
+  select(0, 0x12, 2);
+  strictEqual(t.cfgRead(1, data, 2), t.front.queueMax.length);
+  // Selections the spec does not allow access nothing: the data bytes keep what was written.
+  for (const [bar, offset, length] of [[1, 0x14, 1], [0, 0x13, 2], [0, 0x14, 3], [0, 0x8000, 4]]) {
+    select(bar, offset, length);
+    t.cfgWrite(1, data, 0x5a5a_5a5a);
+    strictEqual(t.cfgRead(1, data), 0x5a5a_5a5a, `bar ${bar}, offset ${offset}, length ${length}`);
+  }
+  strictEqual(t.barRead(0x14, 1), Status.ACKNOWLEDGE | Status.DRIVER, "the status unchanged");
+  // The capability's own header stays read-only.
+  t.cfgWrite(1, cap, 0xffff_ffff);
+  strictEqual(t.cfgRead(1, cap + 3, 1), 5);
 });
 
 /** The MSI-X capability's offset. */

@@ -19,9 +19,14 @@
  * so a network card's receive and transmit completions are separate
  * interrupts, each running only its own queue's handler.
  *
+ * The `VIRTIO_PCI_CAP_PCI_CFG` capability (spec 4.1.4.9, which every device
+ * must have) reaches the same registers through configuration space, for a
+ * driver (firmware) that has not mapped the BAR: it sets the capability's
+ * BAR, offset and length, then each read or write of its data window is one
+ * access of the BAR's registers.
+ *
  * What is left out, on purpose: legacy INTx (the interrupt pin is 0: a
- * driver without MSI-X finds no interrupt), the `VIRTIO_PCI_CAP_PCI_CFG`
- * window (Linux does not use it), moving the BAR (the register takes the
+ * driver without MSI-X finds no interrupt), moving the BAR (the register takes the
  * guest's writes, so sizing works, but the device keeps decoding at the
  * address it was given: firmware-assigned BARs inside the root bridge's
  * window are kept by Linux), and I/O BARs.
@@ -294,7 +299,13 @@ const Cap = {
   ISR: 0x64,
   DEVICE: 0x74,
   MSIX: 0x84,
+  /** `struct virtio_pci_cfg_cap`: the window onto the BAR (the last capability). */
+  PCI_CFG: 0x90,
 } as const;
+/** `cfg_type` of the configuration-space window onto the BAR. */
+const VIRTIO_PCI_CAP_PCI_CFG = 5;
+/** Where `pci_cfg_data` starts in `struct virtio_pci_cfg_cap`. */
+const PCI_CFG_DATA = 16;
 /** The MSI-X capability's message control: enable and function mask bits. */
 const MSIX_ENABLE = 0x8000;
 const MSIX_FUNCTION_MASK = 0x4000;
@@ -387,6 +398,8 @@ export class VirtioPciTransport implements BusDevice, PciFunction {
   readonly vectors: number;
   /** The MSI-X table: address low, address high, data, vector control per entry. */
   #table: Uint32Array;
+  /** `pci_cfg_data`'s first 1, 2 and 4 bytes (the window's accesses, made once). */
+  #windowData: Uint8Array[] = [];
   /** What each vector was last routed to (valid where `#routedOk`), to route only changes. */
   #routed: Uint32Array;
   #routedOk: Uint8Array;
@@ -427,11 +440,18 @@ export class VirtioPciTransport implements BusDevice, PciFunction {
     this.#vendorCap(Cap.ISR, Cap.DEVICE, 3, VirtioPciBar.ISR, 4, 16);
     this.#vendorCap(Cap.DEVICE, Cap.MSIX, 4, VirtioPciBar.DEVICE, configLength, 16);
     c.bytes[Cap.MSIX] = 0x11; // MSI-X
-    c.bytes[Cap.MSIX + 1] = 0; // the last capability
+    c.bytes[Cap.MSIX + 1] = Cap.PCI_CFG;
     c.set16(Cap.MSIX + 2, vectors - 1); // table size - 1; disabled, not masked
     c.writable[Cap.MSIX + 3] = (MSIX_ENABLE | MSIX_FUNCTION_MASK) >> 8;
     c.set32(Cap.MSIX + 4, VirtioPciBar.MSIX_TABLE); // BIR 0
     c.set32(Cap.MSIX + 8, VirtioPciBar.MSIX_PBA); // BIR 0
+    // The window: BAR, offset, length and data are the driver's to write (offset and length
+    // start at 0: nothing selected).
+    this.#vendorCap(Cap.PCI_CFG, 0, VIRTIO_PCI_CAP_PCI_CFG, 0, 0, PCI_CFG_DATA + 4);
+    c.writable.fill(0xff, Cap.PCI_CFG + 4, Cap.PCI_CFG + 5);
+    c.writable.fill(0xff, Cap.PCI_CFG + 8, Cap.PCI_CFG + PCI_CFG_DATA + 4);
+    const data = Cap.PCI_CFG + PCI_CFG_DATA;
+    this.#windowData = [1, 2, 4].map((n) => c.bytes.subarray(data, data + n));
     this.#restore();
   }
 
@@ -475,16 +495,44 @@ export class VirtioPciTransport implements BusDevice, PciFunction {
 
   // ---- configuration space ----
 
-  /** Reads configuration space bytes. */
+  /**
+   * Reads configuration space bytes; a read of the `PCI_CFG` window's data
+   * first reads the BAR register it selects into it.
+   */
   readConfig(offset: number, data: Uint8Array): void {
+    const window = this.#windowAccess(offset, data.length);
+    if (window) this.read(this.config.get32(Cap.PCI_CFG + 8), window);
     this.config.readConfig(offset, data);
   }
 
-  /** Writes configuration space bytes; an MSI-X message control write re-evaluates every vector. */
+  /**
+   * Writes configuration space bytes; an MSI-X message control write
+   * re-evaluates every vector, a write of the `PCI_CFG` window's data is
+   * written on to the BAR register it selects.
+   */
   writeConfig(offset: number, data: Uint8Array): void {
     this.config.writeConfig(offset, data);
     const end = offset + data.length;
     if (offset <= Cap.MSIX + 3 && end > Cap.MSIX + 2) this.#syncVectors();
+    const window = this.#windowAccess(offset, data.length);
+    if (window) this.write(this.config.get32(Cap.PCI_CFG + 8), window);
+  }
+
+  /**
+   * For an access of `length` bytes at `offset` that touches `pci_cfg_data`:
+   * its first `cap.length` bytes, when the window selects a register the
+   * spec allows (BAR 0, a length of 1, 2 or 4, an offset aligned to it,
+   * inside the BAR); else null (nothing is accessed, the data bytes stay).
+   */
+  #windowAccess(offset: number, length: number): Uint8Array | null {
+    const data = Cap.PCI_CFG + PCI_CFG_DATA;
+    if (offset + length <= data || offset >= data + 4) return null;
+    const c = this.config;
+    const at = c.get32(Cap.PCI_CFG + 8);
+    const n = c.get32(Cap.PCI_CFG + 12);
+    if (c.bytes[Cap.PCI_CFG + 4] !== 0 || (n !== 1 && n !== 2 && n !== 4)) return null;
+    if (at % n !== 0 || at + n > VIRTIO_PCI_BAR_SIZE) return null;
+    return this.#windowData[n >> 1];
   }
 
   // ---- MSI-X ----
