@@ -61,10 +61,11 @@ class Sink implements VirtioBackend {
     let any = false;
     while (queue.pop()) {
       const c = queue.chain;
-      expect(c.count <= c.buffers.length, "chain count past its capacity");
+      expect(c.count <= c.capacity, "chain count past its capacity");
       for (let i = 0; i < c.count; i++) {
-        const b = c.buffers[i];
+        const b = c.buffer(i);
         expect(b.buffer === queueRam(), "a buffer outside the guest RAM's buffer");
+        expect(b.length === c.lengths[i], "a buffer's view shorter than its descriptor");
       }
       queue.pushUsed(c.head, 0);
       this.popped++;

@@ -3,7 +3,7 @@
 // feature negotiation, and every malformed queue or chain ending in
 // DEVICE_NEEDS_RESET (never an exception, a hang or a write outside RAM).
 
-import { deepStrictEqual, strictEqual } from "node:assert/strict";
+import { deepStrictEqual, ok, strictEqual, throws } from "node:assert/strict";
 import {
   INT_CONFIG,
   INT_VRING,
@@ -15,7 +15,12 @@ import {
 } from "../../src/devices/virtio/constants.ts";
 import type { VirtioBackend } from "../../src/devices/virtio/device.ts";
 import { VirtioMemory } from "../../src/devices/virtio/memory.ts";
-import { DescriptorChain, needEvent, type SplitQueue } from "../../src/devices/virtio/queue.ts";
+import {
+  DescriptorChain,
+  needEvent,
+  type SplitQueue,
+  VirtioError,
+} from "../../src/devices/virtio/queue.ts";
 import { rngFront } from "../../src/devices/virtio/rng.ts";
 import { FakeDriver, RAM_BASE, RAM_SIZE } from "./virtio_driver.ts";
 
@@ -28,7 +33,7 @@ class Recorder implements VirtioBackend {
     while (queue.pop()) {
       const c = queue.chain;
       const bufs: [number, boolean][] = [];
-      for (let i = 0; i < c.count; i++) bufs.push([c.buffers[i].length, c.writable[i] === 1]);
+      for (let i = 0; i < c.count; i++) bufs.push([c.lengths[i], c.writable[i] === 1]);
       this.chains.push({ head: c.head, bufs });
       queue.pushUsed(c.head, c.writableBytes);
       any = true;
@@ -288,15 +293,36 @@ Deno.test("VirtioMemory: ranges must lie whole inside one region, with no wrap",
 });
 
 Deno.test("DescriptorChain.readInto gathers readable bytes across buffers, skipping writable ones", () => {
-  const c = new DescriptorChain(4);
-  c.buffers[0] = new Uint8Array([1, 2, 3]);
-  c.buffers[1] = new Uint8Array([9, 9]);
-  c.writable[1] = 1;
-  c.buffers[2] = new Uint8Array([4, 5, 6]);
-  c.count = 3;
+  const low = new Uint8Array(0x100);
+  const high = new Uint8Array(0x200);
+  const mem = new VirtioMemory([{ gpa: 0, bytes: low }, { gpa: 0x1000, bytes: high }]);
+  low.set([1, 2, 3], 0x10);
+  low.set([9, 9], 0x20);
+  high.set([4, 5, 6], 0x180);
+  const big = Uint8Array.from({ length: 100 }, (_, i) => i + 10);
+  high.set(big, 0x40);
+  const c = new DescriptorChain(4, mem);
+  c.clear(7);
+  ok(c.add(0x10, 3, false));
+  ok(c.add(0x20, 2, true));
+  ok(c.add(0x1180, 3, false));
+  strictEqual(c.add(0xf0, 0x20, false), false, "past the end of a region: not RAM");
+  strictEqual(c.add(0x1000 + 0x1f0, 0x20, false), false);
+  deepStrictEqual([c.count, c.readableBytes, c.writableBytes, c.head], [3, 6, 2, 7]);
   const out = new Uint8Array(4);
   strictEqual(c.readInto(out, 1), 4);
   deepStrictEqual([...out], [2, 3, 4, 5]);
+  deepStrictEqual([...c.buffer(2)], [4, 5, 6]);
+  strictEqual(c.bytesOf(2), high);
+  strictEqual(c.offsets[2], 0x180);
+  // writeFrom fills the writable buffers only; a long copy goes through the other path.
+  strictEqual(c.writeFrom(new Uint8Array([7, 8, 6]), 0), 2);
+  deepStrictEqual([...low.subarray(0x20, 0x22)], [7, 8]);
+  ok(c.add(0x1040, 100, false));
+  const all = new Uint8Array(200);
+  strictEqual(c.readInto(all, 6), 100);
+  deepStrictEqual([...all.subarray(0, 100)], [...big]);
+  throws(() => c.add(0x1000, 1, true), VirtioError, "a full chain");
 });
 
 Deno.test("virtio features: rng offers VERSION_1, indirect descriptors and event indices", () => {

@@ -146,12 +146,15 @@ export class BlockBackend implements VirtioBackend {
     if (last < 0 || !chain.writable[last]) {
       throw new VirtioError("block request without a writable status byte");
     }
-    const statusBuffer = chain.buffers[last];
     let status: number = BlkStatus.IOERR;
     let written = 0;
     if (chain.readInto(this.#header) === 16) {
       const type = this.#headerView.getUint32(0, true);
-      const sector = this.#headerView.getBigUint64(8, true);
+      // A number, not a BigInt (nothing allocated per request): one past 2^53 is past any disk.
+      const high = this.#headerView.getUint32(12, true);
+      const sector = high >= 0x200000
+        ? Infinity
+        : high * 0x1_0000_0000 + this.#headerView.getUint32(8, true);
       try {
         written = this.#serve(queue, type, sector);
         status = written < 0
@@ -163,7 +166,7 @@ export class BlockBackend implements VirtioBackend {
       }
       if (written < 0) written = 0;
     }
-    statusBuffer[statusBuffer.length - 1] = status;
+    chain.bytesOf(last)[chain.offsets[last] + chain.lengths[last] - 1] = status;
     return written + 1;
   }
 
@@ -176,7 +179,7 @@ export class BlockBackend implements VirtioBackend {
     const chain = queue.chain;
     let header = 16;
     for (let i = 0; i < chain.count; i++) {
-      let b = chain.buffers[i];
+      let b = chain.buffer(i);
       const writable = chain.writable[i] === 1;
       if (!writable && header > 0) {
         const skip = Math.min(header, b.length);
@@ -190,7 +193,7 @@ export class BlockBackend implements VirtioBackend {
   }
 
   /** Serves one request: bytes written to the guest, or IOERROR / UNSUPPORTED. */
-  #serve(queue: SplitQueue, type: number, sector: bigint): number {
+  #serve(queue: SplitQueue, type: number, sector: number): number {
     const fd = this.#fd;
     if (fd < 0) return IOERROR;
     const chain = queue.chain;
@@ -204,16 +207,12 @@ export class BlockBackend implements VirtioBackend {
         const dataBytes = reading ? chain.writableBytes - 1 : chain.readableBytes - 16;
         const otherBytes = reading ? chain.readableBytes - 16 : chain.writableBytes - 1;
         if (otherBytes > 0 || dataBytes % SECTOR_SIZE !== 0) return IOERROR;
-        if (
-          sector > BigInt(this.#sectors) || Number(sector) + dataBytes / SECTOR_SIZE > this.#sectors
-        ) {
-          return IOERROR;
-        }
+        if (sector + dataBytes / SECTOR_SIZE > this.#sectors) return IOERROR;
         if (dataBytes === 0) return 0;
         const iov = this.#iov;
         let count = reading ? chain.iovec(iov, true, 0, 1) : chain.iovec(iov, false, 16, 0);
         if (count <= 0) return IOERROR; // more buffers than IOV_MAX (seg_max keeps Linux far below)
-        let offset = Number(sector) * SECTOR_SIZE;
+        let offset = sector * SECTOR_SIZE;
         let left = dataBytes;
         const lib = native();
         // Every buffer lies in guest RAM and the range inside the image (checked above);

@@ -89,7 +89,7 @@ export class ConsoleBackend implements VirtioBackend {
       const chain = queue.chain;
       for (let i = 0; i < chain.count; i++) {
         if (chain.writable[i]) continue;
-        let b = chain.buffers[i];
+        let b = chain.buffer(i);
         while (b.length > 0) {
           // One kick per batch: the machine drains everything when it looks.
           const wasEmpty = this.#output.available === 0;
@@ -115,9 +115,9 @@ export class ConsoleBackend implements VirtioBackend {
       let written = 0;
       for (let i = 0; i < chain.count; i++) {
         if (!chain.writable[i]) continue;
-        const n = this.#input.read(chain.buffers[i]);
+        const n = this.#input.read(chain.buffer(i));
         written += n;
-        if (n < chain.buffers[i].length) break;
+        if (n < chain.lengths[i]) break;
       }
       queue.pushUsed(chain.head, written);
       used = true;

@@ -33,6 +33,8 @@ export class VirtioMemory {
   #u16: Uint16Array[];
   /** Each region's host address, found on first use (-1 until then): see {@linkcode hostAddress}. */
   #hosts: number[];
+  /** A DataView of each region, made once (descriptor tables are read through them). */
+  #views: DataView[];
 
   /**
    * Wraps the regions (they must not overlap; each starts at an even guest
@@ -49,6 +51,9 @@ export class VirtioMemory {
       return new Uint16Array(b.buffer, b.byteOffset, b.length >>> 1);
     });
     this.#hosts = this.#regions.map(() => -1);
+    this.#views = this.#regions.map((r) =>
+      new DataView(r.bytes.buffer, r.bytes.byteOffset, r.bytes.byteLength)
+    );
   }
 
   /** The regions. */
@@ -70,6 +75,25 @@ export class VirtioMemory {
     return -1;
   }
 
+  /**
+   * Which region holds `[gpa, gpa + length)` whole, or -1 unless all of it
+   * is guest RAM: the allocation-free form of {@linkcode slice} (the range
+   * starts `gpa - regions[i].gpa` bytes into region `i`).
+   */
+  locate(gpa: number, length: number): number {
+    return this.#find(gpa, length);
+  }
+
+  /** Region `i`'s bytes, all of them (no copy). */
+  regionBytes(i: number): Uint8Array {
+    return this.#regions[i].bytes;
+  }
+
+  /** A DataView of region `i`, all of it (made once). */
+  regionView(i: number): DataView {
+    return this.#views[i];
+  }
+
   /** A view of `length` bytes at `gpa`, or `null` unless all of them are guest RAM. */
   slice(gpa: number, length: number): Uint8Array | null {
     const i = this.#find(gpa, length);
@@ -89,6 +113,12 @@ export class VirtioMemory {
   hostAddress(gpa: number, length: number): number {
     const i = this.#find(gpa, length);
     if (i < 0) return -1;
+    const host = this.regionHost(i);
+    return host < 0 ? -1 : host + (gpa - this.#regions[i].gpa);
+  }
+
+  /** Region `i`'s host address (read once, see {@linkcode hostAddress}), or -1 for an empty region. */
+  regionHost(i: number): number {
     let host = this.#hosts[i];
     if (host < 0) {
       const r = this.#regions[i];
@@ -96,7 +126,7 @@ export class VirtioMemory {
       if (p === null) return -1;
       host = this.#hosts[i] = Number(Deno.UnsafePointer.value(p));
     }
-    return host + (gpa - this.#regions[i].gpa);
+    return host;
   }
 
   /**

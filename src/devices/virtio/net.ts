@@ -33,7 +33,7 @@ import {
   VIRTIO_RING_F_INDIRECT_DESC,
 } from "./constants.ts";
 import type { VirtioBackend, VirtioFront } from "./device.ts";
-import { IOV_MAX, type SplitQueue } from "./queue.ts";
+import { copyBytes, IOV_MAX, type SplitQueue } from "./queue.ts";
 
 /**
  * Where frames come from and go to. A frame is always behind its 12-byte
@@ -260,15 +260,15 @@ export class NetBackend implements VirtioBackend {
    */
   #headerBytes(queue: SplitQueue, out: boolean): void {
     const chain = queue.chain;
+    if (out) {
+      chain.writeFrom(this.#header);
+      return;
+    }
     let done = 0;
     for (let i = 0; i < chain.count && done < NET_HEADER_BYTES; i++) {
       if (!chain.writable[i]) continue;
-      const b = chain.buffers[i];
-      const n = Math.min(b.length, NET_HEADER_BYTES - done);
-      for (let k = 0; k < n; k++) {
-        if (out) b[k] = this.#header[done + k];
-        else this.#header[done + k] = b[k];
-      }
+      const n = Math.min(chain.lengths[i], NET_HEADER_BYTES - done);
+      copyBytes(chain.bytesOf(i), chain.offsets[i], this.#header, done, n);
       done += n;
     }
   }
@@ -404,18 +404,19 @@ export class NetBackend implements VirtioBackend {
       let written = 0;
       for (let i = 0; i < chain.count && at < length; i++) {
         if (!chain.writable[i]) continue;
-        const b = chain.buffers[i];
-        const n = Math.min(b.length, length - at);
+        const ram = chain.bytesOf(i);
+        const start = chain.offsets[i];
+        const n = Math.min(chain.lengths[i], length - at);
         // Where num_buffers (frame bytes 10 and 11) lands, to fill in once the count is known.
         if (at <= 10 && 10 < at + n) {
-          this.#countLow = b;
-          this.#countLowAt = 10 - at;
+          this.#countLow = ram;
+          this.#countLowAt = start + 10 - at;
         }
         if (at <= 11 && 11 < at + n) {
-          this.#countHigh = b;
-          this.#countHighAt = 11 - at;
+          this.#countHigh = ram;
+          this.#countHighAt = start + 11 - at;
         }
-        b.set(frame.subarray(at, at + n));
+        copyBytes(frame, at, ram, start, n);
         at += n;
         written += n;
       }

@@ -10,7 +10,8 @@
  * chain lengths (bounded by the table's size, so a loop in `next` ends).
  * A violation throws {@linkcode VirtioError}; the device then sets
  * `DEVICE_NEEDS_RESET` and stops using the queue. Nothing allocates in
- * proportion to a guest-supplied length: buffers are views of guest RAM.
+ * proportion to a guest-supplied length, and serving a chain allocates
+ * nothing at all: buffers are ranges of guest RAM.
  *
  * @module
  */
@@ -93,33 +94,90 @@ export function needEvent(event: number, now: number, old: number): boolean {
 
 /**
  * One descriptor chain popped from the available ring: its head index and
- * its buffers in order, each a view of guest RAM with its direction. One
- * object per queue, refilled by every {@linkcode SplitQueue.pop}.
+ * its buffers in order, each a range of guest RAM with its direction. One
+ * object per queue, refilled by every {@linkcode SplitQueue.pop} without
+ * allocating: a buffer is its region of guest RAM ({@linkcode bytesOf}) and
+ * its place there ({@linkcode offsets}, {@linkcode lengths}); {@linkcode buffer}
+ * makes a view of one when a device wants it as an array.
  */
 export class DescriptorChain {
   /** The head descriptor's index (returned on the used ring). */
   head = 0;
-  /** How many buffers {@linkcode buffers} holds. */
+  /** How many buffers the chain holds (zero-length descriptors are skipped). */
   count = 0;
-  /** The buffers (the first {@linkcode count} are valid); zero-length descriptors are skipped. */
-  readonly buffers: Uint8Array[];
   /** Whether each buffer is device-writable. */
   readonly writable: Uint8Array;
-  /** Each buffer's guest physical address (for {@linkcode iovec}). */
+  /** Each buffer's guest physical address. */
   readonly addresses: Float64Array;
+  /** Each buffer's length in bytes. */
+  readonly lengths: Uint32Array;
+  /** Where each buffer starts in its region's bytes ({@linkcode bytesOf}). */
+  readonly offsets: Float64Array;
   /** Total bytes of the device-readable buffers. */
   readableBytes = 0;
   /** Total bytes of the device-writable buffers. */
   writableBytes = 0;
 
-  #mem: VirtioMemory | null;
+  /** Each buffer's region of guest RAM (an index into the memory's regions). */
+  readonly #regions: Int32Array;
+  #mem: VirtioMemory;
 
-  /** A chain that can hold `capacity` buffers of `mem` (needed by {@linkcode iovec} only). */
-  constructor(capacity: number, mem: VirtioMemory | null = null) {
-    this.buffers = new Array<Uint8Array>(capacity);
+  /** A chain that can hold `capacity` buffers of `mem`. */
+  constructor(capacity: number, mem: VirtioMemory) {
     this.writable = new Uint8Array(capacity);
     this.addresses = new Float64Array(capacity);
+    this.lengths = new Uint32Array(capacity);
+    this.offsets = new Float64Array(capacity);
+    this.#regions = new Int32Array(capacity);
     this.#mem = mem;
+  }
+
+  /** How many buffers the chain can hold. */
+  get capacity(): number {
+    return this.writable.length;
+  }
+
+  /**
+   * Appends the buffer of `length` bytes at `gpa`; false (nothing added)
+   * unless all of it is guest RAM. Throws {@linkcode VirtioError} when the
+   * chain is full. For {@linkcode SplitQueue.pop} (and tests).
+   */
+  add(gpa: number, length: number, writable: boolean): boolean {
+    const region = this.#mem.locate(gpa, length);
+    if (region < 0) return false;
+    const n = this.count;
+    if (n === this.writable.length) throw new VirtioError("descriptor chain too long");
+    this.writable[n] = writable ? 1 : 0;
+    this.addresses[n] = gpa;
+    this.lengths[n] = length;
+    this.offsets[n] = gpa - this.#mem.regions[region].gpa;
+    this.#regions[n] = region;
+    this.count = n + 1;
+    if (writable) this.writableBytes += length;
+    else this.readableBytes += length;
+    return true;
+  }
+
+  /** Empties the chain for the chain at `head`. */
+  clear(head: number): void {
+    this.head = head;
+    this.count = 0;
+    this.readableBytes = 0;
+    this.writableBytes = 0;
+  }
+
+  /**
+   * The whole region of guest RAM that holds buffer `i` (no copy, no
+   * allocation): the buffer is its `lengths[i]` bytes from `offsets[i]`.
+   */
+  bytesOf(i: number): Uint8Array {
+    return this.#mem.regionBytes(this.#regions[i]);
+  }
+
+  /** Buffer `i` (below {@linkcode count}) as a view of guest RAM (a new view each call). */
+  buffer(i: number): Uint8Array {
+    const at = this.offsets[i];
+    return this.bytesOf(i).subarray(at, at + this.lengths[i]);
   }
 
   /**
@@ -129,27 +187,25 @@ export class DescriptorChain {
    * (a block request's header and status byte). `iov` holds 32-bit words,
    * four per entry (base low, base high, length low, length high); nothing
    * is allocated. Returns the entries written, or -1 when they do not fit
-   * `iov` (at most {@linkcode IOV_MAX} are ever wanted) or a buffer has no
-   * host address (not RAM: cannot happen for a popped chain, checked anyway).
+   * `iov` (at most {@linkcode IOV_MAX} are ever wanted) or a region has no
+   * host address (an empty one: cannot hold a popped buffer, checked anyway).
    */
   iovec(iov: Uint32Array, writable: boolean, skip: number, trim: number): number {
     const mem = this.#mem;
-    if (mem === null) return -1;
     const want = writable ? 1 : 0;
     const end = (writable ? this.writableBytes : this.readableBytes) - trim;
     let at = 0; // offset of buffer i in its direction
     let n = 0;
     for (let i = 0; i < this.count && at < end; i++) {
       if (this.writable[i] !== want) continue;
-      const length = this.buffers[i].length;
+      const length = this.lengths[i];
       const from = Math.max(skip, at);
       const to = Math.min(end, at + length);
       if (from < to) {
         if (4 * (n + 1) > iov.length) return -1;
-        const gpa = this.addresses[i] + (from - at);
-        const host = mem.hostAddress(gpa, to - from);
+        const host = mem.regionHost(this.#regions[i]);
         if (host < 0) return -1;
-        setIovec(iov, n++, host, to - from);
+        setIovec(iov, n++, host + this.offsets[i] + (from - at), to - from);
       }
       at += length;
     }
@@ -158,23 +214,63 @@ export class DescriptorChain {
 
   /**
    * Copies up to `out.length` bytes of the readable buffers, starting
-   * `skip` bytes into them, to `out`; returns how many.
+   * `skip` bytes into them, to `out`; returns how many. Allocates nothing
+   * for the few bytes of a request's header.
    */
   readInto(out: Uint8Array, skip = 0): number {
     let done = 0;
     for (let i = 0; i < this.count && done < out.length; i++) {
       if (this.writable[i]) continue;
-      const b = this.buffers[i];
-      if (skip >= b.length) {
-        skip -= b.length;
+      const length = this.lengths[i];
+      if (skip >= length) {
+        skip -= length;
         continue;
       }
-      const n = Math.min(b.length - skip, out.length - done);
-      out.set(b.subarray(skip, skip + n), done);
+      const n = Math.min(length - skip, out.length - done);
+      copyBytes(this.bytesOf(i), this.offsets[i] + skip, out, done, n);
       done += n;
       skip = 0;
     }
     return done;
+  }
+
+  /**
+   * Copies up to `data.length` bytes of `data` into the writable buffers,
+   * starting `skip` bytes into them; returns how many.
+   */
+  writeFrom(data: Uint8Array, skip = 0): number {
+    let done = 0;
+    for (let i = 0; i < this.count && done < data.length; i++) {
+      if (!this.writable[i]) continue;
+      const length = this.lengths[i];
+      if (skip >= length) {
+        skip -= length;
+        continue;
+      }
+      const n = Math.min(length - skip, data.length - done);
+      copyBytes(data, done, this.bytesOf(i), this.offsets[i] + skip, n);
+      done += n;
+      skip = 0;
+    }
+    return done;
+  }
+}
+
+/**
+ * Copies `n` bytes from `from[fromAt..]` to `to[toAt..]`: a loop for a few
+ * bytes (no view allocated), `set` over a view for more.
+ */
+export function copyBytes(
+  from: Uint8Array,
+  fromAt: number,
+  to: Uint8Array,
+  toAt: number,
+  n: number,
+): void {
+  if (n <= 64) {
+    for (let k = 0; k < n; k++) to[toAt + k] = from[fromAt + k];
+  } else {
+    to.set(from.subarray(fromAt, fromAt + n), toAt);
   }
 }
 
@@ -420,12 +516,9 @@ export class SplitQueue {
   /** Follows the chain starting at `head` into {@linkcode chain}. */
   #walk(head: number): void {
     const chain = this.chain;
-    const capacity = chain.buffers.length;
-    chain.head = head;
-    chain.count = 0;
-    chain.readableBytes = 0;
-    chain.writableBytes = 0;
+    chain.clear(head);
     let table = this.#desc;
+    let base = 0; // where the table starts in `table`
     let tableSize = this.size;
     // At most one visit per descriptor of the current table: a `next` loop ends here.
     let budget = tableSize;
@@ -442,7 +535,7 @@ export class SplitQueue {
       if (budget-- === 0) {
         throw new VirtioError(`descriptor chain from ${head} loops or exceeds ${tableSize}`);
       }
-      const at = 16 * index;
+      const at = base + 16 * index;
       const low = table.getUint32(at, true);
       const high = table.getUint32(at + 4, true);
       const length = table.getUint32(at + 8, true);
@@ -458,27 +551,20 @@ export class SplitQueue {
         if (!Number.isInteger(entries) || entries < 1 || entries > MAX_INDIRECT_DESCRIPTORS) {
           throw new VirtioError(`indirect table of ${length} bytes`);
         }
-        const bytes = this.#mem.slice(address, length);
-        if (!bytes) {
+        const region = this.#mem.locate(address, length);
+        if (region < 0) {
           throw new VirtioError(`indirect table ${hex(address)}+${length} outside guest RAM`);
         }
-        table = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+        // Read through the region's view: no allocation per chain.
+        table = this.#mem.regionView(region);
+        base = address - this.#mem.regions[region].gpa;
         tableSize = budget = entries;
         inIndirect = true;
         index = 0;
         continue;
       }
-      if (length > 0) {
-        const buffer = this.#mem.slice(address, length);
-        if (!buffer) throw new VirtioError(`buffer ${hex(address)}+${length} outside guest RAM`);
-        if (chain.count === capacity) throw new VirtioError("descriptor chain too long");
-        const writable = (flags & DescFlags.WRITE) !== 0;
-        chain.buffers[chain.count] = buffer;
-        chain.writable[chain.count] = writable ? 1 : 0;
-        chain.addresses[chain.count] = address;
-        chain.count++;
-        if (writable) chain.writableBytes += length;
-        else chain.readableBytes += length;
+      if (length > 0 && !chain.add(address, length, (flags & DescFlags.WRITE) !== 0)) {
+        throw new VirtioError(`buffer ${hex(address)}+${length} outside guest RAM`);
       }
       if (!(flags & DescFlags.NEXT)) return;
       index = next;

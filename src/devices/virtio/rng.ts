@@ -39,10 +39,9 @@ export class RngBackend implements VirtioBackend {
       let written = 0;
       for (let i = 0; i < chain.count && written < RNG_MAX_REQUEST; i++) {
         if (!chain.writable[i]) continue;
-        const b = chain.buffers[i];
-        const n = Math.min(b.length, RNG_MAX_REQUEST - written);
+        const n = Math.min(chain.lengths[i], RNG_MAX_REQUEST - written);
         // getRandomValues refuses a view of external memory on some runtimes: fill a bounce buffer.
-        fillRandom(b.subarray(0, n));
+        fillRandom(chain.buffer(i).subarray(0, n));
         written += n;
       }
       queue.pushUsed(chain.head, written);
