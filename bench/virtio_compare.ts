@@ -99,6 +99,11 @@ if (TRANSPORT !== "pci" && TRANSPORT !== "mmio") {
   throw new Error(`KVM_VIRTIO_BENCH_TRANSPORT=${TRANSPORT}: pci (default) or mmio`);
 }
 const PCI = TRANSPORT === "pci";
+/**
+ * QEMU's CPU model (`KVM_VIRTIO_BENCH_QEMU_CPU`): by default `host`, the CPUID
+ * KVM supports, as ours gets, less the paravirtual EOI ours hides too.
+ */
+const QEMU_CPU = Deno.env.get("KVM_VIRTIO_BENCH_QEMU_CPU") ?? "host,-kvm-pv-eoi";
 const DISK_MIB = 128;
 /** Where on the disk the guest leaves its kernel's symbols (see INIT). */
 const KALLSYMS_MIB = 96;
@@ -263,6 +268,9 @@ const INIT = [
   "i=0; while [ ! -b /dev/vda ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done", // probing is async
   "i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done",
   "echo VBENCH-READY $(cat /sys/block/vda/size 2>/dev/null) sectors",
+  // What the guest's CPU model gives it (the two VMMs' models differ unless made equal).
+  "echo \"VBENCH-GUEST clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) flags $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2)\"",
+  "echo \"VBENCH-GUEST vulnerabilities $(grep -H . /sys/devices/system/cpu/vulnerabilities/* | sed 's,.*/,,' | tr '\\n' ';')\"",
   "for p in 1 2 3; do /vbench seq /dev/vda; done",
   // busybox dd prints no rate: its time (busybox time, 10 ms resolution) over the 128 MiB.
   "echo \"VBENCH-RESULT dd $( (time dd if=/dev/vda of=/dev/null bs=1M iflag=direct) 2>&1 | grep real)\"",
@@ -416,7 +424,9 @@ function cpuSample(pids: number[]): Map<string, number> {
 function cpuReport(a: Map<string, number>, b: Map<string, number>): string {
   const d = (k: string) => (b.get(k) ?? 0) - (a.get(k) ?? 0);
   const all = d("all");
-  const threads = [...b.keys()].filter((k) => k !== "all" && k !== "busy" && d(k) >= 0.05)
+  const threads = [...b.keys()].filter((k) =>
+    k !== "all" && k !== "busy" && !k.startsWith("kvm:") && d(k) >= 0.05
+  )
     .sort((x, y) => d(y) - d(x)).map((k) => `${k} ${d(k).toFixed(2)}`);
   return `machine busy ${d("busy").toFixed(2)} of ${all.toFixed(2)} CPU-s; threads (CPU-s): ${
     threads.join(", ")
@@ -520,6 +530,43 @@ function threadSample(pid: number, comm: string) {
     // Gone.
   }
   return undefined;
+}
+
+/**
+ * Every counter in KVM's debugfs directory of `pid`'s VM (summed over its vCPUs: exits by kind,
+ * halts, injections), prefixed `kvm:`, to diff around a stream; empty without debugfs.
+ */
+function kvmAllStats(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  try {
+    const dir = [...Deno.readDirSync("/sys/kernel/debug/kvm")].find((e) =>
+      e.name.startsWith(`${pid}-`)
+    );
+    if (!dir) return out;
+    for (const e of Deno.readDirSync(`/sys/kernel/debug/kvm/${dir.name}`)) {
+      if (!e.isFile) continue;
+      try {
+        const v = Number(Deno.readTextFileSync(`/sys/kernel/debug/kvm/${dir.name}/${e.name}`));
+        if (Number.isFinite(v)) out.set(`kvm:${e.name}`, v);
+      } catch {
+        // Not a counter (or not readable).
+      }
+    }
+  } catch {
+    // No debugfs.
+  }
+  return out;
+}
+
+/** The KVM counters that moved between two samples, largest first, as one line. */
+function kvmReport(a: Map<string, number>, b: Map<string, number>): string {
+  return [...b.keys()].filter((k) => k.startsWith("kvm:") && b.get(k)! - (a.get(k) ?? 0) > 0)
+    .sort((x, y) => (b.get(y)! - a.get(y)!) - (b.get(x)! - a.get(x)!))
+    .map((k) => `${k.slice(4)} ${b.get(k)! - (a.get(k) ?? 0)}`).join(", ") +
+    // How the guest's RAM is mapped in the nested page tables now (a count, not a difference).
+    `; mapped now: ${
+      ["pages_4k", "pages_2m", "pages_1g"].map((k) => `${k} ${b.get(`kvm:${k}`) ?? "-"}`).join(", ")
+    }`;
 }
 
 /** KVM's debugfs counters of `pid`'s VM (summed over its vCPUs); empty without debugfs. */
@@ -629,7 +676,10 @@ async function boot(
   const bigBefore = bigReceiver.rates.length;
   // CPU per thread of the VMM and of this script (the receiver) over the stream.
   const samples: Map<string, number>[] = [];
-  receiver.onStream = () => samples.push(cpuSample([child.pid, Deno.pid]));
+  const sample = () => new Map([...cpuSample([child.pid, Deno.pid]), ...kvmAllStats(child.pid)]);
+  receiver.onStream = () => samples.push(sample());
+  const bigSamples: Map<string, number>[] = [];
+  bigReceiver.onStream = () => bigSamples.push(sample());
   const stderr = new Response(child.stderr).text();
   let text = "";
   let lastOutput = performance.now();
@@ -653,9 +703,15 @@ async function boot(
     }
   }, 1000);
   const decoder = new TextDecoder();
+  // CPU per thread and KVM's counters over the three sequential passes: from the guest's
+  // READY line to its third result line (a few ms late at both ends: the serial console).
+  const seqSamples: Map<string, number>[] = [];
   for await (const chunk of child.stdout) {
     text += decoder.decode(chunk, { stream: true });
     lastOutput = performance.now();
+    const seqSeen = [...text.matchAll(/VBENCH-RESULT seq /g)].length;
+    if (seqSamples.length === 0 && text.includes("VBENCH-READY")) seqSamples.push(sample());
+    else if (seqSamples.length === 1 && seqSeen === 3) seqSamples.push(sample());
   }
   const status = await child.status;
   clearTimeout(timer);
@@ -679,17 +735,31 @@ async function boot(
   receiver.drop();
   bigReceiver.drop();
   receiver.onStream = undefined;
+  bigReceiver.onStream = undefined;
   const num = (re: RegExp) => Number(re.exec(text)?.[1] ?? -1);
   const figures: Figures = {
     seq: [...text.matchAll(/VBENCH-RESULT seq .*MBps=([\d.]+)/g)].map((m) => Number(m[1])),
     dd: /VBENCH-RESULT dd (.*)/.exec(text)?.[1].trim() ?? "-",
     ping: /VBENCH-PING (.*)/.exec(text)?.[1].trim() ?? "-",
     notes: [
-      ...text.split("\n").filter((l) => /^VBENCH-(READY|PING|NET|TCPINFO)/.test(l)).map((l) =>
+      ...text.split("\n").filter((l) => /^VBENCH-(READY|GUEST|PING|NET|TCPINFO)/.test(l)).map((l) =>
         l.trim()
       ),
       ...text.split("\n").filter((l) => /^VBENCH-KALLSYMS/.test(l)).map((l) => l.trim()),
+      ...(seqSamples.length === 2
+        ? [
+          `VBENCH-CPU sequential: ${cpuReport(seqSamples[0], seqSamples[1])}`,
+          `VBENCH-KVM sequential: ${kvmReport(seqSamples[0], seqSamples[1])}`,
+        ]
+        : []),
       ...(samples.length >= 2 ? [`VBENCH-CPU stream: ${cpuReport(samples[0], samples[1])}`] : []),
+      ...(samples.length >= 2 ? [`VBENCH-KVM stream: ${kvmReport(samples[0], samples[1])}`] : []),
+      ...(bigSamples.length >= 2
+        ? [`VBENCH-CPU large frames: ${cpuReport(bigSamples[0], bigSamples[1])}`]
+        : []),
+      ...(bigSamples.length >= 2
+        ? [`VBENCH-KVM large frames: ${kvmReport(bigSamples[0], bigSamples[1])}`]
+        : []),
       // The device thread's reports (an interrupt left unacknowledged: where it went), finished
       // boot or not, and QEMU's state read through its monitor when its guest went quiet.
       ...errors.split("\n").filter((l) => /^virtio /.test(l)).slice(0, 40),
@@ -865,6 +935,7 @@ async function main(): Promise<void> {
     cmdline: base,
     memoryMiB: MEMORY_MIB,
     cpus: CPUS,
+    cpu: QEMU_CPU,
   });
   const qemu = [
     ...qemuBoot,
@@ -885,6 +956,12 @@ async function main(): Promise<void> {
     ["qemu (virtio-pci)", qemuLoader, qemu],
   ];
   const ways = all.filter(([n]) => only === "" || n.startsWith(only === "ours" ? "deno" : "qemu"));
+  try {
+    const thp = Deno.readTextFileSync("/sys/kernel/mm/transparent_hugepage/enabled").trim();
+    console.log(`host transparent huge pages: ${thp}`);
+  } catch {
+    console.log("host transparent huge pages: unknown");
+  }
   const receiver = new Receiver(PORT);
   const bigReceiver = new Receiver(BIG_PORT);
   const results: Record<string, Figures[]> = Object.fromEntries(ways.map(([n]) => [n, []]));

@@ -47,6 +47,8 @@ export interface DirectBoot {
   cmdline: string;
   memoryMiB: number;
   cpus: number;
+  /** QEMU's `-cpu` (default `qemu64,-kvm-pv-eoi`, see {@linkcode directBootCommand}). */
+  cpu?: string;
 }
 
 /**
@@ -63,7 +65,7 @@ export function directBootCommand(dir: string, boot: DirectBoot): string[] {
     "-accel",
     "kvm",
     "-cpu",
-    "qemu64,-kvm-pv-eoi",
+    boot.cpu ?? "qemu64,-kvm-pv-eoi",
     "-nodefaults",
     "-no-user-config",
     "-display",
