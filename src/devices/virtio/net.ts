@@ -85,6 +85,14 @@ const F_HOST_TSO6 = 1n << 12n;
 /** `VIRTIO_NET_F_MRG_RXBUF`: a received frame may span several receive chains. */
 export const VIRTIO_NET_F_MRG_RXBUF: bigint = 1n << 15n;
 
+/** The offload features as bits of a number (all in the low feature word), for the per-frame checks. */
+const BIT_CSUM = Number(F_CSUM);
+const BIT_GUEST_CSUM = Number(F_GUEST_CSUM);
+const BIT_GUEST_TSO4 = Number(F_GUEST_TSO4);
+const BIT_GUEST_TSO6 = Number(F_GUEST_TSO6);
+const BIT_HOST_TSO4 = Number(F_HOST_TSO4);
+const BIT_HOST_TSO6 = Number(F_HOST_TSO6);
+
 /** `virtio_net_hdr.flags`: `csum_start`/`csum_offset` name a checksum still to fill in. */
 const HDR_F_NEEDS_CSUM = 1;
 /** `virtio_net_hdr.gso_type` values (spec 5.1.6). */
@@ -143,8 +151,12 @@ export function tunOffloadOf(features: bigint): number {
  */
 export class NetBackend implements VirtioBackend {
   #port: PacketPort;
-  /** The driver's features (0 until it set `DRIVER_OK`). */
-  #features = 0n;
+  /**
+   * The offloads the driver negotiated, as `F_*` bits of the low feature
+   * word (0 until it set `DRIVER_OK`): a number, so the per-frame checks
+   * allocate no BigInt.
+   */
+  #offloads = 0;
   #iov = new Uint32Array(4 * IOV_MAX);
   #iovBytes = new Uint8Array(this.#iov.buffer);
   #header = new Uint8Array(NET_HEADER_BYTES);
@@ -188,7 +200,7 @@ export class NetBackend implements VirtioBackend {
 
   /** Sets the port's receive offloads to what the driver accepted. */
   activate(features: bigint): void {
-    this.#features = features;
+    this.#offloads = Number(features & 0xffff_ffffn);
     this.#mergeable = (features & VIRTIO_NET_F_MRG_RXBUF) !== 0n;
     this.#held = 0;
     if (this.#mergeable && this.#frame === null) {
@@ -216,18 +228,18 @@ export class NetBackend implements VirtioBackend {
    * check (`virtio_net_hdr_to_skb`).
    */
   #transmitHeaderAllowed(): boolean {
-    const f = this.#features;
+    const f = this.#offloads;
     const flags = this.#header[0];
     if (flags & ~HDR_F_NEEDS_CSUM) return false;
-    if ((flags & HDR_F_NEEDS_CSUM) && !(f & F_CSUM)) return false;
+    if ((flags & HDR_F_NEEDS_CSUM) && !(f & BIT_CSUM)) return false;
     const gso = this.#header[1];
     if (gso === GSO_NONE) return true;
     const allowed = gso === GSO_TCPV4
-      ? (f & F_HOST_TSO4)
+      ? (f & BIT_HOST_TSO4)
       : gso === GSO_TCPV6
-      ? (f & F_HOST_TSO6)
-      : 0n;
-    return allowed !== 0n && (flags & HDR_F_NEEDS_CSUM) !== 0 &&
+      ? (f & BIT_HOST_TSO6)
+      : 0;
+    return allowed !== 0 && (flags & HDR_F_NEEDS_CSUM) !== 0 &&
       this.#headerView.getUint16(4, true) !== 0;
   }
 
@@ -280,15 +292,15 @@ export class NetBackend implements VirtioBackend {
    * a fully checksummed frame).
    */
   #receiveHeaderAllowed(): boolean {
-    const f = this.#features;
+    const f = this.#offloads;
     const h = this.#header;
-    if (!(f & F_GUEST_CSUM)) {
+    if (!(f & BIT_GUEST_CSUM)) {
       h[0] = 0;
       return h[1] === GSO_NONE;
     }
     if (h[1] === GSO_NONE) return true;
-    return (h[1] === GSO_TCPV4 && (f & F_GUEST_TSO4) !== 0n) ||
-      (h[1] === GSO_TCPV6 && (f & F_GUEST_TSO6) !== 0n);
+    return (h[1] === GSO_TCPV4 && (f & BIT_GUEST_TSO4) !== 0) ||
+      (h[1] === GSO_TCPV6 && (f & BIT_GUEST_TSO6) !== 0);
   }
 
   #receive(queue: SplitQueue): boolean {
@@ -363,7 +375,7 @@ export class NetBackend implements VirtioBackend {
         this.dropped++;
         continue;
       }
-      this.#header.set(frame.subarray(0, NET_HEADER_BYTES));
+      copyBytes(frame, 0, this.#header, 0, NET_HEADER_BYTES);
       if (!this.#receiveHeaderAllowed()) {
         this.dropped++;
         continue;
@@ -435,7 +447,7 @@ export class NetBackend implements VirtioBackend {
 
   /** Forgets the old driver's features; the port takes no offloads until the next driver's. */
   reset(): void {
-    this.#features = 0n;
+    this.#offloads = 0;
     this.#wantsFrames = false;
     this.#mergeable = false;
     this.#held = 0;

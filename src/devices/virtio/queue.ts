@@ -258,7 +258,7 @@ export class DescriptorChain {
 
 /**
  * Copies `n` bytes from `from[fromAt..]` to `to[toAt..]`: a loop for a few
- * bytes (no view allocated), `set` over a view for more.
+ * bytes (a header, a TCP ACK: no view allocated), `set` over a view for more.
  */
 export function copyBytes(
   from: Uint8Array,
@@ -267,7 +267,7 @@ export function copyBytes(
   toAt: number,
   n: number,
 ): void {
-  if (n <= 64) {
+  if (n <= 128) {
     for (let k = 0; k < n; k++) to[toAt + k] = from[fromAt + k];
   } else {
     to.set(from.subarray(fromAt, fromAt + n), toAt);
