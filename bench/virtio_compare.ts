@@ -271,7 +271,10 @@ const INIT = [
   // What the guest's CPU model gives it (the two VMMs' models differ unless made equal).
   "echo \"VBENCH-GUEST clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource) flags $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2)\"",
   "echo \"VBENCH-GUEST vulnerabilities $(grep -H . /sys/devices/system/cpu/vulnerabilities/* | sed 's,.*/,,' | tr '\\n' ';')\"",
+  // Requests per MiB (reads completed, sectors read: /sys/block/vda/stat) and the queue's limits.
+  "echo \"VBENCH-BLKSTAT before $(cat /sys/block/vda/stat) max_segments $(cat /sys/block/vda/queue/max_segments) max_sectors_kb $(cat /sys/block/vda/queue/max_sectors_kb)\"",
   "for p in 1 2 3; do /vbench seq /dev/vda; done",
+  "echo \"VBENCH-BLKSTAT after $(cat /sys/block/vda/stat)\"",
   // busybox dd prints no rate: its time (busybox time, 10 ms resolution) over the 128 MiB.
   "echo \"VBENCH-RESULT dd $( (time dd if=/dev/vda of=/dev/null bs=1M iflag=direct) 2>&1 | grep real)\"",
   `/vbench rand /dev/vda ${RAND_MS}`,
@@ -742,9 +745,8 @@ async function boot(
     dd: /VBENCH-RESULT dd (.*)/.exec(text)?.[1].trim() ?? "-",
     ping: /VBENCH-PING (.*)/.exec(text)?.[1].trim() ?? "-",
     notes: [
-      ...text.split("\n").filter((l) => /^VBENCH-(READY|GUEST|PING|NET|TCPINFO)/.test(l)).map((l) =>
-        l.trim()
-      ),
+      ...text.split("\n").filter((l) => /^VBENCH-(READY|GUEST|BLKSTAT|PING|NET|TCPINFO)/.test(l))
+        .map((l) => l.trim()),
       ...text.split("\n").filter((l) => /^VBENCH-KALLSYMS/.test(l)).map((l) => l.trim()),
       ...(seqSamples.length === 2
         ? [
@@ -905,6 +907,8 @@ async function main(): Promise<void> {
     // A guest of ours stuck with no interrupt pending: its state after 40 s without device
     // activity (the unacknowledged-interrupt report covers the others).
     DENO_KVM_VIRTIO_QUIET_S: "40",
+    // Where the device thread's time went (serving, in preadv), on stderr at the stop.
+    DENO_KVM_VIRTIO_TIMING: "1",
   };
   const ours = [
     "run",

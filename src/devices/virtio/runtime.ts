@@ -129,6 +129,16 @@ function quietFromEnv(): number {
   }
 }
 
+/** `DENO_KVM_VIRTIO_TIMING` set (to anything but 0): the device thread says where its time went. */
+function timingFromEnv(): boolean {
+  try {
+    const v = Deno.env.get("DENO_KVM_VIRTIO_TIMING");
+    return v !== undefined && v !== "" && v !== "0";
+  } catch {
+    return false; // no --allow-env
+  }
+}
+
 /** How long a reset or a stop waits for the device thread. */
 const WAIT_MS = 5000;
 
@@ -289,6 +299,7 @@ export class VirtioRuntime {
         vcpu: options.vcpu,
         snapshot: options.vcpu && runtime.#snapshot.buffer as SharedArrayBuffer,
         quietMs: 1000 * (options.quietS ?? quietFromEnv()),
+        timing: timingFromEnv(),
       };
       worker.postMessage(start);
       return runtime;

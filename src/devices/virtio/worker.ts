@@ -23,6 +23,7 @@ import { VirtioMemory } from "./memory.ts";
 import { type RunnerDevice, VirtioRunner } from "./runner.ts";
 import { createBackend } from "./specs.ts";
 import type { NetBackend } from "./net.ts";
+import { BlockBackend } from "./block.ts";
 import { Word } from "./state.ts";
 import { INT_VRING } from "./constants.ts";
 import { raiseMsix } from "./pci.ts";
@@ -68,6 +69,8 @@ export interface VirtioWorkerStart {
   snapshot?: SharedArrayBuffer;
   /** Report vCPU 0's state after this long without a kick or a frame (0: never). */
   quietMs?: number;
+  /** Print where the device thread's time went when it stops (`DENO_KVM_VIRTIO_TIMING`). */
+  timing?: boolean;
 }
 
 /** A message of the device thread to the runtime: a stall report's lines. */
@@ -154,9 +157,16 @@ function serve(msg: VirtioWorkerStart): void {
       pv.setInt32(8 * i, fd, true);
       pv.setInt16(8 * i + 4, POLLIN, true);
     });
+    // Where the thread's time goes (printed at the stop with msg.timing): serving, or waiting.
+    let wakes = 0;
+    let serveMs = 0;
+    const started = performance.now();
     for (;;) {
       if (Atomics.load(control, Control.STOP) !== 0) break;
+      const t0 = performance.now();
       runner.service();
+      serveMs += performance.now() - t0;
+      wakes++;
       // Blocks until a kick, a reset request or the stop (all write the eventfd), or a frame
       // for a card with receive buffers (one without waits for its driver's kick).
       for (let i = 0; i < fds.length; i++) pv.setInt16(8 * i + 6, 0, true);
@@ -231,6 +241,27 @@ function serve(msg: VirtioWorkerStart): void {
           throw new Error(`read wake eventfd: errno ${-r}`);
         }
       }
+    }
+    if (msg.timing) {
+      const total = performance.now() - started;
+      console.error(
+        `virtio timing: device thread ${(total / 1000).toFixed(1)} s: ${wakes} passes, ` +
+          `serving ${serveMs.toFixed(0)} ms (${
+            (1000 * serveMs / Math.max(1, wakes)).toFixed(0)
+          } us ` +
+          `a pass), the rest waiting`,
+      );
+      devices.forEach((d, i) => {
+        if (!(d.backend instanceof BlockBackend)) return;
+        const b = d.backend;
+        console.error(
+          `virtio timing: ${msg.devices[i].spec.kind} ${i}: ${b.requests} requests, ` +
+            `${(b.bytes / 1048576).toFixed(1)} MiB, in preadv/pwritev ${b.ioMs.toFixed(0)} ms ` +
+            `(${(1000 * b.ioMs / Math.max(1, b.requests)).toFixed(0)} us a request); ` +
+            `${b.largeRequests} of 64 KiB or more: ${b.largeIoMs.toFixed(0)} ms ` +
+            `(${(1000 * b.largeIoMs / Math.max(1, b.largeRequests)).toFixed(0)} us each)`,
+        );
+      });
     }
   } catch (e) {
     Atomics.store(control, Control.FAILED, 1);
