@@ -217,8 +217,25 @@ Deno.test("virtio-pci: the PCI_CFG window reaches the BAR's registers through co
   // A 2-byte register: num_queues.
   select(0, 0x12, 2);
   strictEqual(t.cfgRead(1, data, 2), t.front.queueMax.length);
+  // Only an access covering the data's first byte reaches the register: the ISR (read-to-clear)
+  // read a byte at a time is read once.
+  select(0, 0x1000, 4);
+  Atomics.store(t.state, Word.INTERRUPT, 1);
+  strictEqual(t.cfgRead(1, data, 1), 1, "the ISR through the window");
+  Atomics.store(t.state, Word.INTERRUPT, 1);
+  strictEqual(t.cfgRead(1, data + 1, 1), 0, "a later byte: the data as last read");
+  strictEqual(Atomics.load(t.state, Word.INTERRUPT), 1, "the ISR not read again");
   // Selections the spec does not allow access nothing: the data bytes keep what was written.
-  for (const [bar, offset, length] of [[1, 0x14, 1], [0, 0x13, 2], [0, 0x14, 3], [0, 0x8000, 4]]) {
+  for (
+    const [bar, offset, length] of [
+      [1, 0x14, 1],
+      [0, 0x13, 2],
+      [0, 0x14, 3],
+      [0, 0x14, 0],
+      [0, 0x8000, 4],
+      [0, 0xffff_fffc, 4],
+    ]
+  ) {
     select(bar, offset, length);
     t.cfgWrite(1, data, 0x5a5a_5a5a);
     strictEqual(t.cfgRead(1, data), 0x5a5a_5a5a, `bar ${bar}, offset ${offset}, length ${length}`);

@@ -18,7 +18,7 @@ import { VirtioMemory } from "../../src/devices/virtio/memory.ts";
 import {
   DescriptorChain,
   needEvent,
-  type SplitQueue,
+  SplitQueue,
   VirtioError,
 } from "../../src/devices/virtio/queue.ts";
 import { rngFront } from "../../src/devices/virtio/rng.ts";
@@ -428,4 +428,45 @@ Deno.test("EVENT_IDX: interrupts follow used_event across the 16-bit wrap of the
   }
   strictEqual(d.usedIdx, (0x10000 + 40) & 0xffff);
   strictEqual(d.interrupts, expected);
+});
+
+Deno.test("SplitQueue: an indirect table flush against the end of a RAM region is read, one byte further is refused", () => {
+  // Two regions, the second right after a hole: descriptors, rings and tables in the first.
+  const low = new Uint8Array(0x4000);
+  const mem = new VirtioMemory([{ gpa: 0, bytes: low }, {
+    gpa: 0x8000,
+    bytes: new Uint8Array(0x1000),
+  }]);
+  const v = new DataView(low.buffer);
+  const queue = SplitQueue.create(mem, { size: 4, desc: 0, avail: 0x1000, used: 0x2000 }, 4, true);
+  const offer = (table: number) => {
+    // Descriptor 0: an indirect table of two entries (32 bytes) at `table`.
+    v.setBigUint64(0, BigInt(table), true);
+    v.setUint32(8, 32, true);
+    v.setUint16(12, 4, true); // INDIRECT
+    const idx = v.getUint16(0x1002, true);
+    v.setUint16(0x1004 + 2 * (idx % 4), 0, true);
+    v.setUint16(0x1002, idx + 1, true);
+  };
+  // The table's two entries: 8 readable bytes at 0x3000, then 4 writable at 0x8ffc (the second
+  // region's last bytes).
+  const table = 0x4000 - 32;
+  v.setBigUint64(table, 0x3000n, true);
+  v.setUint32(table + 8, 8, true);
+  v.setUint16(table + 12, 1, true); // NEXT
+  v.setUint16(table + 14, 1, true);
+  v.setBigUint64(table + 16, 0x8ffcn, true);
+  v.setUint32(table + 24, 4, true);
+  v.setUint16(table + 28, 2, true); // WRITE
+  offer(table);
+  ok(queue.pop());
+  deepStrictEqual(
+    [queue.chain.count, queue.chain.readableBytes, queue.chain.writableBytes],
+    [2, 8, 4],
+  );
+  strictEqual(queue.chain.offsets[1], 0xffc, "the second buffer's place in its region");
+  queue.pushUsed(queue.chain.head, 0);
+  // The same table one byte later ends one byte past the region: refused, nothing read.
+  offer(table + 1);
+  throws(() => queue.pop(), /indirect table .* outside guest RAM/);
 });

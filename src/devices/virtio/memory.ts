@@ -17,9 +17,13 @@ export interface RamRegion {
 }
 
 /**
- * Guest RAM by guest physical address. {@linkcode slice} is the only way in:
- * it answers a view of exactly the asked range, or `null` when any byte of it
- * is outside RAM.
+ * Guest RAM by guest physical address. Every range is checked before use:
+ * {@linkcode slice} answers a view of exactly the asked range, or `null`
+ * when any byte of it is outside RAM; {@linkcode locate} answers which
+ * region holds the range whole (or -1), and the allocation-free readers
+ * ({@linkcode regionBytes}, {@linkcode regionView}: a whole region) are only
+ * used within ranges `locate` accepted (`DescriptorChain` keeps each
+ * buffer's offset and length for that).
  *
  * @example
  * ```ts

@@ -519,14 +519,17 @@ export class VirtioPciTransport implements BusDevice, PciFunction {
   }
 
   /**
-   * For an access of `length` bytes at `offset` that touches `pci_cfg_data`:
-   * its first `cap.length` bytes, when the window selects a register the
-   * spec allows (BAR 0, a length of 1, 2 or 4, an offset aligned to it,
-   * inside the BAR); else null (nothing is accessed, the data bytes stay).
+   * For an access of `length` bytes at `offset` that covers the first byte
+   * of `pci_cfg_data` (as QEMU decides; reading the data a byte at a time
+   * reaches the register once, not four times, which matters for the
+   * read-to-clear ISR): its first `cap.length` bytes, when the window
+   * selects a register the spec allows (BAR 0, a length of 1, 2 or 4, an
+   * offset aligned to it, inside the BAR); else null (nothing is accessed,
+   * the data bytes stay).
    */
   #windowAccess(offset: number, length: number): Uint8Array | null {
     const data = Cap.PCI_CFG + PCI_CFG_DATA;
-    if (offset + length <= data || offset >= data + 4) return null;
+    if (offset > data || offset + length <= data) return null;
     const c = this.config;
     const at = c.get32(Cap.PCI_CFG + 8);
     const n = c.get32(Cap.PCI_CFG + 12);

@@ -143,6 +143,8 @@ export class DescriptorChain {
    * chain is full. For {@linkcode SplitQueue.pop} (and tests).
    */
   add(gpa: number, length: number, writable: boolean): boolean {
+    // A descriptor's length is 32 bits; a longer one could not be kept in `lengths`.
+    if (!(length >= 0 && length <= 0xffff_ffff)) return false;
     const region = this.#mem.locate(gpa, length);
     if (region < 0) return false;
     const n = this.count;
@@ -167,8 +169,10 @@ export class DescriptorChain {
   }
 
   /**
-   * The whole region of guest RAM that holds buffer `i` (no copy, no
-   * allocation): the buffer is its `lengths[i]` bytes from `offsets[i]`.
+   * The whole region of guest RAM that holds buffer `i` (below
+   * {@linkcode count}; no copy, no allocation): the buffer is its
+   * `lengths[i]` bytes from `offsets[i]`, and nothing outside them is the
+   * chain's to touch.
    */
   bytesOf(i: number): Uint8Array {
     return this.#mem.regionBytes(this.#regions[i]);
@@ -259,6 +263,8 @@ export class DescriptorChain {
 /**
  * Copies `n` bytes from `from[fromAt..]` to `to[toAt..]`: a loop for a few
  * bytes (a header, a TCP ACK: no view allocated), `set` over a view for more.
+ * Both ranges must already be checked (the loop would not throw on an index
+ * past the end).
  */
 export function copyBytes(
   from: Uint8Array,
