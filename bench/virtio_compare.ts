@@ -572,21 +572,15 @@ function kvmReport(a: Map<string, number>, b: Map<string, number>): string {
     }`;
 }
 
-/** KVM's debugfs counters of `pid`'s VM (summed over its vCPUs); empty without debugfs. */
+/** The counters a stall probe of QEMU's guest shows. */
+const PROBE_COUNTERS = ["exits", "halt_exits", "halt_wakeup", "irq_injections", "irq_window_exits"];
+
+/** Those of KVM's debugfs counters of `pid`'s VM (summed over its vCPUs); empty without debugfs. */
 function kvmStats(pid: number): Map<string, number> {
-  const out = new Map<string, number>();
-  try {
-    const dir = [...Deno.readDirSync("/sys/kernel/debug/kvm")].find((e) =>
-      e.name.startsWith(`${pid}-`)
-    );
-    if (!dir) return out;
-    for (const k of ["exits", "halt_exits", "halt_wakeup", "irq_injections", "irq_window_exits"]) {
-      out.set(k, Number(Deno.readTextFileSync(`/sys/kernel/debug/kvm/${dir.name}/${k}`).trim()));
-    }
-  } catch {
-    // No debugfs.
-  }
-  return out;
+  const all = kvmAllStats(pid);
+  return new Map(
+    PROBE_COUNTERS.flatMap((k) => all.has(`kvm:${k}`) ? [[k, all.get(`kvm:${k}`)!]] : []),
+  );
 }
 
 /**

@@ -267,15 +267,11 @@ export class NetBackend implements VirtioBackend {
   }
 
   /**
-   * Copies the header between `#header` and the first 12 device-writable
-   * bytes of the chain (which may span buffers): `out` true writes it there.
+   * Copies the first 12 device-writable bytes of the chain (which may span
+   * buffers: the header of a frame just read into them) to `#header`.
    */
-  #headerBytes(queue: SplitQueue, out: boolean): void {
+  #readReceivedHeader(queue: SplitQueue): void {
     const chain = queue.chain;
-    if (out) {
-      chain.writeFrom(this.#header);
-      return;
-    }
     let done = 0;
     for (let i = 0; i < chain.count && done < NET_HEADER_BYTES; i++) {
       if (!chain.writable[i]) continue;
@@ -330,13 +326,13 @@ export class NetBackend implements VirtioBackend {
           this.dropped++;
           continue;
         }
-        this.#headerBytes(queue, false);
+        this.#readReceivedHeader(queue);
         if (!this.#receiveHeaderAllowed()) {
           this.dropped++;
           continue;
         }
         this.#headerView.setUint16(10, 1, true); // num_buffers: one chain per frame
-        this.#headerBytes(queue, true);
+        queue.chain.writeFrom(this.#header);
         queue.pushUsed(chain.head, n);
         used = true;
         break;
